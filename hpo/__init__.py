@@ -1,0 +1,22 @@
+"""hpo: hyperparameter search for fine-tuning, from one YAML study file, on Optuna."""
+
+from __future__ import annotations
+
+from hpo.config import StudyConfig, load_study
+from hpo.errors import ConfigError, HpoError, StorageError
+from hpo.runner import Summary, run_study
+from hpo.trainer import NonFiniteError, TrainerFn, TrialContext
+
+__all__ = [
+    "ConfigError",
+    "HpoError",
+    "NonFiniteError",
+    "StorageError",
+    "StudyConfig",
+    "Summary",
+    "TrainerFn",
+    "TrialContext",
+    "load_study",
+    "run_study",
+]
+__version__ = "0.1.0"

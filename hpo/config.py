@@ -1,0 +1,283 @@
+"""Study files: YAML in, one validation pass, frozen pydantic models out.
+
+``load_study(path, overrides)`` reads YAML with the safe loader, applies ``--set a.b=c``
+overrides to the raw mapping, and validates once. Every problem becomes a
+:class:`~hpo.errors.ConfigError` that names the file, the dotted field and the fix.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from hpo.errors import ConfigError
+from hpo.registry import PrunerSpec, SamplerSpec
+from hpo.space import SearchSpace, grid
+from hpo.storage import check_url, redact_url
+
+DEFAULT_STORAGE = "sqlite:///hpo.db"
+_ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*$")
+_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Objective(_Model):
+    """Which returned metric the sampler optimizes, and in which direction."""
+
+    metric: str = "eval_accuracy"
+    direction: Literal["maximize", "minimize"] = "maximize"
+
+
+class Budget(_Model):
+    """How much to run: ``n_trials`` is the study's total, not "N more"."""
+
+    n_trials: PositiveInt
+    timeout: float | None = Field(None, description="seconds, or a string like 30m / 2h")
+    max_failures: NonNegativeInt = 3
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _parse_duration(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            match = _DURATION.match(value)
+            if not match:
+                raise ValueError(f"expected a duration like 90s, 30m or 2h, but got {value!r}")
+            number, unit = float(match[1]), match[2] or "s"
+            return number * {"s": 1, "m": 60, "h": 3600}[unit]
+        return value
+
+    @field_validator("timeout")
+    @classmethod
+    def _positive(cls, value: float | None) -> float | None:
+        if value is not None and value <= 0:
+            raise ValueError(f"timeout must be positive, but got {value}")
+        return value
+
+
+class Workers(_Model):
+    """How workers share a study and how a dead one is noticed (heartbeats, seconds)."""
+
+    heartbeat_interval: PositiveInt = 10
+    grace_period: PositiveInt = 60
+    max_retries: NonNegativeInt = 2
+
+
+class TrainerSpec(_Model):
+    """The shared trainer function (``module:function``) and its fixed arguments."""
+
+    ref: str
+    args: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("ref")
+    @classmethod
+    def _ref_shape(cls, value: str) -> str:
+        if not _REF.match(value):
+            raise ValueError(
+                f"expected 'module:function' (e.g. trainers.toy:train), but got {value!r}"
+            )
+        return value
+
+
+class StudyConfig(_Model):
+    """A validated study file; see ``studies/quickstart.yaml`` for every field."""
+
+    name: str = Field(min_length=1, max_length=200)
+    storage: str = DEFAULT_STORAGE
+    seed: int | None = None
+    objective: Objective = Objective()
+    sampler: SamplerSpec = Field(default_factory=lambda: {"type": "tpe"})  # type: ignore[assignment]
+    pruner: PrunerSpec | None = None
+    budget: Budget
+    trainer: TrainerSpec
+    search_space: SearchSpace = Field(min_length=1)
+    workers: Workers = Workers()
+    output_dir: str = "runs"
+    # Where the file came from: relative data paths in trainer args resolve against it.
+    source: Path | None = Field(None, exclude=True)
+
+    @field_validator("storage")
+    @classmethod
+    def _storage_url(cls, value: str) -> str:
+        check_url(value)
+        missing = [n for n in _ENV_VAR.findall(value) if n not in os.environ]
+        if missing:
+            raise ValueError(
+                f"environment variable {missing[0]} is not set; export it before running"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _griddable(self) -> StudyConfig:
+        if self.sampler.type == "grid":
+            try:
+                grid(self.search_space)
+            except ValueError as e:
+                raise ValueError(f"grid sampler needs a discrete space: search_space.{e}") from e
+        return self
+
+    @property
+    def study_dir(self) -> Path:
+        """Folder of the study file (the working directory when there is none)."""
+        return self.source.parent if self.source else Path.cwd()
+
+    def stored_form(self) -> dict[str, Any]:
+        """The resolved config as JSON data, safe to store in the study (no secrets)."""
+        data = self.model_dump(mode="json")
+        data["storage"] = redact_url(self.storage)
+        return data
+
+
+def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyConfig:
+    """Read, override and validate a study file.
+
+    Args:
+        path: the YAML study file.
+        overrides: ``key.path=value`` strings; values are parsed as YAML scalars.
+
+    Raises:
+        ConfigError: the file is missing, is not valid YAML, or fails validation.
+    """
+    path = Path(path)
+    raw = read_yaml(path)
+    for override in overrides or []:
+        apply_override(raw, override, path=str(path))
+    config = validate_study(raw, path=str(path))
+    check_trainer(config, path=str(path))
+    return config
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """The top-level mapping of a YAML file, read with the safe loader."""
+    if not path.is_file():
+        raise ConfigError("file not found; check the path", path=str(path))
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{where}invalid YAML: {problem}", path=str(path)) from e
+    if not isinstance(raw, dict):
+        raise ConfigError("expected a mapping of study fields at the top level", path=str(path))
+    return raw
+
+
+def apply_override(raw: dict[str, Any], override: str, *, path: str) -> None:
+    """Set ``a.b.c=value`` in ``raw`` in place, creating mappings on the way."""
+    key, sep, text = override.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects key.path=value, but got {override!r}", path=path)
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    parts = key.strip().split(".")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            where = ".".join(parts[: i + 1])
+            raise ConfigError(f"--set {key}: {where} is not a mapping", path=path)
+        node = child
+    node[parts[-1]] = value
+
+
+def validate_study(raw: dict[str, Any], *, path: str) -> StudyConfig:
+    """Validate a raw mapping into a :class:`StudyConfig`, or raise a one-line ConfigError."""
+    try:
+        return StudyConfig.model_validate({**raw, "source": path})
+    except ValidationError as e:
+        raise config_error(e, raw, path=path) from None
+
+
+def config_error(error: ValidationError, raw: Any, *, path: str, prefix: str = "") -> ConfigError:
+    """The first pydantic error as a ConfigError with a dotted field path from the file."""
+    first = error.errors()[0]
+    field = ".".join(p for p in (prefix, _field_path(first["loc"], raw)) if p)
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown field; check its spelling or remove it"
+    elif first["type"] == "missing":
+        message = "field required"
+    elif first["type"] == "union_tag_invalid":
+        message = message.replace("Input tag", "type").replace(" found using 'type'", "")
+    elif first["type"] == "union_tag_not_found":
+        message = "needs a `type` key"
+    return ConfigError(message, path=path, field=field or None)
+
+
+def _field_path(loc: tuple[Any, ...], raw: Any) -> str:
+    """Join ``loc`` with dots, dropping the tags pydantic inserts for tagged unions."""
+    parts: list[str] = []
+    node = raw
+    for item in loc:
+        if isinstance(node, dict) and item not in node and node.get("type") == item:
+            continue  # a union tag such as 'tpe' or 'float', not a key in the file
+        parts.append(str(item))
+        node = node.get(item) if isinstance(node, dict) else None
+    return ".".join(parts)
+
+
+def check_trainer(config: StudyConfig, *, path: str) -> None:
+    """Import ``trainer.ref`` and check its args, so a typo fails before anything runs."""
+    trainer = resolve_trainer(config.trainer.ref, config.study_dir, path=path)
+    args_model = getattr(trainer, "args_model", None)
+    if args_model is None:
+        return
+    try:
+        args_model.model_validate(config.trainer.args)
+    except ValidationError as e:
+        raise config_error(e, config.trainer.args, path=path, prefix="trainer.args") from None
+    known = args_model.model_fields
+    unknown = [name for name in config.search_space if name not in known]
+    if unknown and args_model.model_config.get("extra") == "forbid":
+        raise ConfigError(
+            f"{config.trainer.ref} takes no hyperparameter {unknown[0]!r}; "
+            f"known: {', '.join(sorted(args_model.model_fields))}",
+            path=path,
+            field=f"search_space.{unknown[0]}",
+        )
+
+
+def resolve_trainer(ref: str, study_dir: Path, *, path: str | None = None) -> Any:
+    """Import ``module:function``; the study's folder and the working dir are importable."""
+    module_name, _, function_name = ref.partition(":")
+    for folder in (str(Path.cwd()), str(study_dir)):
+        if folder not in sys.path:
+            sys.path.append(folder)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ConfigError(
+            f"cannot import module {module_name!r} ({e}); check the name or install it",
+            path=path,
+            field="trainer.ref",
+        ) from e
+    function = getattr(module, function_name, None)
+    if not callable(function):
+        raise ConfigError(
+            f"module {module_name!r} has no function {function_name!r}",
+            path=path,
+            field="trainer.ref",
+        )
+    return function

@@ -1,0 +1,367 @@
+"""Running a study: create or resume it, claim trials within budget, call the trainer.
+
+One worker runs :func:`run_worker`: it claims a trial under the study lock (so the
+budget is exact and no enqueued trial or grid point is taken twice), lets Optuna's
+``optimize`` run it (heartbeats, stale-trial recovery and tell come from Optuna), and
+records hpo's trial attributes. :func:`run_study` runs one worker in this process or
+several worker processes, then summarizes the study.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hpo import storage as st
+from hpo.config import StudyConfig, resolve_trainer
+from hpo.errors import FailureBudgetExceeded, StudyStateError
+from hpo.space import grid, grid_size, suggest
+from hpo.trainer import NonFiniteError, TrialContext
+
+logger = logging.getLogger(__name__)
+
+# States that use up budget: finished ones, and ones that will finish unless they fail.
+_FINISHED = ("COMPLETE", "PRUNED")
+_CLAIMED = ("COMPLETE", "PRUNED", "RUNNING", "WAITING")
+# Failures that say nothing about the parameters: the trial is retried, not counted.
+_NOT_COUNTED_FAILURES = ("worker_lost", "interrupted")
+_WAIT_POLL_S = 1.0
+
+
+@dataclass
+class Summary:
+    """What a run did and where the study stands, for the CLI's closing lines."""
+
+    study_name: str
+    n_trials: int
+    counts: dict[str, int]
+    best_value: float | None = None
+    best_params: dict[str, Any] = field(default_factory=dict)
+    best_number: int | None = None
+    best_metrics: dict[str, float] = field(default_factory=dict)
+    ran: int = 0
+    wall_time_s: float = 0.0
+    already_done: bool = False
+
+    @property
+    def finished(self) -> int:
+        return sum(self.counts.get(state, 0) for state in _FINISHED)
+
+
+def effective_budget(config: StudyConfig) -> int:
+    """Trials to finish: ``n_trials``, capped by the grid size for a grid study."""
+    if config.sampler.type == "grid":
+        return min(config.budget.n_trials, grid_size(config.search_space))
+    return config.budget.n_trials
+
+
+def open_study(config: StudyConfig, *, allow_space_change: bool = False, seed_offset: int = 0):
+    """Create the study, or load it and check it still matches the study file.
+
+    Raises:
+        StudyStateError: the stored search space differs and ``allow_space_change`` is off.
+    """
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = st.open_storage(
+        config.storage,
+        heartbeat_interval=config.workers.heartbeat_interval,
+        grace_period=config.workers.grace_period,
+        stale_trial_callback=_retry_lost_trial(config.workers.max_retries),
+    )
+    seed = None if config.seed is None else config.seed + seed_offset
+    study = optuna.create_study(
+        study_name=config.name,
+        storage=storage,
+        sampler=_build_sampler(config, seed),
+        pruner=_build_pruner(config),
+        direction=config.objective.direction,
+        load_if_exists=True,
+    )
+    stored = study.user_attrs.get(st.ATTR_CONFIG)
+    current = config.stored_form()
+    if stored and stored.get("search_space") != current["search_space"] and not allow_space_change:
+        changed = sorted(
+            name
+            for name in set(stored["search_space"]) | set(current["search_space"])
+            if stored["search_space"].get(name) != current["search_space"].get(name)
+        )
+        raise StudyStateError(
+            f"{config.source or config.name}: search_space: differs from the stored study "
+            f"{config.name!r} (changed: {', '.join(changed)}); restore it, use a new `name`, "
+            "or pass --allow-space-change"
+        )
+    if stored != current:
+        study.set_user_attr(st.ATTR_CONFIG, current)
+    return study
+
+
+def _build_sampler(config: StudyConfig, seed: int | None) -> Any:
+    from hpo.registry import build_sampler
+
+    space = grid(config.search_space) if config.sampler.type == "grid" else None
+    return build_sampler(config.sampler, seed=seed, grid=space)
+
+
+def _build_pruner(config: StudyConfig) -> Any:
+    from hpo.registry import build_pruner
+
+    return build_pruner(config.pruner)
+
+
+def _retry_lost_trial(max_retries: int) -> Callable[[Any, Any], None]:
+    """Optuna's retry callback for trials whose worker stopped sending heartbeats."""
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retries)
+
+    def on_stale(study: Any, trial: Any) -> None:
+        logger.warning(
+            "trial %d: worker lost (no heartbeat); retrying its parameters", trial.number
+        )
+        # A finished trial's attributes are read-only in Optuna, so the reason lives in
+        # the study: hpo:lost lists the trial numbers whose worker died.
+        lost = study.user_attrs.get("hpo:lost", [])
+        study.set_user_attr("hpo:lost", sorted(set(lost) | {trial.number}))
+        retry(study, trial)
+
+    return on_stale
+
+
+def count_states(study: Any) -> Counter[str]:
+    """Trials by state name (COMPLETE, PRUNED, FAIL, RUNNING, WAITING)."""
+    return Counter(t.state.name for t in study.get_trials(deepcopy=False))
+
+
+def failure_reason(trial: Any, study_attrs: dict[str, Any]) -> str | None:
+    """Why a FAIL trial failed: its hpo:failure attribute, or worker_lost."""
+    if trial.state.name != "FAIL":
+        return None
+    if trial.number in study_attrs.get("hpo:lost", []):
+        return "worker_lost"
+    return trial.user_attrs.get(st.ATTR_FAILURE, "exception")
+
+
+def counted_failures(study: Any) -> int:
+    """Failures that count against ``budget.max_failures`` (not lost or interrupted workers)."""
+    attrs = study.user_attrs
+    return sum(
+        failure_reason(t, attrs) not in (None, *_NOT_COUNTED_FAILURES)
+        for t in study.get_trials(deepcopy=False)
+    )
+
+
+@dataclass
+class Worker:
+    """One worker's identity and share of the machine."""
+
+    index: int = 0
+    device: str = "cpu"
+    threads: int | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def run_worker(
+    config: StudyConfig,
+    *,
+    worker: Worker | None = None,
+    allow_space_change: bool = False,
+    failures_before: int | None = None,
+    on_trial: Callable[[Any, Any], None] | None = None,
+) -> int:
+    """Run trials until the study's budget is met, the timeout passes or failures run out.
+
+    Returns:
+        The number of trials this worker ran.
+
+    Raises:
+        FailureBudgetExceeded: more than ``budget.max_failures`` trials failed in this run.
+    """
+
+    worker = worker or Worker()
+    study = open_study(config, allow_space_change=allow_space_change, seed_offset=worker.index)
+    trainer = resolve_trainer(config.trainer.ref, config.study_dir)
+    lock = st.StudyLock(config.storage, config.name)
+    budget = effective_budget(config)
+    deadline = time.monotonic() + config.budget.timeout if config.budget.timeout else math.inf
+    baseline = counted_failures(study) if failures_before is None else failures_before
+    objective = _Objective(config, trainer, worker, lock)
+    callbacks = [_log_trial] + ([on_trial] if on_trial else [])
+    ran = 0
+    try:
+        while time.monotonic() < deadline:
+            if counted_failures(study) - baseline >= max(config.budget.max_failures, 1):
+                raise FailureBudgetExceeded(
+                    f"study {config.name!r}: {counted_failures(study) - baseline} trials failed "
+                    f"(budget.max_failures={config.budget.max_failures}); see the trials' "
+                    "hpo:failure attributes (hpo status) and fix the trainer or the space"
+                )
+            lock.acquire()
+            states = count_states(study)
+            if sum(states[s] for s in _FINISHED) >= budget:
+                break
+            if sum(states[s] for s in _CLAIMED) >= budget:
+                # Every remaining slot is taken by a running trial; wait in case one fails.
+                lock.release()
+                _wait_for_others(study)
+                continue
+            try:
+                study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=callbacks)
+            finally:
+                lock.release()
+            ran += 1
+    finally:
+        lock.close()
+    return ran
+
+
+def _wait_for_others(study: Any) -> None:
+    from optuna.storages import fail_stale_trials
+
+    time.sleep(_WAIT_POLL_S)
+    fail_stale_trials(study)
+
+
+class _Objective:
+    """The function Optuna calls per trial: suggest, call the trainer, record attributes."""
+
+    def __init__(self, config: StudyConfig, trainer: Any, worker: Worker, lock: st.StudyLock):
+        self.config = config
+        self.trainer = trainer
+        self.worker = worker
+        self.lock = lock
+
+    def __call__(self, trial: Any) -> float:
+        import optuna
+
+        try:
+            params = suggest(trial, self.config.search_space)
+        finally:
+            # The trial is claimed and its point sampled: other workers may claim theirs.
+            self.lock.release()
+        ctx = self._context(trial, params)
+        try:
+            metrics = self.trainer(ctx)
+        except BaseException as e:
+            trial.set_user_attr(st.ATTR_FAILURE, _classify(e))
+            trial.set_user_attr(st.ATTR_FAILURE_MESSAGE, f"{type(e).__name__}: {e}"[:1000])
+            raise
+        finally:
+            trial.set_user_attr(st.ATTR_DURATION, round(time.monotonic() - ctx.started, 3))
+        if ctx.pruned:
+            last = ctx.history[-1]["step"] if ctx.history else 0
+            raise optuna.TrialPruned(f"pruned at step {last}")
+        return self._objective_value(trial, metrics)
+
+    def _context(self, trial: Any, params: dict[str, Any]) -> TrialContext:
+        output_dir = Path(self.config.output_dir) / self.config.name / f"trial-{trial.number:04d}"
+        resume_from = None
+        # Optuna 5's Trial hides system attrs; the frozen copy shows the retry's origin.
+        frozen = trial.study._storage.get_trial(trial._trial_id)
+        retried = frozen.system_attrs.get("failed_trial")
+        if retried is not None:
+            checkpoint = trial.user_attrs.get(st.ATTR_CHECKPOINT)  # copied from the lost trial
+            resume_from = Path(checkpoint) if checkpoint and Path(checkpoint).exists() else None
+            trial.set_user_attr(st.ATTR_RESUMED_FROM, retried)
+        trial.set_user_attr(st.ATTR_WORKER, self.worker.name)
+        trial.set_user_attr(st.ATTR_DEVICE, self.worker.device)
+        trial.set_user_attr(st.ATTR_OUTPUT_DIR, str(output_dir))
+        return TrialContext(
+            trial=trial,
+            params={**self.config.trainer.args, **params},
+            objective=self.config.objective.metric,
+            direction=self.config.objective.direction,
+            seed=self.config.seed if self.config.seed is not None else 0,
+            output_dir=output_dir,
+            study_dir=self.config.study_dir,
+            device=self.worker.device,
+            threads=self.worker.threads,
+            resume_from=resume_from,
+        )
+
+    def _objective_value(self, trial: Any, metrics: dict[str, Any]) -> float:
+        metric = self.config.objective.metric
+        if metric not in metrics:
+            trial.set_user_attr(st.ATTR_FAILURE, "exception")
+            raise KeyError(
+                f"trainer returned {sorted(metrics)} without objective.metric {metric!r}"
+            )
+        clean = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+        trial.set_user_attr(st.ATTR_METRICS, clean)
+        value = float(metrics[metric])
+        if not math.isfinite(value):
+            trial.set_user_attr(st.ATTR_FAILURE, "nan")  # Optuna fails non-finite values
+        return value
+
+
+def _classify(error: BaseException) -> str:
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted"
+    if isinstance(error, NonFiniteError):
+        return "nan"
+    if type(error).__name__ == "OutOfMemoryError" or "out of memory" in str(error).lower():
+        return "oom"
+    return "exception"
+
+
+def _log_trial(study: Any, trial: Any) -> None:
+    value = "" if trial.value is None else f" value={trial.value:.4f}"
+    reason = trial.user_attrs.get(st.ATTR_FAILURE)
+    why = f" ({reason}: {trial.user_attrs.get(st.ATTR_FAILURE_MESSAGE, '')})" if reason else ""
+    epochs = trial.user_attrs.get(st.ATTR_EPOCHS)
+    at = f" after {epochs:g} epochs" if epochs is not None else ""
+    params = ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
+    logger.info("trial %d %s%s%s%s [%s]", trial.number, trial.state.name, value, at, why, params)
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def summarize(study: Any, config: StudyConfig, *, ran: int = 0, wall: float = 0.0) -> Summary:
+    """Trials by state and the best trial so far."""
+    summary = Summary(
+        study_name=config.name,
+        n_trials=effective_budget(config),
+        counts=dict(count_states(study)),
+        ran=ran,
+        wall_time_s=wall,
+    )
+    completed = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    if completed:
+        best = study.best_trial
+        summary.best_value = best.value
+        summary.best_params = dict(best.params)
+        summary.best_number = best.number
+        summary.best_metrics = dict(best.user_attrs.get(st.ATTR_METRICS, {}))
+    return summary
+
+
+def run_study(
+    config: StudyConfig,
+    *,
+    allow_space_change: bool = False,
+    on_trial: Callable[[Any, Any], None] | None = None,
+) -> Summary:
+    """Run the study in this process until its budget is met; a finished study runs nothing."""
+    started = time.monotonic()
+    study = open_study(config, allow_space_change=allow_space_change)
+    states = count_states(study)
+    if sum(states[s] for s in _FINISHED) >= effective_budget(config):
+        summary = summarize(study, config)
+        summary.already_done = True
+        return summary
+    ran = run_worker(config, allow_space_change=True, on_trial=on_trial)
+    return summarize(study, config, ran=ran, wall=time.monotonic() - started)

@@ -1,0 +1,113 @@
+"""The trainer contract: a plain function ``train(ctx) -> dict[str, float]``.
+
+hpo calls one shared trainer function per trial with a :class:`TrialContext`. The
+trainer reads ``ctx.params`` (fixed ``trainer.args`` merged with this trial's
+hyperparameters), calls ``ctx.report(step, metrics)`` after each evaluation, stops
+early when ``ctx.should_prune()`` says so, and returns its final metrics. The runner,
+not the trainer, turns a prune decision into a pruned trial and picks the objective.
+
+A trainer may expose ``train.args_model`` (a pydantic model of its arguments) so study
+files are checked before anything runs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from hpo import storage
+
+
+class NonFiniteError(ArithmeticError):
+    """Raised by a trainer whose loss became NaN or infinite; the trial fails as ``nan``."""
+
+
+class TrainerFn(Protocol):
+    """What ``trainer.ref`` must point at."""
+
+    def __call__(self, ctx: TrialContext) -> dict[str, float]: ...
+
+
+@dataclass
+class TrialContext:
+    """Everything a trainer needs from the orchestrator for one trial.
+
+    Attributes:
+        trial: the Optuna trial (for attributes; samplers are hpo's business).
+        params: ``trainer.args`` merged with this trial's hyperparameters.
+        objective: the metric name the study optimizes; ``report`` feeds it to the pruner.
+        direction: ``"maximize"`` or ``"minimize"`` (for a trainer's own early stopping).
+        seed: a per-trial seed derived from the study seed.
+        output_dir: a folder of this trial's own for checkpoints and artifacts.
+        study_dir: folder of the study file; relative data paths resolve against it.
+        device: ``"cuda:N"`` or ``"cpu"``, chosen by the worker.
+        threads: CPU threads this worker may use (workers split the machine's cores).
+        resume_from: a checkpoint folder of an earlier attempt at these parameters.
+    """
+
+    trial: Any
+    params: dict[str, Any]
+    objective: str
+    seed: int
+    output_dir: Path
+    study_dir: Path = field(default_factory=Path.cwd)
+    direction: str = "maximize"
+    device: str = "cpu"
+    threads: int | None = None
+    resume_from: Path | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+    pruned: bool = False
+    epochs: float = 0.0
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def number(self) -> int:
+        """The Optuna trial number."""
+        return int(self.trial.number)
+
+    def report(self, step: int, metrics: dict[str, float], *, epoch: float | None = None) -> None:
+        """Record one evaluation; the objective metric goes to the pruner at ``step``.
+
+        Args:
+            step: the pruning resource, normally the epoch (1, 2, ...).
+            metrics: evaluation metrics; must contain the study's objective metric.
+            epoch: training epochs done so far (defaults to ``step``), for compute accounting.
+        """
+        if self.objective not in metrics:
+            raise KeyError(
+                f"trainer reported {sorted(metrics)} without the objective {self.objective!r}; "
+                "fix objective.metric in the study file or the trainer's metric names"
+            )
+        value = float(metrics[self.objective])
+        self.epochs = float(step if epoch is None else epoch)
+        self.history.append({"step": step, "epoch": self.epochs, **_floats(metrics)})
+        self.trial.set_user_attr(storage.ATTR_HISTORY, self.history)
+        self.trial.set_user_attr(storage.ATTR_EPOCHS, self.epochs)
+        if math.isfinite(value):
+            self.trial.report(value, step)
+
+    def should_prune(self) -> bool:
+        """True when the pruner wants this trial stopped; the trainer should return soon."""
+        if self.trial.should_prune():
+            self.pruned = True
+        return self.pruned
+
+    def set_checkpoint(self, path: str | Path) -> None:
+        """Record the newest checkpoint folder, so a retry can resume from it."""
+        self.trial.set_user_attr(storage.ATTR_CHECKPOINT, str(path))
+
+    def set_attr(self, key: str, value: Any) -> None:
+        """Store a JSON-serializable value on the trial under ``hpo:<key>``."""
+        self.trial.set_user_attr(f"hpo:{key}", value)
+
+    def resolve_path(self, value: str | Path) -> Path:
+        """A path from trainer args: relative ones are relative to the study file's folder."""
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else self.study_dir / path
+
+
+def _floats(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}

@@ -1,0 +1,1 @@
+"""Shared trainer functions, referenced from study files as ``trainers.<module>:train``."""

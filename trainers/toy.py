@@ -1,0 +1,71 @@
+"""A synthetic fine-tuning learning curve: hundreds of trials in seconds.
+
+The curve rises with epochs toward a ceiling set by ``learning_rate`` (best near 1e-4,
+log scale), ``dropout`` (best near 0.1), ``weight_decay`` (a little helps) and
+``per_device_train_batch_size`` (smaller learns faster per epoch). It reports
+``eval_accuracy`` every epoch through the same context as the real trainer, is
+deterministic for a given seed, and ignores parameters it does not model. It exists for
+tests and benchmarks: the whole orchestration path runs at no training cost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+import time
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from hpo.trainer import TrialContext
+
+
+class ToyArgs(BaseModel):
+    """Arguments of the toy trainer; unknown hyperparameters are accepted and ignored."""
+
+    model_config = ConfigDict(extra="allow")
+
+    learning_rate: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    per_device_train_batch_size: int = Field(16, gt=0)
+    num_train_epochs: int = Field(3, gt=0)
+    noise: float = Field(0.01, ge=0)
+    seconds_per_epoch: float = Field(0.0, ge=0)
+
+
+def ceiling(args: ToyArgs) -> float:
+    """The accuracy the curve approaches with many epochs."""
+    lr_fit = math.exp(-((math.log10(args.learning_rate) + 4.0) ** 2) / 0.8)
+    dropout_fit = 1.0 - 2.0 * (args.dropout - 0.1) ** 2
+    decay_fit = 1.0 + 0.05 * min(args.weight_decay, 0.1) / 0.1
+    return 0.5 + 0.42 * lr_fit * dropout_fit * decay_fit
+
+
+def accuracy(args: ToyArgs, epoch: int, seed: int) -> float:
+    """Validation accuracy after ``epoch`` epochs, with seeded noise."""
+    speed = 0.6 * (16 / args.per_device_train_batch_size) ** 0.5
+    speed *= min(2.0, (args.learning_rate / 1e-4) ** 0.3)
+    mean = 0.5 + (ceiling(args) - 0.5) * (1.0 - math.exp(-speed * epoch))
+    key = f"{seed}:{args.model_dump_json()}:{epoch}".encode()
+    rng = random.Random(int.from_bytes(hashlib.sha256(key).digest()[:8], "big"))
+    return min(1.0, max(0.0, mean + rng.gauss(0.0, args.noise)))
+
+
+def train(ctx: TrialContext) -> dict[str, float]:
+    """Report one evaluation per epoch; stop early when the pruner says so."""
+    args = ToyArgs.model_validate(ctx.params)
+    metrics: dict[str, float] = {}
+    for epoch in range(1, args.num_train_epochs + 1):
+        if args.seconds_per_epoch:
+            time.sleep(args.seconds_per_epoch)
+        value = accuracy(args, epoch, ctx.seed)
+        metrics = {"eval_accuracy": value, "eval_loss": 1.0 - value, "epoch": float(epoch)}
+        ctx.report(epoch, metrics)
+        if ctx.should_prune():
+            break
+    metrics["test_accuracy"] = accuracy(args, int(metrics["epoch"]), ctx.seed + 1)
+    return metrics
+
+
+train.args_model = ToyArgs  # type: ignore[attr-defined]

@@ -82,6 +82,16 @@ class Workers(_Model):
     max_retries: NonNegativeInt = 2
 
 
+class WarmStart(_Model):
+    """Seed this study with the best configurations of an earlier one."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    from_study: str = Field(alias="from", min_length=1)
+    storage: str | None = None  # default: this study's storage
+    top_k: PositiveInt = 5
+
+
 class TrainerSpec(_Model):
     """The shared trainer function (``module:function``) and its fixed arguments."""
 
@@ -112,6 +122,8 @@ class StudyConfig(_Model):
     search_space: SearchSpace = Field(min_length=1)
     workers: Workers = Workers()
     output_dir: str = "runs"
+    warm_start: WarmStart | None = None
+    keep_checkpoints: PositiveInt | None = None  # keep only the top-k trials' checkpoints
     # Where the file came from: relative data paths in trainer args resolve against it.
     source: Path | None = Field(None, exclude=True)
 

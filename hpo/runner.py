@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from hpo import storage as st
+from hpo.checkpoints import prune_checkpoints
 from hpo.config import StudyConfig, resolve_trainer
 from hpo.errors import FailureBudgetExceeded, StudyStateError
 from hpo.space import grid, grid_size, suggest
 from hpo.trainer import NonFiniteError, TrialContext
+from hpo.warmstart import enqueue_warm_start
 
 logger = logging.getLogger(__name__)
 
@@ -199,8 +201,16 @@ def run_worker(
     baseline = counted_failures(study) if failures_before is None else failures_before
     objective = _Objective(config, trainer, worker, lock)
     callbacks = [_log_trial] + ([on_trial] if on_trial else [])
+    if config.keep_checkpoints:
+        callbacks.append(lambda study, trial: prune_checkpoints(study, config))
     ran = 0
     try:
+        if config.warm_start:
+            lock.acquire()  # two workers starting together must not enqueue twice
+            try:
+                enqueue_warm_start(study, config)
+            finally:
+                lock.release()
         while time.monotonic() < deadline:
             if counted_failures(study) - baseline >= max(config.budget.max_failures, 1):
                 raise FailureBudgetExceeded(

@@ -115,7 +115,7 @@ class StudyConfig(_Model):
     storage: str = DEFAULT_STORAGE
     seed: int | None = None
     objective: Objective = Objective()
-    sampler: SamplerSpec = Field(default_factory=lambda: {"type": "tpe"})  # type: ignore[assignment]
+    sampler: SamplerSpec = Field(default_factory=lambda: {"type": "tpe"}, validate_default=True)
     pruner: PrunerSpec | None = None
     budget: Budget
     trainer: TrainerSpec

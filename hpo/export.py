@@ -1,0 +1,272 @@
+"""Export a study's best model: weights, config, tokenizer and a model card in one folder.
+
+``hpo export study.yaml --to DIR`` takes the best completed trial (or ``--trial N``),
+copies the model files of its last checkpoint (``hpo:checkpoint``: a Hugging Face
+``checkpoint-<step>`` folder holding ``config.json`` and the weights; optimizer and
+trainer state stay behind), adds the tokenizer of the base model the trainer started
+from (the trainer saves none: it never changes it), and writes ``README.md`` (a model
+card: study, trial, params, validation and test metrics, data, package versions) and
+``hpo_export.json`` (the same facts for machines). The folder loads with
+``AutoModelForSequenceClassification.from_pretrained(DIR)`` and
+``AutoTokenizer.from_pretrained(DIR)``; the tokenizer's ``model_max_length`` is the
+study's ``max_seq_length``, so ``tokenizer(text, truncation=True)`` tokenizes as
+training did.
+
+It lives in hpo (not in the trainer) because it is a command over a stored study; the
+one trainer-specific step, naming the base model, asks the trainer's own
+``resolve_model`` so packaged names (``minilm-l6``) and study-relative paths resolve
+exactly as they did in training. Checkpoint paths are relative to the folder the study
+ran in (``output_dir``), so export from there.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import shutil
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from hpo import storage as st
+from hpo.config import StudyConfig
+from hpo.errors import ConfigError, StudyStateError
+
+# Files of a saved model, as opposed to the optimizer, scheduler and trainer state.
+_MODEL_FILES = (
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+_MODEL_PATTERNS = ("model-*.safetensors", "pytorch_model-*.bin")
+_PACKAGES = ("hpo", "optuna", "transformers", "torch", "datasets", "tokenizers")
+
+
+def export_best(
+    config: StudyConfig, to: str | Path, *, trial_number: int | None = None, force: bool = False
+) -> dict[str, Any]:
+    """Write the best (or the given) trial's model to ``to``; return the card's facts.
+
+    Raises:
+        ConfigError: ``to`` is a non-empty folder and ``force`` is off.
+        StudyStateError: no such study, no completed trial, or its checkpoint is gone.
+    """
+    target = Path(to)
+    if target.exists() and any(target.iterdir()) and not force:
+        raise ConfigError(
+            f"{target} is not empty; choose a new folder or pass --force to replace it",
+            field="--to",
+        )
+    trial = _pick_trial(config, trial_number)
+    checkpoint = _checkpoint(trial, config)
+    facts = model_facts(config, trial, checkpoint)
+    staging = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        _copy_model(checkpoint, staging)
+        _save_tokenizer(config, staging)
+        (staging / "hpo_export.json").write_text(json.dumps(facts, indent=2) + "\n")
+        (staging / "README.md").write_text(model_card(facts), encoding="utf-8")
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)  # readers never see a half-written export
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return facts
+
+
+def _pick_trial(config: StudyConfig, number: int | None) -> Any:
+    import optuna
+
+    from hpo.storage import open_storage, redact_url
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(config.storage)
+    try:
+        study = optuna.load_study(study_name=config.name, storage=storage)
+    except KeyError:
+        raise StudyStateError(
+            f"no study {config.name!r} in {redact_url(config.storage)}; run it first "
+            f"(hpo run {config.source or ''})"
+        ) from None
+    completed = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    if number is None:
+        if not completed:
+            raise StudyStateError(f"study {config.name!r} has no completed trial to export")
+        return study.best_trial
+    match = [t for t in completed if t.number == number]
+    if not match:
+        raise StudyStateError(
+            f"study {config.name!r} has no completed trial {number}; "
+            f"completed: {', '.join(str(t.number) for t in completed) or 'none'}"
+        )
+    return match[0]
+
+
+def _checkpoint(trial: Any, config: StudyConfig) -> Path:
+    recorded = trial.user_attrs.get(st.ATTR_CHECKPOINT)
+    if not recorded:
+        raise StudyStateError(
+            f"trial {trial.number} of {config.name!r} saved no checkpoint; set "
+            "trainer.args.save_checkpoints: true (the default) and run again"
+        )
+    path = Path(recorded)
+    if not (path / "config.json").is_file():
+        raise StudyStateError(
+            f"trial {trial.number}: checkpoint {path} is missing here; run export from the "
+            "folder the study ran in (output_dir is relative to it), or the checkpoint "
+            "was deleted (keep_checkpoints keeps only the best trials')"
+        )
+    return path
+
+
+def _copy_model(checkpoint: Path, target: Path) -> None:
+    names = {n for n in _MODEL_FILES if (checkpoint / n).is_file()}
+    for pattern in _MODEL_PATTERNS:
+        names |= {p.name for p in checkpoint.glob(pattern)}
+    if not any(n.endswith((".safetensors", ".bin")) for n in names):
+        raise StudyStateError(f"checkpoint {checkpoint} holds no model weights")
+    for name in sorted(names):
+        shutil.copy2(checkpoint / name, target / name)
+
+
+def base_model_path(config: StudyConfig) -> str:
+    """The folder (or hub id) of the model the trainer fine-tuned, resolved as it did."""
+    from hpo.trainer import TrialContext
+    from trainers.text_classification import resolve_model
+
+    name = str(config.trainer.args.get("model", "minilm-l6"))
+    # resolve_model only needs resolve_path, which depends on the study's folder alone.
+    where = TrialContext(
+        trial=None,
+        params={},
+        objective="",
+        seed=0,
+        output_dir=Path("."),
+        study_dir=config.study_dir,
+    )
+    return resolve_model(name, where)
+
+
+def _save_tokenizer(config: StudyConfig, target: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_model_path(config))
+    max_length = config.trainer.args.get("max_seq_length")
+    if max_length:
+        tokenizer.model_max_length = int(max_length)
+    tokenizer.save_pretrained(str(target))
+
+
+def model_facts(config: StudyConfig, trial: Any, checkpoint: Path) -> dict[str, Any]:
+    """Everything the model card says, as JSON data."""
+    metrics = dict(trial.user_attrs.get(st.ATTR_METRICS, {}))
+    args = config.trainer.args
+    return {
+        "study": config.name,
+        "storage": st.redact_url(config.storage),
+        "study_file": str(config.source) if config.source else None,
+        "trial": trial.number,
+        "objective": {
+            "metric": config.objective.metric,
+            "direction": config.objective.direction,
+            "value": trial.value,
+        },
+        "params": dict(trial.params),
+        "validation_metrics": {k: v for k, v in metrics.items() if k.startswith("eval_")},
+        "test_metrics": {k: v for k, v in metrics.items() if k.startswith("test_")},
+        "trainer": {"ref": config.trainer.ref, "args": args},
+        "base_model": {"name": args.get("model"), "path": base_model_path(config)},
+        "data": _data_facts(config),
+        "checkpoint": str(checkpoint),
+        "seed": config.seed,
+        "packages": {name: _version(name) for name in _PACKAGES},
+        "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _data_facts(config: StudyConfig) -> dict[str, Any]:
+    dataset = dict(config.trainer.args.get("dataset") or {})
+    path = dataset.get("path")
+    if path:
+        file = Path(path) if Path(path).is_absolute() else config.study_dir / path
+        if file.is_file():
+            dataset["sha256"] = hashlib.sha256(file.read_bytes()).hexdigest()
+            dataset["rows"] = sum(1 for _ in file.open(encoding="utf-8", errors="replace")) - 1
+    return dataset
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def model_card(facts: dict[str, Any]) -> str:
+    """README.md for the exported folder (Hugging Face model-card front matter)."""
+
+    def table(values: dict[str, Any]) -> str:
+        rows = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in values.items())
+        return "| name | value |\n|---|---|\n" + (rows or "| - | - |")
+
+    objective = facts["objective"]
+    base = facts["base_model"]
+    data = facts["data"]
+    versions = ", ".join(f"{k} {v}" for k, v in facts["packages"].items() if v)
+    return f"""---
+library_name: transformers
+pipeline_tag: text-classification
+tags: [hpo, optuna]
+---
+
+# {facts["study"]} — trial {facts["trial"]}
+
+Fine-tuned from `{base["name"]}` by hpo: the best trial of study `{facts["study"]}`
+({facts["storage"]}), {objective["metric"]} = {_fmt(objective["value"])}
+({objective["direction"]}).
+
+```python
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+model = AutoModelForSequenceClassification.from_pretrained("path/to/this/folder")
+tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")  # truncation=True
+```
+
+## Hyperparameters
+
+{table(facts["params"])}
+
+## Validation metrics
+
+{table(facts["validation_metrics"])}
+
+## Test metrics
+
+{table(facts["test_metrics"])}
+
+## Data
+
+{table(data)}
+
+Seed {facts["seed"]}; splits are seeded and stratified by the trainer.
+
+## Provenance
+
+- study file: `{facts["study_file"]}`, trainer `{facts["trainer"]["ref"]}`
+- checkpoint: `{facts["checkpoint"]}`
+- base model: `{base["path"]}`
+- packages: {versions}
+- exported: {facts["exported_at"]}
+"""
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, dict | list):
+        return f"`{json.dumps(value)}`"
+    return str(value)

@@ -1,0 +1,687 @@
+"""Sweeps: a batch of studies from one file, safe to run from cron, resumable.
+
+A sweep file is a base study file plus a matrix of overrides, and/or a list of study
+files::
+
+    name: nightly                       # optional; default: the file's stem (the lock key)
+    base: tpe.yaml                      # relative to the sweep file
+    matrix:                             # dotted paths exactly as in --set
+      sampler.type: [random, tpe]
+      trainer.args.model: [minilm-l6, /models/other]
+    name_template: "{base}-{n}-{date}"  # optional; default "{base}-{n}"
+    studies: [grid.yaml, hyperband.yaml]
+
+Every combination of the matrix (in file order, the last key varying fastest) is one
+study named ``<base name>-<n>``, n = 1, 2, ...; ``name_template`` may use ``{base}``,
+``{n}``, ``{date}`` / ``{yesterday}`` / ``{last_week}`` (ISO dates; ``--date`` pins
+"today"), and any matrix key by its dotted path or its last part (``{type}``). The same
+placeholders work in an expanded study's ``warm_start.from``, so tonight's study can seed
+from last night's (``from: "{base}-{n}-{yesterday}"``). Explicit study files keep their
+own names. ``--set`` applies to every study, after the matrix.
+
+Every study is validated before any runs: one bad combination is reported by name and
+nothing is written anywhere.
+
+Resuming and idempotence come from the runner: a study's budget is its total, so a
+finished study runs nothing and a killed one continues (its lost trial is retried once
+the heartbeat grace period has passed). A sweep whose studies are all finished says so
+and exits 0 without touching storage.
+
+Overlapping invocations (cron firing while the last sweep still runs): the second one
+**exits with "already running"** (exit 0) and runs nothing. The sweep holds a lock named
+after the sweep for its whole run, in every storage its studies use: a file lock beside a
+SQLite database or journal file (``<db>.sweep-<name>.lock``, which also records the
+holder), a Postgres advisory lock (works across machines; a Kubernetes CronJob's
+``concurrencyPolicy: Forbid`` is not enough when two clusters or a manual run share the
+database). The lock dies with the process, so a killed sweep never blocks the next one.
+Exiting rather than joining keeps a slow sweep from piling up one more set of workers
+per cron tick on the same machine; to add workers on purpose, run ``hpo run`` with the
+study's overrides (``--dry-run`` prints the command) against the same storage: trial
+claiming is serialized per study, so no trial runs twice either way.
+
+``--parallel N`` runs N studies at a time, each in its own process (spawned, and killed
+with the sweep on Linux so no orphan keeps training after the lock is gone).
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import itertools
+import logging
+import multiprocessing
+import os
+import re
+import socket
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from hpo.config import (
+    StudyConfig,
+    apply_override,
+    check_trainer,
+    config_error,
+    read_yaml,
+    validate_study,
+)
+from hpo.errors import ConfigError, StorageError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_NAME_TEMPLATE = "{base}-{n}"
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+_DOTTED = re.compile(r"^[A-Za-z_][\w-]*(\.[A-Za-z_0-9][\w-]*)*$")
+
+
+class SweepFile(BaseModel):
+    """A validated sweep file (see the module docstring for every field)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str | None = Field(None, min_length=1, max_length=200)
+    base: str | None = None
+    matrix: dict[str, list[Any]] = Field(default_factory=dict)
+    name_template: str | None = Field(None, min_length=1)
+    studies: list[str] = Field(default_factory=list)
+
+    @field_validator("matrix")
+    @classmethod
+    def _matrix_keys(cls, value: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in value.items():
+            if not _DOTTED.match(key):
+                raise ValueError(f"{key!r} is not a dotted field path like sampler.type")
+            if key == "name":
+                raise ValueError("`name` cannot vary in a matrix; use name_template")
+            if not values:
+                raise ValueError(f"{key} has no values; list at least one or remove the key")
+        return value
+
+
+@dataclass(frozen=True)
+class PlannedStudy:
+    """One study of a sweep: its validated config and where it came from."""
+
+    config: StudyConfig
+    overrides: dict[str, Any]  # matrix values, in matrix order ({} for explicit files)
+    origin: str  # the base or study file
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A validated sweep: every study it will run, in order."""
+
+    name: str
+    source: Path
+    studies: list[PlannedStudy]
+    set_overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class StudyOutcome:
+    """How one study of a sweep ended."""
+
+    name: str
+    budget: int
+    finished: int = 0
+    best_value: float | None = None
+    best_number: int | None = None
+    ran: int = 0
+    already_done: bool = False
+    error: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
+
+
+@dataclass
+class SweepResult:
+    """What ``run_sweep`` did: per-study outcomes, or that another run holds the lock."""
+
+    sweep: str
+    outcomes: list[StudyOutcome] = field(default_factory=list)
+    already_running: str | None = None  # who holds the lock, when we did not get it
+    nothing_to_do: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        """0 all good (or another run is on it), 1 some study failed."""
+        return 1 if any(o.failed for o in self.outcomes) else 0
+
+
+# --- loading and expansion --------------------------------------------------------------
+
+
+def load_sweep(
+    path: str | Path, overrides: list[str] | None = None, *, today: dt.date | None = None
+) -> Sweep:
+    """Read a sweep file and validate every study it expands to.
+
+    Args:
+        path: the sweep YAML file.
+        overrides: ``key.path=value`` applied to every study after the matrix.
+        today: the date behind ``{date}`` placeholders (default: today, UTC).
+
+    Raises:
+        ConfigError: the sweep file or any expanded study is invalid; names the study.
+    """
+    path = Path(path)
+    raw = read_yaml(path)
+    try:
+        spec = SweepFile.model_validate(raw)
+    except ValidationError as e:
+        raise config_error(e, raw, path=str(path)) from None
+    if spec.base is None and not spec.studies:
+        raise ConfigError("give `base` with a `matrix`, or a list of `studies`", path=str(path))
+    if spec.base is not None and not spec.matrix:
+        raise ConfigError(
+            "a base study needs a matrix of overrides; add one or list the file under studies",
+            path=str(path),
+            field="matrix",
+        )
+    if spec.matrix and spec.base is None:
+        raise ConfigError("a matrix needs a `base` study file", path=str(path), field="base")
+    today = today or dt.datetime.now(dt.timezone.utc).date()
+    studies: list[PlannedStudy] = []
+    if spec.base is not None:
+        studies += _expand(spec, path, list(overrides or []), today)
+    for i, file in enumerate(spec.studies):
+        studies.append(_explicit(path, i, file, list(overrides or [])))
+    _check_unique(studies, path)
+    return Sweep(spec.name or path.stem, path, studies, list(overrides or []))
+
+
+def _expand(spec: SweepFile, path: Path, overrides: list[str], today: dt.date) -> list[Any]:
+    base_path = _relative(path, spec.base or "")
+    if not base_path.is_file():
+        raise ConfigError(
+            f"file {base_path} not found; check the path", path=str(path), field="base"
+        )
+    base = read_yaml(base_path)
+    base_name = str(base.get("name", base_path.stem))
+    keys = list(spec.matrix)
+    template = spec.name_template or DEFAULT_NAME_TEMPLATE
+    studies = []
+    for n, values in enumerate(itertools.product(*spec.matrix.values()), start=1):
+        combo = dict(zip(keys, values, strict=True))
+        raw = copy.deepcopy(base)
+        label = _label(base_name, n, combo)
+        fields = _placeholders(base_name, n, combo, today)
+        name = _render(template, fields, path=str(path), field_name="name_template")
+        try:
+            for key, value in combo.items():
+                apply_override(raw, f"{key}={_yaml_text(value)}", path=str(path))
+            for override in overrides:
+                apply_override(raw, override, path=str(path))
+        except ConfigError as e:
+            raise ConfigError(_bare(e), path=str(path), field=label) from None
+        raw["name"] = name
+        warm = raw.get("warm_start")
+        if isinstance(warm, dict) and isinstance(warm.get("from"), str):
+            warm["from"] = _render(warm["from"], fields, path=str(path), field_name=label)
+        studies.append(PlannedStudy(_validate(raw, base_path, path, label), combo, str(base_path)))
+    return studies
+
+
+def _explicit(path: Path, index: int, file: str, overrides: list[str]) -> PlannedStudy:
+    study_path = _relative(path, file)
+    label = f"studies[{index}]"
+    if not study_path.is_file():
+        raise ConfigError(
+            f"file {study_path} not found; check the path", path=str(path), field=label
+        )
+    raw = read_yaml(study_path)
+    for override in overrides:
+        apply_override(raw, override, path=str(study_path))
+    return PlannedStudy(_validate(raw, study_path, path, f"{label} ({file})"), {}, str(study_path))
+
+
+def _validate(raw: dict[str, Any], study_path: Path, sweep_path: Path, label: str) -> StudyConfig:
+    """Validate one study; its errors are re-reported against the sweep, naming the study."""
+    try:
+        config = validate_study(raw, path=str(study_path))
+        check_trainer(config, path=str(study_path))
+    except ConfigError as e:
+        where = f"{label}: {e.field}" if e.field else label
+        raise ConfigError(_bare(e), path=str(sweep_path), field=where) from None
+    return config
+
+
+def _check_unique(studies: list[PlannedStudy], path: Path) -> None:
+    seen: dict[tuple[str, str], str] = {}
+    for study in studies:
+        key = (study.config.storage, study.name)
+        if key in seen:
+            raise ConfigError(
+                f"two studies are both named {study.name!r} in the same storage ({seen[key]} "
+                f"and {study.origin}); add {{n}} or a matrix key to name_template, or rename",
+                path=str(path),
+            )
+        seen[key] = study.origin
+
+
+def _label(base_name: str, n: int, combo: dict[str, Any]) -> str:
+    """How an error names a combination: the default study name and its overrides."""
+    shown = ", ".join(f"{k}={v}" for k, v in combo.items())
+    return f"{base_name}-{n} ({shown})"
+
+
+def _placeholders(base: str, n: int, combo: dict[str, Any], today: dt.date) -> dict[str, str]:
+    fields = {
+        "base": base,
+        "n": str(n),
+        "date": today.isoformat(),
+        "yesterday": (today - dt.timedelta(days=1)).isoformat(),
+        "last_week": (today - dt.timedelta(days=7)).isoformat(),
+    }
+    last_parts = [k.rsplit(".", 1)[-1] for k in combo]
+    for key, value in combo.items():
+        text = _UNSAFE.sub("-", str(value)).strip("-") or "x"
+        fields[key] = text
+        short = key.rsplit(".", 1)[-1]
+        if last_parts.count(short) == 1:
+            fields.setdefault(short, text)
+    return fields
+
+
+def _render(template: str, fields: dict[str, str], *, path: str, field_name: str) -> str:
+    def substitute(match: re.Match[str]) -> str:
+        key = match[1]
+        if key not in fields:
+            raise ConfigError(
+                f"unknown placeholder {{{key}}}; use one of "
+                + ", ".join(f"{{{k}}}" for k in fields),
+                path=path,
+                field=field_name,
+            )
+        return fields[key]
+
+    return _PLACEHOLDER.sub(substitute, template)
+
+
+def _yaml_text(value: Any) -> str:
+    """``value`` as YAML text that reads back as the same value (for apply_override)."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**9)
+    return text.removesuffix("\n").removesuffix("\n...").strip()
+
+
+def _bare(error: ConfigError) -> str:
+    """The message of a ConfigError without its ``path: field:`` prefix."""
+    where = ": ".join(p for p in (error.path, error.field) if p)
+    text = str(error)
+    return text[len(where) + 2 :] if where and text.startswith(where + ": ") else text
+
+
+def _relative(sweep_path: Path, file: str) -> Path:
+    candidate = Path(file).expanduser()
+    return candidate if candidate.is_absolute() else sweep_path.parent / candidate
+
+
+# --- plan -------------------------------------------------------------------------------
+
+
+@dataclass
+class PlanRow:
+    """One line of ``--dry-run``: a study, its overrides and the trials it still needs."""
+
+    study: PlannedStudy
+    budget: int
+    finished: int
+    exists: bool
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.budget - self.finished)
+
+
+def plan_sweep(sweep: Sweep) -> list[PlanRow]:
+    """Where each study stands, read without creating anything (a missing SQLite file
+    counts as empty and is not created)."""
+    from hpo.runner import effective_budget
+
+    rows = []
+    for study in sweep.studies:
+        finished, exists = _finished_trials(study.config)
+        rows.append(PlanRow(study, effective_budget(study.config), finished, exists))
+    return rows
+
+
+def _finished_trials(config: StudyConfig) -> tuple[int, bool]:
+    from hpo.storage import expand_url, open_storage, sqlite_path
+
+    path = sqlite_path(expand_url(config.storage))
+    if path is not None and not path.exists():
+        return 0, False
+    if config.storage.startswith("journal://"):
+        journal = Path(expand_url(config.storage).removeprefix("journal:///"))
+        if not journal.exists():
+            return 0, False
+    storage = open_storage(config.storage)
+    try:
+        study_id = storage.get_study_id_from_name(config.name)
+    except KeyError:
+        return 0, False
+    trials = storage.get_all_trials(study_id, deepcopy=False)
+    return sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials), True
+
+
+def run_command(sweep: Sweep, study: PlannedStudy) -> str:
+    """The ``hpo run`` command that runs (or joins) this study of the sweep by hand."""
+    import shlex
+
+    parts = ["hpo", "run", study.origin]
+    if study.overrides:
+        parts += ["--set", f"name={study.name}"]
+        for key, value in study.overrides.items():
+            parts += ["--set", f"{key}={_yaml_text(value)}"]
+        warm = study.config.warm_start
+        if warm is not None:
+            parts += ["--set", f"warm_start.from={warm.from_study}"]
+    for override in sweep.set_overrides:
+        parts += ["--set", override]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+# --- running ----------------------------------------------------------------------------
+
+
+def run_sweep(sweep: Sweep, *, parallel: int = 1) -> SweepResult:
+    """Run every unfinished study of the sweep, in order or ``parallel`` at a time.
+
+    Holds the sweep lock throughout; when another invocation holds it, runs nothing and
+    returns a result whose ``already_running`` says who. A study that fails (failure
+    budget, storage, changed space) is recorded and the sweep goes on with the next.
+    """
+    result = SweepResult(sweep.name)
+    lock = SweepLock(sweep.name, sorted({s.config.storage for s in sweep.studies}))
+    holder = lock.try_acquire()
+    if holder is not None:
+        result.already_running = holder
+        return result
+    try:
+        rows = plan_sweep(sweep)
+        if all(row.remaining == 0 for row in rows):
+            result.nothing_to_do = True
+            result.outcomes = [_done(row.study.config) for row in rows]
+            return result
+        todo = [i for i, row in enumerate(rows) if row.remaining > 0]
+        _create_schemas({rows[i].study.config.storage for i in todo})
+        studies = [rows[i].study for i in todo]
+        if parallel <= 1:
+            outcomes = [_run_one(study.config) for study in studies]
+        else:
+            outcomes = _run_parallel(studies, parallel)
+        ran = dict(zip(todo, outcomes, strict=True))
+        result.outcomes = [ran.get(i) or _done(row.study.config) for i, row in enumerate(rows)]
+    finally:
+        lock.release()
+    return result
+
+
+def _create_schemas(urls: set[str]) -> None:
+    """Open each storage once here: processes creating a fresh schema together collide."""
+    from hpo.storage import open_storage
+
+    for url in sorted(urls):
+        try:
+            open_storage(url)
+        except StorageError as e:  # the study's own run reports it, as its failure
+            logger.debug("sweep: %s", e)
+
+
+def _run_one(config: StudyConfig) -> StudyOutcome:
+    """Run one study to its budget in this process; errors become the outcome's error."""
+    from hpo.runner import run_study
+
+    logger.info("sweep: study %r (budget %d trials)", config.name, config.budget.n_trials)
+    try:
+        summary = run_study(config)
+    except Exception as e:  # noqa: BLE001 - one study's failure ends only that study
+        logger.error("sweep: study %r failed: %s", config.name, e)
+        outcome = _outcome(config)
+        outcome.error = str(e) or type(e).__name__
+        return outcome
+    return StudyOutcome(
+        name=config.name,
+        budget=summary.n_trials,
+        finished=summary.finished,
+        best_value=summary.best_value,
+        best_number=summary.best_number,
+        ran=summary.ran,
+        already_done=summary.already_done,
+    )
+
+
+def _done(config: StudyConfig) -> StudyOutcome:
+    outcome = _outcome(config)
+    outcome.already_done = True
+    return outcome
+
+
+def _outcome(config: StudyConfig) -> StudyOutcome:
+    """Where a study stands, read from storage (a blank outcome if storage is unreachable)."""
+    from hpo.runner import effective_budget
+
+    outcome = StudyOutcome(config.name, effective_budget(config))
+    try:
+        import optuna
+
+        from hpo.storage import open_storage
+
+        study = optuna.load_study(study_name=config.name, storage=open_storage(config.storage))
+        trials = study.get_trials(deepcopy=False)
+    except Exception:  # noqa: BLE001 - a summary line must not hide the real error
+        return outcome
+    outcome.finished = sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
+    if any(t.state.name == "COMPLETE" for t in trials):
+        outcome.best_value = study.best_value
+        outcome.best_number = study.best_trial.number
+    return outcome
+
+
+def _run_parallel(studies: list[PlannedStudy], parallel: int) -> list[StudyOutcome]:
+    """Run up to ``parallel`` studies at a time, each in a spawned process."""
+    from multiprocessing.connection import wait
+
+    context = multiprocessing.get_context("spawn")
+    pending = list(enumerate(studies))
+    running: dict[Any, tuple[int, Any, Any, PlannedStudy]] = {}
+    outcomes: dict[int, StudyOutcome] = {}
+    level = logging.getLogger().getEffectiveLevel()
+    try:
+        while pending or running:
+            while pending and len(running) < parallel:
+                index, study = pending.pop(0)
+                receiver, sender = context.Pipe(duplex=False)
+                process = context.Process(
+                    target=_child, args=(study.config, sender, level), name=study.name
+                )
+                process.start()
+                sender.close()
+                running[process.sentinel] = (index, process, receiver, study)
+            for sentinel in wait(list(running)):
+                index, process, receiver, study = running.pop(sentinel)
+                outcomes[index] = _collect(process, receiver, study.config)
+    finally:
+        for _, process, _, _ in running.values():
+            process.terminate()
+    return [outcomes[i] for i in sorted(outcomes)]
+
+
+def _collect(process: Any, receiver: Any, config: StudyConfig) -> StudyOutcome:
+    process.join()
+    try:
+        outcome = receiver.recv() if receiver.poll() else None
+    except EOFError:
+        outcome = None
+    receiver.close()
+    if outcome is None:
+        outcome = _outcome(config)
+        outcome.error = f"worker process exited with code {process.exitcode}"
+    return outcome
+
+
+def _child(config: StudyConfig, sender: Any, level: int) -> None:
+    """Entry point of a study's process: die with the sweep, log with the study's name."""
+    _die_with_parent()
+    logging.basicConfig(level=level, format=f"[{config.name}] %(message)s", force=True)
+    warnings.filterwarnings("ignore", message=".*is experimental.*")
+    warnings.filterwarnings("ignore", message=".*experimental feature.*")
+    for noisy in ("httpx", "urllib3", "filelock", "datasets", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR if level > logging.DEBUG else level)
+    sender.send(_run_one(config))
+    sender.close()
+
+
+def _die_with_parent() -> None:
+    """Linux: get SIGTERM when the sweep process dies, so no study outlives its lock."""
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the parent terminates children itself
+        return
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+# --- the lock against overlapping invocations -------------------------------------------
+
+
+class SweepLock:
+    """A non-blocking lock per sweep name, held in every storage the sweep's studies use.
+
+    SQLite and journal files: an exclusive ``flock`` on ``<file>.sweep-<name>.lock``,
+    which also records the holder (host, pid, start time). Postgres: a session advisory
+    lock on its own connection. Other storages: a lock file in the working directory.
+    """
+
+    def __init__(self, name: str, urls: list[str]):
+        self.name = name
+        self.urls = urls
+        self._files: list[Any] = []
+        self._connections: list[Any] = []
+
+    def try_acquire(self) -> str | None:
+        """Take every lock; None on success, else a description of the holder."""
+        for url in self.urls:
+            holder = self._try_one(url)
+            if holder is not None:
+                self.release()
+                return holder
+        return None
+
+    def release(self) -> None:
+        """Drop every lock held (closing the file or connection drops it)."""
+        for file in self._files:
+            file.close()
+        for connection in self._connections:
+            try:
+                connection.close()
+            except Exception:  # noqa: BLE001 - a dead connection holds no lock anyway
+                pass
+        self._files, self._connections = [], []
+
+    def _try_one(self, url: str) -> str | None:
+        from hpo.storage import expand_url, redact_url, sqlite_path
+
+        real = expand_url(url)
+        if real.startswith("postgresql"):
+            return self._try_postgres(real, redact_url(url))
+        path = sqlite_path(real)
+        if path is None and real.startswith("journal:///"):
+            path = Path(real.removeprefix("journal:///"))
+        if path is None:
+            path = Path("hpo")
+        safe = _UNSAFE.sub("-", self.name)
+        return self._try_file(path.with_name(f"{path.name}.sweep-{safe}.lock"))
+
+    def _try_file(self, lock_path: Path) -> str | None:
+        import fcntl
+
+        if not lock_path.parent.exists():
+            raise StorageError(
+                f"cannot create {lock_path}: folder {lock_path.parent} does not exist"
+            )
+        file = open(lock_path, "a+")  # noqa: SIM115 - held open for the whole sweep
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.seek(0)
+            who = file.read().strip() or "another process"
+            file.close()
+            return f"{who} (lock {lock_path})"
+        file.seek(0)
+        file.truncate()
+        started = dt.datetime.now().astimezone().isoformat(timespec="seconds")
+        file.write(f"{socket.gethostname()} pid {os.getpid()} since {started}\n")
+        file.flush()
+        self._files.append(file)
+        return None
+
+    def _try_postgres(self, real_url: str, shown: str) -> str | None:
+        import sqlalchemy
+
+        try:
+            engine = sqlalchemy.create_engine(real_url, poolclass=sqlalchemy.pool.NullPool)
+            connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        except Exception as e:  # driver errors vary; never echo the real URL
+            reason = str(e).splitlines()[0].replace(real_url, shown)
+            raise StorageError(f"cannot open storage {shown}: {reason}") from None
+        got = connection.execute(
+            sqlalchemy.text("SELECT pg_try_advisory_lock(hashtext('hpo:sweep'), hashtext(:n))"),
+            {"n": self.name},
+        ).scalar()
+        if not got:
+            connection.close()
+            return f"another invocation (advisory lock in {shown})"
+        self._connections.append(connection)
+        return None
+
+
+def describe_outcome(outcome: StudyOutcome) -> str:
+    """One summary line: name, finished/budget, best value, and what went wrong."""
+    best = "-" if outcome.best_value is None else f"{outcome.best_value:.4f}"
+    trial = "" if outcome.best_number is None else f" (trial {outcome.best_number})"
+    status = f"FAILED: {outcome.error}" if outcome.failed else "ok"
+    return (
+        f"{outcome.name}  {outcome.finished}/{outcome.budget} finished  best {best}{trial}  "
+        f"{status}"
+    )
+
+
+def write_comparison(sweep: Sweep, result: SweepResult, output: Path | None = None) -> Path | None:
+    """The dashboards comparison page (``hpo compare``) of the sweep's studies, or None.
+
+    Studies without a completed trial are left out; a comparison dashboards refuses
+    (e.g. studies with different objectives) is logged and skipped, never a sweep failure.
+    """
+    try:
+        from dashboards.compare import build_comparison
+    except ImportError:  # dashboards not installed: the sweep itself is complete
+        return None
+    done = {o.name for o in result.outcomes if o.best_value is not None}
+    configs = [s.config for s in sweep.studies if s.name in done]
+    if not configs:
+        return None
+    try:
+        return Path(build_comparison(configs, output).html)
+    except Exception as e:  # noqa: BLE001 - the page is a bonus; the sweep's result stands
+        logger.warning("sweep: no comparison page: %s", e)
+        return None

@@ -79,6 +79,72 @@ def build_parser() -> argparse.ArgumentParser:
     command("status", cmd_status, "trials by state and the best so far")
     best = command("best", cmd_best, "the best trial's value, params and metrics")
     best.add_argument("--json", action="store_true", help="print JSON")
+    report = command("report", cmd_report, "write an HTML report, trials.csv and summary.json")
+    report.add_argument(
+        "-o", "--output", metavar="DIR", help="output folder (default: dashboards/<study name>/)"
+    )
+    dashboard = command("dashboard", cmd_dashboard, "browse the study live in optuna-dashboard")
+    dashboard.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine)"
+    )
+    dashboard.add_argument("--port", type=int, default=8080, help="port (default 8080; 0: any)")
+    compare = commands.add_parser(
+        "compare",
+        help="compare search strategies: best value against compute",
+        description="Best-so-far value against cumulative training compute, one line per "
+        "study, and the compute each needed to reach random search's best.",
+    )
+    compare.add_argument("study_files", nargs="+", metavar="FILE", help="study YAML files")
+    compare.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override a field of every study file (repeatable)",
+    )
+    compare.add_argument("--storage", metavar="URL", help="shorthand for --set storage=URL")
+    compare.add_argument(
+        "-o", "--output", metavar="DIR", help="output folder (default: dashboards/compare-...)"
+    )
+    compare.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    compare.set_defaults(handler=cmd_compare)
+    sweep = commands.add_parser(
+        "sweep",
+        help="run a batch of studies from a sweep file (resumable, safe from cron)",
+        description="Run every study of a sweep file (base + matrix, and/or study files) to "
+        "its budget. A second invocation while one runs exits with 'already running'.",
+    )
+    sweep.add_argument("sweep_file", metavar="SWEEP_FILE", help="the sweep YAML file")
+    sweep.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override a field of every study, after the matrix (repeatable)",
+    )
+    sweep.add_argument("--storage", metavar="URL", help="shorthand for --set storage=URL")
+    sweep.add_argument(
+        "--parallel",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="run N studies at a time, one process each (default 1)",
+    )
+    sweep.add_argument("--dry-run", action="store_true", help="print the plan; run nothing")
+    sweep.add_argument("--date", metavar="YYYY-MM-DD", help="the date of {date} placeholders")
+    sweep.add_argument(
+        "--no-compare",
+        action="store_true",
+        help="skip the comparison page written after the sweep",
+    )
+    sweep.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sweep.set_defaults(handler=cmd_sweep)
+    export = command("export", cmd_export, "write the best trial's model with a model card")
+    export.add_argument("--to", required=True, metavar="DIR", help="the folder to write")
+    export.add_argument("--trial", type=int, metavar="N", help="export trial N, not the best")
+    export.add_argument("--force", action="store_true", help="replace a non-empty folder")
     parser.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     return parser
 
@@ -112,7 +178,13 @@ def _console() -> Any:
 
 
 def _load(args: argparse.Namespace) -> Any:
+    import optuna
+
     from hpo.config import load_study
+
+    # hpo logs one line per trial with the failure reason; Optuna's own lines (and the
+    # traceback of every failed trial) are only for --debug.
+    optuna.logging.set_verbosity(optuna.logging.DEBUG if args.debug else optuna.logging.ERROR)
 
     overrides = list(args.overrides)
     if getattr(args, "storage", None):
@@ -196,6 +268,145 @@ def cmd_best(args: argparse.Namespace) -> int:
         print(f"trial {data['trial']}: {config.objective.metric}={data['value']:.4f}")
         for key, value in {**data["params"], **data["metrics"]}.items():
             print(f"  {key}: {value}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from dashboards.report import build_report
+
+    config = _load(args)
+    report = build_report(config, Path(args.output) if args.output else None)
+    counts = ", ".join(f"{n} {s.lower()}" for s, n in report.summary["trials_by_state"].items())
+    print(f"report of study {config.name!r} ({counts}): {report.html}")
+    print(f"data: {report.trials_csv}, {report.summary_json}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from dashboards.compare import build_comparison
+    from hpo.errors import ConfigError
+
+    configs = []
+    for path in args.study_files:
+        args.study_file = path
+        config = _load(args)
+        twin = next((c for c in configs if c.name == config.name), None)
+        if twin is not None:
+            raise ConfigError(
+                f"study {config.name!r} is also named in {twin.source}; compare distinct studies",
+                path=path,
+                field="name",
+            )
+        configs.append(config)
+    comparison = build_comparison(configs, Path(args.output) if args.output else None)
+    if comparison.baseline is None:
+        print("no study uses sampler.type: random; the page has no random-search baseline")
+    for result in comparison.studies:
+        reach = ""
+        if comparison.baseline is not None:
+            reach = (
+                f", reached random's best after {result.reach.epochs:g} epochs"
+                if result.reach
+                else ", did not reach random's best"
+            )
+        print(f"{result.name} ({result.sampler}): best {result.best:.4f}{reach}")
+    print(f"comparison: {comparison.html}")
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from dashboards.server import serve_dashboard
+
+    config = _load(args)
+
+    def ready(url: str) -> None:
+        print(f"optuna-dashboard for study {config.name!r}: {url}  (Ctrl-C stops it)", flush=True)
+
+    try:
+        serve_dashboard(config, args.host, args.port, on_ready=ready)
+    except KeyboardInterrupt:
+        print("dashboard stopped", file=sys.stderr)
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, but got {text!r}")
+    return int(text)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from hpo.errors import ConfigError
+    from hpo.sweep import (
+        describe_outcome,
+        load_sweep,
+        plan_sweep,
+        run_command,
+        run_sweep,
+        write_comparison,
+    )
+
+    try:
+        today = dt.date.fromisoformat(args.date) if args.date else None
+    except ValueError:
+        raise ConfigError(f"expected YYYY-MM-DD, but got {args.date!r}", field="--date") from None
+    _quiet_optuna(args.debug)
+    overrides = list(args.overrides) + ([f"storage={args.storage}"] if args.storage else [])
+    sweep = load_sweep(args.sweep_file, overrides, today=today)
+    if args.dry_run:
+        print(f"sweep {sweep.name!r}: {len(sweep.studies)} studies (dry run; nothing runs)")
+        for row in plan_sweep(sweep):
+            changes = ", ".join(f"{k}={v}" for k, v in row.study.overrides.items())
+            print(
+                f"{row.study.name}: {row.remaining} of {row.budget} trials remaining"
+                f"{'' if row.exists else ' (new study)'}; overrides: {changes or 'none'}"
+            )
+            print(f"  {run_command(sweep, row.study)}")
+        return 0
+    result = run_sweep(sweep, parallel=args.parallel)
+    if result.already_running:
+        print(
+            f"sweep {sweep.name!r} is already running: {result.already_running}; "
+            "this invocation runs nothing"
+        )
+        return 0
+    if result.nothing_to_do:
+        print(
+            f"sweep {sweep.name!r}: all {len(sweep.studies)} studies are already finished; "
+            "nothing to run"
+        )
+    print(f"sweep {sweep.name!r} summary:")
+    for outcome in result.outcomes:
+        print(f"  {describe_outcome(outcome)}")
+    skip = args.no_compare or result.nothing_to_do
+    page = None if skip else write_comparison(sweep, result)
+    if page is not None:
+        print(f"comparison: {page}")
+    return result.exit_code
+
+
+def _quiet_optuna(debug: bool) -> None:
+    import optuna
+
+    # As in _load: hpo logs one line per trial; Optuna's own lines are for --debug.
+    optuna.logging.set_verbosity(optuna.logging.DEBUG if debug else optuna.logging.ERROR)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from hpo.export import export_best
+
+    config = _load(args)
+    facts = export_best(config, args.to, trial_number=args.trial, force=args.force)
+    print(
+        f"exported trial {facts['trial']} of study {config.name!r} "
+        f"({config.objective.metric}={facts['objective']['value']:.4f}) to {args.to}"
+    )
     return 0
 
 

@@ -73,7 +73,6 @@ def open_study(config: StudyConfig, *, allow_space_change: bool = False, seed_of
     """
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = st.open_storage(
         config.storage,
         heartbeat_interval=config.workers.heartbeat_interval,

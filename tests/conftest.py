@@ -62,11 +62,17 @@ search_space:
 def toy_study(tmp_path: Path):
     """Write a toy study file; keyword arguments fill the template above."""
 
-    def make(name: str = "toy", storage: str | None = None, sampler: str = "random",
-             n_trials: int = 5, text: str | None = None) -> Path:
+    def make(
+        name: str = "toy",
+        storage: str | None = None,
+        sampler: str = "random",
+        n_trials: int = 5,
+        text: str | None = None,
+    ) -> Path:
         storage = storage or f"sqlite:///{tmp_path / 'hpo.db'}"
-        body = text or TOY_STUDY.format(name=name, storage=storage, sampler=sampler,
-                                        n_trials=n_trials)
+        body = text or TOY_STUDY.format(
+            name=name, storage=storage, sampler=sampler, n_trials=n_trials
+        )
         return write_study(tmp_path / f"{name}.yaml", body)
 
     return make

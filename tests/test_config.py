@@ -41,10 +41,15 @@ def test_missing_file() -> None:
 
 
 def test_set_overrides_apply_before_validation() -> None:
-    config = load_study(DATA / "valid" / "minimal.yaml", [
-        "budget.n_trials=7", "sampler.type=random", "trainer.args.noise=0.5",
-        "search_space.dropout={type: float, low: 0.0, high: 0.2}",
-    ])
+    config = load_study(
+        DATA / "valid" / "minimal.yaml",
+        [
+            "budget.n_trials=7",
+            "sampler.type=random",
+            "trainer.args.noise=0.5",
+            "search_space.dropout={type: float, low: 0.0, high: 0.2}",
+        ],
+    )
     assert config.budget.n_trials == 7
     assert config.sampler.type == "random"
     assert config.trainer.args == {"noise": 0.5}
@@ -69,11 +74,13 @@ def test_defaults_and_durations() -> None:
 
 def test_stored_form_redacts_the_password(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HPO_PW", "hunter2")
-    config = load_study(DATA / "valid" / "minimal.yaml",
-                        ["storage=postgresql+psycopg2://me:literalpw@db/x"])
+    config = load_study(
+        DATA / "valid" / "minimal.yaml", ["storage=postgresql+psycopg2://me:literalpw@db/x"]
+    )
     assert "literalpw" not in str(config.stored_form())
-    config = load_study(DATA / "valid" / "minimal.yaml",
-                        ["storage=postgresql+psycopg2://me:${HPO_PW}@db/x"])
+    config = load_study(
+        DATA / "valid" / "minimal.yaml", ["storage=postgresql+psycopg2://me:${HPO_PW}@db/x"]
+    )
     assert "hunter2" not in str(config.stored_form())
 
 

@@ -471,7 +471,8 @@ def _reporter_class() -> type:
             by_steps = args.eval_strategy == "steps"
             step = state.global_step if by_steps else int(round(state.epoch or 0))
             self.ctx.report(step, metrics, epoch=float(state.epoch or 0))
-            if self.ctx.should_prune():
+            # After the last step there is nothing left to save by pruning: let it complete.
+            if state.global_step < state.max_steps and self.ctx.should_prune():
                 control.should_training_stop = True
             value = metrics.get(self.ctx.objective)
             if self.patience and value is not None:

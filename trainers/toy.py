@@ -62,7 +62,8 @@ def train(ctx: TrialContext) -> dict[str, float]:
         value = accuracy(args, epoch, ctx.seed)
         metrics = {"eval_accuracy": value, "eval_loss": 1.0 - value, "epoch": float(epoch)}
         ctx.report(epoch, metrics)
-        if ctx.should_prune():
+        # After the last epoch there is nothing left to save by pruning: the trial completes.
+        if epoch < args.num_train_epochs and ctx.should_prune():
             break
     metrics["test_accuracy"] = accuracy(args, int(metrics["epoch"]), ctx.seed + 1)
     return metrics

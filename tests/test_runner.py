@@ -1,0 +1,220 @@
+"""The runner on real SQLite files: total budget, resume, space changes, failures, pruning."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from hpo.config import load_study
+from hpo.errors import FailureBudgetExceeded, StudyStateError
+from hpo.runner import count_states, open_study, run_study
+from tests.conftest import ROOT, run_hpo
+
+
+def load(path: Path, *overrides: str):
+    return load_study(path, list(overrides))
+
+
+def stored(path: Path, name: str = "toy"):
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{path}")
+
+
+def test_budget_is_the_study_total_not_n_more(toy_study, tmp_path: Path) -> None:
+    study_file = toy_study(n_trials=5)
+    first = run_study(load(study_file))
+    assert first.finished == 5 and first.ran == 5
+    again = run_study(load(study_file))
+    assert again.already_done and again.ran == 0
+    assert len(stored(tmp_path / "hpo.db").trials) == 5
+    more = run_study(load(study_file, "budget.n_trials=8"))
+    assert more.ran == 3 and more.finished == 8
+
+
+def test_cli_rerun_of_finished_study_says_so(toy_study) -> None:
+    study_file = toy_study(n_trials=3)
+    assert run_hpo("run", str(study_file)).returncode == 0
+    result = run_hpo("run", str(study_file))
+    assert result.returncode == 0
+    assert "already finished (3/3 trials); nothing to run" in result.stdout
+
+
+def test_summary_lists_best_and_states(toy_study) -> None:
+    result = run_hpo("run", str(toy_study(n_trials=4)))
+    assert result.returncode == 0, result.stderr
+    assert "study 'toy': 4/4 trials finished (4 complete)" in result.stdout
+    assert "best: trial" in result.stdout and "best params: learning_rate=" in result.stdout
+    assert "wall time" in result.stdout
+
+
+def test_interrupted_run_resumes_to_the_total(toy_study, tmp_path: Path) -> None:
+    study_file = toy_study(n_trials=6, text=None)
+    text = study_file.read_text().replace("trainers.toy:train", "tests.fake_trainers:slow_epochs")
+    study_file.write_text(text)
+    env = {"HPO_TEST_EPOCH_S": "0.3"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hpo", "run", str(study_file)],
+        cwd=tmp_path,
+        env={**__import__("os").environ, "PYTHONPATH": str(ROOT), **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # wait until two trials finished, then Ctrl-C
+        time.sleep(0.2)
+        try:
+            done = count_states(stored(tmp_path / "hpo.db"))
+        except Exception:
+            continue
+        if done["COMPLETE"] >= 2:
+            break
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 130, err
+    states = count_states(stored(tmp_path / "hpo.db"))
+    assert states["RUNNING"] == 0  # the interrupted trial is failed, not left running
+    assert 2 <= states["COMPLETE"] < 6
+    result = run_hpo("run", str(study_file), env=env)
+    assert result.returncode == 0, result.stderr
+    states = count_states(stored(tmp_path / "hpo.db"))
+    assert states["COMPLETE"] == 6 and states["RUNNING"] == 0
+
+
+def test_changed_search_space_is_refused_unless_allowed(toy_study) -> None:
+    study_file = toy_study(n_trials=2)
+    run_study(load(study_file))
+    changed = "search_space.dropout={type: float, low: 0.0, high: 0.5}"
+    with pytest.raises(StudyStateError, match=r"search_space: differs .* \(changed: dropout\)"):
+        run_study(load(study_file, changed, "budget.n_trials=3"))
+    result = run_hpo("run", str(study_file), "--set", changed, "--n-trials", "3")
+    assert result.returncode == 2 and "--allow-space-change" in result.stderr
+    result = run_hpo(
+        "run", str(study_file), "--set", changed, "--n-trials", "3", "--allow-space-change"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "3/3 trials finished" in result.stdout
+
+
+def test_failed_trials_are_recorded_and_the_study_continues(toy_study, tmp_path: Path) -> None:
+    study_file = toy_study(n_trials=6)
+    text = study_file.read_text().replace(
+        "trainers.toy:train", "tests.fake_trainers:fail_when_dropout_high"
+    )
+    study_file.write_text(text.replace("max_failures: 3", "max_failures: 20"))
+    summary = run_study(load(study_file))
+    assert summary.finished == 6
+    failed = [t for t in stored(tmp_path / "hpo.db").trials if t.state.name == "FAIL"]
+    assert failed, "with seed 1 some trials draw dropout > 0.15"
+    for trial in failed:
+        assert trial.params["dropout"] > 0.15
+        assert trial.user_attrs["hpo:failure"] == "exception"
+        assert "simulated crash" in trial.user_attrs["hpo:failure_message"]
+
+
+@pytest.mark.parametrize(
+    "trainer, reason",
+    [
+        ("always_fail", "exception"),
+        ("nan_loss", "nan"),
+        ("nan_value", "nan"),
+        ("oom", "oom"),
+        ("no_objective", "exception"),
+    ],
+)
+def test_failure_budget_stops_with_exit_1(
+    toy_study, tmp_path: Path, trainer: str, reason: str
+) -> None:
+    study_file = toy_study(n_trials=10)
+    study_file.write_text(
+        study_file.read_text().replace("trainers.toy:train", f"tests.fake_trainers:{trainer}")
+    )
+    with pytest.raises(FailureBudgetExceeded, match=r"3 trials failed \(budget.max_failures=3\)"):
+        run_study(load(study_file))
+    trials = stored(tmp_path / "hpo.db").trials
+    assert len(trials) == 3
+    assert {t.user_attrs["hpo:failure"] for t in trials} == {reason}
+    result = run_hpo("run", str(study_file), "--set", "budget.max_failures=1")
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1].startswith("hpo: error: study 'toy': 1 trials failed")
+    assert "Traceback" not in result.stderr
+
+
+def test_hyperband_prunes_and_records_epochs(toy_study, tmp_path: Path) -> None:
+    study_file = toy_study(n_trials=30, sampler="random")
+    study_file.write_text(
+        study_file.read_text()
+        .replace("budget:", "pruner: {type: hyperband, min_resource: 1, max_resource: 9}\nbudget:")
+        .replace("num_train_epochs: 3", "num_train_epochs: 9")
+    )
+    run_study(load(study_file))
+    trials = stored(tmp_path / "hpo.db").trials
+    pruned = [t for t in trials if t.state.name == "PRUNED"]
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    assert pruned and complete
+    assert all(t.user_attrs["hpo:epochs"] < 9 for t in pruned)
+    assert all(t.user_attrs["hpo:epochs"] == 9 for t in complete)
+    assert all(len(t.intermediate_values) == t.user_attrs["hpo:epochs"] for t in trials)
+    assert all("test_accuracy" in t.user_attrs["hpo:metrics"] for t in complete)
+
+
+def test_same_seed_same_trials(toy_study, tmp_path: Path) -> None:
+    first = toy_study(name="a", n_trials=6, sampler="tpe")
+    second = toy_study(name="b", n_trials=6, sampler="tpe")
+    second.write_text(second.read_text().replace("name: b", "name: b"))
+    run_study(load(first))
+    run_study(load(second))
+    db = tmp_path / "hpo.db"
+    a, b = stored(db, "a").trials, stored(db, "b").trials
+    assert [t.params for t in a] == [t.params for t in b]
+    assert [t.value for t in a] == [t.value for t in b]
+
+
+def test_storage_is_plain_optuna(toy_study, tmp_path: Path) -> None:
+    run_study(load(toy_study(n_trials=3)))
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("optuna")),
+            "trials",
+            "--storage",
+            f"sqlite:///{tmp_path}/hpo.db",
+            "--study-name",
+            "toy",
+            "-f",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count('"number"') == 3
+    study = stored(tmp_path / "hpo.db")
+    assert study.user_attrs["hpo:config"]["name"] == "toy"
+
+
+def test_status_and_best(toy_study) -> None:
+    study_file = toy_study(n_trials=3)
+    assert run_hpo("status", str(study_file)).returncode == 2  # nothing stored yet
+    run_study(load(study_file))
+    status = run_hpo("status", str(study_file))
+    assert "3/3 trials finished (3 complete)" in status.stdout
+    best = run_hpo("best", str(study_file), "--json")
+    import json
+
+    data = json.loads(best.stdout)
+    assert set(data) == {"study", "trial", "value", "params", "metrics"}
+    assert data["metrics"]["eval_accuracy"] == data["value"]
+
+
+def test_open_study_refuses_space_change_directly(toy_study) -> None:
+    study_file = toy_study(n_trials=1)
+    run_study(load(study_file))
+    config = load(study_file, "search_space.extra={type: int, low: 1, high: 2}")
+    with pytest.raises(StudyStateError):
+        open_study(config)
+    open_study(config, allow_space_change=True)

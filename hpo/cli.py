@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from hpo.errors import HpoError
+from hpo.errors import ConfigError, HpoError
 
 logger = logging.getLogger("hpo")
 
@@ -74,6 +74,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-space-change",
         action="store_true",
         help="resume even though search_space differs from the stored study",
+    )
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="worker processes on this machine (each gets its share of the cores)",
+    )
+    run.add_argument(
+        "--devices",
+        metavar="IDS",
+        help="GPU ids, one worker each (default: every visible GPU; 'none' for CPU only)",
+    )
+    worker = command(
+        "worker", cmd_worker, "join a study (same storage) as one more worker until it is done"
+    )
+    worker.add_argument(
+        "--device", metavar="ID", help="GPU id for this worker (default: the first visible GPU)"
     )
     command("validate", cmd_validate, "check a study file; print its search space")
     command("status", cmd_status, "trials by state and the best so far")
@@ -226,15 +244,38 @@ def cmd_run(args: argparse.Namespace) -> int:
         config.pruner.type if config.pruner else "no",
         config.budget.n_trials,
     )
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be at least 1, but got {args.workers}")
+    devices = None
+    if args.devices:
+        devices = [] if args.devices == "none" else [d.strip() for d in args.devices.split(",")]
     with _Progress(config.budget.n_trials) as progress:
         summary = run_study(
-            config, allow_space_change=args.allow_space_change, on_trial=progress.on_trial
+            config,
+            workers=args.workers,
+            devices=devices,
+            allow_space_change=args.allow_space_change,
+            on_progress=progress.update,
         )
     if summary.already_done:
         print(
             f"study {config.name!r} is already finished ({summary.finished}/"
             f"{summary.n_trials} trials); nothing to run. Raise budget.n_trials to run more."
         )
+    _print_summary(summary)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from hpo.runner import Worker, open_study, run_worker, summarize, visible_devices
+
+    config = _load(args)
+    device = args.device if args.device is not None else next(iter(visible_devices()), None)
+    worker = Worker(device=f"cuda:{device}" if device not in (None, "none") else "cpu")
+    logger.info("worker %s joins study %r", worker.name, config.name)
+    with _Progress(config.budget.n_trials) as progress:
+        ran = run_worker(config, worker=worker, on_trial=lambda s, t: progress.update(s))
+    summary = summarize(open_study(config, allow_space_change=True), config, ran=ran)
     _print_summary(summary)
     return 0
 
@@ -288,7 +329,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from dashboards.compare import build_comparison
-    from hpo.errors import ConfigError
 
     configs = []
     for path in args.study_files:
@@ -342,7 +382,6 @@ def _positive_int(text: str) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     import datetime as dt
 
-    from hpo.errors import ConfigError
     from hpo.sweep import (
         describe_outcome,
         load_sweep,
@@ -475,7 +514,7 @@ class _Progress:
             self._task = self._bar.add_task("", total=self.total)
         return self
 
-    def on_trial(self, study: Any, trial: Any) -> None:
+    def update(self, study: Any) -> None:
         finished = sum(
             t.state.name in ("COMPLETE", "PRUNED") for t in study.get_trials(deepcopy=False)
         )

@@ -83,10 +83,14 @@ class TrialContext:
             )
         value = float(metrics[self.objective])
         self.epochs = float(step if epoch is None else epoch)
+        # A resumed trial inherits the lost trial's evaluations (and Optuna keeps the first
+        # value of a step); steps repeated after the checkpoint replace the history entry.
+        inherited = any(h["step"] == step for h in self.history)
+        self.history = [h for h in self.history if h["step"] < step]
         self.history.append({"step": step, "epoch": self.epochs, **_floats(metrics)})
         self.trial.set_user_attr(storage.ATTR_HISTORY, self.history)
         self.trial.set_user_attr(storage.ATTR_EPOCHS, self.epochs)
-        if math.isfinite(value):
+        if math.isfinite(value) and not inherited:
             self.trial.report(value, step)
 
     def should_prune(self) -> bool:

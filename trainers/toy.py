@@ -11,6 +11,7 @@ tests and benchmarks: the whole orchestration path runs at no training cost.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import random
 import time
@@ -32,6 +33,7 @@ class ToyArgs(BaseModel):
     num_train_epochs: int = Field(3, gt=0)
     noise: float = Field(0.01, ge=0)
     seconds_per_epoch: float = Field(0.0, ge=0)
+    save_checkpoints: bool = False
 
 
 def ceiling(args: ToyArgs) -> float:
@@ -53,19 +55,33 @@ def accuracy(args: ToyArgs, epoch: int, seed: int) -> float:
 
 
 def train(ctx: TrialContext) -> dict[str, float]:
-    """Report one evaluation per epoch; stop early when the pruner says so."""
+    """Report one evaluation per epoch; stop early when the pruner says so.
+
+    With ``save_checkpoints`` each epoch writes ``checkpoint-<epoch>/state.json`` (the
+    real trainer's layout), and a retried trial resumes after its checkpoint's epoch.
+    """
     args = ToyArgs.model_validate(ctx.params)
     metrics: dict[str, float] = {}
-    for epoch in range(1, args.num_train_epochs + 1):
+    first = 1
+    if ctx.resume_from is not None:
+        first = json.loads((ctx.resume_from / "state.json").read_text())["epoch"] + 1
+        ctx.set_attr("resumed_at_epoch", first)
+    for epoch in range(first, args.num_train_epochs + 1):
         if args.seconds_per_epoch:
             time.sleep(args.seconds_per_epoch)
         value = accuracy(args, epoch, ctx.seed)
         metrics = {"eval_accuracy": value, "eval_loss": 1.0 - value, "epoch": float(epoch)}
         ctx.report(epoch, metrics)
+        if args.save_checkpoints:
+            folder = ctx.output_dir / f"checkpoint-{epoch}"
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "state.json").write_text(json.dumps({"epoch": epoch}))
+            ctx.set_checkpoint(folder)
         # After the last epoch there is nothing left to save by pruning: the trial completes.
         if epoch < args.num_train_epochs and ctx.should_prune():
             break
-    metrics["test_accuracy"] = accuracy(args, int(metrics["epoch"]), ctx.seed + 1)
+    last = int(metrics.get("epoch", args.num_train_epochs))
+    metrics["test_accuracy"] = accuracy(args, last, ctx.seed + 1)
     return metrics
 
 

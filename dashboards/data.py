@@ -1,0 +1,363 @@
+"""Plain data behind every report figure and table, computed from a study's trials.
+
+Nothing here imports plotly or pandas: each builder takes :class:`TrialRecord` values (or
+a stored attribute) and returns lists, dicts and dataclasses, so tests check the numbers
+directly and :mod:`dashboards.figures` only draws them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from hpo import storage as st
+
+STATE_ORDER = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
+# Trials whose compute is spent: they count in totals and in strategy comparisons.
+SPENT = ("COMPLETE", "PRUNED", "FAIL")
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trial as the report needs it, read once from Optuna's FrozenTrial."""
+
+    number: int
+    state: str
+    value: float | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    intermediate: tuple[tuple[int, float], ...] = ()
+    started: datetime | None = None
+    completed: datetime | None = None
+    duration_s: float | None = None
+    epochs: float = 0.0
+    worker: str = "unknown"
+    failure: str | None = None
+    failure_message: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def trial_records(trials: Iterable[Any], study_attrs: dict[str, Any]) -> list[TrialRecord]:
+    """Records of Optuna trials, with hpo's compute attributes and fallbacks.
+
+    Compute per trial is ``hpo:duration_s`` (else completion minus start) and
+    ``hpo:epochs`` (else the last reported step, else 0).
+    """
+    from hpo.runner import failure_reason
+
+    records = []
+    for trial in trials:
+        attrs = trial.user_attrs
+        steps = tuple(
+            sorted(
+                (int(step), float(value))
+                for step, value in trial.intermediate_values.items()
+                if value is not None and math.isfinite(value)
+            )
+        )
+        duration = attrs.get(st.ATTR_DURATION)
+        if duration is None and trial.datetime_start and trial.datetime_complete:
+            duration = (trial.datetime_complete - trial.datetime_start).total_seconds()
+        epochs = attrs.get(st.ATTR_EPOCHS)
+        if epochs is None:
+            epochs = steps[-1][0] if steps else 0.0
+        value = trial.value if trial.state.name == "COMPLETE" else None
+        records.append(
+            TrialRecord(
+                number=trial.number,
+                state=trial.state.name,
+                value=float(value) if value is not None else None,
+                params=dict(trial.params),
+                intermediate=steps,
+                started=trial.datetime_start,
+                completed=trial.datetime_complete,
+                duration_s=float(duration) if duration is not None else None,
+                epochs=float(epochs),
+                worker=str(attrs.get(st.ATTR_WORKER) or "unknown"),
+                failure=failure_reason(trial, study_attrs),
+                failure_message=attrs.get(st.ATTR_FAILURE_MESSAGE),
+                metrics=dict(attrs.get(st.ATTR_METRICS) or {}),
+            )
+        )
+    return sorted(records, key=lambda r: r.number)
+
+
+def better(a: float, b: float, direction: str) -> bool:
+    """True when ``a`` is at least as good as ``b`` for the study's direction."""
+    return a >= b if direction == "maximize" else a <= b
+
+
+def count_by_state(records: Sequence[TrialRecord]) -> dict[str, int]:
+    """Trials per state, in a fixed order (complete, pruned, fail, running, waiting)."""
+    counts = Counter(r.state for r in records)
+    return {state: counts[state] for state in STATE_ORDER if counts[state]} | {
+        state: n for state, n in counts.items() if state not in STATE_ORDER
+    }
+
+
+def best_record(records: Sequence[TrialRecord], direction: str) -> TrialRecord | None:
+    """The completed trial with the best value (the lowest number wins ties), or None."""
+    best: TrialRecord | None = None
+    for record in records:
+        if record.value is None:
+            continue
+        if (
+            best is None
+            or best.value is None
+            or _strictly_better(record.value, best.value, direction)
+        ):
+            best = record
+    return best
+
+
+def _strictly_better(a: float, b: float, direction: str) -> bool:
+    return a > b if direction == "maximize" else a < b
+
+
+@dataclass(frozen=True)
+class History:
+    """Completed trials' values by trial number, and the best value so far after each."""
+
+    numbers: list[int]
+    values: list[float]
+    best: list[float]
+
+
+def best_so_far(records: Sequence[TrialRecord], direction: str) -> History:
+    """The optimization history: every completed value and the running best."""
+    numbers, values, best = [], [], []
+    for record in records:
+        if record.value is None:
+            continue
+        numbers.append(record.number)
+        values.append(record.value)
+        if not best or better(record.value, best[-1], direction):
+            best.append(record.value)
+        else:
+            best.append(best[-1])
+    return History(numbers, values, best)
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One trial's learning curve: the objective at each reported step."""
+
+    number: int
+    state: str
+    steps: list[int]
+    values: list[float]
+    best: bool = False
+
+
+def learning_curves(records: Sequence[TrialRecord], best_number: int | None) -> list[Curve]:
+    """Every trial that reported at least once; pruned ones end where they were stopped."""
+    return [
+        Curve(
+            number=r.number,
+            state=r.state,
+            steps=[step for step, _ in r.intermediate],
+            values=[value for _, value in r.intermediate],
+            best=r.number == best_number,
+        )
+        for r in records
+        if r.intermediate
+    ]
+
+
+@dataclass(frozen=True)
+class Span:
+    """A trial's time on a worker (``end`` is "now" for a running trial)."""
+
+    worker: str
+    number: int
+    state: str
+    start: datetime
+    end: datetime
+
+
+def worker_timeline(records: Sequence[TrialRecord], now: datetime) -> list[Span]:
+    """Started trials as spans on their worker's row, workers in order of first use."""
+    spans = [
+        Span(r.worker, r.number, r.state, r.started, r.completed or now)
+        for r in records
+        if r.started is not None
+    ]
+    return sorted(spans, key=lambda s: (s.start, s.number))
+
+
+@dataclass(frozen=True)
+class Compute:
+    """Training compute spent by finished trials (complete, pruned and failed)."""
+
+    trials: int
+    total_seconds: float
+    total_epochs: float
+    mean_seconds: float
+    mean_epochs: float
+    wall_seconds: float
+
+
+def compute_totals(records: Sequence[TrialRecord]) -> Compute:
+    """Total and per-trial train seconds and epochs, plus the study's wall-clock span."""
+    spent = [r for r in records if r.state in SPENT]
+    seconds = sum(r.duration_s or 0.0 for r in spent)
+    epochs = sum(r.epochs for r in spent)
+    starts = [r.started for r in records if r.started]
+    ends = [r.completed for r in records if r.completed]
+    wall = (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0
+    n = len(spent)
+    return Compute(
+        trials=n,
+        total_seconds=seconds,
+        total_epochs=epochs,
+        mean_seconds=seconds / n if n else 0.0,
+        mean_epochs=epochs / n if n else 0.0,
+        wall_seconds=max(wall, 0.0),
+    )
+
+
+@dataclass(frozen=True)
+class ComputeCurve:
+    """Best-so-far value against cumulative compute, one point per finished trial.
+
+    Trials count in the order they finished; ``best`` is None until the first completed
+    trial. Pruned and failed trials add their compute without a value.
+    """
+
+    numbers: list[int]
+    epochs: list[float]
+    seconds: list[float]
+    best: list[float | None]
+
+
+def compute_curve(records: Sequence[TrialRecord], direction: str) -> ComputeCurve:
+    """Cumulative epochs and train seconds, and the best value reached with them."""
+    finished = sorted(
+        (r for r in records if r.state in SPENT),
+        key=lambda r: (r.completed or datetime.max, r.number),
+    )
+    curve = ComputeCurve([], [], [], [])
+    epochs = seconds = 0.0
+    best: float | None = None
+    for record in finished:
+        epochs += record.epochs
+        seconds += record.duration_s or 0.0
+        if record.value is not None and (best is None or better(record.value, best, direction)):
+            best = record.value
+        curve.numbers.append(record.number)
+        curve.epochs.append(epochs)
+        curve.seconds.append(seconds)
+        curve.best.append(best)
+    return curve
+
+
+@dataclass(frozen=True)
+class Reach:
+    """Compute a study spent until its best-so-far first matched a target value."""
+
+    trials: int
+    epochs: float
+    seconds: float
+
+
+def compute_to_reach(curve: ComputeCurve, target: float, direction: str) -> Reach | None:
+    """The first point where the best so far is at least as good as ``target``, or None."""
+    for i, best in enumerate(curve.best):
+        if best is not None and better(best, target, direction):
+            return Reach(trials=i + 1, epochs=curve.epochs[i], seconds=curve.seconds[i])
+    return None
+
+
+@dataclass(frozen=True)
+class ErrorAnalysis:
+    """The best trial's validation confusion matrix and its most confident mistakes."""
+
+    labels: list[str]
+    matrix: list[list[int]]  # rows: true label, columns: predicted label
+    errors: list[dict[str, Any]]
+
+    @property
+    def total(self) -> int:
+        return sum(sum(row) for row in self.matrix)
+
+    @property
+    def accuracy(self) -> float:
+        correct = sum(self.matrix[i][i] for i in range(len(self.labels)))
+        return correct / self.total if self.total else 0.0
+
+    @property
+    def recall(self) -> dict[str, float]:
+        """Per true label: the share predicted correctly."""
+        return {
+            label: (self.matrix[i][i] / sum(self.matrix[i])) if sum(self.matrix[i]) else 0.0
+            for i, label in enumerate(self.labels)
+        }
+
+
+def error_analysis(attr: Any) -> ErrorAnalysis | None:
+    """Parse ``hpo:error_analysis``; None when it is missing or not the expected shape."""
+    if not isinstance(attr, dict):
+        return None
+    labels = attr.get("labels")
+    matrix = attr.get("confusion_matrix")
+    if not isinstance(labels, list) or not isinstance(matrix, list) or not labels:
+        return None
+    if len(matrix) != len(labels) or any(
+        not isinstance(row, list) or len(row) != len(labels) for row in matrix
+    ):
+        return None
+    errors = [
+        {
+            "text": str(e.get("text", "")),
+            "label": str(e.get("label", "")),
+            "predicted": str(e.get("predicted", "")),
+            "confidence": float(e.get("confidence", math.nan)),
+        }
+        for e in attr.get("confident_errors") or []
+        if isinstance(e, dict)
+    ]
+    errors.sort(key=lambda e: -e["confidence"] if math.isfinite(e["confidence"]) else 0.0)
+    return ErrorAnalysis(
+        labels=[str(label) for label in labels],
+        matrix=[[int(n) for n in row] for row in matrix],
+        errors=errors,
+    )
+
+
+def trial_rows(records: Sequence[TrialRecord]) -> list[dict[str, Any]]:
+    """One flat row per trial for ``trials.csv``: state, value, compute, params, metrics."""
+    params = sorted({name for r in records for name in r.params})
+    metrics = sorted({name for r in records for name in r.metrics})
+    rows = []
+    for r in records:
+        row: dict[str, Any] = {
+            "number": r.number,
+            "state": r.state,
+            "value": r.value,
+            "duration_s": r.duration_s,
+            "epochs": r.epochs,
+            "worker": r.worker,
+            "failure": r.failure,
+            "datetime_start": r.started.isoformat() if r.started else None,
+            "datetime_complete": r.completed.isoformat() if r.completed else None,
+        }
+        row.update({f"params_{name}": r.params.get(name) for name in params})
+        row.update({name: r.metrics.get(name) for name in metrics})
+        rows.append(row)
+    return rows
+
+
+def split_metrics(metrics: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
+    """Validation (``eval_*``) and test (``test_*``) metrics, without runtime counters."""
+
+    def keep(name: str, prefix: str) -> bool:
+        return name.startswith(prefix) and not any(
+            word in name for word in ("runtime", "per_second")
+        )
+
+    validation = {k: v for k, v in metrics.items() if keep(k, "eval_")}
+    test = {k: v for k, v in metrics.items() if keep(k, "test_")}
+    return validation, test

@@ -1,0 +1,336 @@
+"""``hpo report``: one study read back, drawn, and written as HTML, CSV and JSON.
+
+The steps stay apart: read the trials once into records, build plain data
+(:mod:`dashboards.data`), draw it (:mod:`dashboards.figures`), then write
+``report.html``, ``trials.csv`` and ``summary.json`` and save the figures into the
+study, where optuna-dashboard shows them.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import logging
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from dashboards import data as d
+from dashboards.page import Section, figure_html, key_values, render_page, table_html
+from dashboards.study import load_stored_study, require_completed, strategy
+from hpo.storage import ATTR_ERROR_ANALYSIS, redact_url
+
+logger = logging.getLogger(__name__)
+
+# Optuna's builders draw at most this many completed trials (a seeded sample that keeps
+# the best trial; see sample_study). Its parallel coordinates are one trace per trial,
+# slow to render past a few hundred; its contour interpolates on a grid of every distinct
+# value pair, so 1,500 trials make a 28 MB figure and 200 about 0.5 MB.
+DRAW_SAMPLE = {"parallel": 500, "slice": 2000, "contour": 200}
+# The confident-error table lists at most this many examples.
+MAX_ERRORS_SHOWN = 20
+DASHBOARD_PREFIX = "hpo-report-"
+
+
+@dataclass
+class Report:
+    """Where a report was written and what it holds."""
+
+    html: Path
+    trials_csv: Path
+    summary_json: Path
+    summary: dict[str, Any]
+    figures: dict[str, Any]
+
+
+def default_output(config: Any) -> Path:
+    """``dashboards/<study name>/`` (git-ignored), relative to the working directory."""
+    return Path("dashboards") / _folder_name(config.name)
+
+
+def _folder_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "study"
+
+
+def build_report(config: Any, output: Path | None = None, *, save_to_study: bool = True) -> Report:
+    """Read the study, draw every figure and write the report files.
+
+    Raises:
+        StudyStateError: no such study in the storage.
+        HpoError: the study has no completed trial; nothing is written.
+    """
+    study = load_stored_study(config)
+    trials = study.get_trials(deepcopy=False)
+    records = d.trial_records(trials, study.user_attrs)
+    counts = d.count_by_state(records)
+    require_completed(study, config, counts)
+    how = strategy(study, config)
+    metric = how["objective"]["metric"]
+    direction = how["objective"]["direction"]
+    best = d.best_record(records, direction)
+    assert best is not None  # require_completed guarantees a completed trial
+
+    from dashboards import figures as f
+    from dashboards.importance import param_importances
+    from dashboards.study import sample_study
+
+    importances, importance_how = param_importances(study)
+    best_trial = next(t for t in trials if t.number == best.number)
+    analysis = d.error_analysis(best_trial.user_attrs.get(ATTR_ERROR_ANALYSIS))
+    compute = d.compute_totals(records)
+    drawn = {name: sample_study(study, limit) for name, limit in DRAW_SAMPLE.items()}
+    figures: dict[str, Any] = {
+        "history": f.history_figure(d.best_so_far(records, direction), metric),
+        "learning_curves": f.learning_curves_figure(
+            d.learning_curves(records, best.number), metric
+        ),
+    }
+    if importances:
+        figures["importances"] = f.importance_figure(importances, "fANOVA")
+    figures.update(f.optuna_figures({k: s for k, (s, _) in drawn.items()}, list(importances)))
+    figures["timeline"] = f.timeline_figure(d.worker_timeline(records, _now(records)))
+    if analysis is not None:
+        figures["confusion"] = f.confusion_figure(analysis)
+
+    summary = _summary(config, how, records, best, compute, importances, importance_how)
+    summary["error_analysis"] = asdict(analysis) if analysis else None
+    n_complete = counts.get("COMPLETE", 0)
+    sampled = [f"{name} {n}" for name, (_, n) in drawn.items() if n < n_complete]
+    notes = {
+        "importances": importance_how,
+        "sample": (
+            f"Large study: these plots show a seeded sample of its {n_complete} completed "
+            f"trials ({', '.join(sampled)}; best trial included, trial numbers renumbered)."
+            if sampled
+            else ""
+        ),
+    }
+    page = render_page(
+        f"hpo report: {config.name}",
+        f"{metric} ({direction}) · {how['sampler'].get('type')} sampler · "
+        f"{how['pruner'].get('type', 'none')} pruner · {len(records)} trials · "
+        f"{redact_url(config.storage)}",
+        _sections(summary, figures, analysis, records, notes),
+    )
+
+    output = output or default_output(config)
+    output.mkdir(parents=True, exist_ok=True)
+    report = Report(
+        html=output / "report.html",
+        trials_csv=output / "trials.csv",
+        summary_json=output / "summary.json",
+        summary=summary,
+        figures=figures,
+    )
+    report.html.write_text(page, encoding="utf-8")
+    _write_csv(report.trials_csv, d.trial_rows(records))
+    report.summary_json.write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+    if save_to_study:
+        save_figures(study, figures)
+    return report
+
+
+def _now(records: list[d.TrialRecord]) -> datetime:
+    stamp = max((r.completed or r.started for r in records if r.started), default=None)
+    now = datetime.now(stamp.tzinfo) if stamp else datetime.now()
+    return max(now, stamp) if stamp else now
+
+
+def _summary(
+    config: Any,
+    how: dict[str, Any],
+    records: list[d.TrialRecord],
+    best: d.TrialRecord,
+    compute: d.Compute,
+    importances: dict[str, float],
+    importance_how: str,
+) -> dict[str, Any]:
+    validation, test = d.split_metrics(best.metrics)
+    failed = [
+        {"number": r.number, "reason": r.failure, "message": r.failure_message}
+        for r in records
+        if r.state == "FAIL"
+    ]
+    return {
+        "study": config.name,
+        "storage": redact_url(config.storage),
+        "objective": how["objective"],
+        "sampler": how["sampler"],
+        "pruner": how["pruner"],
+        "trials_by_state": d.count_by_state(records),
+        "best": {
+            "number": best.number,
+            "value": best.value,
+            "params": best.params,
+            "validation_metrics": validation,
+            "test_metrics": test,
+            "epochs": best.epochs,
+            "train_seconds": best.duration_s,
+        },
+        "compute": asdict(compute),
+        "importances": importances,
+        "importance_method": importance_how,
+        "failures": failed,
+        "generated_at": datetime.now().isoformat(timespec="seconds"),
+    }
+
+
+def _sections(
+    summary: dict[str, Any],
+    figures: dict[str, Any],
+    analysis: d.ErrorAnalysis | None,
+    records: list[d.TrialRecord],
+    notes: dict[str, str],
+) -> list[Section]:
+    best = summary["best"]
+    compute = summary["compute"]
+    overview = "".join(
+        [
+            '<div class="grid"><div><h3>Best trial</h3>',
+            key_values(
+                {
+                    "trial": best["number"],
+                    summary["objective"]["metric"]: best["value"],
+                    "epochs trained": best["epochs"],
+                    "train seconds": best["train_seconds"],
+                }
+            ),
+            "<h3>Parameters</h3>",
+            key_values(best["params"]),
+            "</div><div><h3>Validation metrics</h3>",
+            key_values(best["validation_metrics"]) or "<p class='note'>none stored</p>",
+            "<h3>Test metrics</h3>",
+            key_values(best["test_metrics"])
+            if best["test_metrics"]
+            else "<p class='note'>none stored (no test split)</p>",
+            "</div><div><h3>Trials by state</h3>",
+            key_values({s.lower(): n for s, n in summary["trials_by_state"].items()}),
+            "<h3>Compute (finished trials)</h3>",
+            key_values(
+                {
+                    "train seconds, total": compute["total_seconds"],
+                    "train seconds per trial": compute["mean_seconds"],
+                    "epochs, total": compute["total_epochs"],
+                    "epochs per trial": compute["mean_epochs"],
+                    "wall clock seconds": compute["wall_seconds"],
+                }
+            ),
+            "</div><div><h3>Strategy</h3>",
+            key_values(
+                {
+                    "objective": f"{summary['objective']['metric']} "
+                    f"({summary['objective']['direction']})",
+                    "sampler": _options(summary["sampler"]),
+                    "pruner": _options(summary["pruner"]),
+                }
+            ),
+            "</div></div>",
+        ]
+    )
+    sections = [Section("Summary", overview, anchor="summary")]
+    if summary["failures"]:
+        rows = [[f["number"], f["reason"], f["message"] or ""] for f in summary["failures"][:50]]
+        more = len(summary["failures"]) - len(rows)
+        sections.append(
+            Section(
+                "Failed trials",
+                table_html(["trial", "reason", "message"], rows),
+                note=f"{more} more in trials.csv" if more > 0 else "",
+                anchor="failures",
+            )
+        )
+    sections.append(Section("Optimization history", _fig(figures, "history"), anchor="history"))
+    n_pruned = sum(r.state == "PRUNED" for r in records)
+    sections.append(
+        Section(
+            "Learning curves",
+            _fig(figures, "learning_curves"),
+            note=f"Dotted red lines are pruned trials ({n_pruned}), cut short where the "
+            "pruner stopped them (red ×). The thick orange line is the best trial.",
+            anchor="curves",
+        )
+    )
+    sections.append(
+        Section(
+            "Hyperparameters",
+            _fig(figures, "importances")
+            + _fig(figures, "parallel")
+            + _fig(figures, "slice")
+            + (
+                _fig(figures, "contour")
+                if "contour" in figures
+                else "<p class='note'>No contour: it needs two parameters with importances.</p>"
+            ),
+            note=html.escape(
+                "Importances: " + notes["importances"] + ". " + notes["sample"]
+            ).strip(),
+            anchor="params",
+        )
+    )
+    sections.append(Section("Timeline", _fig(figures, "timeline"), anchor="timeline"))
+    sections.append(_error_section(analysis, figures))
+    return sections
+
+
+def _error_section(analysis: d.ErrorAnalysis | None, figures: dict[str, Any]) -> Section:
+    if analysis is None:
+        return Section(
+            "Error analysis",
+            "",
+            note="The best trial stored no hpo:error_analysis (the toy trainer does not; the "
+            "text-classification trainer does, with error_examples > 0), so there is no "
+            "confusion matrix or error list.",
+            anchor="errors",
+        )
+    recall = ", ".join(f"{label} {value:.1%}" for label, value in analysis.recall.items())
+    rows = [
+        [e["label"], e["predicted"], e["confidence"], e["text"]]
+        for e in analysis.errors[:MAX_ERRORS_SHOWN]
+    ]
+    table = (
+        table_html(["true", "predicted", "confidence", "text"], rows)
+        if rows
+        else "<p class='note'>No validation example was misclassified.</p>"
+    )
+    body = (
+        f'<div class="grid"><div>{_fig(figures, "confusion")}</div>'
+        f"<div><h3>Most confidently wrong</h3>{table}</div></div>"
+    )
+    return Section(
+        "Error analysis (best trial, validation split)",
+        body,
+        note=html.escape(
+            f"{analysis.total} validation examples, accuracy {analysis.accuracy:.1%}; "
+            f"recall per true label: {recall}."
+        ),
+        anchor="errors",
+    )
+
+
+def _fig(figures: dict[str, Any], name: str) -> str:
+    if name not in figures:
+        return ""
+    return f'<div class="figure">{figure_html(figures[name], f"fig-{name}")}</div>'
+
+
+def _options(spec: dict[str, Any]) -> str:
+    options = ", ".join(f"{k}={v}" for k, v in spec.items() if k != "type" and v is not None)
+    return f"{spec.get('type')}" + (f" ({options})" if options else "")
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def save_figures(study: Any, figures: dict[str, Any]) -> None:
+    """Store the figures in the study, overwriting the last report's (optuna-dashboard)."""
+    from optuna_dashboard import save_plotly_graph_object
+
+    for name, figure in figures.items():
+        save_plotly_graph_object(study, figure, graph_object_id=DASHBOARD_PREFIX + name)

@@ -1,0 +1,83 @@
+"""Reading a stored study for a report: never creates one, never rewrites its config.
+
+``hpo status`` opens a study through the runner, which refreshes ``hpo:config``; a
+report only reads, so it loads the study by name with a plain sampler.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from hpo.errors import HpoError, StudyStateError
+from hpo.storage import ATTR_CONFIG, open_storage, redact_url
+
+
+def load_stored_study(config: Any) -> Any:
+    """The stored study named in ``config``.
+
+    Raises:
+        StudyStateError: the storage holds no study of that name (exit 2).
+        StorageError: the storage cannot be opened.
+    """
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(config.storage)
+    if config.name not in optuna.get_all_study_names(storage):
+        raise StudyStateError(
+            f"no study {config.name!r} in {redact_url(config.storage)}; "
+            f"run it first (hpo run {config.source or 'FILE'})"
+        )
+    # A sampler is required to load; RandomSampler is the one that costs nothing to build.
+    return optuna.load_study(
+        study_name=config.name, storage=storage, sampler=optuna.samplers.RandomSampler()
+    )
+
+
+def strategy(study: Any, config: Any) -> dict[str, Any]:
+    """Objective, sampler and pruner the study ran with (its stored config, else the file)."""
+    stored = study.user_attrs.get(ATTR_CONFIG) or config.stored_form()
+    return {
+        "objective": stored.get("objective") or config.objective.model_dump(),
+        "sampler": stored.get("sampler") or {"type": "unknown"},
+        "pruner": stored.get("pruner") or {"type": "none"},
+    }
+
+
+def require_completed(study: Any, config: Any, counts: dict[str, int]) -> None:
+    """Stop a report or comparison of a study with nothing to show.
+
+    Raises:
+        HpoError: the study has no completed trial (exit 1); nothing is written.
+    """
+    if counts.get("COMPLETE"):
+        return
+    states = ", ".join(f"{n} {s.lower()}" for s, n in counts.items()) or "no trials"
+    raise HpoError(
+        f"study {config.name!r} has no completed trial yet ({states}); nothing to report. "
+        f"Run it first: hpo run {config.source or 'FILE'}"
+    )
+
+
+def sample_study(study: Any, limit: int, seed: int = 0) -> tuple[Any, int]:
+    """The study itself, or an in-memory copy holding ``limit`` of its completed trials.
+
+    Optuna's parallel-coordinate, slice and contour builders draw every completed trial;
+    past a few thousand the page gets heavy and the lines unreadable, so large studies
+    are drawn from a seeded random sample that always keeps the best trial.
+
+    Returns:
+        The study to draw and how many completed trials it holds.
+    """
+    import optuna
+
+    completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if len(completed) <= limit:
+        return study, len(completed)
+    best = study.best_trial
+    others = [t for t in completed if t.number != best.number]
+    chosen = random.Random(seed).sample(others, limit - 1) + [best]
+    copy = optuna.create_study(direction=study.direction, sampler=optuna.samplers.RandomSampler())
+    copy.add_trials(sorted(chosen, key=lambda t: t.number))
+    return copy, limit

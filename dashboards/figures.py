@@ -72,10 +72,13 @@ def learning_curves_figure(curves: Sequence[Curve], metric: str) -> Any:
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"):
+    # Pruned trials first, so completed ones are drawn on top of them; thousands of lines
+    # get fainter so the bundle's shape, not a solid block, shows.
+    for state in ("PRUNED", "FAIL", "WAITING", "RUNNING", "COMPLETE"):
         group = [c for c in curves if c.state == state and not c.best]
         if not group:
             continue
+        opacity = max(0.08, min(0.6, 40 / len(group)))
         x: list[Any] = []
         y: list[Any] = []
         text: list[Any] = []
@@ -95,7 +98,7 @@ def learning_curves_figure(curves: Sequence[Curve], metric: str) -> Any:
                     "width": 1,
                     "dash": "dot" if state == "PRUNED" else "solid",
                 },
-                opacity=0.55,
+                opacity=opacity,
                 hovertemplate="%{text}<br>step %{x}: %{y:.4f}<extra></extra>",
             )
         )
@@ -107,7 +110,12 @@ def learning_curves_figure(curves: Sequence[Curve], metric: str) -> Any:
                     text=[f"trial {c.number} pruned" for c in group],
                     mode="markers",
                     name="pruned here",
-                    marker={"color": STATE_COLORS["PRUNED"], "symbol": "x", "size": 8},
+                    marker={
+                        "color": STATE_COLORS["PRUNED"],
+                        "symbol": "x",
+                        "size": 8 if len(group) < 200 else 5,
+                        "opacity": max(opacity, 0.3),
+                    },
                     hovertemplate="%{text} at step %{x}<extra></extra>",
                 )
             )
@@ -172,7 +180,11 @@ def timeline_figure(spans: Sequence[Span]) -> Any:
                 y=[s.worker for s in group],
                 orientation="h",
                 name=state.lower(),
-                marker={"color": color, "line": {"color": "white", "width": 0.5}},
+                # A white edge separates neighbouring bars, but would hide thousands of thin ones.
+                marker={
+                    "color": color,
+                    "line": {"color": "white", "width": 0.5 if len(spans) < 300 else 0},
+                },
                 text=[f"trial {s.number}" for s in group],
                 hovertemplate="%{text}<br>%{base} (+%{x:,.0f} ms)<extra>%{y}</extra>",
                 textposition="none",
@@ -191,6 +203,8 @@ def timeline_figure(spans: Sequence[Span]) -> Any:
         margin={**_MARGIN, "l": min(40 + 7 * longest, 320)},
         yaxis={"categoryorder": "array", "categoryarray": workers[::-1]},
         xaxis={"type": "date"},
+        # Below the plot the legend would cover the date line of the time axis.
+        legend={"orientation": "h", "y": 1.02, "x": 1, "xanchor": "right", "yanchor": "bottom"},
     )
     return fig
 

@@ -76,11 +76,15 @@ def build_report(config: Any, output: Path | None = None, *, save_to_study: bool
     from dashboards.importance import param_importances
     from dashboards.study import sample_study
 
-    importances, importance_how = param_importances(study)
+    completed = [t for t in trials if t.state.name == "COMPLETE"]
+    importances, importance_how = param_importances(study, completed, best.number)
     best_trial = next(t for t in trials if t.number == best.number)
     analysis = d.error_analysis(best_trial.user_attrs.get(ATTR_ERROR_ANALYSIS))
     compute = d.compute_totals(records)
-    drawn = {name: sample_study(study, limit) for name, limit in DRAW_SAMPLE.items()}
+    drawn = {
+        name: sample_study(study, completed, limit, best.number)
+        for name, limit in DRAW_SAMPLE.items()
+    }
     figures: dict[str, Any] = {
         "history": f.history_figure(d.best_so_far(records, direction), metric),
         "learning_curves": f.learning_curves_figure(

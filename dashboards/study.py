@@ -7,6 +7,7 @@ report only reads, so it loads the study by name with a plain sampler.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from typing import Any
 
 from hpo.errors import HpoError, StudyStateError
@@ -60,24 +61,26 @@ def require_completed(study: Any, config: Any, counts: dict[str, int]) -> None:
     )
 
 
-def sample_study(study: Any, limit: int, seed: int = 0) -> tuple[Any, int]:
+def sample_study(
+    study: Any, completed: Sequence[Any], limit: int, best_number: int, seed: int = 0
+) -> tuple[Any, int]:
     """The study itself, or an in-memory copy holding ``limit`` of its completed trials.
 
-    Optuna's parallel-coordinate, slice and contour builders draw every completed trial;
-    past a few thousand the page gets heavy and the lines unreadable, so large studies
-    are drawn from a seeded random sample that always keeps the best trial.
+    Optuna's plot and importance builders draw every completed trial; past a few
+    thousand the page gets heavy and the lines unreadable, so large studies are drawn
+    from a seeded random sample that always keeps the best trial (the copy numbers its
+    trials afresh).
 
     Returns:
         The study to draw and how many completed trials it holds.
     """
     import optuna
 
-    completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if len(completed) <= limit:
         return study, len(completed)
-    best = study.best_trial
-    others = [t for t in completed if t.number != best.number]
-    chosen = random.Random(seed).sample(others, limit - 1) + [best]
+    best = [t for t in completed if t.number == best_number]
+    others = [t for t in completed if t.number != best_number]
+    chosen = random.Random(seed).sample(others, limit - len(best)) + best
     copy = optuna.create_study(direction=study.direction, sampler=optuna.samplers.RandomSampler())
     copy.add_trials(sorted(chosen, key=lambda t: t.number))
-    return copy, limit
+    return copy, len(chosen)

@@ -1,0 +1,79 @@
+"""A short quickstart study on one device, for ``gpu_check.sh`` to sample GPU use during.
+
+Runs ``studies/quickstart.yaml`` (TPE + Hyperband, the shipped reviews data) with a
+fresh SQLite file, ``--trials`` trials and the worker on ``--device``; prints each
+trial's duration and the study's wall time. ``--small`` shrinks the data and epochs so
+the CPU dry run of ``gpu_check.sh`` finishes in a minute or two.
+
+    python benchmarks/gpu_study.py --device cuda:0 --bf16 [--trials 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--trials", type=int, default=4)
+    parser.add_argument("--small", action="store_true", help="50 samples, 1 epoch (dry run)")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    import optuna
+
+    from hpo.config import load_study
+    from hpo.runner import Worker, run_worker
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    work = Path(tempfile.mkdtemp(prefix="gpu-study-"))
+    overrides = [
+        f"storage=sqlite:///{work / 'hpo.db'}",
+        f"output_dir={work / 'runs'}",
+        f"budget.n_trials={args.trials}",
+        f"trainer.args.mixed_precision={'bf16' if args.bf16 else 'no'}",
+    ]
+    if args.small:
+        overrides += [
+            "trainer.args.dataset.max_train_samples=50",
+            "search_space.num_train_epochs.high=1",
+        ]
+    config = load_study(ROOT / "studies" / "quickstart.yaml", overrides)
+    started = time.monotonic()
+    run_worker(config, worker=Worker(device=args.device))
+    wall = time.monotonic() - started
+    study = optuna.load_study(study_name=config.name, storage=config.storage)
+    trials = [
+        {
+            "number": t.number,
+            "state": t.state.name,
+            "duration_s": t.user_attrs.get("hpo:duration_s"),
+            "epochs": t.user_attrs.get("hpo:epochs"),
+            "device": t.user_attrs.get("hpo:device"),
+            "value": t.value,
+        }
+        for t in study.trials
+    ]
+    for t in trials:
+        print(json.dumps(t))
+    if args.json:
+        args.json.write_text(json.dumps({"wall_s": wall, "trials": trials}, indent=1))
+    print(f"RESULT study_wall_s={wall:.1f} trials={len(trials)} device={args.device}")
+
+
+if __name__ == "__main__":
+    main()

@@ -78,7 +78,7 @@ def learning_curves_figure(curves: Sequence[Curve], metric: str) -> Any:
         group = [c for c in curves if c.state == state and not c.best]
         if not group:
             continue
-        opacity = max(0.08, min(0.6, 40 / len(group)))
+        opacity = max(0.12, min(0.6, 40 / len(group)))
         x: list[Any] = []
         y: list[Any] = []
         text: list[Any] = []

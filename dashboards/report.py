@@ -251,8 +251,13 @@ def _sections(
         Section(
             "Learning curves",
             _fig(figures, "learning_curves"),
-            note=f"Dotted red lines are pruned trials ({n_pruned}), cut short where the "
-            "pruner stopped them (red ×). The thick orange line is the best trial.",
+            note=(
+                f"Dotted red lines are pruned trials ({n_pruned}), cut short where the "
+                "pruner stopped them (red ×). "
+                if n_pruned
+                else "No trial was pruned. "
+            )
+            + "The thick orange line is the best trial.",
             anchor="curves",
         )
     )

@@ -436,3 +436,19 @@ def test_compare_refuses_studies_of_different_objectives(tmp_path: Path, capsys)
     )
     assert main(["compare", str(a), str(a)]) == 2
     assert "is also named in" in capsys.readouterr().err
+
+
+def test_dashboard_on_a_busy_port_is_one_line(toy_study, capsys) -> None:
+    import socket
+
+    study_file = toy_study(n_trials=1)
+    run(study_file)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        capsys.readouterr()
+        assert main(["dashboard", str(study_file), "--port", str(port)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"hpo: error: cannot serve on 127.0.0.1:{port}: ")
+    assert err.endswith("pick another --port") and len(err.splitlines()) == 1

@@ -181,6 +181,8 @@ def load_sweep(
         spec = SweepFile.model_validate(raw)
     except ValidationError as e:
         raise config_error(e, raw, path=str(path)) from None
+    if spec.matrix and spec.base is None:
+        raise ConfigError("a matrix needs a `base` study file", path=str(path), field="base")
     if spec.base is None and not spec.studies:
         raise ConfigError("give `base` with a `matrix`, or a list of `studies`", path=str(path))
     if spec.base is not None and not spec.matrix:
@@ -189,8 +191,6 @@ def load_sweep(
             path=str(path),
             field="matrix",
         )
-    if spec.matrix and spec.base is None:
-        raise ConfigError("a matrix needs a `base` study file", path=str(path), field="base")
     today = today or dt.datetime.now(dt.timezone.utc).date()
     studies: list[PlannedStudy] = []
     if spec.base is not None:
@@ -221,10 +221,13 @@ def _expand(spec: SweepFile, path: Path, overrides: list[str], today: dt.date) -
         try:
             for key, value in combo.items():
                 apply_override(raw, f"{key}={_yaml_text(value)}", path=str(path))
-            for override in overrides:
-                apply_override(raw, override, path=str(path))
         except ConfigError as e:
-            raise ConfigError(_bare(e), path=str(path), field=label) from None
+            message = _bare(e).replace("--set ", "matrix key ", 1)
+            raise ConfigError(
+                f"{message}; use a field path of the base study file", path=str(path), field=label
+            ) from None
+        for override in overrides:
+            apply_override(raw, override, path=str(path))
         raw["name"] = name
         warm = raw.get("warm_start")
         if isinstance(warm, dict) and isinstance(warm.get("from"), str):

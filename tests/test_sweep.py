@@ -1,0 +1,326 @@
+"""hpo sweep: expansion, validation, plan, idempotence, resume after kill, overlap lock."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from hpo.cli import main
+from hpo.sweep import load_sweep
+from tests.conftest import ROOT
+
+BASE = """\
+name: {name}
+storage: {storage}
+seed: 1
+sampler: {{type: random}}
+budget: {{n_trials: {n_trials}, max_failures: 3}}
+trainer: {{ref: {ref}, args: {{num_train_epochs: 2, seconds_per_epoch: {spe}}}}}
+search_space:
+  learning_rate: {{type: categorical, choices: [1.0e-5, 1.0e-4, 1.0e-3]}}
+  dropout: {{type: categorical, choices: [0.0, 0.1, 0.2]}}
+workers: {{heartbeat_interval: 1, grace_period: 2}}
+"""
+
+
+def write_sweep(
+    folder: Path,
+    sweep: str,
+    *,
+    name: str = "toy",
+    storage: str | None = None,
+    n_trials: int = 3,
+    spe: float = 0.0,
+    ref: str = "trainers.toy:train",
+) -> Path:
+    storage = storage or f"sqlite:///{folder / 'hpo.db'}"
+    (folder / "base.yaml").write_text(
+        BASE.format(name=name, storage=storage, n_trials=n_trials, spe=spe, ref=ref)
+    )
+    path = folder / "sweep.yaml"
+    path.write_text(sweep)
+    return path
+
+
+def finished_trials(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    study = optuna.load_study(study_name=name, storage=storage)
+    return [t for t in study.get_trials() if t.state.name in ("COMPLETE", "PRUNED")]
+
+
+# --- expansion and validation -----------------------------------------------------------
+
+
+def test_matrix_expands_in_order_with_names_and_overrides(tmp_path: Path) -> None:
+    path = write_sweep(
+        tmp_path,
+        "base: base.yaml\nmatrix:\n  sampler.type: [random, tpe]\n"
+        "  budget.n_trials: [2, 3]\nstudies: [other.yaml]\n",
+    )
+    (tmp_path / "other.yaml").write_text(
+        (tmp_path / "base.yaml").read_text().replace("name: toy", "name: kept")
+    )
+    sweep = load_sweep(path)
+    assert [s.name for s in sweep.studies] == ["toy-1", "toy-2", "toy-3", "toy-4", "kept"]
+    assert [(s.config.sampler.type, s.config.budget.n_trials) for s in sweep.studies[:4]] == [
+        ("random", 2),
+        ("random", 3),
+        ("tpe", 2),
+        ("tpe", 3),
+    ]
+    assert sweep.studies[2].overrides == {"sampler.type": "tpe", "budget.n_trials": 2}
+    assert sweep.studies[4].overrides == {}
+
+
+def test_name_template_and_dated_warm_start(tmp_path: Path) -> None:
+    path = write_sweep(
+        tmp_path,
+        "base: base.yaml\nmatrix: {sampler.type: [random, tpe]}\n"
+        'name_template: "nightly-{type}-{date}"\n'
+        "studies: []\n",
+    )
+    text = (tmp_path / "base.yaml").read_text()
+    (tmp_path / "base.yaml").write_text(
+        text + 'warm_start: {from: "nightly-{type}-{yesterday}", top_k: 2}\n'
+    )
+    sweep = load_sweep(path, today=dt.date(2026, 3, 1))
+    assert [s.name for s in sweep.studies] == [
+        "nightly-random-2026-03-01",
+        "nightly-tpe-2026-03-01",
+    ]
+    assert sweep.studies[1].config.warm_start.from_study == "nightly-tpe-2026-02-28"
+
+
+def test_bad_combination_is_reported_by_name_and_nothing_runs(tmp_path: Path, capsys) -> None:
+    text = BASE.format(
+        name="toy", storage="sqlite:///hpo.db", n_trials=3, spe=0, ref="trainers.toy:train"
+    )
+    (tmp_path / "base.yaml").write_text(
+        text.replace(
+            "dropout: {type: categorical, choices: [0.0, 0.1, 0.2]}",
+            "dropout: {type: float, low: 0.0, high: 0.3}",
+        )
+    )
+    (tmp_path / "sweep.yaml").write_text(
+        "base: base.yaml\nmatrix:\n  sampler.type: [random, grid]\n  budget.n_trials: [2]\n"
+    )
+    assert main(["sweep", "sweep.yaml"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "hpo: error: sweep.yaml: toy-2 (sampler.type=grid, budget.n_trials=2): grid sampler "
+        "needs a discrete space: search_space.dropout: a float needs `step` to be part of a "
+        "grid (or make it categorical)"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base.yaml", "sweep.yaml"]
+
+
+@pytest.mark.parametrize(
+    ("sweep", "expected"),
+    [
+        (
+            "base: base.yaml\nmatrix: {sampler.type: [tpe]}\nparallel: 2\n",
+            "sweep.yaml: parallel: unknown field; check its spelling or remove it",
+        ),
+        (
+            "base: base.yaml\nmatrix: {sampler.type: []}\n",
+            "sweep.yaml: matrix: sampler.type has no values; list at least one or remove the key",
+        ),
+        (
+            "base: base.yaml\nmatrix: {sampler.type: tpe}\n",
+            "sweep.yaml: matrix.sampler.type: Input should be a valid list",
+        ),
+        (
+            "base: base.yaml\n",
+            "sweep.yaml: matrix: a base study needs a matrix of overrides; add one or list the "
+            "file under studies",
+        ),
+        (
+            "matrix: {sampler.type: [tpe]}\n",
+            "sweep.yaml: base: a matrix needs a `base` study file",
+        ),
+        ("{}\n", "sweep.yaml: give `base` with a `matrix`, or a list of `studies`"),
+        (
+            "base: missing.yaml\nmatrix: {sampler.type: [tpe]}\n",
+            "sweep.yaml: base: file missing.yaml not found; check the path",
+        ),
+        (
+            "base: base.yaml\nmatrix: {sampler.type: [tpe]}\nname_template: '{base}-{model}'\n",
+            "sweep.yaml: name_template: unknown placeholder {model}; use one of {base}, {n}, "
+            "{date}, {yesterday}, {last_week}, {sampler.type}, {type}",
+        ),
+        (
+            "base: base.yaml\nmatrix: {sampler.type: [tpe, random]}\nname_template: x\n",
+            "sweep.yaml: two studies are both named 'x' in the same storage (base.yaml and "
+            "base.yaml); add {n} or a matrix key to name_template, or rename",
+        ),
+        (
+            "base: base.yaml\nmatrix: {budget.n_trials: [0]}\n",
+            "sweep.yaml: toy-1 (budget.n_trials=0): budget.n_trials: Input should be greater "
+            "than 0",
+        ),
+        (
+            "studies: [base.yaml, nope.yaml]\n",
+            "sweep.yaml: studies[1]: file nope.yaml not found; check the path",
+        ),
+        (
+            "base: base.yaml\nmatrix: {seed.x: [1]}\n",
+            "sweep.yaml: toy-1 (seed.x=1): matrix key seed.x: seed is not a mapping; use a field "
+            "path of the base study file",
+        ),
+    ],
+)
+def test_malformed_sweep_files_get_one_line(
+    tmp_path: Path, capsys, sweep: str, expected: str
+) -> None:
+    write_sweep(tmp_path, sweep, storage="sqlite:///hpo.db")
+    assert main(["sweep", "sweep.yaml"]) == 2
+    assert capsys.readouterr().err.strip() == f"hpo: error: {expected}"
+    assert not (tmp_path / "hpo.db").exists()
+
+
+# --- plan, idempotence, failures, parallel ----------------------------------------------
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path: Path, capsys) -> None:
+    write_sweep(tmp_path, "base: base.yaml\nmatrix: {sampler.type: [random, tpe]}\n")
+    assert main(["sweep", "sweep.yaml", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "toy-1: 3 of 3 trials remaining (new study); overrides: sampler.type=random" in out
+    assert "toy-2: 3 of 3 trials remaining (new study); overrides: sampler.type=tpe" in out
+    assert "hpo run base.yaml --set name=toy-2 --set sampler.type=tpe" in out
+    assert not (tmp_path / "hpo.db").exists()
+
+
+def test_finished_sweep_does_nothing_the_second_time(tmp_path: Path, capsys) -> None:
+    write_sweep(tmp_path, "base: base.yaml\nmatrix: {sampler.type: [random, tpe]}\n")
+    assert main(["sweep", "sweep.yaml", "--no-compare"]) == 0
+    first = capsys.readouterr().out
+    assert "toy-1  3/3 finished  best" in first and "toy-2  3/3 finished" in first
+    modified = (tmp_path / "hpo.db").stat().st_mtime_ns
+    assert main(["sweep", "sweep.yaml"]) == 0
+    second = capsys.readouterr().out
+    assert "sweep 'sweep': all 2 studies are already finished; nothing to run" in second
+    assert (tmp_path / "hpo.db").stat().st_mtime_ns == modified
+    assert main(["sweep", "sweep.yaml", "--dry-run"]) == 0
+    assert "toy-1: 0 of 3 trials remaining" in capsys.readouterr().out
+
+
+def test_a_failing_study_exits_1_and_the_rest_still_run(tmp_path: Path, capsys) -> None:
+    write_sweep(
+        tmp_path,
+        "base: base.yaml\nmatrix: {trainer.ref: ['tests.fake_trainers:always_fail', "
+        "'trainers.toy:train']}\n",
+    )
+    assert main(["sweep", "sweep.yaml", "--no-compare"]) == 1
+    out = capsys.readouterr().out
+    assert "toy-1  0/3 finished  best -  FAILED: study 'toy-1': 3 trials failed" in out
+    assert "toy-2  3/3 finished  best" in out and out.rstrip().endswith("ok")
+
+
+@pytest.mark.timeout(60)
+def test_parallel_runs_studies_in_processes(tmp_path: Path, capsys) -> None:
+    write_sweep(tmp_path, "base: base.yaml\nmatrix: {sampler.type: [random, tpe]}\n")
+    assert main(["sweep", "sweep.yaml", "--parallel", "2", "--no-compare"]) == 0
+    out = capsys.readouterr().out
+    storage = f"sqlite:///{tmp_path / 'hpo.db'}"
+    for name in ("toy-1", "toy-2"):
+        assert f"{name}  3/3 finished" in out
+        workers = {t.user_attrs["hpo:worker"] for t in finished_trials(storage, name)}
+        assert all(not w.endswith(f":{os.getpid()}") for w in workers)  # not this process
+
+
+# --- crashes and overlapping invocations ------------------------------------------------
+
+
+def _start_sweep(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "hpo", "sweep", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def _wait_for_trials(storage: str, name: str, n: int, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        try:
+            if len(optuna.load_study(study_name=name, storage=storage).get_trials()) >= n:
+                return
+        except KeyError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"study {name} never reached {n} trials")
+
+
+@pytest.mark.timeout(60)
+def test_killed_sweep_resumes_to_the_budget(tmp_path: Path, capsys) -> None:
+    storage = f"sqlite:///{tmp_path / 'hpo.db'}"
+    write_sweep(
+        tmp_path, "base: base.yaml\nmatrix: {sampler.type: [random, tpe]}\n", n_trials=4, spe=0.1
+    )
+    process = _start_sweep("sweep.yaml", "--no-compare")
+    _wait_for_trials(storage, "toy-1", 3, process)  # two finished, the third running
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    # The next cron tick comes long after the heartbeat grace period (2 s here): the lost
+    # trial is then failed as worker_lost and its parameters retried.
+    time.sleep(2.5)
+    assert main(["sweep", "sweep.yaml", "--no-compare"]) == 0
+    out = capsys.readouterr().out
+    for name in ("toy-1", "toy-2"):
+        assert f"{name}  4/4 finished" in out
+        study = optuna.load_study(study_name=name, storage=storage)
+        states = [t.state.name for t in study.get_trials()]
+        assert states.count("COMPLETE") + states.count("PRUNED") == 4  # no extra trial
+        lost = study.user_attrs.get("hpo:lost", [])
+        assert [t.number for t in study.get_trials() if t.state.name == "FAIL"] == lost
+
+
+def _storage_for(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path / 'hpo.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_overlapping_invocation_exits_already_running(
+    tmp_path: Path, capsys, kind: str, request: pytest.FixtureRequest
+) -> None:
+    storage = _storage_for(kind, tmp_path, request)
+    name = request.getfixturevalue("unique_name")
+    write_sweep(
+        tmp_path,
+        f"name: {name}\nbase: base.yaml\nmatrix: {{sampler.type: [grid]}}\n",
+        name=name,
+        storage=storage,
+        n_trials=9,
+        spe=0.1,
+    )
+    first = _start_sweep("sweep.yaml", "--no-compare")
+    _wait_for_trials(storage, f"{name}-1", 1, first)
+    # Cron fires again while the first sweep runs: the second one runs nothing.
+    assert main(["sweep", "sweep.yaml", "--no-compare"]) == 0
+    out = capsys.readouterr().out
+    assert f"sweep {name!r} is already running:" in out
+    assert "this invocation runs nothing" in out
+    out, err = first.communicate(timeout=60)
+    assert first.returncode == 0, err
+    trials = finished_trials(storage, f"{name}-1")
+    points = [tuple(sorted(t.params.items())) for t in trials]
+    assert len(points) == 9 and len(set(points)) == 9  # every grid point exactly once
+    assert all(not t.user_attrs["hpo:worker"].endswith(f":{os.getpid()}") for t in trials)
+    # Once the first sweep is over, the lock is free again.
+    assert main(["sweep", "sweep.yaml", "--no-compare"]) == 0
+    assert "already finished; nothing to run" in capsys.readouterr().out

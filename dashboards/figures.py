@@ -228,7 +228,8 @@ def confusion_figure(analysis: ErrorAnalysis) -> Any:
     )
     size = min(140 + 70 * n, 700)
     fig = _layout(fig, "Confusion matrix (validation)", "predicted label", "true label", size)
-    fig.update_layout(width=size + 120, xaxis={"side": "bottom", "type": "category"})
+    # Wide enough that plotly's tool bar sits beside the title, not over it.
+    fig.update_layout(width=max(size + 120, 560), xaxis={"side": "bottom", "type": "category"})
     fig.update_yaxes(type="category")
     return fig
 

@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 # States that use up budget: finished ones, and ones that will finish unless they fail.
 _FINISHED = ("COMPLETE", "PRUNED")
-_CLAIMED = ("COMPLETE", "PRUNED", "RUNNING", "WAITING")
+_SHARED_SEED_SAMPLERS = ("grid", "qmc", "bruteforce")
 # Failures that say nothing about the parameters: the trial is retried, not counted.
 _NOT_COUNTED_FAILURES = ("worker_lost", "interrupted")
 _WAIT_POLL_S = 1.0
@@ -79,6 +79,10 @@ def open_study(config: StudyConfig, *, allow_space_change: bool = False, seed_of
         grace_period=config.workers.grace_period,
         stale_trial_callback=_retry_lost_trial(config.workers.max_retries),
     )
+    # Stochastic samplers get a seed per worker, or parallel workers would propose the same
+    # points. Grid, QMC and brute force must share one seed: their order is the seed's.
+    if config.sampler.type in _SHARED_SEED_SAMPLERS:
+        seed_offset = 0
     seed = None if config.seed is None else config.seed + seed_offset
     study = optuna.create_study(
         study_name=config.name,
@@ -139,6 +143,28 @@ def _retry_lost_trial(max_retries: int) -> Callable[[Any, Any], None]:
         retry(study, trial)
 
     return on_stale
+
+
+def budget_usage(study: Any, config: StudyConfig) -> tuple[int, int]:
+    """(finished, claimed) trials against the budget.
+
+    Finished trials are complete or pruned; claimed ones also include running trials
+    (they finish unless they fail). In a grid study a failed point is
+    not drawn again, so its failure uses up that point too (a lost worker's point is
+    retried and does not).
+    """
+    attrs = study.user_attrs
+    finished = claimed = 0
+    grid_study = config.sampler.type == "grid"
+    for trial in study.get_trials(deepcopy=False):
+        state = trial.state.name
+        done = state in _FINISHED or (
+            grid_study and failure_reason(trial, attrs) not in (None, *_NOT_COUNTED_FAILURES)
+        )
+        finished += done
+        # Waiting (enqueued) trials are not claimed: a worker's next ask() picks them up.
+        claimed += done or state == "RUNNING"
+    return finished, claimed
 
 
 def count_states(study: Any) -> Counter[str]:
@@ -221,10 +247,10 @@ def run_worker(
                     "hpo:failure attributes (hpo status) and fix the trainer or the space"
                 )
             lock.acquire()
-            states = count_states(study)
-            if sum(states[s] for s in _FINISHED) >= budget:
+            finished, claimed = budget_usage(study, config)
+            if finished >= budget:
                 break
-            if sum(states[s] for s in _CLAIMED) >= budget:
+            if claimed >= budget:
                 # Every remaining slot is taken by a running trial; wait in case one fails.
                 lock.release()
                 _wait_for_others(study)
@@ -386,8 +412,7 @@ def run_study(
     """
     started = time.monotonic()
     study = open_study(config, allow_space_change=allow_space_change)
-    states = count_states(study)
-    if sum(states[s] for s in _FINISHED) >= effective_budget(config):
+    if budget_usage(study, config)[0] >= effective_budget(config):
         summary = summarize(study, config)
         summary.already_done = True
         return summary

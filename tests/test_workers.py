@@ -1,0 +1,185 @@
+"""Many workers on one study, on real SQLite and the real Postgres.
+
+Guarantees under test: the budget is exact, every grid point runs once, enqueued trials
+run once, a killed worker's trial is failed as worker_lost and resumed from its
+checkpoint, a dropped Postgres connection costs no trial, 16 SQLite workers never see
+"database is locked".
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+
+from hpo.config import load_study
+from hpo.runner import count_states, open_study, plan_workers, run_study
+from tests.conftest import ROOT
+
+STUDY = """\
+name: {name}
+storage: {storage}
+seed: 3
+sampler: {sampler}
+budget: {{n_trials: {n_trials}, max_failures: 3}}
+workers: {{heartbeat_interval: 1, grace_period: 4}}
+output_dir: {output}
+trainer:
+  ref: trainers.toy:train
+  args: {{num_train_epochs: {epochs}, seconds_per_epoch: {epoch_s}, save_checkpoints: true}}
+search_space:
+  learning_rate: {{type: categorical, choices: [1.0e-5, 3.0e-5, 1.0e-4, 3.0e-4]}}
+  dropout: {{type: float, low: 0.0, high: 0.3, step: 0.1}}
+"""
+
+
+def make_study(tmp_path: Path, storage: str, name: str = "w", *, sampler: str = "{type: random}",
+               n_trials: int = 12, epochs: int = 2, epoch_s: float = 0.05) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(STUDY.format(name=name, storage=storage, sampler=sampler, n_trials=n_trials,
+                                 epochs=epochs, epoch_s=epoch_s, output=tmp_path / "runs"))
+    return path
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def storage_url(request, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'hpo.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+def trials_of(config) -> list:
+    return optuna.load_study(study_name=config.name,
+                             storage=open_study(config)._storage).get_trials()
+
+
+def test_plan_splits_cores_and_devices() -> None:
+    plan = plan_workers(4, [], cores=8)
+    assert [(w.device, w.threads) for w in plan] == [("cpu", 2)] * 4
+    plan = plan_workers(1, ["0", "1"], cores=16)  # with GPUs: one worker per device
+    assert [w.device for w in plan] == ["cuda:0", "cuda:1"] and plan[0].threads == 8
+    plan = plan_workers(3, ["5"], cores=2)
+    assert [w.device for w in plan] == ["cuda:5"] * 3 and plan[0].threads == 1
+
+
+def test_budget_is_exact_with_four_workers(tmp_path: Path, storage_url: str,
+                                           unique_name: str) -> None:
+    config = load_study(make_study(tmp_path, storage_url, unique_name, n_trials=10))
+    summary = run_study(config, workers=4)
+    trials = trials_of(config)
+    assert summary.finished == 10
+    assert Counter(t.state.name for t in trials) == {"COMPLETE": 10}
+    assert len({t.user_attrs["hpo:worker"] for t in trials}) > 1  # the work was shared
+
+
+def test_grid_points_run_exactly_once(tmp_path: Path, storage_url: str,
+                                      unique_name: str) -> None:
+    # 4 learning rates x 4 dropouts = 16 points; n_trials above it is capped at the grid.
+    study = make_study(tmp_path, storage_url, unique_name, sampler="{type: grid}", n_trials=40)
+    config = load_study(study)
+    run_study(config, workers=4)
+    trials = trials_of(config)
+    points = Counter(tuple(sorted(t.params.items())) for t in trials
+                     if t.state.name in ("COMPLETE", "PRUNED"))
+    assert len(points) == 16
+    assert max(points.values()) == 1, f"duplicated points: {points.most_common(3)}"
+    assert len(trials) == 16
+
+
+def test_enqueued_trials_run_once(tmp_path: Path, storage_url: str, unique_name: str) -> None:
+    config = load_study(make_study(tmp_path, storage_url, unique_name, n_trials=8))
+    study = open_study(config)
+    for lr in (1e-5, 3e-5, 1e-4, 3e-4):
+        for dropout in (0.0, 0.3):
+            study.enqueue_trial({"learning_rate": lr, "dropout": dropout})
+    run_study(config, workers=4)
+    trials = trials_of(config)
+    assert Counter(t.state.name for t in trials) == {"COMPLETE": 8}
+    points = Counter((t.params["learning_rate"], t.params["dropout"]) for t in trials)
+    assert len(points) == 8 and set(points.values()) == {1}
+
+
+def _worker(study: Path, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "hpo", "worker", str(study)], cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def test_killed_worker_is_detected_and_its_trial_resumes(tmp_path: Path, storage_url: str,
+                                                         unique_name: str) -> None:
+    study_file = make_study(tmp_path, storage_url, unique_name, n_trials=3, epochs=4,
+                            epoch_s=0.6)
+    config = load_study(study_file)
+    victim = _worker(study_file, tmp_path)
+    deadline = time.monotonic() + 90
+    lost = None
+    while time.monotonic() < deadline and lost is None:  # kill it after its 2nd checkpoint
+        time.sleep(0.1)
+        try:
+            running = [t for t in trials_of(config) if t.state.name == "RUNNING"]
+        except Exception:
+            continue
+        lost = next((t for t in running if t.user_attrs.get("hpo:epochs", 0) >= 2), None)
+    assert lost is not None, victim.stderr.read() if victim.poll() is not None else "no trial"
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    killed_at = time.monotonic()
+    helper = _worker(study_file, tmp_path)
+    detected = None
+    while time.monotonic() - killed_at < 60 and detected is None:
+        time.sleep(0.2)
+        if lost.number in open_study(config).user_attrs.get("hpo:lost", []):
+            detected = time.monotonic() - killed_at
+    assert helper.wait(timeout=120) == 0, helper.stderr.read()
+    assert detected is not None and detected < 4 + 1 + 10  # grace period + heartbeat + poll
+    trials = trials_of(config)
+    states = Counter(t.state.name for t in trials)
+    assert states["COMPLETE"] == 3 and states["RUNNING"] == 0 and states["FAIL"] == 1
+    assert next(t for t in trials if t.number == lost.number).state.name == "FAIL"
+    retry = next(t for t in trials if t.user_attrs.get("hpo:resumed_from") == lost.number)
+    assert retry.params == lost.params and retry.state.name == "COMPLETE"
+    checkpoint_epoch = int(Path(lost.user_attrs["hpo:checkpoint"]).name.split("-")[1])
+    assert retry.user_attrs["hpo:resumed_at_epoch"] == checkpoint_epoch + 1
+    assert sorted(retry.intermediate_values) == [1, 2, 3, 4]  # a whole learning curve
+    print(f"kill -> worker_lost {detected:.1f} s; resumed at epoch {checkpoint_epoch + 1}")
+
+
+def test_sixteen_workers_on_one_sqlite_file(tmp_path: Path) -> None:
+    study = make_study(tmp_path, f"sqlite:///{tmp_path / 'hpo.db'}", n_trials=48, epochs=1,
+                       epoch_s=0.0)
+    config = load_study(study)
+    run_study(config, workers=16)
+    trials = trials_of(config)
+    assert Counter(t.state.name for t in trials) == {"COMPLETE": 48}
+
+
+def test_dropped_postgres_connections_cost_no_trial(tmp_path: Path, postgres_url: str,
+                                                    unique_name: str) -> None:
+    import sqlalchemy
+
+    config = load_study(make_study(tmp_path, postgres_url, unique_name, n_trials=12,
+                                   epochs=2, epoch_s=0.15))
+    study_file = tmp_path / f"{unique_name}.yaml"
+    worker = _worker(study_file, tmp_path)
+    admin = sqlalchemy.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    drops = 0
+    while worker.poll() is None and drops < 3:
+        time.sleep(1.0)
+        with admin.connect() as connection:  # what a server restart does to clients
+            connection.execute(sqlalchemy.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
+        drops += 1
+    assert worker.wait(timeout=120) == 0, worker.stderr.read()
+    assert drops >= 2
+    states = count_states(open_study(config))
+    assert states["COMPLETE"] == 12 and states["FAIL"] == 0

@@ -1,0 +1,164 @@
+"""Checkpoint retention (keep_checkpoints) and best-model export with a model card."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState, create_trial
+
+from hpo.checkpoints import prune_checkpoints
+from hpo.cli import main
+from hpo.config import load_study, validate_study
+from hpo.runner import run_study
+from tests.conftest import STUDIES
+
+# --- checkpoint retention ---------------------------------------------------------------
+
+
+def _config(tmp_path: Path, keep: int = 2):
+    raw = {
+        "name": "keep",
+        "storage": f"sqlite:///{tmp_path / 'hpo.db'}",
+        "budget": {"n_trials": 10},
+        "trainer": {"ref": "trainers.toy:train"},
+        "search_space": {"x": {"type": "float", "low": 0, "high": 1}},
+        "output_dir": str(tmp_path / "runs"),
+        "keep_checkpoints": keep,
+    }
+    return validate_study(raw, path="keep.yaml")
+
+
+def _folder(tmp_path: Path, number: int) -> dict[str, str]:
+    out = tmp_path / "runs" / "keep" / f"trial-{number:04d}"
+    (out / "checkpoint-4").mkdir(parents=True)
+    (out / "checkpoint-4" / "model.safetensors").write_bytes(b"w")
+    return {"hpo:output_dir": str(out), "hpo:checkpoint": str(out / "checkpoint-4")}
+
+
+def test_only_the_best_k_running_and_resumable_checkpoints_stay(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    study = optuna.create_study(direction="maximize")
+    dist = {"x": FloatDistribution(0, 1)}
+    for number, value in enumerate([0.5, 0.9, 0.7, 0.9]):  # best two: 1 and 3
+        study.add_trial(
+            create_trial(
+                value=value,
+                params={"x": 0.1},
+                distributions=dist,
+                user_attrs=_folder(tmp_path, number),
+            )
+        )
+    study.add_trial(create_trial(state=TrialState.PRUNED, user_attrs=_folder(tmp_path, 4)))
+    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs=_folder(tmp_path, 5)))
+    running = study.ask()  # trial 6
+    for key, value in _folder(tmp_path, 6).items():
+        running.set_user_attr(key, value)
+    lost = _folder(tmp_path, 7)  # a lost worker's trial; its retry waits to resume it
+    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs=lost))
+    study.enqueue_trial({"x": 0.3}, user_attrs={"hpo:checkpoint": lost["hpo:checkpoint"]})
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    study.add_trial(
+        create_trial(state=TrialState.FAIL, user_attrs={"hpo:output_dir": str(outside)})
+    )
+
+    deleted = prune_checkpoints(study, config)
+
+    left = sorted(p.name for p in (tmp_path / "runs" / "keep").iterdir())
+    assert left == ["trial-0001", "trial-0003", "trial-0006", "trial-0007"]
+    assert outside.exists()  # never outside <output_dir>/<study>/
+    assert prune_checkpoints(study, config) == []  # nothing left to delete
+    assert [Path(p).name for p in deleted] == [f"trial-000{n}" for n in (0, 2, 4, 5)]
+
+
+def test_a_study_with_keep_checkpoints_ends_with_k_folders(tmp_path: Path) -> None:
+    (tmp_path / "ckpt_trainer.py").write_text(
+        "from trainers import toy\n\n"
+        "def train(ctx):\n"
+        "    folder = ctx.output_dir / 'checkpoint-1'\n"
+        "    folder.mkdir(parents=True)\n"
+        "    (folder / 'model.safetensors').write_bytes(b'w')\n"
+        "    ctx.set_checkpoint(folder)\n"
+        "    return toy.train(ctx)\n"
+    )
+    study_file = tmp_path / "keep.yaml"
+    study_file.write_text(
+        "name: keep\nseed: 2\nbudget: {n_trials: 5}\nkeep_checkpoints: 2\n"
+        "trainer: {ref: ckpt_trainer:train, args: {num_train_epochs: 1}}\n"
+        "search_space: {learning_rate: {type: float, low: 1.0e-6, high: 1.0e-2, log: true}}\n"
+    )
+    summary = run_study(load_study(study_file))
+    assert summary.finished == 5
+    study = optuna.load_study(study_name="keep", storage="sqlite:///hpo.db")
+    best = sorted(study.trials, key=lambda t: -t.value)[:2]
+    left = sorted(p.name for p in Path("runs/keep").iterdir())
+    assert left == sorted(f"trial-{t.number:04d}" for t in best)
+
+
+# --- export -----------------------------------------------------------------------------
+
+TINY = """\
+name: tiny
+seed: 5
+budget: {{n_trials: 1}}
+trainer:
+  ref: trainers.text_classification:train
+  args:
+    model: minilm-l6
+    dataset: {{path: {data}, max_train_samples: 64, validation_fraction: 0.1,
+              test_fraction: 0.1}}
+    max_seq_length: 16
+    num_train_epochs: 1
+    error_examples: 0
+search_space:
+  learning_rate: {{type: categorical, choices: [0.0001]}}
+  per_device_train_batch_size: {{type: categorical, choices: [32]}}
+"""
+
+
+@pytest.mark.slow
+def test_export_reloads_and_reproduces_the_validation_metric(tmp_path: Path, capsys) -> None:
+    import numpy as np
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from hpo.export import base_model_path
+    from hpo.trainer import TrialContext
+    from trainers.text_classification import TextClassificationArgs, prepare_data
+
+    study_file = tmp_path / "tiny.yaml"
+    study_file.write_text(TINY.format(data=STUDIES / "data" / "reviews.csv"))
+    assert main(["run", str(study_file)]) == 0
+    assert main(["export", str(study_file), "--to", "model"]) == 0
+    assert "exported trial 0 of study 'tiny'" in capsys.readouterr().out
+    assert main(["export", str(study_file), "--to", "model"]) == 2  # never overwrites
+    assert "model is not empty" in capsys.readouterr().err
+
+    model = AutoModelForSequenceClassification.from_pretrained("model").eval()
+    tokenizer = AutoTokenizer.from_pretrained("model")
+    facts = json.loads(Path("model/hpo_export.json").read_text())
+    card = Path("model/README.md").read_text()
+    assert facts["trial"] == 0 and "eval_accuracy" in card and "transformers" in card
+    assert not list(Path("model").glob("optimizer*"))
+
+    # The validation split exactly as the trainer drew it, tokenized by the exported tokenizer.
+    config = load_study(study_file)
+    ctx = TrialContext(
+        trial=None,
+        params={},
+        objective="",
+        seed=5,
+        output_dir=Path("."),
+        study_dir=config.study_dir,
+    )
+    args = TextClassificationArgs.model_validate(config.trainer.args)
+    data = prepare_data(args, base_model_path(config), ctx)
+    batch = tokenizer(data.validation_texts, truncation=True, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        predicted = model(**batch).logits.argmax(-1).numpy()
+    accuracy = float((predicted == np.array(data.splits["validation"]["label"])).mean())
+    assert accuracy == pytest.approx(facts["validation_metrics"]["eval_accuracy"], abs=1e-9)

@@ -252,7 +252,9 @@ def optuna_figures(studies: dict[str, Any], top_params: Sequence[str]) -> dict[s
     for name, fig in figures.items():
         fig.update_layout(template="plotly_white", margin=_MARGIN)
         if name == "slice":
-            fig.update_layout(height=420)
+            # Optuna sets 300 px per parameter, wider than the page past four parameters;
+            # let plotly fit the subplots to the page instead.
+            fig.update_layout(height=420, width=None, autosize=True)
         if name == "contour":
             fig.update_layout(height=520, width=720)
     return figures

@@ -28,7 +28,7 @@ th, td { border-bottom: 1px solid #e1e4e8; padding: 4px 10px; text-align: left;
 th { background: #f3f4f6; font-weight: 600; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 td.text { max-width: 640px; }
-.figure { width: 100%; }
+.figure { width: 100%; overflow-x: auto; }
 """
 
 

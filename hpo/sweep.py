@@ -314,7 +314,7 @@ def _render(template: str, fields: dict[str, str], *, path: str, field_name: str
 
 def _yaml_text(value: Any) -> str:
     """``value`` as YAML text that reads back as the same value (for apply_override)."""
-    text = yaml.safe_dump(value, default_flow_style=True, width=10**9)
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**9, sort_keys=False)
     return text.removesuffix("\n").removesuffix("\n...").strip()
 
 
@@ -386,7 +386,8 @@ def run_command(sweep: Sweep, study: PlannedStudy) -> str:
     if study.overrides:
         parts += ["--set", f"name={study.name}"]
         for key, value in study.overrides.items():
-            parts += ["--set", f"{key}={_yaml_text(value)}"]
+            if key != "warm_start.from":  # a template; the rendered name follows
+                parts += ["--set", f"{key}={_yaml_text(value)}"]
         warm = study.config.warm_start
         if warm is not None:
             parts += ["--set", f"warm_start.from={warm.from_study}"]

@@ -54,12 +54,14 @@ fi
 cat "$out_dir/env.txt"
 
 if [[ $dry == 1 ]]; then
-    device=cpu; precision=(); later=1; samples=40; study_size=(--small)
+    device=cpu; precision=(); later=1; study_size=(--small)
+    cost_size=(--samples 40 --eval-fraction 0.05)
     sample_gpu() {  # a stand-in with nvidia-smi's CSV shape, so the parsing is exercised
         while true; do echo "$(date +%s.%N), 0, 0"; sleep 0.5; done
     }
 else
-    device=cuda:0; precision=(--bf16); later=3; samples=200; study_size=()
+    device=cuda:0; precision=(--bf16); later=3; study_size=()
+    cost_size=(--samples 200)
     sample_gpu() {
         nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used \
             --format=csv,noheader,nounits -lms 500
@@ -70,7 +72,8 @@ echo "mode=$mode device=$device" | tee "$out_dir/figures.txt"
 
 # 1. Trial start-up breakdown and throughput against plain transformers.
 timeout 300 $python benchmarks/trial_cost.py --device "$device" "${precision[@]}" \
-    --later "$later" --samples "$samples" --json "$out_dir/trial_cost.json" 2>&1 | tee "$out_dir/trial_cost.txt"
+    --later "$later" "${cost_size[@]}" --json "$out_dir/trial_cost.json" 2>&1 \
+    | tee "$out_dir/trial_cost.txt"
 grep '^RESULT' "$out_dir/trial_cost.txt" >>"$out_dir/figures.txt" \
     || echo "RESULT trial_cost=failed" >>"$out_dir/figures.txt"
 

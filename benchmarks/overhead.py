@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -283,6 +284,8 @@ def main() -> None:
 
     import optuna
 
+    # hpo turns on Optuna's heartbeats, which warn as experimental on every study open.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     rows, same_everywhere = [], True
     with tempfile.TemporaryDirectory() as tmp:

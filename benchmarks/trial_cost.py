@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -327,12 +328,19 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--samples", type=int, default=200, help="training samples")
+    parser.add_argument(
+        "--eval-fraction", type=float, default=0.2, help="validation and test share each"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--worker", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker is not None:
-        ARGS["dataset"]["max_train_samples"] = args.samples
+        ARGS["dataset"] |= {
+            "max_train_samples": args.samples,
+            "validation_fraction": args.eval_fraction,
+            "test_fraction": args.eval_fraction,
+        }
         worker(args.worker, args.out, args.later, args.device, args.bf16)
         return
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
@@ -340,10 +348,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "trial_cost.json"
         command = [sys.executable, __file__, "--out", str(out), "--later", str(args.later),
-                   "--samples", str(args.samples), "--device", args.device,
+                   "--samples", str(args.samples), "--eval-fraction", str(args.eval_fraction),
+                   "--device", args.device,
                    *(["--bf16"] if args.bf16 else [])]  # fmt: skip
+        # A timeout's SIGTERM must take the measured worker process down too.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         spawned = time.time()
-        subprocess.run([*command, "--worker", repr(spawned)], check=True, env=env, cwd=ROOT)
+        child = subprocess.Popen([*command, "--worker", repr(spawned)], env=env, cwd=ROOT)
+        try:
+            if child.wait() != 0:
+                sys.exit(f"trial_cost worker failed with exit code {child.returncode}")
+        finally:
+            child.kill()
         data = json.loads(out.read_text())
     figures = report(data)
     if args.json:

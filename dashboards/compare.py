@@ -101,9 +101,11 @@ def reach_random_best(
 ) -> tuple[str | None, float | None]:
     """Fill each study's compute to reach random search's best; returns (baseline, target).
 
-    With several random-search studies the first one given is the baseline.
+    Plain random search is a random sampler without a pruner (hyperband.yaml samples at
+    random too, but prunes); failing that, any random sampler; among several, the first.
     """
-    baseline = next((r for r in results if r.sampler == "random"), None)
+    randoms = [r for r in results if r.sampler == "random"]
+    baseline = next((r for r in randoms if r.pruner == "none"), randoms[0] if randoms else None)
     if baseline is None:
         return None, None
     for result in results:

@@ -289,7 +289,7 @@ def compare_figure(
             y=target,
             line={"dash": "dash", "color": "#555"},
             annotation_text="random search's best",
-            annotation_position="bottom right",
+            annotation_position="top left",
         )
     label = "training epochs" if compute == "epochs" else "training seconds"
     return _layout(

@@ -377,6 +377,8 @@ def strategy_file(tmp_path: Path, name: str, sampler: str, pruner: str = "") -> 
 def test_compare_strategies_against_random_search(tmp_path: Path, capsys) -> None:
     files = [
         strategy_file(tmp_path, "grid", "{type: grid}"),
+        # Random sampling with a pruner is Hyperband, not the plain random baseline.
+        strategy_file(tmp_path, "hyperband", "{type: random}", "pruner: {type: hyperband}"),
         strategy_file(tmp_path, "random", "{type: random}"),
         strategy_file(
             tmp_path, "tpe", "{type: tpe, n_startup_trials: 3}", "pruner: {type: median}"
@@ -392,7 +394,7 @@ def test_compare_strategies_against_random_search(tmp_path: Path, capsys) -> Non
     random_best = stored(tmp_path, "random").best_value
     assert data["target"] == pytest.approx(random_best)
     by_name = {s["name"]: s for s in data["studies"]}
-    assert [s["sampler"] for s in data["studies"]] == ["grid", "random", "tpe"]
+    assert [s["sampler"] for s in data["studies"]] == ["grid", "random", "random", "tpe"]
     # Random search reaches its own best exactly at its best trial's position.
     random_curve = by_name["random"]["curve"]
     first = random_curve["best"].index(random_best)

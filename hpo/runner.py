@@ -129,8 +129,9 @@ def _retry_lost_trial(max_retries: int) -> Callable[[Any, Any], None]:
 
     # Intermediate values carry over, so pruners and learning curves see the epochs the
     # lost worker already ran; the retry resumes from its last checkpoint.
-    retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retries,
-                                             inherit_intermediate_values=True)
+    retry = RetryHeartbeatStaleTrialCallback(
+        max_retry=max_retries, inherit_intermediate_values=True
+    )
 
     def on_stale(study: Any, trial: Any) -> None:
         logger.warning(
@@ -332,6 +333,7 @@ class _Objective:
             threads=self.worker.threads,
             resume_from=resume_from,
             history=history,
+            reported_steps=set(frozen.intermediate_values),
         )
 
     def _objective_value(self, trial: Any, metrics: dict[str, Any]) -> float:

@@ -7,10 +7,12 @@ user attributes whose names start with ``hpo:``, so optuna-dashboard and
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -95,8 +97,6 @@ def open_storage(
         ConfigError: a scheme hpo does not support.
         StorageError: the database cannot be opened or reached.
     """
-    import optuna
-
     try:
         check_url(url)
     except ValueError as e:
@@ -109,17 +109,25 @@ def open_storage(
     if path is not None:
         _prepare_sqlite(path)
         engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
+    # Workers starting together on a new database would race to create Optuna's tables.
+    creation_lock = StudyLock(url, "__schema__")
     try:
-        return optuna.storages.RDBStorage(
-            real_url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=heartbeat_interval,
-            grace_period=grace_period,
-            heartbeat_stale_trial_callback=stale_trial_callback,
+        creation_lock.acquire()
+        create = _retrying(
+            lambda cls: cls(
+                real_url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+                heartbeat_stale_trial_callback=stale_trial_callback,
+            )
         )
+        return create(_retrying_storage_class())
     except Exception as e:  # SQLAlchemy and driver errors vary by backend
         reason = redact_url(str(e).splitlines()[0]).replace(expand_url(url), redact_url(url))
         raise StorageError(f"cannot open storage {redact_url(url)}: {reason}") from None
+    finally:
+        creation_lock.close()
 
 
 def _prepare_sqlite(path: Path) -> None:
@@ -201,9 +209,96 @@ class StudyLock:
             self._connection = None
 
     def _pg_execute(self, sql: str) -> None:
+        _retrying(StudyLock._pg_execute_once)(self, sql)
+
+    def _pg_execute_once(self, sql: str) -> None:
         import sqlalchemy
 
         if self._connection is None:
             engine = sqlalchemy.create_engine(self._real_url, pool_pre_ping=True)
             self._connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-        self._connection.execute(sqlalchemy.text(sql), {"key": self._key})
+        try:
+            self._connection.execute(sqlalchemy.text(sql), {"key": self._key})
+        except sqlalchemy.exc.DBAPIError:
+            self._connection = None  # reconnect on the retry; the server dropped our locks
+            raise
+
+
+# --- retrying lost database connections ---------------------------------------------------
+
+STORAGE_RETRIES = 8  # 0.5 s doubling to 10 s: about a minute for a database to come back
+
+
+def _is_connection_error(error: BaseException) -> bool:
+    """True for errors that mean "the connection went away", not "the request was wrong"."""
+    import sqlalchemy.exc
+
+    for cause in (error, error.__cause__):
+        if isinstance(cause, sqlalchemy.exc.DBAPIError) and cause.connection_invalidated:
+            return True
+        if isinstance(cause, sqlalchemy.exc.OperationalError):
+            text = str(cause).lower()
+            return not any(word in text for word in ("locked", "syntax", "no such"))
+    return False
+
+
+def _retrying(method: Any) -> Any:
+    @functools.wraps(method)
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        delay = 0.5
+        for attempt in range(STORAGE_RETRIES + 1):
+            try:
+                return method(self, *args, **kwargs)
+            except Exception as e:
+                if attempt == STORAGE_RETRIES or not _is_connection_error(e):
+                    raise
+                logger.warning(
+                    "storage connection lost during %s (%s); retry %d in %.1f s",
+                    method.__name__,
+                    type(e.__cause__ or e).__name__,
+                    attempt + 1,
+                    delay,
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        raise AssertionError("unreachable")
+
+    return call
+
+
+@functools.cache
+def _retrying_storage_class() -> type:
+    """RDBStorage whose calls survive a database restart: retried with backoff.
+
+    Optuna's RDBStorage raises on the first broken connection; pool pre-ping only helps
+    when a connection is checked out, not when the server drops it mid-query. The retry
+    covers reads and writes alike (a write whose commit was lost is redone; Optuna's
+    writes are keyed, so a redo sets the same values).
+    """
+    import optuna
+
+    base = optuna.storages.RDBStorage
+    methods = {
+        name: _retrying(getattr(base, name))
+        for name in dir(base)
+        if callable(getattr(base, name, None))
+        and (not name.startswith("_") or name in ("_get_trials", "_get_stale_trial_ids"))
+        and name
+        not in (
+            "remove_session",
+            "upgrade",
+            "get_current_version",
+            "get_head_version",
+            "get_all_versions",
+        )
+    }
+    methods["__module__"] = __name__
+    return type("RetryingRDBStorage", (base,), methods)
+
+
+def __getattr__(name: str) -> Any:
+    # Built on first use, so importing hpo.storage does not import Optuna; pickling a
+    # storage (worker processes) finds the class here by name.
+    if name == "RetryingRDBStorage":
+        return _retrying_storage_class()
+    raise AttributeError(name)

@@ -59,6 +59,7 @@ class TrialContext:
     threads: int | None = None
     resume_from: Path | None = None
     history: list[dict[str, float]] = field(default_factory=list)
+    reported_steps: set[int] = field(default_factory=set)
     pruned: bool = False
     epochs: float = 0.0
     started: float = field(default_factory=time.monotonic)
@@ -82,16 +83,17 @@ class TrialContext:
                 "fix objective.metric in the study file or the trainer's metric names"
             )
         value = float(metrics[self.objective])
+        # A resumed trial inherited the lost trial's intermediate values, and Optuna keeps
+        # the first value of a step: report only steps it has not seen.
+        if math.isfinite(value) and step not in self.reported_steps:
+            self.trial.report(value, step)
+            self.reported_steps.add(step)
         self.epochs = float(step if epoch is None else epoch)
-        # A resumed trial inherits the lost trial's evaluations (and Optuna keeps the first
-        # value of a step); steps repeated after the checkpoint replace the history entry.
-        inherited = any(h["step"] == step for h in self.history)
+        # Steps repeated after a checkpoint replace their history entry.
         self.history = [h for h in self.history if h["step"] < step]
         self.history.append({"step": step, "epoch": self.epochs, **_floats(metrics)})
         self.trial.set_user_attr(storage.ATTR_HISTORY, self.history)
         self.trial.set_user_attr(storage.ATTR_EPOCHS, self.epochs)
-        if math.isfinite(value) and not inherited:
-            self.trial.report(value, step)
 
     def should_prune(self) -> bool:
         """True when the pruner wants this trial stopped; the trainer should return soon."""

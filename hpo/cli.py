@@ -59,15 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, handler: Callable[[argparse.Namespace], int], help: str):
         sub = commands.add_parser(name, help=help, description=help)
         sub.add_argument("study_file", metavar="FILE", help="the study YAML file")
-        sub.add_argument(
-            "--set",
-            dest="overrides",
-            action="append",
-            default=[],
-            metavar="KEY.PATH=VALUE",
-            help="override a field before validation (repeatable)",
-        )
-        sub.add_argument("--storage", metavar="URL", help="shorthand for --set storage=URL")
+        _add_overrides(sub, "override a field before validation (repeatable)")
         sub.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
         sub.set_defaults(handler=handler)
         return sub
@@ -138,15 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         "its budget. A second invocation while one runs exits with 'already running'.",
     )
     sweep.add_argument("sweep_file", metavar="SWEEP_FILE", help="the sweep YAML file")
-    sweep.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY.PATH=VALUE",
-        help="override a field of every study, after the matrix (repeatable)",
-    )
-    sweep.add_argument("--storage", metavar="URL", help="shorthand for --set storage=URL")
+    _add_overrides(sweep, "override a field of every study, after the matrix (repeatable)")
     sweep.add_argument(
         "--parallel",
         type=_positive_int,
@@ -169,6 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--force", action="store_true", help="replace a non-empty folder")
     parser.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     return parser
+
+
+def _add_overrides(sub: argparse.ArgumentParser, help: str) -> None:
+    sub.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE", help=help
+    )
+    sub.add_argument("--storage", metavar="URL", help="shorthand for --set storage=URL")
 
 
 def _configure_logging(debug: bool) -> None:

@@ -29,10 +29,9 @@ from pydantic import (
 from hpo.errors import ConfigError
 from hpo.registry import PrunerSpec, SamplerSpec
 from hpo.space import SearchSpace, grid
-from hpo.storage import check_url, redact_url
+from hpo.storage import ENV_VAR, check_url, redact_url
 
 DEFAULT_STORAGE = "sqlite:///hpo.db"
-_ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*$")
 _REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
@@ -131,7 +130,7 @@ class StudyConfig(_Model):
     @classmethod
     def _storage_url(cls, value: str) -> str:
         check_url(value)
-        missing = [n for n in _ENV_VAR.findall(value) if n not in os.environ]
+        missing = [n for n in ENV_VAR.findall(value) if n not in os.environ]
         if missing:
             raise ValueError(
                 f"environment variable {missing[0]} is not set; export it before running"

@@ -28,7 +28,7 @@ from hpo.checkpoints import prune_checkpoints
 from hpo.config import StudyConfig, resolve_trainer
 from hpo.errors import FailureBudgetExceeded, HpoError, StudyStateError
 from hpo.space import grid, grid_size, suggest
-from hpo.trainer import NonFiniteError, TrialContext
+from hpo.trainer import NonFiniteError, TrialContext, available_cores
 from hpo.warmstart import enqueue_warm_start
 
 logger = logging.getLogger(__name__)
@@ -506,7 +506,7 @@ def plan_workers(workers: int, devices: list[str], cores: int | None = None) -> 
     Oversubscribed threads cut MiniLM throughput 4x in a measurement here, so the cores
     are split, never shared.
     """
-    cores = cores or _available_cores()
+    cores = cores or available_cores()
     count = max(workers, len(devices)) if workers == 1 else workers
     threads = max(1, cores // count)
     return [
@@ -517,13 +517,6 @@ def plan_workers(workers: int, devices: list[str], cores: int | None = None) -> 
         )
         for i in range(count)
     ]
-
-
-def _available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def run_worker_processes(

@@ -38,7 +38,7 @@ ATTR_RESUMED_FROM = "hpo:resumed_from"  # trial number whose checkpoint a retry 
 ATTR_ERROR_ANALYSIS = "hpo:error_analysis"
 
 SUPPORTED_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg2", "mysql+pymysql", "journal")
-_ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # Greedy up to the last "@" of the authority, so a password holding "@" is hidden whole.
 _PASSWORD = re.compile(
     r"(?P<head>[a-z0-9+]+://[^:/@\s]*:)(?P<password>[^\s/]*)(?P<tail>@[^@\s/]*)"
@@ -54,7 +54,7 @@ def redact_url(url: str) -> str:
 
 def expand_url(url: str) -> str:
     """Expand ``${ENV_VAR}`` references; the result may hold secrets, never log it."""
-    return _ENV_VAR.sub(lambda m: os.environ.get(m[1], ""), url)
+    return ENV_VAR.sub(lambda m: os.environ.get(m[1], ""), url)
 
 
 def check_url(url: str) -> None:
@@ -230,7 +230,6 @@ class StudyLock:
 
 
 # --- retrying lost database connections ---------------------------------------------------
-
 
 
 def _is_connection_error(error: BaseException) -> bool:

@@ -14,6 +14,7 @@ checked, and missing files reported, before anything runs.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,6 +115,14 @@ class TrialContext:
         """A path from trainer args: relative ones are relative to the study file's folder."""
         path = Path(value).expanduser()
         return path if path.is_absolute() else self.study_dir / path
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity, not the machine's total)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS and Windows have no affinity call
+        return os.cpu_count() or 1
 
 
 def _floats(metrics: dict[str, Any]) -> dict[str, float]:

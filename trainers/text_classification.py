@@ -16,14 +16,13 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from hpo.trainer import NonFiniteError, TrialContext
+from hpo.trainer import NonFiniteError, TrialContext, available_cores
 
 logger = logging.getLogger(__name__)
 
@@ -366,7 +365,7 @@ def _train(args: TextClassificationArgs, ctx: TrialContext) -> dict[str, float]:
 
     hf_logging.disable_progress_bar()
 
-    torch.set_num_threads(ctx.threads or _available_cores())
+    torch.set_num_threads(ctx.threads or available_cores())
     model_path = resolve_model(args.model, ctx)
     data = prepare_data(args, model_path, ctx)
     model = build_model(args, model_path, data, ctx.seed)
@@ -529,13 +528,6 @@ def _reporter_class() -> type:
             self.ctx.set_checkpoint(Path(args.output_dir) / f"checkpoint-{state.global_step}")
 
     return HpoReporter
-
-
-def _available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def _is_oom(error: BaseException) -> bool:

@@ -45,7 +45,8 @@ def main() -> None:
         f"storage=sqlite:///{work / 'hpo.db'}",
         f"output_dir={work / 'runs'}",
         f"budget.n_trials={args.trials}",
-        f"trainer.args.mixed_precision={'bf16' if args.bf16 else 'no'}",
+        # Quoted: a bare `no` is YAML for false.
+        f"trainer.args.mixed_precision={'bf16' if args.bf16 else repr('no')}",
     ]
     if args.small:
         overrides += [

@@ -82,19 +82,17 @@ def open_study(config: StudyConfig, *, allow_space_change: bool = False, seed_of
         grace_period=config.workers.grace_period,
         stale_trial_callback=_retry_lost_trial(config.workers.max_retries),
     )
-    # Stochastic samplers get a seed per worker, or parallel workers would propose the same
-    # points. Grid, QMC and brute force must share one seed: their order is the seed's.
-    if config.sampler.type in _SHARED_SEED_SAMPLERS:
-        seed_offset = 0
-    seed = None if config.seed is None else config.seed + seed_offset
     study = optuna.create_study(
         study_name=config.name,
         storage=storage,
-        sampler=_build_sampler(config, seed),
+        sampler=_build_sampler(config, _sampler_seed(config, seed_offset, 0)),
         pruner=_build_pruner(config),
         direction=config.objective.direction,
         load_if_exists=True,
     )
+    stored_trials = len(study.get_trials(deepcopy=False, states=None))
+    if stored_trials and config.sampler.type not in _SHARED_SEED_SAMPLERS:
+        study.sampler = _build_sampler(config, _sampler_seed(config, seed_offset, stored_trials))
     stored = study.user_attrs.get(st.ATTR_CONFIG)
     current = config.stored_form()
     if stored and stored.get("search_space") != current["search_space"] and not allow_space_change:
@@ -111,6 +109,21 @@ def open_study(config: StudyConfig, *, allow_space_change: bool = False, seed_of
     if stored != current:
         study.set_user_attr(st.ATTR_CONFIG, current)
     return study
+
+
+def _sampler_seed(config: StudyConfig, worker_offset: int, stored_trials: int) -> int | None:
+    """The sampler seed for one worker, reproducible from the study seed.
+
+    Stochastic samplers get a seed per worker, or parallel workers would propose the same
+    points, and a new one on resume, or a resumed study would repeat its first draws.
+    Grid, QMC and brute force keep the study seed: their order is the seed's, and every
+    worker and every resume must agree on it.
+    """
+    if config.seed is None:
+        return None
+    if config.sampler.type in _SHARED_SEED_SAMPLERS:
+        return config.seed
+    return config.seed + worker_offset + 10_007 * stored_trials
 
 
 def _build_sampler(config: StudyConfig, seed: int | None) -> Any:
@@ -149,26 +162,36 @@ def _retry_lost_trial(max_retries: int) -> Callable[[Any, Any], None]:
     return on_stale
 
 
-def budget_usage(study: Any, config: StudyConfig) -> tuple[int, int]:
-    """(finished, claimed) trials against the budget.
+@dataclass
+class Usage:
+    """Where the study stands against its budget, from one read of its trials.
 
-    Finished trials are complete or pruned; claimed ones also include running trials
-    (they finish unless they fail). In a grid study a failed point is
-    not drawn again, so its failure uses up that point too (a lost worker's point is
-    retried and does not).
+    ``finished`` trials are complete or pruned; ``claimed`` also counts running ones (they
+    finish unless they fail). Waiting (enqueued) trials are not claimed: a worker's next
+    ``ask()`` picks them up. In a grid study a failed point is not drawn again, so its
+    failure uses up that point (a lost worker's point is retried and does not).
+    ``failures`` counts failures that weigh against ``budget.max_failures``.
     """
-    attrs = study.user_attrs
-    finished = claimed = 0
-    grid_study = config.sampler.type == "grid"
-    for trial in study.get_trials(deepcopy=False):
+
+    finished: int = 0
+    claimed: int = 0
+    failures: int = 0
+
+
+def usage(study: Any, config: StudyConfig) -> Usage:
+    """Count the study's trials against its budget (one storage read, two with failures)."""
+    trials = study.get_trials(deepcopy=False)
+    # Study attributes are one more query; only failures need them (the hpo:lost list).
+    attrs = study.user_attrs if any(t.state.name == "FAIL" for t in trials) else {}
+    result = Usage()
+    for trial in trials:
         state = trial.state.name
-        done = state in _FINISHED or (
-            grid_study and failure_reason(trial, attrs) not in (None, *_NOT_COUNTED_FAILURES)
-        )
-        finished += done
-        # Waiting (enqueued) trials are not claimed: a worker's next ask() picks them up.
-        claimed += done or state == "RUNNING"
-    return finished, claimed
+        failed = failure_reason(trial, attrs) not in (None, *_NOT_COUNTED_FAILURES)
+        done = state in _FINISHED or (failed and config.sampler.type == "grid")
+        result.finished += done
+        result.claimed += done or state == "RUNNING"
+        result.failures += failed
+    return result
 
 
 def count_states(study: Any) -> Counter[str]:
@@ -183,15 +206,6 @@ def failure_reason(trial: Any, study_attrs: dict[str, Any]) -> str | None:
     if trial.number in study_attrs.get("hpo:lost", []):
         return "worker_lost"
     return trial.user_attrs.get(st.ATTR_FAILURE, "exception")
-
-
-def counted_failures(study: Any) -> int:
-    """Failures that count against ``budget.max_failures`` (not lost or interrupted workers)."""
-    attrs = study.user_attrs
-    return sum(
-        failure_reason(t, attrs) not in (None, *_NOT_COUNTED_FAILURES)
-        for t in study.get_trials(deepcopy=False)
-    )
 
 
 @dataclass
@@ -230,7 +244,7 @@ def run_worker(
     lock = st.StudyLock(config.storage, config.name)
     budget = effective_budget(config)
     deadline = time.monotonic() + config.budget.timeout if config.budget.timeout else math.inf
-    baseline = counted_failures(study) if failures_before is None else failures_before
+    baseline = usage(study, config).failures if failures_before is None else failures_before
     interrupts = _Interrupts()
     objective = _Objective(config, trainer, worker, lock, interrupts)
     callbacks = [_log_trial] + ([on_trial] if on_trial else [])
@@ -247,17 +261,18 @@ def run_worker(
                 lock.release()
         while time.monotonic() < deadline:
             interrupts.check()
-            if counted_failures(study) - baseline >= max(config.budget.max_failures, 1):
+            lock.acquire()
+            now = usage(study, config)
+            failed = now.failures - baseline
+            if failed >= max(config.budget.max_failures, 1):
                 raise FailureBudgetExceeded(
-                    f"study {config.name!r}: {counted_failures(study) - baseline} trials failed "
+                    f"study {config.name!r}: {failed} trials failed "
                     f"(budget.max_failures={config.budget.max_failures}); see the trials' "
                     "hpo:failure attributes (hpo status) and fix the trainer or the space"
                 )
-            lock.acquire()
-            finished, claimed = budget_usage(study, config)
-            if finished >= budget:
+            if now.finished >= budget:
                 break
-            if claimed >= budget:
+            if now.claimed >= budget:
                 # Every remaining slot is taken by a running trial; wait in case one fails.
                 lock.release()
                 _wait_for_others(study)
@@ -365,8 +380,11 @@ class _Objective:
     def _context(self, trial: Any, params: dict[str, Any]) -> TrialContext:
         output_dir = Path(self.config.output_dir) / self.config.name / f"trial-{trial.number:04d}"
         resume_from, history = None, []
-        # Optuna 5's Trial hides system attrs; the frozen copy shows the retry's origin.
-        frozen = trial.study._storage.get_trial(trial._trial_id)
+        # Optuna 5's Trial hides system attrs; its frozen copy (read at ask) holds the
+        # retry's origin, so no storage round trip is needed.
+        frozen = getattr(trial, "_cached_frozen_trial", None) or trial.study._storage.get_trial(
+            trial._trial_id
+        )
         retried = frozen.system_attrs.get("failed_trial")
         if retried is not None:
             # The retry copied the lost trial's attributes: its checkpoint and evaluations.
@@ -472,7 +490,8 @@ def run_study(
     """
     started = time.monotonic()
     study = open_study(config, allow_space_change=allow_space_change)
-    if budget_usage(study, config)[0] >= effective_budget(config):
+    now = usage(study, config)
+    if now.finished >= effective_budget(config):
         summary = summarize(study, config)
         summary.already_done = True
         return summary
@@ -482,7 +501,7 @@ def run_study(
         on_trial = (lambda study, trial: on_progress(study)) if on_progress else None
         run_worker(config, worker=plan[0], on_trial=on_trial)
     else:
-        run_worker_processes(config, plan, counted_failures(study), study, on_progress)
+        run_worker_processes(config, plan, now.failures, study, on_progress)
     ran = sum(t.number not in before for t in study.get_trials(deepcopy=False))
     return summarize(study, config, ran=ran, wall=time.monotonic() - started)
 

@@ -218,3 +218,12 @@ def test_open_study_refuses_space_change_directly(toy_study) -> None:
     with pytest.raises(StudyStateError):
         open_study(config)
     open_study(config, allow_space_change=True)
+
+
+def test_resumed_study_draws_new_points(toy_study, tmp_path: Path) -> None:
+    """A resumed sampler must not start its seeded sequence over."""
+    study_file = toy_study(n_trials=3, sampler="random")
+    run_study(load(study_file))
+    run_study(load(study_file, "budget.n_trials=6"))
+    params = [tuple(t.params.values()) for t in stored(tmp_path / "hpo.db").trials]
+    assert len(set(params)) == 6

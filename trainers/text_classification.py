@@ -370,13 +370,19 @@ def _train(args: TextClassificationArgs, ctx: TrialContext) -> dict[str, float]:
     data = prepare_data(args, model_path, ctx)
     model = build_model(args, model_path, data, ctx.seed)
     reporter = _reporter_class()(ctx, args.early_stopping_patience)
+    last_eval: dict[str, Any] = {}
+
+    def metrics_keeping_predictions(prediction: Any) -> dict[str, float]:
+        last_eval["prediction"] = prediction
+        return compute_metrics(prediction)
+
     trainer = Trainer(
         model=model,
         args=training_arguments(args, ctx),
         train_dataset=data.splits["train"],
         eval_dataset=data.splits["validation"],
         data_collator=DataCollatorWithPadding(data.tokenizer),
-        compute_metrics=compute_metrics,
+        compute_metrics=metrics_keeping_predictions,
         callbacks=[reporter],
     )
     # hpo logs one line per trial; the Trainer's own per-log dict prints would drown it.
@@ -390,8 +396,12 @@ def _train(args: TextClassificationArgs, ctx: TrialContext) -> dict[str, float]:
         )
     if ctx.pruned:
         return dict(ctx.history[-1]) if ctx.history else {}
-    validation = trainer.predict(data.splits["validation"], metric_key_prefix="eval")
-    metrics = dict(validation.metrics)
+    if reporter.last_step == trainer.state.global_step and "prediction" in last_eval:
+        # The last evaluation already scored the final model: reuse it, do not predict again.
+        validation, metrics = last_eval["prediction"], dict(reporter.last_metrics)
+    else:  # training went on after the last evaluation (an eval_steps schedule)
+        validation = trainer.predict(data.splits["validation"], metric_key_prefix="eval")
+        metrics = dict(validation.metrics)
     if len(data.splits["test"]):
         metrics.update(trainer.predict(data.splits["test"], metric_key_prefix="test").metrics)
     metrics["epoch"] = float(trainer.state.epoch or 0)
@@ -498,6 +508,8 @@ def _reporter_class() -> type:
             self.best: float | None = None
             self.stale = 0
             self.non_finite: str | None = None
+            self.last_step = -1
+            self.last_metrics: dict[str, float] = {}
 
         def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kw):
             loss = (logs or {}).get("loss")
@@ -509,6 +521,7 @@ def _reporter_class() -> type:
             self, args: Any, state: Any, control: Any, metrics: dict | None = None, **kw: Any
         ) -> None:
             metrics = metrics or {}
+            self.last_step, self.last_metrics = state.global_step, dict(metrics)
             by_steps = args.eval_strategy == "steps"
             step = state.global_step if by_steps else int(round(state.epoch or 0))
             self.ctx.report(step, metrics, epoch=float(state.epoch or 0))

@@ -359,16 +359,18 @@ class _Objective:
 
         try:
             params = suggest(trial, self.config.search_space)
+            ctx = self._context(trial, params)
+        except BaseException as e:
+            _record_failure(trial, e)
+            raise
         finally:
             # The trial is claimed and its point sampled: other workers may claim theirs.
             self.lock.release()
-        ctx = self._context(trial, params)
         try:
             with self.interrupts.deliverable():
                 metrics = self.trainer(ctx)
         except BaseException as e:
-            trial.set_user_attr(st.ATTR_FAILURE, _classify(e))
-            trial.set_user_attr(st.ATTR_FAILURE_MESSAGE, f"{type(e).__name__}: {e}"[:1000])
+            _record_failure(trial, e)
             raise
         finally:
             trial.set_user_attr(st.ATTR_DURATION, round(time.monotonic() - ctx.started, 3))
@@ -425,6 +427,15 @@ class _Objective:
         if not math.isfinite(value):
             trial.set_user_attr(st.ATTR_FAILURE, "nan")  # Optuna fails non-finite values
         return value
+
+
+def _record_failure(trial: Any, error: BaseException) -> None:
+    """Store why a trial failed; Optuna then marks it FAIL (attributes are read-only after)."""
+    try:
+        trial.set_user_attr(st.ATTR_FAILURE, _classify(error))
+        trial.set_user_attr(st.ATTR_FAILURE_MESSAGE, f"{type(error).__name__}: {error}"[:1000])
+    except Exception:  # the storage itself may be what failed; the original error matters
+        logger.debug("could not record why trial %d failed", trial.number, exc_info=True)
 
 
 def _classify(error: BaseException) -> str:

@@ -136,20 +136,9 @@ def _copy_model(checkpoint: Path, target: Path) -> None:
 
 def base_model_path(config: StudyConfig) -> str:
     """The folder (or hub id) of the model the trainer fine-tuned, resolved as it did."""
-    from hpo.trainer import TrialContext
     from trainers.text_classification import resolve_model
 
-    name = str(config.trainer.args.get("model", "minilm-l6"))
-    # resolve_model only needs resolve_path, which depends on the study's folder alone.
-    where = TrialContext(
-        trial=None,
-        params={},
-        objective="",
-        seed=0,
-        output_dir=Path("."),
-        study_dir=config.study_dir,
-    )
-    return resolve_model(name, where)
+    return resolve_model(str(config.trainer.args.get("model", "minilm-l6")), config.study_dir)
 
 
 def _save_tokenizer(config: StudyConfig, target: Path) -> None:

@@ -108,13 +108,13 @@ class PreparedData:
 _CACHE: dict[tuple, Any] = {}
 
 
-def resolve_model(name: str, ctx: TrialContext) -> str:
+def resolve_model(name: str, study_dir: Path) -> str:
     """A local folder for packaged or local models; otherwise the name (a hub id)."""
     if name in PACKAGED_MODELS:
         import importlib
 
         return str(importlib.import_module(PACKAGED_MODELS[name]).get_model_path())
-    local = ctx.resolve_path(name)
+    local = _relative_to(name, study_dir)
     return str(local) if local.exists() else name
 
 
@@ -366,7 +366,7 @@ def _train(args: TextClassificationArgs, ctx: TrialContext) -> dict[str, float]:
     hf_logging.disable_progress_bar()
 
     torch.set_num_threads(ctx.threads or available_cores())
-    model_path = resolve_model(args.model, ctx)
+    model_path = resolve_model(args.model, ctx.study_dir)
     data = prepare_data(args, model_path, ctx)
     model = build_model(args, model_path, data, ctx.seed)
     reporter = _reporter_class()(ctx, args.early_stopping_patience)

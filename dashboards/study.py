@@ -10,30 +10,15 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from hpo.errors import HpoError, StudyStateError
-from hpo.storage import ATTR_CONFIG, open_storage, redact_url
+from hpo.errors import HpoError
+from hpo.storage import ATTR_CONFIG
 
 
 def load_stored_study(config: Any) -> Any:
-    """The stored study named in ``config``.
+    """The stored study named in ``config``, read-only (see hpo.runner.load_existing_study)."""
+    from hpo.runner import load_existing_study
 
-    Raises:
-        StudyStateError: the storage holds no study of that name (exit 2).
-        StorageError: the storage cannot be opened.
-    """
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = open_storage(config.storage)
-    if config.name not in optuna.get_all_study_names(storage):
-        raise StudyStateError(
-            f"no study {config.name!r} in {redact_url(config.storage)}; "
-            f"run it first (hpo run {config.source or 'FILE'})"
-        )
-    # A sampler is required to load; RandomSampler is the one that costs nothing to build.
-    return optuna.load_study(
-        study_name=config.name, storage=storage, sampler=optuna.samplers.RandomSampler()
-    )
+    return load_existing_study(config)
 
 
 def strategy(study: Any, config: Any) -> dict[str, Any]:

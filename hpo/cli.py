@@ -276,19 +276,19 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from hpo.runner import open_study, summarize
+    from hpo.runner import load_existing_study, summarize
 
     config = _load(args)
-    summary = summarize(_existing_study(config, open_study), config)
+    summary = summarize(load_existing_study(config), config)
     _print_summary(summary)
     return 0
 
 
 def cmd_best(args: argparse.Namespace) -> int:
-    from hpo.runner import open_study, summarize
+    from hpo.runner import load_existing_study, summarize
 
     config = _load(args)
-    summary = summarize(_existing_study(config, open_study), config)
+    summary = summarize(load_existing_study(config), config)
     if summary.best_number is None:
         raise HpoError(f"study {config.name!r} has no completed trial yet")
     data = {
@@ -442,22 +442,6 @@ def cmd_export(args: argparse.Namespace) -> int:
         f"({config.objective.metric}={facts['objective']['value']:.4f}) to {args.to}"
     )
     return 0
-
-
-def _existing_study(config: Any, open_study: Callable[..., Any]) -> Any:
-    """Open the stored study without creating one (status and best only read)."""
-    import optuna
-
-    from hpo.errors import StudyStateError
-    from hpo.storage import open_storage, redact_url
-
-    names = optuna.get_all_study_names(open_storage(config.storage))
-    if config.name not in names:
-        raise StudyStateError(
-            f"no study {config.name!r} in {redact_url(config.storage)}; "
-            f"run it first (hpo run {config.source})"
-        )
-    return open_study(config, allow_space_change=True)
 
 
 def _print_summary(summary: Any) -> None:

@@ -111,6 +111,27 @@ def open_study(config: StudyConfig, *, allow_space_change: bool = False, seed_of
     return study
 
 
+def load_existing_study(config: StudyConfig) -> Any:
+    """The stored study, read-only: never created, its stored config never rewritten.
+
+    Raises:
+        StudyStateError: the storage holds no study of that name.
+        StorageError: the storage cannot be opened.
+    """
+    import optuna
+
+    storage = st.open_storage(config.storage)
+    if config.name not in optuna.get_all_study_names(storage):
+        raise StudyStateError(
+            f"no study {config.name!r} in {st.redact_url(config.storage)}; "
+            f"run it first (hpo run {config.source or 'FILE'})"
+        )
+    # A sampler is required to load; RandomSampler is the one that costs nothing to build.
+    return optuna.load_study(
+        study_name=config.name, storage=storage, sampler=optuna.samplers.RandomSampler()
+    )
+
+
 def _sampler_seed(config: StudyConfig, worker_offset: int, stored_trials: int) -> int | None:
     """The sampler seed for one worker, reproducible from the study seed.
 

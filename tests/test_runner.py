@@ -227,3 +227,13 @@ def test_resumed_study_draws_new_points(toy_study, tmp_path: Path) -> None:
     run_study(load(study_file, "budget.n_trials=6"))
     params = [tuple(t.params.values()) for t in stored(tmp_path / "hpo.db").trials]
     assert len(set(params)) == 6
+
+
+def test_status_does_not_rewrite_the_stored_config(toy_study) -> None:
+    """Reading a study with an edited file must not hide the edit from the next run."""
+    study_file = toy_study(n_trials=2)
+    run_study(load(study_file))
+    changed = "search_space.dropout={type: float, low: 0.0, high: 0.5}"
+    assert run_hpo("status", str(study_file), "--set", changed).returncode == 0
+    result = run_hpo("run", str(study_file), "--set", changed, "--n-trials", "3")
+    assert result.returncode == 2 and "--allow-space-change" in result.stderr

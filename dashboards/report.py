@@ -20,6 +20,7 @@ from typing import Any
 from dashboards import data as d
 from dashboards.page import Section, figure_html, key_values, render_page, table_html
 from dashboards.study import load_stored_study, require_completed, strategy
+from hpo.status import attention
 from hpo.storage import ATTR_ERROR_ANALYSIS, redact_url
 
 logger = logging.getLogger(__name__)
@@ -99,6 +100,7 @@ def build_report(config: Any, output: Path | None = None, *, save_to_study: bool
         figures["confusion"] = f.confusion_figure(analysis)
 
     summary = _summary(config, how, records, best, compute, importances, importance_how)
+    summary["attention"] = [line.as_dict() for line in attention(study)]
     summary["error_analysis"] = asdict(analysis) if analysis else None
     n_complete = counts.get("COMPLETE", 0)
     sampled = [f"{name} {n}" for name, (_, n) in drawn.items() if n < n_complete]
@@ -234,14 +236,25 @@ def _sections(
         ]
     )
     sections = [Section("Summary", overview, anchor="summary")]
-    if summary["failures"]:
-        rows = [[f["number"], f["reason"], f["message"] or ""] for f in summary["failures"][:50]]
-        more = len(summary["failures"]) - len(rows)
+    if summary["attention"]:
+        # The same table as `hpo status`: failed trials with why, running ones with where.
+        shown = summary["attention"][:50]
+        rows = [
+            [
+                a["number"],
+                "running" if a["state"] == "RUNNING" else a["reason"],
+                a["message"] or "",
+                a["worker"] or "",
+                "" if a["heartbeat_age_s"] is None else f"{a['heartbeat_age_s']:.0f} s",
+            ]
+            for a in shown
+        ]
+        more = len(summary["attention"]) - len(rows)
         sections.append(
             Section(
-                "Failed trials",
-                table_html(["trial", "reason", "message"], rows),
-                note=f"{more} more in trials.csv" if more > 0 else "",
+                "Trials needing attention",
+                table_html(["trial", "reason", "message", "worker", "last heartbeat"], rows),
+                note=f"{more} more in `hpo status --json`" if more > 0 else "",
                 anchor="failures",
             )
         )

@@ -8,15 +8,16 @@ Errors are one line on stderr; ``--debug`` shows the traceback.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import logging
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from hpo.errors import ConfigError, HpoError
+from hpo.console import LOG_FORMATS, LiveView, configure_logging, show_workers
+from hpo.errors import ConfigError, FailureBudgetExceeded, HpoError
 
 logger = logging.getLogger("hpo")
 
@@ -24,8 +25,8 @@ logger = logging.getLogger("hpo")
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command and return its exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
-    _configure_logging(args.debug)
+    args = _merge_global_options(parser.parse_args(argv))
+    args.console = configure_logging(args.debug, args.log_format)
     try:
         return int(args.handler(args) or 0)
     except HpoError as e:
@@ -59,8 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, handler: Callable[[argparse.Namespace], int], help: str):
         sub = commands.add_parser(name, help=help, description=help)
         sub.add_argument("study_file", metavar="FILE", help="the study YAML file")
-        _add_overrides(sub, "override a field before validation (repeatable)")
-        sub.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+        _add_global_options(sub, "override a field before validation (repeatable)")
         sub.set_defaults(handler=handler)
         return sub
 
@@ -89,10 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--device", metavar="ID", help="GPU id for this worker (default: the first visible GPU)"
     )
-    command("validate", cmd_validate, "check a study file; print its search space")
-    command("status", cmd_status, "trials by state and the best so far")
+    validate = command("validate", cmd_validate, "check a study file; print its search space")
+    validate.add_argument("--json", action="store_true", help="print JSON (see README)")
+    status = command("status", cmd_status, "trials by state, failed and running trials")
+    status.add_argument("--json", action="store_true", help="print JSON (see README)")
     best = command("best", cmd_best, "the best trial's value, params and metrics")
-    best.add_argument("--json", action="store_true", help="print JSON")
+    best.add_argument("--json", action="store_true", help="print JSON (see README)")
     report = command("report", cmd_report, "write an HTML report, trials.csv and summary.json")
     report.add_argument(
         "-o", "--output", metavar="DIR", help="output folder (default: dashboards/<study name>/)"
@@ -109,19 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
         "study, and the compute each needed to reach random search's best.",
     )
     compare.add_argument("study_files", nargs="+", metavar="FILE", help="study YAML files")
-    compare.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY.PATH=VALUE",
-        help="override a field of every study file (repeatable)",
-    )
-    compare.add_argument("--storage", metavar="URL", help="shorthand for --set storage=URL")
+    _add_global_options(compare, "override a field of every study file (repeatable)")
     compare.add_argument(
         "-o", "--output", metavar="DIR", help="output folder (default: dashboards/compare-...)"
     )
-    compare.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     compare.set_defaults(handler=cmd_compare)
     sweep = commands.add_parser(
         "sweep",
@@ -130,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         "its budget. A second invocation while one runs exits with 'already running'.",
     )
     sweep.add_argument("sweep_file", metavar="SWEEP_FILE", help="the sweep YAML file")
-    _add_overrides(sweep, "override a field of every study, after the matrix (repeatable)")
+    _add_global_options(sweep, "override a field of every study, after the matrix (repeatable)")
     sweep.add_argument(
         "--parallel",
         type=_positive_int,
@@ -139,55 +132,73 @@ def build_parser() -> argparse.ArgumentParser:
         help="run N studies at a time, one process each (default 1)",
     )
     sweep.add_argument("--dry-run", action="store_true", help="print the plan; run nothing")
+    sweep.add_argument("--json", action="store_true", help="with --dry-run: the plan as JSON")
     sweep.add_argument("--date", metavar="YYYY-MM-DD", help="the date of {date} placeholders")
     sweep.add_argument(
         "--no-compare",
         action="store_true",
         help="skip the comparison page written after the sweep",
     )
-    sweep.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     sweep.set_defaults(handler=cmd_sweep)
     export = command("export", cmd_export, "write the best trial's model with a model card")
     export.add_argument("--to", required=True, metavar="DIR", help="the folder to write")
     export.add_argument("--trial", type=int, metavar="N", help="export trial N, not the best")
     export.add_argument("--force", action="store_true", help="replace a non-empty folder")
-    parser.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--version", action="version", version=f"hpo {_version()}")
+    _add_global_options(parser, "override a study field (repeatable)", prefix="global_")
     return parser
 
 
-def _add_overrides(sub: argparse.ArgumentParser, help: str) -> None:
-    sub.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE", help=help
+def _add_global_options(parser: argparse.ArgumentParser, help: str, prefix: str = "") -> None:
+    """Options every command takes, before or after the command name.
+
+    The top-level parser stores them under ``global_*`` (a subparser would overwrite a
+    shared name with its own default); :func:`_merge_global_options` joins the two.
+    """
+    parser.add_argument(
+        "--set",
+        dest=f"{prefix}overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help=help,
     )
-    sub.add_argument("--storage", metavar="URL", help="shorthand for --set storage=URL")
-
-
-def _configure_logging(debug: bool) -> None:
-    from rich.logging import RichHandler
-
-    handler = RichHandler(
-        show_path=False, show_level=False, markup=False, console=_console(), log_time_format="[%X]"
+    parser.add_argument(
+        "--storage", dest=f"{prefix}storage", metavar="URL", help="shorthand for --set storage=URL"
     )
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.INFO,
-        format="%(message)s",
-        handlers=[handler],
-        force=True,
+    parser.add_argument(
+        "--debug",
+        dest=f"{prefix}debug",
+        action="store_true",
+        help="show tracebacks and debug logs",
     )
-    import warnings
+    parser.add_argument(
+        "--log-format",
+        dest=f"{prefix}log_format",
+        choices=LOG_FORMATS,
+        default=None,
+        help="auto (live view on a terminal, plain lines elsewhere), plain, or json",
+    )
 
-    # Optuna marks heartbeats, retries and several samplers experimental; hpo pins the
-    # behaviour it relies on in its own tests, so the warnings only add noise for users.
-    warnings.filterwarnings("ignore", message=".*is experimental.*")
-    warnings.filterwarnings("ignore", message=".*experimental feature.*")
-    for noisy in ("httpx", "urllib3", "filelock", "datasets", "transformers", "optuna"):
-        logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)
+
+def _merge_global_options(args: argparse.Namespace) -> argparse.Namespace:
+    """Options given before the command apply as if given after it (after wins)."""
+    args.overrides = args.global_overrides + args.overrides
+    args.storage = args.storage or args.global_storage
+    args.debug = args.debug or args.global_debug
+    args.log_format = args.log_format or args.global_log_format or "auto"
+    return args
 
 
-def _console() -> Any:
-    from rich.console import Console
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
 
-    return Console(stderr=True)
+    try:
+        return version("hpo")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        from hpo import __version__
+
+        return __version__
 
 
 def _load(args: argparse.Namespace) -> Any:
@@ -211,6 +222,24 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from hpo.space import describe, grid_size
 
     config = _load(args)
+    try:
+        size: int | None = grid_size(config.search_space)
+    except ValueError:
+        size = None
+    if args.json:
+        _print_json(
+            {
+                "file": str(args.study_file),
+                "study": config.name,
+                "sampler": config.sampler.type,
+                "pruner": config.pruner.type if config.pruner else "none",
+                "n_trials": config.budget.n_trials,
+                "objective": config.objective.model_dump(),
+                "search_space": config.stored_form()["search_space"],
+                "grid_size": size,
+            }
+        )
+        return 0
     print(
         f"{args.study_file}: ok — study {config.name!r}, sampler {config.sampler.type}, "
         f"pruner {config.pruner.type if config.pruner else 'none'}, "
@@ -219,10 +248,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print("search space:")
     for line in describe(config.search_space):
         print(f"  {line}")
-    try:
-        print(f"grid size: {grid_size(config.search_space)}")
-    except ValueError:
-        print("grid size: not griddable (continuous floats)")
+    print(f"grid size: {size if size is not None else 'not griddable (continuous floats)'}")
     return 0
 
 
@@ -231,6 +257,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from hpo.storage import redact_url
 
     config = _load(args)
+    started = dt.datetime.now()  # naive local time, as Optuna stores trial starts
     logger.info(
         "study %r on %s: %s sampler, %s pruner, budget %d trials",
         config.name,
@@ -244,20 +271,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     devices = None
     if args.devices:
         devices = [] if args.devices == "none" else [d.strip() for d in args.devices.split(",")]
-    with _Progress(config.budget.n_trials) as progress:
-        summary = run_study(
-            config,
-            workers=args.workers,
-            devices=devices,
-            allow_space_change=args.allow_space_change,
-            on_progress=progress.update,
-        )
+    show_workers(args.workers > 1)
+    try:
+        with _live_view(args, config) as view:
+            summary = run_study(
+                config,
+                workers=args.workers,
+                devices=devices,
+                allow_space_change=args.allow_space_change,
+                on_progress=view.update,
+            )
+    except FailureBudgetExceeded:
+        _print_failed_since(config, started)
+        raise
     if summary.already_done:
         print(
             f"study {config.name!r} is already finished ({summary.finished}/"
             f"{summary.n_trials} trials); nothing to run. Raise budget.n_trials to run more."
         )
     _print_summary(summary)
+    _print_failed_since(config, started)
     return 0
 
 
@@ -267,20 +300,42 @@ def cmd_worker(args: argparse.Namespace) -> int:
     config = _load(args)
     device = args.device if args.device is not None else next(iter(visible_devices()), None)
     worker = Worker(device=f"cuda:{device}" if device not in (None, "none") else "cpu")
+    started = dt.datetime.now()  # naive local time, as Optuna stores trial starts
     logger.info("worker %s joins study %r", worker.name, config.name)
-    with _Progress(config.budget.n_trials) as progress:
-        ran = run_worker(config, worker=worker, on_trial=lambda s, t: progress.update(s))
+    try:
+        with _live_view(args, config) as view:
+            ran = run_worker(config, worker=worker, on_trial=lambda s, t: view.update(s))
+    except FailureBudgetExceeded:
+        _print_failed_since(config, started)
+        raise
     summary = summarize(open_study(config, allow_space_change=True), config, ran=ran)
     _print_summary(summary)
+    _print_failed_since(config, started)
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     from hpo.runner import load_existing_study, summarize
+    from hpo.status import attention
 
     config = _load(args)
-    summary = summarize(load_existing_study(config), config)
+    study = load_existing_study(config)
+    summary = summarize(study, config)
+    lines = attention(study)
+    if args.json:
+        _print_json(
+            {
+                "study": summary.study_name,
+                "budget": summary.n_trials,
+                "finished": summary.finished,
+                "trials_by_state": summary.counts,
+                "best": _best_data(config, summary),
+                "attention": [line.as_dict() for line in lines],
+            }
+        )
+        return 0
     _print_summary(summary)
+    _print_attention(lines)
     return 0
 
 
@@ -289,22 +344,58 @@ def cmd_best(args: argparse.Namespace) -> int:
 
     config = _load(args)
     summary = summarize(load_existing_study(config), config)
-    if summary.best_number is None:
+    data = _best_data(config, summary)
+    if data is None:
         raise HpoError(f"study {config.name!r} has no completed trial yet")
-    data = {
-        "study": config.name,
-        "trial": summary.best_number,
-        "value": summary.best_value,
-        "params": summary.best_params,
-        "metrics": summary.best_metrics,
-    }
     if args.json:
-        print(json.dumps(data, indent=2))
+        _print_json(data)
     else:
         print(f"trial {data['trial']}: {config.objective.metric}={data['value']:.4f}")
         for key, value in {**data["params"], **data["metrics"]}.items():
             print(f"  {key}: {value}")
     return 0
+
+
+def _best_data(config: Any, summary: Any) -> dict[str, Any] | None:
+    """The best trial as ``hpo best --json`` prints it (model-quality metrics only)."""
+    from hpo.status import quality_metrics
+
+    if summary.best_number is None:
+        return None
+    return {
+        "study": config.name,
+        "trial": summary.best_number,
+        "value": summary.best_value,
+        "params": summary.best_params,
+        "metrics": quality_metrics(summary.best_metrics),
+    }
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def _print_attention(lines: list[Any]) -> None:
+    if not lines:
+        return
+    print("trials needing attention:")
+    for line in lines:
+        print(f"  {line.describe()}")
+
+
+def _print_failed_since(config: Any, started: dt.datetime) -> None:
+    """The run's closing lines name the trials that failed in it, with their first message."""
+    from hpo.runner import load_existing_study
+    from hpo.status import attention, failed_since
+
+    try:
+        failed = failed_since(attention(load_existing_study(config)), started)
+    except HpoError:  # nothing stored (e.g. a dry start); the summary said what it could
+        return
+    if failed:
+        print(f"{len(failed)} trials failed in this run:")
+        for line in failed:
+            print(f"  {line.describe()}")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -317,6 +408,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     counts = ", ".join(f"{n} {s.lower()}" for s, n in report.summary["trials_by_state"].items())
     print(f"report of study {config.name!r} ({counts}): {report.html}")
     print(f"data: {report.trials_csv}, {report.summary_json}")
+    from hpo.status import TrialLine
+
+    _print_attention([TrialLine(**line) for line in report.summary["attention"]])
     return 0
 
 
@@ -393,6 +487,26 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     _quiet_optuna(args.debug)
     overrides = list(args.overrides) + ([f"storage={args.storage}"] if args.storage else [])
     sweep = load_sweep(args.sweep_file, overrides, today=today)
+    if args.dry_run and args.json:
+        _print_json(
+            {
+                "sweep": sweep.name,
+                "studies": [
+                    {
+                        "name": row.study.name,
+                        "overrides": row.study.overrides,
+                        "budget": row.budget,
+                        "remaining": row.remaining,
+                        "exists": row.exists,
+                        "command": run_command(sweep, row.study),
+                    }
+                    for row in plan_sweep(sweep)
+                ],
+            }
+        )
+        return 0
+    if args.json:
+        raise ConfigError("--json goes with --dry-run (a sweep's run prints its summary)")
     if args.dry_run:
         print(f"sweep {sweep.name!r}: {len(sweep.studies)} studies (dry run; nothing runs)")
         for row in plan_sweep(sweep):
@@ -445,6 +559,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _print_summary(summary: Any) -> None:
+    from hpo.status import quality_metrics
+
     states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(summary.counts.items())) or "none"
     print(
         f"study {summary.study_name!r}: {summary.finished}/{summary.n_trials} trials "
@@ -457,62 +573,12 @@ def _print_summary(summary: Any) -> None:
         return
     print(f"best: trial {summary.best_number}, value {summary.best_value:.4f}")
     print("best params: " + ", ".join(f"{k}={v}" for k, v in summary.best_params.items()))
-    if summary.best_metrics:
-        shown = {k: v for k, v in summary.best_metrics.items() if "runtime" not in k}
+    shown = quality_metrics(summary.best_metrics)
+    if shown:
         print("best metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in shown.items()))
 
 
-class _Progress:
-    """A rich progress bar of finished trials (only on a terminal; logs say the rest)."""
+def _live_view(args: argparse.Namespace, config: Any) -> LiveView:
+    from hpo.runner import effective_budget
 
-    def __init__(self, total: int):
-        self.total = total
-        self.started = time.monotonic()
-        self._bar: Any = None
-
-    def __enter__(self) -> _Progress:
-        console = _console()
-        if console.is_terminal:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-            )
-
-            self._bar = Progress(
-                TextColumn("trials"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.description}"),
-                TimeElapsedColumn(),
-                console=console,
-            )
-            self._bar.start()
-            self._task = self._bar.add_task("", total=self.total)
-        return self
-
-    def update(self, study: Any) -> None:
-        finished = sum(
-            t.state.name in ("COMPLETE", "PRUNED") for t in study.get_trials(deepcopy=False)
-        )
-        best = ""
-        try:
-            best = f"best {study.best_value:.4f}"
-        except ValueError:
-            pass
-        if self._bar is not None:
-            self._bar.update(self._task, completed=finished, description=best)
-        else:
-            logger.info(
-                "progress: %d/%d trials finished, %s, %.0f s",
-                finished,
-                self.total,
-                best or "no best yet",
-                time.monotonic() - self.started,
-            )
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.stop()
+    return LiveView(args.console, config.name, effective_budget(config), config.objective.metric)

@@ -13,6 +13,7 @@ checked, and missing files reported, before anything runs.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -21,6 +22,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from hpo import storage
+from hpo.events import emit
+
+logger = logging.getLogger(__name__)
 
 
 class NonFiniteError(ArithmeticError):
@@ -96,6 +100,34 @@ class TrialContext:
         self.history.append({"step": step, "epoch": self.epochs, **_floats(metrics)})
         self.trial.set_user_attr(storage.ATTR_HISTORY, self.history)
         self.trial.set_user_attr(storage.ATTR_EPOCHS, self.epochs)
+        self._log_evaluation(step, value, metrics)
+
+    def _log_evaluation(self, step: int, value: float, metrics: dict[str, float]) -> None:
+        """One event per evaluation: where the trial is and how it is doing."""
+        total = self.params.get("num_train_epochs")
+        total = total if isinstance(total, int | float) else None
+        loss = next((float(metrics[k]) for k in ("eval_loss", "loss") if k in metrics), None)
+        elapsed = time.monotonic() - self.started
+        at = f"epoch {self.epochs:g}/{total:g}" if total else f"step {step}"
+        shown_loss = f" loss={loss:.4f}" if loss is not None else ""
+        emit(
+            logger,
+            "evaluation",
+            "trial %d %s: %s=%.4f%s (%.1f s)",
+            self.number,
+            at,
+            self.objective,
+            value,
+            shown_loss,
+            elapsed,
+            trial=self.number,
+            step=step,
+            epoch=self.epochs,
+            epochs=total,
+            value=value,
+            loss=loss,
+            elapsed_s=round(elapsed, 3),
+        )
 
     def should_prune(self) -> bool:
         """True when the pruner wants this trial stopped; the trainer should return soon."""

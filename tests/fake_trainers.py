@@ -41,3 +41,22 @@ def slow_epochs(ctx: TrialContext) -> dict[str, float]:
     delay = float(os.environ.get("HPO_TEST_EPOCH_S", "0.5"))
     ctx.params = {**ctx.params, "seconds_per_epoch": delay}
     return toy.train(ctx)
+
+
+def disk_quota(ctx: TrialContext) -> dict[str, float]:
+    """Fail with a two-line message; only the first line belongs in a summary."""
+    raise RuntimeError("disk quota exceeded on /scratch\nwhile writing checkpoint-1")
+
+
+def with_throughput(ctx: TrialContext) -> dict[str, float]:
+    """Toy metrics plus the bookkeeping the HF Trainer returns beside them."""
+    metrics = toy.train(ctx)
+    return {
+        **metrics,
+        "eval_runtime": 1.5,
+        "eval_samples_per_second": 400.0,
+        "eval_steps_per_second": 20.0,
+        "test_samples_per_second": 380.0,
+        "train_runtime": 12.0,
+        "total_flos": 1e12,
+    }

@@ -219,6 +219,19 @@ def test_report_of_a_study_with_failed_pruned_and_running_trials(
     assert states["FAIL"] == 2 and states["RUNNING"] == 1
     assert states["COMPLETE"] + states.get("PRUNED", 0) == 12
     assert {f["reason"] for f in summary["failures"]} == {"oom", "worker_lost"}
+    # The same table as `hpo status`: failed with why, running with where.
+    attention = {a["number"]: a for a in summary["attention"]}
+    assert sorted(a["reason"] or a["state"] for a in attention.values()) == [
+        "RUNNING",
+        "oom",
+        "worker_lost",
+    ]
+    failed = next(a for a in attention.values() if a["reason"] == "oom")
+    assert failed["message"] == "OutOfMemoryError: CUDA out of memory"
+    assert f"trial {failed['number']} FAILED (oom): OutOfMemoryError: CUDA out of memory" in out
+    assert "RUNNING on" in out
+    page = (folder / "report.html").read_text()
+    assert "Trials needing attention" in page and "last heartbeat" in page
     best = stored(tmp_path).best_trial
     assert summary["best"]["number"] == best.number
     assert summary["best"]["value"] == pytest.approx(best.value)

@@ -1,0 +1,235 @@
+"""The terminal: one rich Console for log lines and the live area below them.
+
+On a terminal, log lines go through a ``RichHandler`` on the same Console as a rich
+``Live`` area at the bottom (the study's progress and one line per running trial), so
+rich keeps the two apart: log lines scroll above, the area redraws below, and no line
+holds both. Off a terminal (cron, a log collector) there is no live area and every event
+is one plain line (or one JSON object with ``--log-format json``), see ``hpo.events``.
+
+Only the CLI calls :func:`configure_logging`; worker processes forward their records to
+the parent (``hpo.events.forward_to_queue``), so the live area sees their events too.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from hpo.events import (
+    JsonFormatter,
+    LineFormatter,
+    emit,
+    quiet_libraries,
+    silence_experimental_warnings,
+)
+
+logger = logging.getLogger("hpo")
+
+LOG_FORMATS = ("auto", "plain", "json")
+
+
+def make_console() -> Any:
+    """The one Console of a CLI process (stderr: stdout stays for results and --json)."""
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def configure_logging(debug: bool, log_format: str = "auto", console: Any = None) -> Any:
+    """Install the one root handler; returns the Console when the output is rich.
+
+    ``auto`` is rich on a terminal and plain lines elsewhere.
+    """
+    console = console or make_console()
+    rich = log_format == "auto" and console.is_terminal
+    handler: logging.Handler
+    if rich:
+        from rich.logging import RichHandler
+
+        handler = RichHandler(
+            console=console,
+            show_path=False,
+            show_level=False,
+            markup=False,
+            log_time_format="[%X]",
+        )
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.addFilter(_prefix_worker)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter() if log_format == "json" else LineFormatter())
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO, handlers=[handler], force=True
+    )
+    logging.captureWarnings(True)  # other warnings become events in the same format
+    silence_experimental_warnings()
+    quiet_libraries(debug)
+    return console if rich else None
+
+
+def show_workers(enabled: bool) -> None:
+    """Prefix lines with the worker label (several workers share the output)."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler.formatter, LineFormatter):
+            handler.formatter.show_worker = enabled
+    _prefix_worker.enabled = enabled
+
+
+class _WorkerPrefix(logging.Filter):
+    """For the rich handler: ``[w1] message`` when several workers share the terminal."""
+
+    enabled = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        worker = getattr(record, "worker", None)
+        if self.enabled and worker and not getattr(record, "_prefixed", False):
+            record.msg = f"[{worker}] {record.getMessage()}"
+            record.args = None
+            record._prefixed = True
+        return True
+
+
+_prefix_worker = _WorkerPrefix()
+
+
+@dataclass
+class _Running:
+    number: int
+    worker: str = ""
+    step: float | None = None
+    epoch: float | None = None
+    epochs: float | None = None
+    value: float | None = None
+
+
+class LiveView(logging.Handler):
+    """The live area: study progress and running trials, fed by events and the study.
+
+    As a logging handler it formats nothing; it reads ``trial_started``, ``evaluation``
+    and ``trial_finished`` events (from this process or forwarded from workers) to know
+    what runs where. ``update(study)`` refreshes the finished count and best value from
+    storage after each finished trial. Without a console (off a terminal) it does
+    nothing visible.
+    """
+
+    def __init__(self, console: Any, study_name: str, budget: int, metric: str):
+        super().__init__(level=logging.INFO)
+        self.console = console
+        self.study_name = study_name
+        self.budget = budget
+        self.metric = metric
+        self.started = time.monotonic()
+        self.finished: int | None = None
+        self.finished_at_start: int | None = None
+        self.best: float | None = None
+        self.best_trial: int | None = None
+        self.running: dict[int, _Running] = {}
+        self._live: Any = None
+
+    def __enter__(self) -> LiveView:
+        if self.console is None:
+            return self
+        from rich.live import Live
+
+        logging.getLogger().addHandler(self)
+        self._live = Live(
+            console=self.console,
+            get_renderable=self.render,
+            refresh_per_second=4,
+            transient=True,
+            redirect_stdout=True,
+            redirect_stderr=True,
+        )
+        self._live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.stop()
+            logging.getLogger().removeHandler(self)
+            self._live = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        event = getattr(record, "event", None)
+        number = getattr(record, "trial", None)
+        if event is None or number is None:
+            return
+        if event == "trial_started":
+            params = getattr(record, "params", {}) or {}
+            epochs = params.get("num_train_epochs")
+            self.running[number] = _Running(
+                number,
+                worker=getattr(record, "worker", "") or "",
+                epochs=epochs if isinstance(epochs, int | float) else None,
+            )
+        elif event == "evaluation":
+            row = self.running.setdefault(number, _Running(number))
+            row.worker = row.worker or getattr(record, "worker", "") or ""
+            row.step = getattr(record, "step", None)
+            row.epoch = getattr(record, "epoch", None)
+            row.value = getattr(record, "value", None)
+        elif event == "trial_finished":
+            self.running.pop(number, None)
+
+    def update(self, study: Any) -> None:
+        """Refresh finished trials and the best value from the stored study."""
+        trials = study.get_trials(deepcopy=False)
+        self.finished = sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
+        if self.finished_at_start is None:
+            self.finished_at_start = self.finished
+        complete = [t for t in trials if t.state.name == "COMPLETE" and t.value is not None]
+        if complete:
+            pick = max if study.direction.name == "MAXIMIZE" else min
+            best = pick(complete, key=lambda t: t.value)
+            self.best, self.best_trial = best.value, best.number
+        if self._live is None:  # off a terminal the progress is one more event
+            emit(
+                logger,
+                "progress",
+                "%s",
+                self.study_line(),
+                finished=self.finished,
+                budget=self.budget,
+                best=self.best,
+            )
+
+    def study_line(self) -> str:
+        elapsed = time.monotonic() - self.started
+        finished = self.finished or 0
+        parts = [f"study {self.study_name}: {finished}/{self.budget} finished"]
+        if self.best is not None:
+            parts.append(f"best {self.metric}={self.best:.4f} (trial {self.best_trial})")
+        parts.append(f"elapsed {_clock(elapsed)}")
+        done_here = finished - (self.finished_at_start or 0)
+        if done_here > 0 and finished < self.budget:
+            parts.append(f"ETA {_clock(elapsed / done_here * (self.budget - finished))}")
+        return " · ".join(parts)
+
+    def trial_line(self, row: _Running) -> str:
+        where = f" {row.worker}" if row.worker else ""
+        if row.epoch is not None and row.epochs:
+            progress = f"epoch {row.epoch:g}/{row.epochs:g}"
+        elif row.step is not None:
+            progress = f"step {row.step}"
+        else:
+            progress = "starting"
+        value = f" {self.metric}={row.value:.4f}" if row.value is not None else ""
+        return f"  trial {row.number}{where}: {progress}{value}"
+
+    def render(self) -> Any:
+        from rich.console import Group
+        from rich.text import Text
+
+        lines = [self.study_line()] + [
+            self.trial_line(row) for _, row in sorted(self.running.items())
+        ]
+        # Each line is cut at the terminal's width, never wrapped: the area keeps its height.
+        return Group(*(Text(line, no_wrap=True, overflow="ellipsis") for line in lines))
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"

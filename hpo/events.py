@@ -1,0 +1,119 @@
+"""What a run tells its user: events as log records, their line and JSON forms.
+
+Every event is a ``logging`` record of the ``hpo`` loggers whose ``event`` attribute
+names it (``trial_started``, ``evaluation``, ``trial_finished``) and whose other extra
+attributes carry its fields (trial number, params, step, value, ...). The same record
+feeds three views: a plain line (off a terminal), a JSON object (``--log-format json``)
+and the live area at the bottom of a terminal (see ``hpo.console``).
+
+Worker processes do not format anything: they send their records to the parent through
+a multiprocessing queue (:func:`forward_to_queue`), so every line of a run has one format
+and the parent's one console owns the terminal.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import logging.handlers
+import warnings
+from typing import Any
+
+# Record attributes every LogRecord has; anything else was passed as an event field.
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+
+
+def emit(logger: logging.Logger, event: str, message: str, *args: Any, **fields: Any) -> None:
+    """Log ``message % args`` at INFO as event ``event`` with ``fields`` attached."""
+    logger.info(message, *args, extra={"event": event, **fields})
+
+
+def event_fields(record: logging.LogRecord) -> dict[str, Any]:
+    """The event's own fields: every extra attribute of the record."""
+    return {k: v for k, v in vars(record).items() if k not in _STANDARD}
+
+
+def timestamp(record: logging.LogRecord) -> str:
+    """ISO-8601 with date, milliseconds and the local zone's offset."""
+    moment = dt.datetime.fromtimestamp(record.created).astimezone()
+    return moment.isoformat(timespec="milliseconds")
+
+
+class LineFormatter(logging.Formatter):
+    """One event per line: ``<ISO time> [w<worker>] <message>``, never padded or wrapped.
+
+    ``show_worker`` is set when several workers share the output; a record's worker
+    label then prefixes its message.
+    """
+
+    def __init__(self, show_worker: bool = False):
+        super().__init__()
+        self.show_worker = show_worker
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        level = "" if record.levelno == logging.INFO else f"{record.levelname} "
+        worker = getattr(record, "worker", None)
+        prefix = f"[{worker}] " if self.show_worker and worker else ""
+        line = f"{timestamp(record)} {level}{prefix}{message}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        # Multi-line messages (tracebacks only with --debug) stay one event: indent the rest.
+        return line.replace("\n", "\n    ")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per event: time, level, logger, message and the event's fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "time": timestamp(record),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        data.update(event_fields(record))
+        if record.exc_info:
+            data["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(data, default=str)
+
+
+def silence_experimental_warnings() -> None:
+    """Optuna's ExperimentalWarnings never reach the user (hpo pins that behaviour in tests).
+
+    Matched by message so that Optuna need not be imported here (``--help`` stays instant).
+    """
+    warnings.filterwarnings("ignore", message=".*is experimental.*")
+    warnings.filterwarnings("ignore", message=".*experimental feature.*")
+
+
+class _WorkerLabel(logging.Filter):
+    def __init__(self, label: str):
+        super().__init__()
+        self.label = label
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "worker"):
+            record.worker = self.label
+        return True
+
+
+def forward_to_queue(queue: Any, level: int, worker_label: str) -> None:
+    """In a worker process: send every record, labelled with the worker, to the parent."""
+    handler = logging.handlers.QueueHandler(queue)
+    handler.addFilter(_WorkerLabel(worker_label))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+    logging.captureWarnings(True)
+    silence_experimental_warnings()
+    quiet_libraries(level <= logging.DEBUG)
+
+
+def quiet_libraries(debug: bool) -> None:
+    """Libraries' own INFO chatter is for --debug; hpo's events say what happened."""
+    for noisy in ("httpx", "urllib3", "filelock", "datasets", "transformers", "optuna"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)

@@ -1,0 +1,132 @@
+"""Where a study stands, for a person: trials that need attention, metrics worth showing.
+
+``hpo status``, ``hpo report`` and the closing lines of ``hpo run`` all show the same
+table of trials that failed, were interrupted or lost their worker (with the reason and
+the first line of the message) and of trials running now (with their worker and how old
+their last heartbeat is). Everything here only reads the study.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from hpo import storage as st
+
+# Bookkeeping the HF Trainer returns beside the metrics: stored, never shown as quality.
+_NOT_QUALITY = re.compile(r"(^|_)(runtime|samples_per_second|steps_per_second|total_flos)$")
+_NOT_QUALITY_NAMES = {"epoch", "step", "total_flos", "train_runtime"}
+
+
+def quality_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Model-quality metrics only: no runtimes, throughputs, epochs or FLOP counts."""
+    return {
+        k: v
+        for k, v in metrics.items()
+        if k not in _NOT_QUALITY_NAMES and not _NOT_QUALITY.search(k)
+    }
+
+
+@dataclass
+class TrialLine:
+    """One trial that needs attention: failed, interrupted, lost, or running now."""
+
+    number: int
+    state: str  # FAIL or RUNNING
+    reason: str | None = None  # exception | nan | oom | worker_lost | interrupted
+    message: str | None = None  # the first line of the failure message
+    worker: str | None = None
+    heartbeat_age_s: float | None = None
+    started: str | None = None  # ISO-8601
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        """One line for a terminal or a log."""
+        if self.state == "RUNNING":
+            age = (
+                f", last heartbeat {self.heartbeat_age_s:.0f} s ago"
+                if self.heartbeat_age_s is not None
+                else ""
+            )
+            return f"trial {self.number} RUNNING on {self.worker or 'an unknown worker'}{age}"
+        message = f": {self.message}" if self.message else ""
+        return f"trial {self.number} FAILED ({self.reason}){message}"
+
+
+def attention(study: Any) -> list[TrialLine]:
+    """Failed (with why) and running (with worker and heartbeat age) trials, by number."""
+    from hpo.runner import failure_reason
+
+    trials = [t for t in study.get_trials(deepcopy=False) if t.state.name in ("FAIL", "RUNNING")]
+    if not trials:
+        return []
+    study_attrs = study.user_attrs
+    ages = heartbeat_ages(study) if any(t.state.name == "RUNNING" for t in trials) else {}
+    lines = []
+    for trial in trials:
+        message = trial.user_attrs.get(st.ATTR_FAILURE_MESSAGE)
+        lines.append(
+            TrialLine(
+                number=trial.number,
+                state=trial.state.name,
+                reason=failure_reason(trial, study_attrs),
+                message=message.strip().splitlines()[0] if message and message.strip() else None,
+                worker=trial.user_attrs.get(st.ATTR_WORKER),
+                heartbeat_age_s=ages.get(trial.number),
+                started=trial.datetime_start.isoformat() if trial.datetime_start else None,
+            )
+        )
+    return sorted(lines, key=lambda line: line.number)
+
+
+def failed_since(lines: list[TrialLine], moment: dt.datetime) -> list[TrialLine]:
+    """The failed trials among ``lines`` that started at or after ``moment``."""
+    return [
+        line
+        for line in lines
+        if line.state == "FAIL"
+        and line.started is not None
+        and dt.datetime.fromisoformat(line.started) >= moment
+    ]
+
+
+def heartbeat_ages(study: Any) -> dict[int, float]:
+    """Seconds since each running trial's last heartbeat, by trial number (RDB storages).
+
+    Optuna has no public reader for heartbeats; this reads its heartbeat table the way its
+    own stale-trial check does, with the database's clock on both sides.
+    """
+    from optuna.storages import RDBStorage
+
+    storage = getattr(study, "_storage", None)
+    storage = getattr(storage, "_backend", storage)  # Optuna wraps RDB in a cache
+    if not isinstance(storage, RDBStorage):
+        return {}
+    import sqlalchemy
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+    from optuna.trial import TrialState
+
+    with _create_scoped_session(storage.scoped_session) as session:
+        now = session.execute(sqlalchemy.func.now()).scalar()
+        rows = (
+            session.query(models.TrialModel.number, models.TrialHeartbeatModel.heartbeat)
+            .join(
+                models.TrialHeartbeatModel,
+                models.TrialHeartbeatModel.trial_id == models.TrialModel.trial_id,
+            )
+            .filter(models.TrialModel.study_id == study._study_id)
+            .filter(models.TrialModel.state == TrialState.RUNNING)
+            .all()
+        )
+    if now is None:
+        return {}
+    now = now.replace(tzinfo=None)
+    return {
+        number: max(0.0, (now - beat.replace(tzinfo=None)).total_seconds())
+        for number, beat in rows
+    }

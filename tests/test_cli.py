@@ -1,0 +1,80 @@
+"""The command line's contract: --version, global options anywhere, --json outputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hpo.cli import main
+from tests.conftest import run_hpo
+
+
+def test_version() -> None:
+    result = run_hpo("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip().startswith("hpo 0.")
+
+
+def test_global_options_before_or_after_the_command(toy_study, tmp_path: Path) -> None:
+    study_file = str(toy_study(n_trials=5))
+    before = run_hpo("--set", "budget.n_trials=2", "--debug", "validate", study_file, "--json")
+    after = run_hpo("validate", study_file, "--json", "--set", "budget.n_trials=2", "--debug")
+    assert before.returncode == after.returncode == 0, before.stderr
+    assert json.loads(before.stdout)["n_trials"] == json.loads(after.stdout)["n_trials"] == 2
+    # Both places at once: the command's own --set comes last and wins.
+    both = run_hpo(
+        "--set",
+        "budget.n_trials=2",
+        "validate",
+        study_file,
+        "--json",
+        "--set",
+        "budget.n_trials=4",
+    )
+    assert json.loads(both.stdout)["n_trials"] == 4
+    other = tmp_path / "other.db"
+    ran = run_hpo("--storage", f"sqlite:///{other}", "run", study_file, "--n-trials", "1")
+    assert ran.returncode == 0, ran.stderr
+    assert other.exists()
+
+
+def test_debug_before_the_command_shows_the_traceback(tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text("name: x\n")
+    plain = run_hpo("validate", "bad.yaml")
+    debug = run_hpo("--debug", "validate", "bad.yaml")
+    assert plain.returncode == 2 and "Traceback" not in plain.stderr
+    assert "Traceback" in debug.stderr
+
+
+def test_validate_json(toy_study) -> None:
+    result = run_hpo("validate", str(toy_study()), "--json")
+    data = json.loads(result.stdout)
+    assert data["study"] == "toy" and data["n_trials"] == 5 and data["grid_size"] is None
+    assert data["search_space"]["learning_rate"]["log"] is True
+    assert data["objective"] == {"metric": "eval_accuracy", "direction": "maximize"}
+
+
+def test_status_and_best_json(toy_study) -> None:
+    study_file = str(toy_study(n_trials=3))
+    assert run_hpo("run", study_file).returncode == 0
+    status = json.loads(run_hpo("status", study_file, "--json").stdout)
+    assert status["study"] == "toy" and status["budget"] == 3 and status["finished"] == 3
+    assert status["trials_by_state"] == {"COMPLETE": 3}
+    assert status["attention"] == []
+    best = json.loads(run_hpo("best", study_file, "--json").stdout)
+    assert set(best) == {"study", "trial", "value", "params", "metrics"}
+    assert status["best"] == best
+
+
+def test_sweep_dry_run_json(tmp_path: Path, toy_study, capsys) -> None:
+    toy_study(n_trials=3)
+    (tmp_path / "sweep.yaml").write_text("base: toy.yaml\nmatrix: {sampler.type: [random, tpe]}\n")
+    assert main(["sweep", "sweep.yaml", "--dry-run", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["sweep"] == "sweep"
+    assert [s["name"] for s in data["studies"]] == ["toy-1", "toy-2"]
+    first = data["studies"][0]
+    assert first["overrides"] == {"sampler.type": "random"}
+    assert first["budget"] == first["remaining"] == 3 and first["exists"] is False
+    assert "hpo run toy.yaml --set name=toy-1" in first["command"]
+    assert not (tmp_path / "hpo.db").exists()

@@ -1,0 +1,109 @@
+"""Failures in plain sight, and summaries that show model quality only."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import optuna
+
+from hpo import storage as st
+from hpo.config import load_study
+from hpo.runner import open_study
+from hpo.status import attention, quality_metrics
+from tests.conftest import run_hpo
+
+
+def _with_trainer(study_file: Path, ref: str) -> Path:
+    study_file.write_text(study_file.read_text().replace("trainers.toy:train", ref))
+    return study_file
+
+
+def test_failed_trials_are_named_with_reason_and_first_line(toy_study) -> None:
+    study_file = _with_trainer(toy_study(n_trials=3), "tests.fake_trainers:disk_quota")
+    run = run_hpo("run", str(study_file))
+    assert run.returncode == 1  # max_failures: 3
+    # The run's closing lines name the failed trials and their first message.
+    assert "3 trials failed in this run:" in run.stdout
+    assert (
+        "trial 0 FAILED (exception): RuntimeError: disk quota exceeded on /scratch" in run.stdout
+    )
+    status = run_hpo("status", str(study_file))
+    assert status.returncode == 0, status.stderr
+    for number in range(3):
+        line = f"trial {number} FAILED (exception): RuntimeError: disk quota exceeded on /scratch"
+        assert line in status.stdout
+    assert "while writing checkpoint-1" not in status.stdout  # first line only
+    data = json.loads(run_hpo("status", str(study_file), "--json").stdout)
+    assert data["attention"][0] == {
+        "number": 0,
+        "state": "FAIL",
+        "reason": "exception",
+        "message": "RuntimeError: disk quota exceeded on /scratch",
+        "worker": data["attention"][0]["worker"],
+        "heartbeat_age_s": None,
+        "started": data["attention"][0]["started"],
+    }
+    assert re.fullmatch(r".+:\d+", data["attention"][0]["worker"])  # host:pid
+
+
+def test_lost_interrupted_and_running_trials(toy_study, tmp_path: Path) -> None:
+    config = load_study(toy_study(n_trials=5))
+    study = open_study(config)
+    lost, interrupted, running = study.ask(), study.ask(), study.ask()
+    interrupted.set_user_attr(st.ATTR_FAILURE, "interrupted")
+    interrupted.set_user_attr(st.ATTR_FAILURE_MESSAGE, "KeyboardInterrupt: ")
+    study.tell(interrupted, state=optuna.trial.TrialState.FAIL)
+    study.tell(lost, state=optuna.trial.TrialState.FAIL)
+    study.set_user_attr("hpo:lost", [lost.number])
+    running.set_user_attr(st.ATTR_WORKER, "gpu-node-3:4242")
+    study._storage.record_heartbeat(running._trial_id)
+    lines = {line.number: line for line in attention(study)}
+    assert lines[lost.number].reason == "worker_lost"
+    assert lines[interrupted.number].reason == "interrupted"
+    assert lines[running.number].state == "RUNNING"
+    assert lines[running.number].worker == "gpu-node-3:4242"
+    assert 0 <= lines[running.number].heartbeat_age_s < 3600
+    status = run_hpo("status", str(config.source))
+    assert f"trial {lost.number} FAILED (worker_lost)" in status.stdout
+    assert f"trial {interrupted.number} FAILED (interrupted): KeyboardInterrupt" in status.stdout
+    assert re.search(
+        rf"trial {running.number} RUNNING on gpu-node-3:4242, last heartbeat \d+ s ago",
+        status.stdout,
+    )
+
+
+def test_summaries_and_best_show_model_quality_only(toy_study) -> None:
+    study_file = _with_trainer(toy_study(n_trials=2), "tests.fake_trainers:with_throughput")
+    run = run_hpo("run", str(study_file))
+    assert run.returncode == 0, run.stderr
+    best_text = run_hpo("best", str(study_file)).stdout
+    best_json = json.loads(run_hpo("best", str(study_file), "--json").stdout)
+    for shown in (run.stdout, best_text, json.dumps(best_json)):
+        assert "eval_accuracy" in shown and "test_accuracy" in shown
+        for noise in ("runtime", "per_second", "total_flos", "epoch="):
+            assert noise not in shown
+    # Everything is still stored.
+    study = optuna.load_study(study_name="toy", storage=f"sqlite:///{study_file.parent}/hpo.db")
+    assert "eval_samples_per_second" in study.best_trial.user_attrs[st.ATTR_METRICS]
+
+
+def test_quality_metrics() -> None:
+    metrics = {
+        "eval_accuracy": 0.9,
+        "eval_f1": 0.8,
+        "eval_loss": 0.3,
+        "train_loss": 0.2,
+        "eval_runtime": 1.0,
+        "eval_samples_per_second": 3.0,
+        "test_steps_per_second": 3.0,
+        "epoch": 3.0,
+        "total_flos": 1e9,
+    }
+    assert quality_metrics(metrics) == {
+        "eval_accuracy": 0.9,
+        "eval_f1": 0.8,
+        "eval_loss": 0.3,
+        "train_loss": 0.2,
+    }

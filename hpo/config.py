@@ -268,6 +268,12 @@ def check_trainer(config: StudyConfig, *, path: str) -> None:
             path=path,
             field=f"search_space.{unknown[0]}",
         )
+    check_args = getattr(trainer, "check_args", None)
+    if check_args is not None:
+        problem = check_args(args_model.model_validate(config.trainer.args), config.search_space)
+        if problem:
+            field, message = problem
+            raise ConfigError(message, path=path, field=f"trainer.args.{field}")
     check_files = getattr(trainer, "check_files", None)
     if check_files is not None:
         problem = check_files(args_model.model_validate(config.trainer.args), config.study_dir)

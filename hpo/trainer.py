@@ -6,7 +6,8 @@ hyperparameters), calls ``ctx.report(step, metrics)`` after each evaluation, sto
 early when ``ctx.should_prune()`` says so, and returns its final metrics. The runner,
 not the trainer, turns a prune decision into a pruned trial and picks the objective.
 
-A trainer may expose ``train.args_model`` (a pydantic model of its arguments) and
+A trainer may expose ``train.args_model`` (a pydantic model of its arguments),
+``train.check_args(args, search_space) -> (field, message) | None`` and
 ``train.check_files(args, study_dir) -> (field, message) | None`` so study files are
 checked, and missing files reported, before anything runs.
 """

@@ -23,6 +23,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hpo.trainer import NonFiniteError, TrialContext, available_cores
+from trainers import trackers
+from trainers.trackers import Tracker
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +92,9 @@ class TextClassificationArgs(BaseModel):
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     oom_retry: bool = False
     error_examples: int = Field(20, ge=0)
+    # Experiment trackers and any other TrainingArguments field (see trainers/trackers.py).
+    report_to: Tracker | list[Tracker] = "none"
+    training_args: dict[str, Any] = Field(default_factory=dict)
 
 
 # --- data -------------------------------------------------------------------------------
@@ -324,6 +329,15 @@ def train(ctx: TrialContext) -> dict[str, float]:
         return _train(smaller, ctx)
 
 
+def check_args(
+    args: TextClassificationArgs, search_space: dict[str, Any]
+) -> tuple[str, str] | None:
+    """Trackers installed; ``training_args`` real TrainingArguments fields hpo leaves free."""
+    return trackers.check_tracking(
+        args.report_to, args.training_args, TextClassificationArgs.model_fields, search_space
+    )
+
+
 def check_files(args: TextClassificationArgs, study_dir: Path) -> tuple[str, str] | None:
     """The local files the args name, checked before a study starts (hub names are not)."""
     if args.dataset.path:
@@ -356,6 +370,7 @@ def _relative_to(value: str, study_dir: Path) -> Path:
 
 train.args_model = TextClassificationArgs  # type: ignore[attr-defined]
 train.check_files = check_files  # type: ignore[attr-defined]
+train.check_args = check_args  # type: ignore[attr-defined]
 
 
 def _train(args: TextClassificationArgs, ctx: TrialContext) -> dict[str, float]:
@@ -388,7 +403,12 @@ def _train(args: TextClassificationArgs, ctx: TrialContext) -> dict[str, float]:
     # hpo logs one line per trial; the Trainer's own per-log dict prints would drown it.
     trainer.remove_callback(PrinterCallback)
     resume = str(ctx.resume_from) if ctx.resume_from else None
-    trainer.train(resume_from_checkpoint=resume)
+    trackers.start_runs(args.report_to, ctx)
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+    except BaseException:
+        trackers.end_runs_after_failure(args.report_to)
+        raise
     if reporter.non_finite:
         raise NonFiniteError(
             f"training loss became {reporter.non_finite} at step "
@@ -407,7 +427,9 @@ def _train(args: TextClassificationArgs, ctx: TrialContext) -> dict[str, float]:
     metrics["epoch"] = float(trainer.state.epoch or 0)
     if args.error_examples:
         ctx.set_attr("error_analysis", error_analysis(validation, data, args.error_examples))
-    return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+    final = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+    trackers.log_final(args.report_to, ctx, dict(ctx.trial.params), final)
+    return final
 
 
 def training_arguments(args: TextClassificationArgs, ctx: TrialContext) -> Any:
@@ -442,9 +464,11 @@ def training_arguments(args: TextClassificationArgs, ctx: TrialContext) -> Any:
         use_cpu=not cuda,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
-        report_to="none",
+        report_to=trackers.trackers(args.report_to) or "none",
+        run_name=trackers.run_name(ctx),
         disable_tqdm=True,
         dataloader_pin_memory=cuda,
+        **args.training_args,  # checked before the study ran: none of the above
     )
 
 

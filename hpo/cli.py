@@ -219,9 +219,11 @@ def _load(args: argparse.Namespace) -> Any:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from hpo.config import describe_models
     from hpo.space import describe, grid_size
 
     config = _load(args)
+    models = describe_models(config)
     try:
         size: int | None = grid_size(config.search_space)
     except ValueError:
@@ -237,6 +239,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 "objective": config.objective.model_dump(),
                 "search_space": config.stored_form()["search_space"],
                 "grid_size": size,
+                "models": models,
             }
         )
         return 0
@@ -249,7 +252,46 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for line in describe(config.search_space):
         print(f"  {line}")
     print(f"grid size: {size if size is not None else 'not griddable (continuous floats)'}")
+    if models:
+        print("models:")
+        for line in _model_table(models):
+            print(f"  {line}")
     return 0
+
+
+def _model_table(models: list[dict[str, Any]]) -> list[str]:
+    """One aligned row per candidate base model: what its own files say."""
+
+    def count(n: int | None) -> str:
+        for unit, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+            if n is not None and n >= scale:
+                return f"{n / scale:.1f}{unit}"
+        return "?" if n is None else str(n)
+
+    header = ("model", "resolves to", "arch", "params", "size MB", "max len", "license", "data")
+    rows = [header]
+    for m in models:
+        where = m["source"] if m["source"] == "packaged" else f"{m['source']} {m['path']}"
+        if not m.get("checked", True):
+            where += " (not checked offline)"
+        data = m.get("datasets") or []
+        rows.append(
+            (
+                m["name"],
+                where,
+                m.get("architecture") or "?",
+                count(m.get("n_parameters")),
+                "?" if m.get("size_mb") is None else f"{m['size_mb']:g}",
+                str(m.get("max_seq_length") or "?"),
+                m.get("license") or "unknown",
+                ", ".join(data[:3]) + (f" +{len(data) - 3} more" if len(data) > 3 else "")
+                or "unknown",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
 
 
 def cmd_run(args: argparse.Namespace) -> int:

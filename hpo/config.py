@@ -280,6 +280,7 @@ def check_trainer(config: StudyConfig, *, path: str) -> None:
         if problem:
             field, message = problem
             raise ConfigError(message, path=path, field=f"trainer.args.{field}")
+    describe_models(config, trainer, path=path)
 
 
 def resolve_trainer(ref: str, study_dir: Path, *, path: str | None = None) -> Any:
@@ -304,3 +305,47 @@ def resolve_trainer(ref: str, study_dir: Path, *, path: str | None = None) -> An
             field="trainer.ref",
         )
     return function
+
+
+def model_candidates(config: StudyConfig) -> tuple[str, list[str]]:
+    """The base models a study may train, and the field that names them.
+
+    By the trainer contract the base model is the ``model`` argument: a categorical
+    ``search_space.model`` makes each choice a candidate, else ``trainer.args.model`` is one.
+    """
+    spec = config.search_space.get("model")
+    choices = getattr(spec, "choices", None)
+    if choices is not None:
+        return "search_space.model", [str(c) for c in choices]
+    model = config.trainer.args.get("model")
+    return "trainer.args.model", [str(model)] if model is not None else []
+
+
+def describe_models(config: StudyConfig, trainer: Any = None, *, path: str | None = None):
+    """Each candidate's facts from the trainer's ``describe_model`` hook ([] without one).
+
+    Raises:
+        ConfigError: a candidate is missing or unusable, or fails ``model_filter``; the
+            message names the candidate and the reason.
+    """
+    if trainer is None:
+        trainer = resolve_trainer(config.trainer.ref, config.study_dir, path=path)
+    describe = getattr(trainer, "describe_model", None)
+    if describe is None:
+        return []
+    args_model = getattr(trainer, "args_model", None)
+    args = args_model.model_validate(config.trainer.args) if args_model else config.trainer.args
+    field, names = model_candidates(config)
+    if not names:
+        names = [str(args.model)] if hasattr(args, "model") else []
+    facts = []
+    for name in names:
+        try:
+            facts.append(describe(args, config.study_dir, name))
+        except ValueError as e:
+            raise ConfigError(f"{name}: {e}", path=path or _source(config), field=field) from e
+    return facts
+
+
+def _source(config: StudyConfig) -> str | None:
+    return str(config.source) if config.source else None

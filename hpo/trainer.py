@@ -10,6 +10,13 @@ A trainer may expose ``train.args_model`` (a pydantic model of its arguments),
 ``train.check_args(args, search_space) -> (field, message) | None`` and
 ``train.check_files(args, study_dir) -> (field, message) | None`` so study files are
 checked, and missing files reported, before anything runs.
+
+The base model is the ``model`` argument (``trainer.args.model``, or a categorical
+``search_space.model`` whose choices are the candidates). A trainer may expose
+``train.describe_model(args, study_dir, name) -> dict`` returning that model's facts
+(where it resolves, architecture, parameters, size, licence, pre-training data);
+``hpo validate`` prints them, and a ``ValueError`` from it (a missing folder, a
+candidate its ``model_filter`` refuses) is a config error naming the candidate.
 """
 
 from __future__ import annotations

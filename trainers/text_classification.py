@@ -24,6 +24,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hpo.trainer import NonFiniteError, TrialContext, available_cores
 from trainers import trackers
+from trainers.model_facts import (
+    BERT_LIKE,
+    ModelFacts,
+    ModelFilter,
+    describe_folder,
+    describe_hub,
+)
 from trainers.trackers import Tracker
 
 logger = logging.getLogger(__name__)
@@ -69,6 +76,7 @@ class TextClassificationArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = "minilm-l6"
+    model_filter: ModelFilter | None = None
     dataset: DatasetArgs
     max_seq_length: int = Field(128, gt=0)
     # Hyperparameters (any of these may appear in search_space).
@@ -123,6 +131,51 @@ def resolve_model(name: str, study_dir: Path) -> str:
     return str(local) if local.exists() else name
 
 
+def model_facts(name: str, study_dir: Path) -> ModelFacts:
+    """Where a model name resolves and what its own files say about it.
+
+    Raises:
+        ValueError: a local folder is missing or holds no loadable config.json.
+    """
+    import os
+
+    if name in PACKAGED_MODELS:
+        return describe_folder(name, Path(resolve_model(name, study_dir)), "packaged")
+    local = _relative_to(name, study_dir)
+    if local.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        return describe_folder(name, local, "local")
+    return describe_hub(name, offline=os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"))
+
+
+def describe_model(args: TextClassificationArgs, study_dir: Path, name: str) -> dict[str, Any]:
+    """The trainer hook ``hpo validate`` calls per candidate: facts, or why it cannot train.
+
+    Raises:
+        ValueError: the candidate is missing, fails ``model_filter``, or is not BERT-like
+            while the study sets freeze_layers or dropout (one phrase, without the name).
+    """
+    facts = model_facts(name, study_dir)
+    reason = args.model_filter.reject(facts) if args.model_filter else None
+    if reason:
+        raise ValueError(reason)
+    if facts.checked and not facts.bert_like and _needs_bert_layout(args):
+        raise ValueError(_not_bert_like(facts.architecture))
+    return facts.as_dict()
+
+
+def _needs_bert_layout(args: TextClassificationArgs) -> bool:
+    dropouts = (args.dropout, args.hidden_dropout, args.attention_dropout, args.classifier_dropout)
+    return args.freeze_layers > 0 or any(d is not None for d in dropouts)
+
+
+def _not_bert_like(architecture: str | None) -> str:
+    return (
+        f"architecture {architecture or 'unknown'} is not BERT-like; freeze_layers and the "
+        f"dropout hyperparameters support {', '.join(sorted(BERT_LIKE))} (remove them for "
+        "this model)"
+    )
+
+
 def load_examples(spec: DatasetArgs, ctx: TrialContext) -> Any:
     """The raw data as a ``DatasetDict`` (one ``train`` split when the file has no splits)."""
     import datasets
@@ -144,7 +197,8 @@ def load_examples(spec: DatasetArgs, ctx: TrialContext) -> Any:
 
 def prepare_data(args: TextClassificationArgs, model_path: str, ctx: TrialContext) -> PreparedData:
     """Load, split and tokenize once per worker process (cached by everything that matters)."""
-    key = ("data", model_path, args.dataset.model_dump_json(), args.max_seq_length, ctx.seed)
+    max_length = min(args.max_seq_length, _model_limit(model_path) or args.max_seq_length)
+    key = ("data", model_path, args.dataset.model_dump_json(), max_length, ctx.seed)
     if key in _CACHE:
         return _CACHE[key]
     import datasets
@@ -173,7 +227,7 @@ def prepare_data(args: TextClassificationArgs, model_path: str, ctx: TrialContex
     tokenizer = AutoTokenizer.from_pretrained(model_path)
 
     def tokenize(batch: dict[str, list]) -> dict[str, list]:
-        return tokenizer(batch["text"], truncation=True, max_length=args.max_seq_length)
+        return tokenizer(batch["text"], truncation=True, max_length=max_length)
 
     validation_texts = list(splits["validation"]["text"])
     tokenized = splits.map(tokenize, batched=True, remove_columns=["text"])
@@ -182,6 +236,14 @@ def prepare_data(args: TextClassificationArgs, model_path: str, ctx: TrialContex
     )
     _CACHE[key] = prepared
     return prepared
+
+
+def _model_limit(model_path: str) -> int | None:
+    """The model's own maximum sequence length (positions, tokenizer); None when unknown."""
+    folder = Path(model_path)
+    if not (folder / "config.json").is_file():
+        return None
+    return describe_folder(model_path, folder, "local").max_seq_length
 
 
 def _split(raw: Any, spec: DatasetArgs, seed: int) -> Any:
@@ -239,6 +301,8 @@ def build_model(
     from transformers import AutoModelForSequenceClassification
 
     config, state = base_weights(model_path, len(data.label_names))
+    if _needs_bert_layout(args) and config.model_type not in BERT_LIKE:
+        raise ValueError(_not_bert_like(config.model_type))
     config = copy.deepcopy(config)
     config.id2label = dict(enumerate(data.label_names))
     config.label2id = {name: i for i, name in enumerate(data.label_names)}
@@ -371,6 +435,7 @@ def _relative_to(value: str, study_dir: Path) -> Path:
 train.args_model = TextClassificationArgs  # type: ignore[attr-defined]
 train.check_files = check_files  # type: ignore[attr-defined]
 train.check_args = check_args  # type: ignore[attr-defined]
+train.describe_model = describe_model  # type: ignore[attr-defined]
 
 
 def _train(args: TextClassificationArgs, ctx: TrialContext) -> dict[str, float]:
@@ -382,6 +447,7 @@ def _train(args: TextClassificationArgs, ctx: TrialContext) -> dict[str, float]:
 
     torch.set_num_threads(ctx.threads or available_cores())
     model_path = resolve_model(args.model, ctx.study_dir)
+    ctx.set_attr("model", _trial_model_facts(args.model, ctx.study_dir))
     data = prepare_data(args, model_path, ctx)
     model = build_model(args, model_path, data, ctx.seed)
     reporter = _reporter_class()(ctx, args.early_stopping_patience)
@@ -425,11 +491,67 @@ def _train(args: TextClassificationArgs, ctx: TrialContext) -> dict[str, float]:
     if len(data.splits["test"]):
         metrics.update(trainer.predict(data.splits["test"], metric_key_prefix="test").metrics)
     metrics["epoch"] = float(trainer.state.epoch or 0)
+    metrics.update(cost_metrics(trainer.model, data, metrics))
     if args.error_examples:
         ctx.set_attr("error_analysis", error_analysis(validation, data, args.error_examples))
     final = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
     trackers.log_final(args.report_to, ctx, dict(ctx.trial.params), final)
     return final
+
+
+def _trial_model_facts(name: str, study_dir: Path) -> dict[str, Any]:
+    """This trial's base model facts (stored as ``hpo:model``); cached per model."""
+    key = ("facts", name, str(study_dir))
+    if key not in _CACHE:
+        _CACHE[key] = model_facts(name, study_dir).as_dict()
+    return _CACHE[key]
+
+
+LATENCY_EXAMPLES = 16  # enough for a stable median, cheap next to training
+_WARMUP = 2
+
+
+def cost_metrics(model: Any, data: PreparedData, metrics: dict[str, Any]) -> dict[str, float]:
+    """What serving this model costs, beside its accuracy.
+
+    ``n_parameters`` and ``model_size_mb`` (fp32 parameters and buffers, what a saved copy
+    weighs); ``latency_ms``: the median time of one validation example at batch size 1 on
+    the trial's device, after warm-up; ``throughput``: validation examples per second at
+    the eval batch size, from the final evaluation.
+    """
+    import statistics
+    import time
+
+    import torch
+
+    n_parameters = sum(p.numel() for p in model.parameters())
+    size = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    validation = data.splits["validation"]
+    examples = [validation[i] for i in range(min(LATENCY_EXAMPLES + _WARMUP, len(validation)))]
+    device = next(model.parameters()).device
+    model.eval()
+    times = []
+    with torch.inference_mode():
+        for i, example in enumerate(examples):
+            inputs = {
+                k: torch.tensor([example[k]], device=device)
+                for k in data.tokenizer.model_input_names
+                if k in example
+            }
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            model(**inputs)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if i >= _WARMUP:
+                times.append((time.perf_counter() - start) * 1000)
+    result = {"n_parameters": float(n_parameters), "model_size_mb": round(size / 2**20, 2)}
+    if times:
+        result["latency_ms"] = round(statistics.median(times), 3)
+    if "eval_samples_per_second" in metrics:
+        result["throughput"] = float(metrics["eval_samples_per_second"])
+    return result
 
 
 def training_arguments(args: TextClassificationArgs, ctx: TrialContext) -> Any:

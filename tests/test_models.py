@@ -1,0 +1,211 @@
+"""Choosing the base model: facts before anything runs, model_filter, one model per trial.
+
+Real models only: the packaged all-MiniLM-L6-v2 and a 3-layer MiniLM derived from it by
+``studies/data/make_minilm_l3.py`` (written into a temporary folder once per session).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+
+from hpo.trainer import TrialContext
+from tests.conftest import STUDIES, run_hpo
+from trainers import text_classification as tc
+
+sys.path.insert(0, str(STUDIES / "data"))
+from make_minilm_l3 import make_minilm_l3  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def minilm_l3(tmp_path_factory) -> Path:
+    return make_minilm_l3(tmp_path_factory.mktemp("models") / "minilm-l3")
+
+
+MODELS_STUDY = """\
+name: models
+storage: sqlite:///{db}
+seed: 3
+sampler: {{type: random}}
+budget: {{n_trials: 2}}
+trainer:
+  ref: trainers.text_classification:train
+  args:
+    dataset: {{path: {data}, max_train_samples: 32, validation_fraction: 0.1,
+              test_fraction: 0.05}}
+    max_seq_length: 16
+    num_train_epochs: 1
+    error_examples: 0
+    save_checkpoints: false
+{extra}search_space:
+  model: {{type: categorical, choices: {choices}}}
+  learning_rate: {{type: float, low: 1.0e-4, high: 1.0e-3, log: true}}
+"""
+
+
+def study_file(tmp_path: Path, choices: list[str], extra: str = "") -> Path:
+    path = tmp_path / "models.yaml"
+    path.write_text(
+        MODELS_STUDY.format(
+            db=tmp_path / "hpo.db",
+            data=STUDIES / "data" / "reviews.csv",
+            choices=json.dumps(choices),
+            extra=extra,
+        )
+    )
+    return path
+
+
+def test_validate_prints_each_candidates_facts(tmp_path: Path, minilm_l3: Path) -> None:
+    path = study_file(tmp_path, ["minilm-l6", str(minilm_l3)])
+    result = run_hpo("validate", str(path), "--json")
+    assert result.returncode == 0, result.stderr
+    models = {m["name"]: m for m in json.loads(result.stdout)["models"]}
+    l6, l3 = models["minilm-l6"], models[str(minilm_l3)]
+    assert (l6["source"], l3["source"]) == ("packaged", "local")
+    assert l6["architecture"] == l3["architecture"] == "bert"
+    assert l6["n_parameters"] == 22_713_728  # from the safetensors header
+    assert 15_000_000 < l3["n_parameters"] < l6["n_parameters"]
+    assert l6["license"] == l3["license"] == "apache-2.0"  # the card's front matter, kept
+    assert "s2orc" in l6["datasets"] and l3["datasets"] == l6["datasets"]
+    assert l6["max_seq_length"] == 512 and l6["size_mb"] > l3["size_mb"] > 0
+    table = run_hpo("validate", str(path)).stdout
+    assert "models:" in table and "packaged" in table and "apache-2.0" in table
+
+
+def test_missing_local_choice_is_exit_2_naming_it(tmp_path: Path) -> None:
+    path = study_file(tmp_path, ["minilm-l6", "./models/nope"])
+    result = run_hpo("validate", str(path))
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"hpo: error: {path}: search_space.model: ./models/nope: ")
+    assert "does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_run_refuses_a_filtered_candidate_before_writing(tmp_path: Path) -> None:
+    extra = "    model_filter: {licenses: [mit]}\n"
+    result = run_hpo("run", str(study_file(tmp_path, ["minilm-l6"], extra)))
+    assert result.returncode == 2
+    assert "minilm-l6: license apache-2.0 not in [mit]" in result.stderr
+    assert not (tmp_path / "hpo.db").exists()
+
+
+def test_folder_without_config_is_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    result = run_hpo("validate", str(study_file(tmp_path, [str(tmp_path / "empty")])))
+    assert result.returncode == 2 and "has no config.json" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("model_filter", "message"),
+    [
+        ("{licenses: [mit]}", "minilm-l6: license apache-2.0 not in [mit]"),
+        ("{max_parameters: 20M}", "minilm-l6: 22.7M parameters > max_parameters 20.0M"),
+        ("{max_size_mb: 80}", "minilm-l6: 86.7 MB on disk > max_size_mb 80"),
+        ("{architectures: [roberta]}", "minilm-l6: architecture bert not in [roberta]"),
+    ],
+)
+def test_model_filter_refuses_a_candidate_naming_it_and_why(
+    tmp_path: Path, minilm_l3: Path, model_filter: str, message: str
+) -> None:
+    extra = f"    model_filter: {model_filter}\n"
+    result = run_hpo("validate", str(study_file(tmp_path, ["minilm-l6", str(minilm_l3)], extra)))
+    assert result.returncode == 2, result.stdout
+    assert message in result.stderr
+    assert not (tmp_path / "hpo.db").exists()
+
+
+def test_filter_passes_the_smaller_model(tmp_path: Path, minilm_l3: Path) -> None:
+    extra = "    model_filter: {licenses: [apache-2.0, mit], max_parameters: 20M}\n"
+    result = run_hpo("validate", str(study_file(tmp_path, [str(minilm_l3)], extra)))
+    assert result.returncode == 0, result.stderr
+
+
+def test_unknown_licence_fails_a_licence_filter_saying_so(tmp_path: Path, minilm_l3: Path) -> None:
+    bare = tmp_path / "bare"
+    shutil.copytree(minilm_l3, bare)
+    (bare / "README.md").unlink()  # no model card: no declared licence
+    assert run_hpo("validate", str(study_file(tmp_path, [str(bare)]))).returncode == 0
+    extra = "    model_filter: {licenses: [apache-2.0]}\n"
+    result = run_hpo("validate", str(study_file(tmp_path, [str(bare)], extra)))
+    assert result.returncode == 2
+    assert f"{bare}: license unknown, and model_filter.licenses is set" in result.stderr
+
+
+def test_hub_id_is_not_checked_offline(tmp_path: Path) -> None:
+    path = study_file(tmp_path, ["minilm-l6", "org/some-hub-model"])
+    result = run_hpo("validate", str(path), env={"HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr
+    assert "hub org/some-hub-model (not checked offline)" in result.stdout
+
+
+def test_freeze_and_dropout_refuse_a_non_bert_architecture(tmp_path: Path) -> None:
+    gpt = tmp_path / "gpt"
+    gpt.mkdir()
+    (gpt / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_positions": 64}))
+    extra = "    freeze_layers: 1\n"
+    result = run_hpo("validate", str(study_file(tmp_path, [str(gpt)], extra)))
+    assert result.returncode == 2
+    assert "architecture gpt2 is not BERT-like" in result.stderr and "bert" in result.stderr
+
+
+def test_max_parameters_takes_suffixes() -> None:
+    from trainers.model_facts import ModelFilter
+
+    assert ModelFilter(max_parameters="120M").max_parameters == 120_000_000
+    assert ModelFilter(max_parameters="1.5B").max_parameters == 1_500_000_000
+    with pytest.raises(ValueError, match="expected a count like 120M"):
+        ModelFilter(max_parameters="lots")
+
+
+def context(tmp_path: Path, trial: object, **params) -> TrialContext:
+    return TrialContext(
+        trial=trial,
+        params=params,
+        objective="eval_accuracy",
+        seed=0,
+        output_dir=tmp_path / "trial",
+        study_dir=STUDIES,
+    )
+
+
+def test_each_trial_trains_its_model_with_its_own_cache_and_costs(
+    tmp_path: Path, minilm_l3: Path
+) -> None:
+    study = optuna.create_study(direction="maximize")
+    common = {
+        "dataset": {
+            "path": "data/reviews.csv",
+            "max_train_samples": 16,
+            "validation_fraction": 0.05,
+            "test_fraction": 0.05,
+        },
+        "max_seq_length": 4096,  # above both models' limit of 512: capped
+        "num_train_epochs": 1,
+        "save_checkpoints": False,
+        "error_examples": 0,
+    }
+    results = {}
+    for name in ("minilm-l6", str(minilm_l3)):
+        trial = study.ask()
+        results[name] = tc.train(context(tmp_path, trial, model=name, **common))
+        facts = trial.storage.get_trial_user_attrs(trial._trial_id)["hpo:model"]
+        assert facts["name"] == name and facts["license"] == "apache-2.0"
+    l6, l3 = results["minilm-l6"], results[str(minilm_l3)]
+    # The encoder's parameters plus the new 2-label head (the header also counts a buffer).
+    assert l6["n_parameters"] == 22_713_728 - 512 + 384 * 2 + 2
+    assert l3["n_parameters"] < l6["n_parameters"]
+    for metrics in (l6, l3):
+        assert metrics["latency_ms"] > 0 and metrics["throughput"] > 0
+        assert metrics["model_size_mb"] > 0
+    # One tokenized data set and one set of base weights per model in this process.
+    data = {k[1]: v for k, v in tc._CACHE.items() if k[0] == "data"}
+    weights = {k[1] for k in tc._CACHE if k[0] == "model"}
+    assert {tc.resolve_model("minilm-l6", STUDIES), str(minilm_l3)} <= set(data) & weights
+    assert all(k[3] == 512 for k in tc._CACHE if k[0] == "data")  # max_seq_length capped
+    longest = max(len(ids) for d in data.values() for ids in d.splits["train"]["input_ids"])
+    assert longest <= 512

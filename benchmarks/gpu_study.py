@@ -37,7 +37,8 @@ def main() -> None:
     import optuna
 
     from hpo.config import load_study
-    from hpo.runner import Worker, run_worker
+    from hpo.runner import run_worker
+    from hpo.workers import Worker
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     work = Path(tempfile.mkdtemp(prefix="gpu-study-"))

@@ -217,7 +217,8 @@ def parameter_sequences(backend: Backend, n_trials: int) -> tuple[list[dict], li
     """Params of ``n_trials`` no-op trials from each arm, each in one uninterrupted run."""
     import optuna
 
-    from hpo.runner import open_study, run_worker
+    from hpo.runner import run_worker
+    from hpo.study import open_study
 
     raw = raw_study(backend.raw_storage(), f"raw-seq-{uuid.uuid4().hex[:10]}")
     raw.optimize(raw_objective(0.0), n_trials=n_trials)

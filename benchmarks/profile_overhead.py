@@ -55,6 +55,8 @@ def _short(file: str) -> str:
 # Calls only hpo makes (or makes more often), listed by name whatever their rank.
 FOCUS = (
     "hpo/runner.py",
+    "hpo/budget.py",
+    "hpo/study.py",
     "hpo/storage.py",
     "set_user_attr",
     "user_attrs",

@@ -96,7 +96,8 @@ def fill_missing(storage: str, output_dir: str, recorded: list[dict[str, Any]]) 
     study; training is deterministic for a seed, so a point recorded twice has one curve.
     """
     from hpo.config import validate_study
-    from hpo.runner import open_study, run_study
+    from hpo.runner import run_study
+    from hpo.study import open_study
 
     done = [c["params"] for c in recorded]
     missing = [dict(zip(GRID, p, strict=True)) for p in itertools.product(*GRID.values())]
@@ -151,7 +152,8 @@ def main() -> None:
 
     sys.path.insert(0, str(ROOT))
     from hpo.config import validate_study
-    from hpo.runner import open_study, run_study
+    from hpo.runner import run_study
+    from hpo.study import open_study
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.work.mkdir(parents=True, exist_ok=True)

@@ -217,8 +217,10 @@ def study_raw(bench: Benchmark, strategy: str, name: str, seed: int, n: int) -> 
 
 def run_strategy(bench: Benchmark, strategy: str, seed: int, url: str) -> list[Finished]:
     """Run chunks of trials until the epochs used reach the budget (or the grid ends)."""
+    from hpo.budget import effective_budget
     from hpo.config import validate_study
-    from hpo.runner import effective_budget, open_study, run_study
+    from hpo.runner import run_study
+    from hpo.study import open_study
 
     name = f"{bench.name}-{strategy}-{seed}"
     done, used, chunk = 0, 0.0, 0

@@ -252,7 +252,8 @@ def worker(spawned_at: float, out: Path, later: int, device: str, bf16: bool) ->
     import optuna
     from transformers.utils import logging as hf_logging
 
-    from hpo.runner import Worker, run_worker
+    from hpo.runner import run_worker
+    from hpo.workers import Worker
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     hf_logging.set_verbosity_error()

@@ -46,7 +46,7 @@ def trial_records(trials: Iterable[Any], study_attrs: dict[str, Any]) -> list[Tr
     Compute per trial is ``hpo:duration_s`` (else completion minus start) and
     ``hpo:epochs`` (else the last reported step, else 0).
     """
-    from hpo.runner import failure_reason
+    from hpo.budget import failure_reason
 
     records = []
     for trial in trials:

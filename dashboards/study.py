@@ -1,7 +1,7 @@
 """Reading a stored study for a report: never creates one, never rewrites its config.
 
-``hpo status`` opens a study through the runner, which refreshes ``hpo:config``; a
-report only reads, so it loads the study by name with a plain sampler.
+A report only reads: it loads the study by name through hpo's read-only loader
+(``hpo.study.load_existing_study``), with a plain sampler.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from hpo.storage import ATTR_CONFIG
 
 
 def load_stored_study(config: Any) -> Any:
-    """The stored study named in ``config``, read-only (see hpo.runner.load_existing_study)."""
-    from hpo.runner import load_existing_study
+    """The stored study named in ``config``, read-only (see hpo.study.load_existing_study)."""
+    from hpo.study import load_existing_study
 
     return load_existing_study(config)
 

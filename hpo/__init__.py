@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from hpo.budget import Summary
 from hpo.config import StudyConfig, load_study
 from hpo.errors import ConfigError, HpoError, StorageError
-from hpo.runner import Summary, run_study
+from hpo.runner import run_study
 from hpo.trainer import NonFiniteError, TrainerFn, TrialContext
 
 __all__ = [

@@ -337,7 +337,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from hpo.runner import Worker, open_study, run_worker, summarize, visible_devices
+    from hpo.budget import summarize
+    from hpo.runner import run_worker
+    from hpo.study import open_study
+    from hpo.workers import Worker, visible_devices
 
     config = _load(args)
     device = args.device if args.device is not None else next(iter(visible_devices()), None)
@@ -357,8 +360,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from hpo.runner import load_existing_study, summarize
+    from hpo.budget import summarize
     from hpo.status import attention
+    from hpo.study import load_existing_study
 
     config = _load(args)
     study = load_existing_study(config)
@@ -382,7 +386,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_best(args: argparse.Namespace) -> int:
-    from hpo.runner import load_existing_study, summarize
+    from hpo.budget import summarize
+    from hpo.study import load_existing_study
 
     config = _load(args)
     summary = summarize(load_existing_study(config), config)
@@ -427,8 +432,8 @@ def _print_attention(lines: list[Any]) -> None:
 
 def _print_failed_since(config: Any, started: dt.datetime) -> None:
     """The run's closing lines name the trials that failed in it, with their first message."""
-    from hpo.runner import load_existing_study
     from hpo.status import attention, failed_since
+    from hpo.study import load_existing_study
 
     try:
         failed = failed_since(attention(load_existing_study(config)), started)
@@ -621,6 +626,6 @@ def _print_summary(summary: Any) -> None:
 
 
 def _live_view(args: argparse.Namespace, config: Any) -> LiveView:
-    from hpo.runner import effective_budget
+    from hpo.budget import effective_budget
 
     return LiveView(args.console, config.name, effective_budget(config), config.objective.metric)

@@ -59,7 +59,7 @@ class TrialLine:
 
 def attention(study: Any) -> list[TrialLine]:
     """Failed (with why) and running (with worker and heartbeat age) trials, by number."""
-    from hpo.runner import failure_reason
+    from hpo.budget import failure_reason
 
     trials = [t for t in study.get_trials(deepcopy=False) if t.state.name in ("FAIL", "RUNNING")]
     if not trials:

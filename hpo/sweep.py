@@ -350,7 +350,7 @@ class PlanRow:
 def plan_sweep(sweep: Sweep) -> list[PlanRow]:
     """Where each study stands, read without creating anything (a missing SQLite file
     counts as empty and is not created)."""
-    from hpo.runner import effective_budget
+    from hpo.budget import effective_budget
 
     rows = []
     for study in sweep.studies:
@@ -474,7 +474,7 @@ def _done(config: StudyConfig) -> StudyOutcome:
 
 def _outcome(config: StudyConfig) -> StudyOutcome:
     """Where a study stands, read from storage (a blank outcome if storage is unreachable)."""
-    from hpo.runner import effective_budget
+    from hpo.budget import effective_budget
 
     outcome = StudyOutcome(config.name, effective_budget(config))
     try:

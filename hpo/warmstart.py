@@ -137,7 +137,7 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def _remaining_budget(config: StudyConfig, trials: list[Any]) -> int:
-    from hpo.runner import effective_budget  # runner imports this module: import late
+    from hpo.budget import effective_budget
 
     claimed = sum(t.state.name in _CLAIMED for t in trials)
     return max(0, effective_budget(config) - claimed)

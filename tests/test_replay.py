@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 from hpo.config import validate_study
-from hpo.runner import open_study, run_study
+from hpo.runner import run_study
+from hpo.study import open_study
 from trainers.replay import DEFAULT_CURVES, load_curves, nearest
 
 CURVES = [

@@ -10,8 +10,8 @@ import optuna
 
 from hpo import storage as st
 from hpo.config import load_study
-from hpo.runner import open_study
 from hpo.status import attention, quality_metrics
+from hpo.study import open_study
 from tests.conftest import run_hpo
 
 

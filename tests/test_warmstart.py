@@ -9,7 +9,8 @@ import optuna
 import pytest
 
 from hpo.config import load_study
-from hpo.runner import open_study, run_study
+from hpo.runner import run_study
+from hpo.study import open_study
 from hpo.warmstart import ATTR_WARM_START, enqueue_warm_start
 
 SOURCE = """\

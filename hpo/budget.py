@@ -1,0 +1,113 @@
+"""What a study has used against its budget: finished, running, failed and why.
+
+The runner reads these before each claim, the sweep before each study, warm start before
+enqueuing, and the CLI for its closing lines. All of it is computed from one read of the
+study's trials; nothing here writes to the storage.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from hpo import storage as st
+from hpo.config import StudyConfig
+from hpo.space import grid_size
+
+# States that use up budget: finished ones, and ones that will finish unless they fail.
+FINISHED = ("COMPLETE", "PRUNED")
+# Failures that say nothing about the parameters: the trial is retried, not counted.
+NOT_COUNTED_FAILURES = ("worker_lost", "interrupted")
+
+
+def effective_budget(config: StudyConfig) -> int:
+    """Trials to finish: ``n_trials``, capped by the grid size for a grid study."""
+    if config.sampler.type == "grid":
+        return min(config.budget.n_trials, grid_size(config.search_space))
+    return config.budget.n_trials
+
+
+@dataclass
+class Usage:
+    """Where the study stands against its budget, from one read of its trials.
+
+    ``finished`` trials are complete or pruned; ``claimed`` also counts running ones (they
+    finish unless they fail). Waiting (enqueued) trials are not claimed: a worker's next
+    ``ask()`` picks them up. In a grid study a failed point is not drawn again, so its
+    failure uses up that point (a lost worker's point is retried and does not).
+    ``failures`` counts failures that weigh against ``budget.max_failures``.
+    """
+
+    finished: int = 0
+    claimed: int = 0
+    failures: int = 0
+
+
+def usage(study: Any, config: StudyConfig) -> Usage:
+    """Count the study's trials against its budget (one storage read, two with failures)."""
+    trials = study.get_trials(deepcopy=False)
+    # Study attributes are one more query; only failures need them (the hpo:lost list).
+    attrs = study.user_attrs if any(t.state.name == "FAIL" for t in trials) else {}
+    result = Usage()
+    for trial in trials:
+        state = trial.state.name
+        failed = failure_reason(trial, attrs) not in (None, *NOT_COUNTED_FAILURES)
+        done = state in FINISHED or (failed and config.sampler.type == "grid")
+        result.finished += done
+        result.claimed += done or state == "RUNNING"
+        result.failures += failed
+    return result
+
+
+def count_states(study: Any) -> Counter[str]:
+    """Trials by state name (COMPLETE, PRUNED, FAIL, RUNNING, WAITING)."""
+    return Counter(t.state.name for t in study.get_trials(deepcopy=False))
+
+
+def failure_reason(trial: Any, study_attrs: dict[str, Any]) -> str | None:
+    """Why a FAIL trial failed: its hpo:failure attribute, or worker_lost."""
+    if trial.state.name != "FAIL":
+        return None
+    if trial.number in study_attrs.get("hpo:lost", []):
+        return "worker_lost"
+    return trial.user_attrs.get(st.ATTR_FAILURE, "exception")
+
+
+@dataclass
+class Summary:
+    """What a run did and where the study stands, for the CLI's closing lines."""
+
+    study_name: str
+    n_trials: int
+    counts: dict[str, int]
+    best_value: float | None = None
+    best_params: dict[str, Any] = field(default_factory=dict)
+    best_number: int | None = None
+    best_metrics: dict[str, float] = field(default_factory=dict)
+    ran: int = 0
+    wall_time_s: float = 0.0
+    already_done: bool = False
+
+    @property
+    def finished(self) -> int:
+        return sum(self.counts.get(state, 0) for state in FINISHED)
+
+
+def summarize(study: Any, config: StudyConfig, *, ran: int = 0, wall: float = 0.0) -> Summary:
+    """Trials by state and the best trial so far."""
+    summary = Summary(
+        study_name=config.name,
+        n_trials=effective_budget(config),
+        counts=dict(count_states(study)),
+        ran=ran,
+        wall_time_s=wall,
+    )
+    completed = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    if completed:
+        best = study.best_trial
+        summary.best_value = best.value
+        summary.best_params = dict(best.params)
+        summary.best_number = best.number
+        summary.best_metrics = dict(best.user_attrs.get(st.ATTR_METRICS, {}))
+    return summary

@@ -32,7 +32,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HpoError as e:
         if args.debug:
             raise
-        print(f"hpo: error: {e}", file=sys.stderr)
+        for line in str(e).splitlines():  # a study file's problems come all at once
+            print(f"hpo: error: {line}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("hpo: interrupted", file=sys.stderr)

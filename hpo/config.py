@@ -7,6 +7,7 @@ overrides to the raw mapping, and validates once. Every problem becomes a
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 import re
@@ -14,7 +15,6 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -28,12 +28,22 @@ from pydantic import (
 
 from hpo.errors import ConfigError
 from hpo.registry import PrunerSpec, SamplerSpec
+from hpo.source import (
+    Source,
+    apply_override,
+    expand_env,
+    name_as_written,
+    read_source,
+    validation_problems,
+)
 from hpo.space import SearchSpace, grid
 from hpo.storage import ENV_VAR, check_url, redact_url
 
 DEFAULT_STORAGE = "sqlite:///hpo.db"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*$")
 _REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+# Storage URLs may hold a password: they keep ${VAR} and are expanded only when opened.
+KEEP_UNEXPANDED = {("storage",), ("warm_start", "storage")}
 
 
 class _Model(BaseModel):
@@ -125,6 +135,8 @@ class StudyConfig(_Model):
     keep_checkpoints: PositiveInt | None = None  # keep only the top-k trials' checkpoints
     # Where the file came from: relative data paths in trainer args resolve against it.
     source: Path | None = Field(None, exclude=True)
+    # Fields that held ${VAR}: the stored config shows the template, never the value.
+    env_templates: dict[str, str] = Field(default_factory=dict, exclude=True)
 
     @field_validator("storage")
     @classmethod
@@ -154,8 +166,26 @@ class StudyConfig(_Model):
     def stored_form(self) -> dict[str, Any]:
         """The resolved config as JSON data, safe to store in the study (no secrets)."""
         data = self.model_dump(mode="json")
+        for dotted, template in self.env_templates.items():
+            _put(data, dotted.split("."), template)
         data["storage"] = redact_url(self.storage)
         return data
+
+
+def _put(data: Any, key: list[str], value: Any) -> None:
+    """Set ``value`` at a key path through mappings and lists (missing paths are skipped)."""
+    for i, part in enumerate(key):
+        last = i == len(key) - 1
+        if isinstance(data, dict) and part in data:
+            if last:
+                data[part] = value
+            data = data[part]
+        elif isinstance(data, list) and part.isdigit() and int(part) < len(data):
+            if last:
+                data[int(part)] = value
+            data = data[int(part)]
+        else:
+            return
 
 
 def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyConfig:
@@ -163,90 +193,108 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyCon
 
     Args:
         path: the YAML study file.
-        overrides: ``key.path=value`` strings; values are parsed as YAML scalars.
+        overrides: ``key.path=value`` strings; values are parsed as YAML, so a whole
+            mapping can be given (``sampler={type: random}``).
 
     Raises:
-        ConfigError: the file is missing, is not valid YAML, or fails validation.
+        ConfigError: the file is missing, is not valid YAML, or fails validation; it
+            carries every problem found (one line each, with the file's line numbers).
     """
-    path = Path(path)
-    raw = read_yaml(path)
+    source = read_source(path)
     for override in overrides or []:
-        apply_override(raw, override, path=str(path))
-    config = validate_study(raw, path=str(path))
-    check_trainer(config, path=str(path))
+        apply_override(source, override)
+    return validate_source(source)
+
+
+def validate_source(source: Source) -> StudyConfig:
+    """Validate a read (and overridden) study file: every problem at once, with lines."""
+    expand_env(source, keep=KEEP_UNEXPANDED)
+    name_as_written(source, ("name",))
+    problems = list(source.problems)
+    config = None
+    try:
+        config = StudyConfig.model_validate(
+            {**source.data, "source": source.path, "env_templates": source.templates}
+        )
+    except ValidationError as e:
+        problems += validation_problems(
+            e, source.data, model=StudyConfig, path=source.path, source=source
+        )
+        problems += _trainer_args_problems(source)
+    if problems:
+        raise ConfigError.join(_unique(problems))
+    assert config is not None  # no problems means it validated
+    try:
+        check_trainer(config, path=source.path)
+    except ConfigError as e:
+        raise source.locate(e) from None
     return config
 
 
+def _trainer_args_problems(source: Source) -> list[ConfigError]:
+    """Problems in trainer.args even when other fields failed, so all are shown at once."""
+    trainer = source.data.get("trainer")
+    if not isinstance(trainer, dict) or not isinstance(trainer.get("ref"), str):
+        return []
+    args = trainer.get("args") or {}
+    try:
+        function = resolve_trainer(trainer["ref"], Path(source.path).parent)
+    except ConfigError:
+        return []  # reported as trainer.ref already, or once the other fields are fixed
+    args_model = getattr(function, "args_model", None)
+    if args_model is None or not isinstance(args, dict):
+        return []
+    try:
+        args_model.model_validate(args)
+    except ValidationError as e:
+        return validation_problems(
+            e, args, model=args_model, path=source.path, prefix=("trainer", "args"), source=source
+        )
+    return []
+
+
+def _unique(problems: list[ConfigError]) -> list[ConfigError]:
+    seen: dict[str, ConfigError] = {}
+    for problem in problems:
+        seen.setdefault(problem.one_line(), problem)
+    return list(seen.values())
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
-    """The top-level mapping of a YAML file, read with the safe loader."""
-    if not path.is_file():
-        raise ConfigError("file not found; check the path", path=str(path))
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"{where}invalid YAML: {problem}", path=str(path)) from e
-    if not isinstance(raw, dict):
-        raise ConfigError("expected a mapping of study fields at the top level", path=str(path))
-    return raw
-
-
-def apply_override(raw: dict[str, Any], override: str, *, path: str) -> None:
-    """Set ``a.b.c=value`` in ``raw`` in place, creating mappings on the way."""
-    key, sep, text = override.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"--set expects key.path=value, but got {override!r}", path=path)
-    try:
-        value = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError:
-        value = text
-    parts = key.strip().split(".")
-    node = raw
-    for i, part in enumerate(parts[:-1]):
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            where = ".".join(parts[: i + 1])
-            raise ConfigError(f"--set {key}: {where} is not a mapping", path=path)
-        node = child
-    node[parts[-1]] = value
+    """The top-level mapping of a YAML file, read with the safe loader (duplicates refused)."""
+    source = read_source(path)
+    if source.problems:
+        raise ConfigError.join(source.problems)
+    return source.data
 
 
 def validate_study(raw: dict[str, Any], *, path: str) -> StudyConfig:
-    """Validate a raw mapping into a :class:`StudyConfig`, or raise a one-line ConfigError."""
+    """Validate a raw mapping into a :class:`StudyConfig`, or raise every problem at once."""
     try:
         return StudyConfig.model_validate({**raw, "source": path})
     except ValidationError as e:
         raise config_error(e, raw, path=path) from None
 
 
-def config_error(error: ValidationError, raw: Any, *, path: str, prefix: str = "") -> ConfigError:
-    """The first pydantic error as a ConfigError with a dotted field path from the file."""
-    first = error.errors()[0]
-    field = ".".join(p for p in (prefix, _field_path(first["loc"], raw)) if p)
-    message = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        message = "unknown field; check its spelling or remove it"
-    elif first["type"] == "missing":
-        message = "field required"
-    elif first["type"] == "union_tag_invalid":
-        message = message.replace("Input tag", "type").replace(" found using 'type'", "")
-    elif first["type"] == "union_tag_not_found":
-        message = "needs a `type` key"
-    return ConfigError(message, path=path, field=field or None)
-
-
-def _field_path(loc: tuple[Any, ...], raw: Any) -> str:
-    """Join ``loc`` with dots, dropping the tags pydantic inserts for tagged unions."""
-    parts: list[str] = []
-    node = raw
-    for item in loc:
-        if isinstance(node, dict) and item not in node and node.get("type") == item:
-            continue  # a union tag such as 'tpe' or 'float', not a key in the file
-        parts.append(str(item))
-        node = node.get(item) if isinstance(node, dict) else None
-    return ".".join(parts)
+def config_error(
+    error: ValidationError,
+    raw: Any,
+    *,
+    path: str,
+    prefix: str = "",
+    model: type[BaseModel] | None = None,
+    source: Source | None = None,
+) -> ConfigError:
+    """Every pydantic error (up to ten) as one ConfigError with dotted field paths."""
+    problems = validation_problems(
+        error,
+        raw,
+        model=model or StudyConfig,
+        path=path,
+        prefix=tuple(prefix.split(".")) if prefix else (),
+        source=source,
+    )
+    return ConfigError.join(problems)
 
 
 def check_trainer(config: StudyConfig, *, path: str) -> None:
@@ -258,13 +306,20 @@ def check_trainer(config: StudyConfig, *, path: str) -> None:
     try:
         args_model.model_validate(config.trainer.args)
     except ValidationError as e:
-        raise config_error(e, config.trainer.args, path=path, prefix="trainer.args") from None
+        raise config_error(
+            e, config.trainer.args, path=path, prefix="trainer.args", model=args_model
+        ) from None
     known = args_model.model_fields
     unknown = [name for name in config.search_space if name not in known]
     if unknown and args_model.model_config.get("extra") == "forbid":
+        close = difflib.get_close_matches(unknown[0], list(known), n=1, cutoff=0.6)
+        fix = (
+            f"did you mean `{close[0]}`?"
+            if close
+            else f"known: {', '.join(sorted(args_model.model_fields))}"
+        )
         raise ConfigError(
-            f"{config.trainer.ref} takes no hyperparameter {unknown[0]!r}; "
-            f"known: {', '.join(sorted(args_model.model_fields))}",
+            f"{config.trainer.ref} takes no hyperparameter {unknown[0]!r}; {fix}",
             path=path,
             field=f"search_space.{unknown[0]}",
         )

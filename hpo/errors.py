@@ -15,15 +15,55 @@ class HpoError(Exception):
 
 
 class ConfigError(HpoError):
-    """A study or sweep file, or a command-line override, is invalid (exit code 2)."""
+    """A study or sweep file, or a command-line override, is invalid (exit code 2).
+
+    One error may carry more problems of the same input (``also``), so a user fixes a
+    file in one go: ``str()`` is one line per problem, ``file:line: field: message``.
+    """
 
     exit_code = 2
+    MAX_SHOWN = 10
 
-    def __init__(self, message: str, *, path: str | None = None, field: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        field: str | None = None,
+        line: int | None = None,
+        also: list[ConfigError] | None = None,
+    ):
+        self.message = message
         self.path = path
         self.field = field
-        where = ": ".join(part for part in (path, field) if part)
-        super().__init__(f"{where}: {message}" if where else message)
+        self.line = line
+        self.also = list(also or [])
+        super().__init__(message)
+
+    @classmethod
+    def join(cls, problems: list[ConfigError]) -> ConfigError:
+        """One error for several problems, in file order, at most ``MAX_SHOWN`` of them."""
+        ordered = sorted(problems, key=lambda p: (p.line is None, p.line or 0))
+        first, rest = ordered[0], ordered[1 : cls.MAX_SHOWN]
+        if len(ordered) > cls.MAX_SHOWN:
+            hidden = len(ordered) - cls.MAX_SHOWN
+            more = f"{hidden} more problem(s) not shown; fix these first"
+            rest.append(cls(more, path=first.path))
+        return cls(first.message, path=first.path, field=first.field, line=first.line, also=rest)
+
+    @property
+    def problems(self) -> list[ConfigError]:
+        """This problem and the others reported with it."""
+        return [self, *self.also]
+
+    def one_line(self) -> str:
+        """``file:line: field: message`` for this problem alone."""
+        file = f"{self.path}:{self.line}" if self.path and self.line else self.path
+        where = ": ".join(part for part in (file, self.field) if part)
+        return f"{where}: {self.message}" if where else self.message
+
+    def __str__(self) -> str:
+        return "\n".join(problem.one_line() for problem in self.problems)
 
 
 class StorageError(HpoError):

@@ -117,6 +117,30 @@ def _check_numeric(low: float, high: float, log: bool, step: float | None) -> No
         raise ValueError("`step` and `log: true` cannot be used together; drop one")
     if step is not None and step <= 0:
         raise ValueError(f"`step > 0` must hold, but got (step={step})")
+    if step is not None:
+        _check_step(low, high, step)
+
+
+def _check_step(low: float, high: float, step: float) -> None:
+    """Refuse a ``step`` that Optuna would silently fit by moving ``high`` down."""
+    # Decimal so that 0.3 - 0.0 is a whole number of 0.1 steps.
+    d_low, d_high, d_step = (Decimal(str(v)) for v in (low, high, step))
+    span = d_high - d_low
+    if span % d_step == 0:
+        return
+    below = d_low + (span // d_step) * d_step
+    above = below + d_step
+    kind = int if isinstance(low, int) and isinstance(step, int) else float
+    if d_step > span:
+        raise ValueError(
+            f"`step` {step} is larger than `high - low` ({kind(span)}), so only `low` would "
+            f"be used; the nearest valid `high` is {kind(above)}, or use a smaller step"
+        )
+    nearest = below if d_high - below <= above - d_high else above
+    raise ValueError(
+        f"`step` {step} does not divide `high - low` ({kind(span)}), so Optuna would move "
+        f"`high` to {kind(below)}; the nearest valid `high` is {kind(nearest)}"
+    )
 
 
 def to_distributions(space: SearchSpace) -> dict[str, Any]:

@@ -61,15 +61,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from hpo.config import (
-    StudyConfig,
-    apply_override,
-    check_trainer,
-    config_error,
-    read_yaml,
-    validate_study,
-)
+from hpo.config import StudyConfig, config_error, validate_source
 from hpo.errors import ConfigError, StorageError
+from hpo.source import Source, apply_override, name_as_written, read_source
 
 logger = logging.getLogger(__name__)
 
@@ -176,11 +170,27 @@ def load_sweep(
         ConfigError: the sweep file or any expanded study is invalid; names the study.
     """
     path = Path(path)
-    raw = read_yaml(path)
+    source = read_source(path)
+    name_as_written(source, ("name",))
+    raw = source.data
+    problems = list(source.problems)
     try:
         spec = SweepFile.model_validate(raw)
     except ValidationError as e:
-        raise config_error(e, raw, path=str(path)) from None
+        problems += config_error(e, raw, path=str(path), model=SweepFile, source=source).problems
+    if problems:
+        raise ConfigError.join(problems)
+    try:
+        studies = _plan(spec, path, list(overrides or []), today)
+    except ConfigError as e:
+        raise source.locate(e) from None
+    return Sweep(spec.name or path.stem, path, studies, list(overrides or []))
+
+
+def _plan(
+    spec: SweepFile, path: Path, overrides: list[str], today: dt.date | None
+) -> list[PlannedStudy]:
+    """Every study of a validated sweep file, each validated."""
     if spec.matrix and spec.base is None:
         raise ConfigError("a matrix needs a `base` study file", path=str(path), field="base")
     if spec.base is None and not spec.studies:
@@ -194,11 +204,11 @@ def load_sweep(
     today = today or dt.datetime.now(dt.timezone.utc).date()
     studies: list[PlannedStudy] = []
     if spec.base is not None:
-        studies += _expand(spec, path, list(overrides or []), today)
+        studies += _expand(spec, path, overrides, today)
     for i, file in enumerate(spec.studies):
-        studies.append(_explicit(path, i, file, list(overrides or [])))
+        studies.append(_explicit(path, i, file, overrides))
     _check_unique(studies, path)
-    return Sweep(spec.name or path.stem, path, studies, list(overrides or []))
+    return studies
 
 
 def _expand(spec: SweepFile, path: Path, overrides: list[str], today: dt.date) -> list[Any]:
@@ -207,32 +217,34 @@ def _expand(spec: SweepFile, path: Path, overrides: list[str], today: dt.date) -
         raise ConfigError(
             f"file {base_path} not found; check the path", path=str(path), field="base"
         )
-    base = read_yaml(base_path)
-    base_name = str(base.get("name", base_path.stem))
+    base = read_source(base_path)
+    name_as_written(base, ("name",))
+    base_name = str(base.data.get("name", base_path.stem))
     keys = list(spec.matrix)
     template = spec.name_template or DEFAULT_NAME_TEMPLATE
     studies = []
     for n, values in enumerate(itertools.product(*spec.matrix.values()), start=1):
         combo = dict(zip(keys, values, strict=True))
-        raw = copy.deepcopy(base)
+        study = copy.deepcopy(base)
         label = _label(base_name, n, combo)
         fields = _placeholders(base_name, n, combo, today)
         name = _render(template, fields, path=str(path), field_name="name_template")
         try:
             for key, value in combo.items():
-                apply_override(raw, f"{key}={_yaml_text(value)}", path=str(path))
+                apply_override(study, f"{key}={_yaml_text(value)}", what="matrix key")
         except ConfigError as e:
-            message = _bare(e).replace("--set ", "matrix key ", 1)
             raise ConfigError(
-                f"{message}; use a field path of the base study file", path=str(path), field=label
+                f"{e.message}; use a field path of the base study file",
+                path=str(path),
+                field=label,
             ) from None
         for override in overrides:
-            apply_override(raw, override, path=str(path))
-        raw["name"] = name
-        warm = raw.get("warm_start")
+            apply_override(study, override)
+        study.data["name"] = name
+        warm = study.data.get("warm_start")
         if isinstance(warm, dict) and isinstance(warm.get("from"), str):
             warm["from"] = _render(warm["from"], fields, path=str(path), field_name=label)
-        studies.append(PlannedStudy(_validate(raw, base_path, path, label), combo, str(base_path)))
+        studies.append(PlannedStudy(_validate(study, path, label), combo, str(base_path)))
     return studies
 
 
@@ -243,21 +255,27 @@ def _explicit(path: Path, index: int, file: str, overrides: list[str]) -> Planne
         raise ConfigError(
             f"file {study_path} not found; check the path", path=str(path), field=label
         )
-    raw = read_yaml(study_path)
+    study = read_source(study_path)
     for override in overrides:
-        apply_override(raw, override, path=str(study_path))
-    return PlannedStudy(_validate(raw, study_path, path, f"{label} ({file})"), {}, str(study_path))
+        apply_override(study, override)
+    return PlannedStudy(_validate(study, path, f"{label} ({file})"), {}, str(study_path))
 
 
-def _validate(raw: dict[str, Any], study_path: Path, sweep_path: Path, label: str) -> StudyConfig:
+def _validate(study: Source, sweep_path: Path, label: str) -> StudyConfig:
     """Validate one study; its errors are re-reported against the sweep, naming the study."""
     try:
-        config = validate_study(raw, path=str(study_path))
-        check_trainer(config, path=str(study_path))
+        return validate_source(study)
     except ConfigError as e:
-        where = f"{label}: {e.field}" if e.field else label
-        raise ConfigError(_bare(e), path=str(sweep_path), field=where) from None
-    return config
+        raise ConfigError.join(
+            [
+                ConfigError(
+                    p.message,
+                    path=str(sweep_path),
+                    field=f"{label}: {p.field}" if p.field else label,
+                )
+                for p in e.problems
+            ]
+        ) from None
 
 
 def _check_unique(studies: list[PlannedStudy], path: Path) -> None:
@@ -316,13 +334,6 @@ def _yaml_text(value: Any) -> str:
     """``value`` as YAML text that reads back as the same value (for apply_override)."""
     text = yaml.safe_dump(value, default_flow_style=True, width=10**9, sort_keys=False)
     return text.removesuffix("\n").removesuffix("\n...").strip()
-
-
-def _bare(error: ConfigError) -> str:
-    """The message of a ConfigError without its ``path: field:`` prefix."""
-    where = ": ".join(p for p in (error.path, error.field) if p)
-    text = str(error)
-    return text[len(where) + 2 :] if where and text.startswith(where + ": ") else text
 
 
 def _relative(sweep_path: Path, file: str) -> Path:

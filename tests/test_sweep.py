@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import optuna
 import pytest
 
 from hpo.cli import main
+from hpo.errors import ConfigError
 from hpo.sweep import load_sweep
 from tests.conftest import ROOT
 
@@ -126,15 +128,17 @@ def test_bad_combination_is_reported_by_name_and_nothing_runs(tmp_path: Path, ca
     [
         (
             "base: base.yaml\nmatrix: {sampler.type: [tpe]}\nparallel: 2\n",
-            "sweep.yaml: parallel: unknown field; check its spelling or remove it",
+            "sweep.yaml:3: parallel: unknown field `parallel`; remove it or use one of name, "
+            "base, matrix, name_template, studies",
         ),
         (
             "base: base.yaml\nmatrix: {sampler.type: []}\n",
-            "sweep.yaml: matrix: sampler.type has no values; list at least one or remove the key",
+            "sweep.yaml:2: matrix: sampler.type has no values; list at least one or remove the "
+            "key",
         ),
         (
             "base: base.yaml\nmatrix: {sampler.type: tpe}\n",
-            "sweep.yaml: matrix.sampler.type: Input should be a valid list",
+            "sweep.yaml:2: matrix.sampler.type: Input should be a valid list",
         ),
         (
             "base: base.yaml\n",
@@ -148,11 +152,11 @@ def test_bad_combination_is_reported_by_name_and_nothing_runs(tmp_path: Path, ca
         ("{}\n", "sweep.yaml: give `base` with a `matrix`, or a list of `studies`"),
         (
             "base: missing.yaml\nmatrix: {sampler.type: [tpe]}\n",
-            "sweep.yaml: base: file missing.yaml not found; check the path",
+            "sweep.yaml:1: base: file missing.yaml not found; check the path",
         ),
         (
             "base: base.yaml\nmatrix: {sampler.type: [tpe]}\nname_template: '{base}-{model}'\n",
-            "sweep.yaml: name_template: unknown placeholder {model}; use one of {base}, {n}, "
+            "sweep.yaml:3: name_template: unknown placeholder {model}; use one of {base}, {n}, "
             "{date}, {yesterday}, {last_week}, {sampler.type}, {type}",
         ),
         (
@@ -324,3 +328,35 @@ def test_overlapping_invocation_exits_already_running(
     # Once the first sweep is over, the lock is free again.
     assert main(["sweep", "sweep.yaml", "--no-compare"]) == 0
     assert "already finished; nothing to run" in capsys.readouterr().out
+
+
+def test_readme_sweep_example_works_as_written(tmp_path: Path, monkeypatch) -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Scheduled sweeps", 1)[1]
+    example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    folder = tmp_path / "studies"
+    shutil.copytree(ROOT / "studies", folder)
+    (folder / "nightly.yaml").write_text(example)
+    monkeypatch.chdir(tmp_path)
+    sweep = load_sweep(folder / "nightly.yaml", today=dt.date(2026, 11, 28))
+    assert [(s.name, s.config.sampler.type, s.config.budget.n_trials) for s in sweep.studies] == [
+        ("quickstart-1-2026-11-28", "random", 6),
+        ("quickstart-2-2026-11-28", "random", 12),
+        ("quickstart-3-2026-11-28", "tpe", 6),
+        ("quickstart-4-2026-11-28", "tpe", 12),
+        ("strategy-grid", "grid", 8),
+    ]
+    assert sweep.studies[2].config.sampler.n_startup_trials == 4
+
+
+def test_matrix_changing_only_the_sampler_type_says_to_replace_the_mapping(tmp_path: Path) -> None:
+    write_sweep(tmp_path, "base: base.yaml\nmatrix: {sampler.type: [tpe, cmaes]}\n")
+    base = tmp_path / "base.yaml"
+    base.write_text(base.read_text().replace("{type: random}", "{type: tpe, group: true}"))
+    with pytest.raises(ConfigError) as info:
+        load_sweep(tmp_path / "sweep.yaml")
+    assert str(info.value) == (
+        f"{tmp_path / 'sweep.yaml'}: toy-2 (sampler.type=cmaes): sampler: type `cmaes` takes no "
+        "option `group` (set for `tpe`); replace the whole mapping, e.g. "
+        "--set 'sampler={type: cmaes}' or `sampler: [{type: cmaes}]` in a sweep matrix"
+    )

@@ -1,0 +1,353 @@
+"""Study and sweep files as text: where each value came from, and errors that point there.
+
+A :class:`Source` is the top-level mapping of a YAML file together with the line of every
+key (from the parser's marks), the plain text of every scalar, the paths that ``--set`` or
+a matrix replaced, and the ``${VAR}`` templates that were expanded. With it, every problem
+of a file is reported at once, one line each: ``file:line: field.path: message``.
+
+Duplicate keys are problems here, not silently "the last one wins" as in ``safe_load``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from hpo.errors import ConfigError
+
+Key = tuple[str, ...]
+# ``$${`` is a literal ``${``; ``${NAME}`` is an environment variable.
+_ENV = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+@dataclass
+class Source:
+    """A YAML mapping plus where each of its keys and values came from."""
+
+    path: str
+    data: dict[str, Any]
+    lines: dict[Key, int] = field(default_factory=dict)  # key path -> line of the key
+    texts: dict[Key, str] = field(default_factory=dict)  # plain scalars as written
+    overridden: set[Key] = field(default_factory=set)  # set by --set or a matrix
+    retyped: dict[Key, str] = field(default_factory=dict)  # mapping -> its type before --set
+    templates: dict[str, str] = field(default_factory=dict)  # dotted path -> "${VAR}/..."
+    problems: list[ConfigError] = field(default_factory=list)
+
+    def line_of(self, key: Key) -> int | None:
+        """Line of ``key`` (or of its closest parent in the file); None if --set gave it."""
+        if any(key[:i] in self.overridden for i in range(1, len(key) + 1)):
+            return None
+        for i in range(len(key), 0, -1):
+            if key[:i] in self.lines:
+                return self.lines[key[:i]]
+        return None
+
+    def problem(self, message: str, key: Key) -> ConfigError:
+        """A ConfigError at ``key`` of this file."""
+        return ConfigError(
+            message, path=self.path, field=".".join(key) or None, line=self.line_of(key)
+        )
+
+    def locate(self, error: ConfigError) -> ConfigError:
+        """``error`` with line numbers filled in for the problems that concern this file."""
+        for problem in error.problems:
+            if problem.path == self.path and problem.line is None and problem.field:
+                problem.line = self.line_of(tuple(problem.field.split(".")))
+        return error
+
+
+def read_source(path: str | Path) -> Source:
+    """Read a YAML file's top-level mapping with the line of every key.
+
+    Raises:
+        ConfigError: the file is missing, is not YAML, or is not a mapping.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("file not found; check the path", path=str(path))
+    loader = yaml.SafeLoader(path.read_text(encoding="utf-8"))
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        column = f" (column {mark.column + 1})" if mark else ""
+        raise ConfigError(
+            f"invalid YAML: {problem}{column}",
+            path=str(path),
+            line=mark.line + 1 if mark else None,
+        ) from e
+    finally:
+        loader.dispose()
+    if not isinstance(data, dict):
+        raise ConfigError("expected a mapping of study fields at the top level", path=str(path))
+    source = Source(str(path), data)
+    _walk(node, (), source)
+    return source
+
+
+def _walk(node: yaml.Node, key: Key, source: Source) -> None:
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                continue
+            name, line = key_node.value, key_node.start_mark.line + 1
+            child = (*key, name)
+            if name in seen:
+                source.problems.append(
+                    ConfigError(
+                        f"duplicate key `{name}` (lines {seen[name]} and {line}); "
+                        "keep one of them",
+                        path=source.path,
+                        field=".".join(child),
+                        line=line,
+                    )
+                )
+            seen[name] = line
+            source.lines[child] = line
+            _walk(value_node, child, source)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            source.lines[(*key, str(i))] = item.start_mark.line + 1
+            _walk(item, (*key, str(i)), source)
+    elif isinstance(node, yaml.ScalarNode) and node.style is None:
+        source.texts[key] = node.value
+
+
+def apply_override(source: Source, override: str, *, what: str = "--set") -> None:
+    """Set ``a.b.c=VALUE`` in place; VALUE is YAML, so ``sampler={type: random}`` works.
+
+    Raises:
+        ConfigError: not ``key=value``, or a path through something that is not a mapping.
+    """
+    key, sep, text = override.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"{what} expects key.path=value, but got {override!r}", path=source.path)
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    parts = key.strip().split(".")
+    node = source.data
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            where = ".".join(parts[: i + 1])
+            raise ConfigError(f"{what} {key}: {where} is not a mapping", path=source.path)
+        node = child
+    last, path = parts[-1], tuple(parts)
+    old = node.get(last)
+    if last == "type" and isinstance(old, str) and old != value and len(node) > 1:
+        source.retyped[path[:-1]] = old  # its other options were meant for the old type
+    node[last] = value
+    source.overridden.add(path)
+    source.texts = {k: v for k, v in source.texts.items() if k[: len(path)] != path}
+    if not isinstance(value, (dict, list)):
+        source.texts[path] = text.strip()
+
+
+def expand_env(source: Source, *, keep: set[Key]) -> None:
+    """Expand ``${VAR}`` in every string value; an unset variable is a problem at its field.
+
+    Paths in ``keep`` (storage URLs, which may hold passwords) are checked but keep their
+    ``${VAR}`` text: they are expanded only when the storage is opened. Expanded fields
+    remember their template so the stored config shows ``${VAR}``, never a secret.
+    """
+
+    def expand(value: Any, key: Key) -> Any:
+        if isinstance(value, dict):
+            return {k: expand(v, (*key, str(k))) for k, v in value.items()}
+        if isinstance(value, list):
+            return [expand(v, (*key, str(i))) for i, v in enumerate(value)]
+        if not isinstance(value, str) or "$" not in value:
+            return value
+        missing: list[str] = []
+
+        def substitute(match: re.Match[str]) -> str:
+            if match[1] is None:
+                return "${"
+            if match[1] not in os.environ:
+                missing.append(match[1])
+                return match[0]
+            return os.environ[match[1]]
+
+        expanded = _ENV.sub(substitute, value)
+        for name in dict.fromkeys(missing):
+            source.problems.append(
+                source.problem(
+                    f"environment variable {name} is not set; export it before running",
+                    key,
+                )
+            )
+        if key in keep or expanded == value:
+            return value
+        source.templates[".".join(key)] = value
+        return expanded
+
+    source.data = expand(source.data, ())
+
+
+def name_as_written(source: Source, key: Key) -> None:
+    """Take ``name: 2026`` or ``name: yes`` as the text the user wrote, not a number/bool."""
+    value = source.data.get(key[0]) if len(key) == 1 else None
+    if isinstance(value, (bool, int, float)) and key in source.texts:
+        source.data[key[0]] = source.texts[key]
+
+
+def validation_problems(
+    error: ValidationError,
+    raw: Any,
+    *,
+    model: type[BaseModel],
+    path: str,
+    prefix: Key = (),
+    source: Source | None = None,
+) -> list[ConfigError]:
+    """Every pydantic error as a ConfigError with a dotted field path (and line)."""
+    problems: list[ConfigError] = []
+    suggested: set[Key] = set()
+    stale: dict[Key, list[str]] = {}  # options left over after --set changed only `type`
+    for item in error.errors():
+        key = (*prefix, *_key(item["loc"], raw))
+        if item["type"] == "extra_forbidden" and source and key[:-1] in source.retyped:
+            stale.setdefault(key[:-1], []).append(key[-1])
+            continue
+        message = _message(item, model)
+        if item["type"] == "extra_forbidden" and "did you mean `" in message:
+            suggested.add((*key[:-1], message.split("did you mean `")[1].split("`")[0]))
+        problems.append(_at(message, key, path, source))
+    for parent, names in stale.items():
+        assert source is not None  # only a Source records retyped mappings
+        new_type, old_type = _get(source.data, parent).get("type"), source.retyped[parent]
+        dotted = ".".join(parent)
+        problems.append(
+            source.problem(
+                f"type `{new_type}` takes no option {', '.join(f'`{n}`' for n in names)} "
+                f"(set for `{old_type}`); replace the whole mapping, e.g. "
+                f"--set '{dotted}={{type: {new_type}}}' or `{dotted}: [{{type: {new_type}}}]` "
+                "in a sweep matrix",
+                parent,
+            )
+        )
+    # "search_space: field required" says nothing new after "did you mean `search_space`?".
+    return [p for p in problems if not _answered(p, suggested)]
+
+
+def _answered(problem: ConfigError, suggested: set[Key]) -> bool:
+    return problem.message.startswith("field required") and bool(
+        problem.field and tuple(problem.field.split(".")) in suggested
+    )
+
+
+def _at(message: str, key: Key, path: str, source: Source | None) -> ConfigError:
+    if source is not None and source.path == path:
+        return source.problem(message, key)
+    return ConfigError(message, path=path, field=".".join(key) or None)
+
+
+def _message(item: Any, model: type[BaseModel]) -> str:
+    message = str(item["msg"]).removeprefix("Value error, ")
+    kind = item["type"]
+    if kind == "extra_forbidden":
+        name = str(item["loc"][-1])
+        known = _known_fields(model, item["loc"][:-1])
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        if close:
+            return f"unknown field `{name}`; did you mean `{close[0]}`?"
+        if known:
+            return f"unknown field `{name}`; remove it or use one of {', '.join(known)}"
+        return f"unknown field `{name}`; remove it"
+    if kind == "missing":
+        return "field required; add it"
+    if kind == "union_tag_invalid":
+        return message.replace("Input tag", "type").replace(" found using 'type'", "")
+    if kind == "union_tag_not_found":
+        return "needs a `type` key"
+    return message
+
+
+def _get(data: Any, key: Key) -> Any:
+    for part in key:
+        data = data.get(part, {}) if isinstance(data, dict) else {}
+    return data
+
+
+def _key(loc: tuple[Any, ...], raw: Any) -> Key:
+    """``loc`` as a key path of the file, without the tags pydantic adds for tagged unions."""
+    parts: list[str] = []
+    node = raw
+    for item in loc:
+        if isinstance(node, dict) and item not in node and node.get("type") == item:
+            continue  # a union tag such as 'tpe' or 'float', not a key in the file
+        parts.append(str(item))
+        if isinstance(node, dict):
+            node = node.get(item)
+        elif isinstance(node, list) and isinstance(item, int) and item < len(node):
+            node = node[item]
+        else:
+            node = None
+    return tuple(parts)
+
+
+def _known_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The field names a mapping at ``loc`` (a pydantic loc, tags included) may hold."""
+    annotation: Any = model
+    for item in loc:
+        annotation = _child(annotation, item)
+        if annotation is None:
+            return []
+    annotation = _unwrap(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [
+            f.alias or name
+            for name, f in annotation.model_fields.items()
+            if not f.exclude and name != "type"
+        ]
+    return []
+
+
+def _unwrap(annotation: Any) -> Any:
+    """Strip Annotated and Optional around a type."""
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin is typing.Annotated:
+            annotation = typing.get_args(annotation)[0]
+        elif origin in (typing.Union, types.UnionType):
+            args = [a for a in typing.get_args(annotation) if a is not type(None)]
+            if len(args) != 1:
+                return annotation
+            annotation = args[0]
+        else:
+            return annotation
+
+
+def _child(annotation: Any, item: Any) -> Any:
+    annotation = _unwrap(annotation)
+    origin = typing.get_origin(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        for name, info in annotation.model_fields.items():
+            if item in (name, info.alias):
+                return info.annotation
+        return None
+    if origin is dict:
+        return typing.get_args(annotation)[1]
+    if origin is list:
+        return typing.get_args(annotation)[0]
+    if origin in (typing.Union, types.UnionType):  # a tagged union: ``item`` is the tag
+        for member in typing.get_args(annotation):
+            tag = getattr(member, "model_fields", {}).get("type")
+            if tag is not None and typing.get_origin(tag.annotation) is Literal:
+                if item in typing.get_args(tag.annotation):
+                    return member
+    return None

@@ -82,7 +82,8 @@ def test_missing_local_choice_is_exit_2_naming_it(tmp_path: Path) -> None:
     path = study_file(tmp_path, ["minilm-l6", "./models/nope"])
     result = run_hpo("validate", str(path))
     assert result.returncode == 2
-    assert result.stderr.startswith(f"hpo: error: {path}: search_space.model: ./models/nope: ")
+    assert result.stderr.startswith(f"hpo: error: {path}:")  # file:line of the choice
+    assert ": search_space.model: ./models/nope: " in result.stderr
     assert "does not exist" in result.stderr and "Traceback" not in result.stderr
 
 

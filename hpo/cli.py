@@ -145,6 +145,15 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--to", required=True, metavar="DIR", help="the folder to write")
     export.add_argument("--trial", type=int, metavar="N", help="export trial N, not the best")
     export.add_argument("--force", action="store_true", help="replace a non-empty folder")
+    schema = commands.add_parser(
+        "schema",
+        help="print the JSON Schema of study files (editor completion and checks)",
+        description="Print the JSON Schema of study files, with each shipped trainer's args. "
+        "Save it and start a study file with '# yaml-language-server: $schema=PATH'.",
+    )
+    schema.add_argument("--sweep", action="store_true", help="the schema of sweep files")
+    _add_global_options(schema, "unused", prefix="")
+    schema.set_defaults(handler=cmd_schema)
     parser.add_argument("--version", action="version", version=f"hpo {_version()}")
     _add_global_options(parser, "override a study field (repeatable)", prefix="global_")
     return parser
@@ -604,6 +613,37 @@ def cmd_export(args: argparse.Namespace) -> int:
         f"({config.objective.metric}={facts['objective']['value']:.4f}) to {args.to}"
     )
     return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    if args.sweep:
+        from hpo.sweep import SweepFile
+
+        schema = {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            **SweepFile.model_json_schema(),
+        }
+    else:
+        from hpo.config import study_schema
+
+        schema = study_schema(shipped_trainer_args())
+    print(json.dumps(schema, indent=2))
+    return 0
+
+
+def shipped_trainer_args() -> dict[str, Any]:
+    """``trainer.ref`` -> args model of every trainer in the ``trainers`` package."""
+    import importlib
+    import pkgutil
+
+    import trainers
+
+    found = {}
+    for module in pkgutil.iter_modules(trainers.__path__):
+        function = getattr(importlib.import_module(f"trainers.{module.name}"), "train", None)
+        if getattr(function, "args_model", None) is not None:  # model facts etc. are helpers
+            found[f"trainers.{module.name}:train"] = function.args_model  # type: ignore[union-attr]
+    return found
 
 
 def _print_summary(summary: Any) -> None:

@@ -13,7 +13,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -22,6 +22,7 @@ from pydantic import (
     NonNegativeInt,
     PositiveInt,
     ValidationError,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -41,6 +42,20 @@ from hpo.storage import ENV_VAR, check_url, redact_url
 
 DEFAULT_STORAGE = "sqlite:///hpo.db"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*$")
+_DURATION_SCHEMA = {
+    "anyOf": [
+        {"type": "number", "exclusiveMinimum": 0},
+        {"type": "string", "pattern": _DURATION.pattern},
+        {"type": "null"},
+    ]
+}
+# `name: 2026` is taken as written (see hpo.source.name_as_written): editors should agree.
+_NAME_SCHEMA = {
+    "anyOf": [
+        {"type": "string", "minLength": 1, "maxLength": 200},
+        {"type": ["number", "boolean"]},
+    ]
+}
 _REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 # Storage URLs may hold a password: they keep ${VAR} and are expanded only when opened.
 KEEP_UNEXPANDED = {("storage",), ("warm_start", "storage")}
@@ -61,7 +76,9 @@ class Budget(_Model):
     """How much to run: ``n_trials`` is the study's total, not "N more"."""
 
     n_trials: PositiveInt
-    timeout: float | None = Field(None, description="seconds, or a string like 30m / 2h")
+    timeout: Annotated[float | None, WithJsonSchema(_DURATION_SCHEMA)] = Field(
+        None, description="seconds, or a string like 30m / 2h"
+    )
     max_failures: NonNegativeInt = 3
 
     @field_validator("timeout", mode="before")
@@ -120,7 +137,7 @@ class TrainerSpec(_Model):
 class StudyConfig(_Model):
     """A validated study file; see ``studies/quickstart.yaml`` for every field."""
 
-    name: str = Field(min_length=1, max_length=200)
+    name: Annotated[str, WithJsonSchema(_NAME_SCHEMA)] = Field(min_length=1, max_length=200)
     storage: str = DEFAULT_STORAGE
     seed: int | None = None
     objective: Objective = Objective()
@@ -404,3 +421,30 @@ def describe_models(config: StudyConfig, trainer: Any = None, *, path: str | Non
 
 def _source(config: StudyConfig) -> str | None:
     return str(config.source) if config.source else None
+
+
+def study_schema(trainer_args: dict[str, type[BaseModel]]) -> dict[str, Any]:
+    """The JSON Schema of a study file, with ``trainer.args`` checked per ``trainer.ref``.
+
+    Args:
+        trainer_args: each known ``trainer.ref`` and the args model its function exposes;
+            other refs keep free-form args.
+    """
+    schema = StudyConfig.model_json_schema()
+    for internal in ("source", "env_templates"):
+        schema["properties"].pop(internal, None)
+    defs = schema.setdefault("$defs", {})
+    rules = []
+    for ref, args_model in sorted(trainer_args.items()):
+        prefix = re.sub(r"\W", "_", ref) + "__"
+        args = args_model.model_json_schema(ref_template=f"#/$defs/{prefix}{{model}}")
+        defs.update({prefix + name: d for name, d in args.pop("$defs", {}).items()})
+        rules.append(
+            {
+                "if": {"properties": {"trainer": {"properties": {"ref": {"const": ref}}}}},
+                "then": {"properties": {"trainer": {"properties": {"args": args}}}},
+            }
+        )
+    if rules:
+        schema["allOf"] = rules
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}

@@ -179,3 +179,29 @@ def test_names_are_taken_as_written(written: str, tmp_path: Path) -> None:
     (tmp_path / "study.yaml").write_text(text)
     assert load_study(tmp_path / "study.yaml").name == written
     assert load_study(DATA / "valid" / "minimal.yaml", [f"name={written}"]).name == written
+
+
+def test_schema_accepts_the_shipped_studies_and_checks_trainer_args() -> None:
+    import json
+
+    import jsonschema
+    import yaml
+
+    from tests.conftest import ROOT
+
+    result = run_hpo("schema")
+    assert result.returncode == 0, result.stderr
+    validator = jsonschema.Draft202012Validator(json.loads(result.stdout))
+    studies = [p for p in (ROOT / "studies").glob("*.yaml") if p.name != "sweep.yaml"]
+    for path in [*studies, *VALID]:
+        errors = list(validator.iter_errors(yaml.safe_load(path.read_text())))
+        assert not errors, f"{path}: {errors[0].message}"
+    typo = yaml.safe_load((DATA / "invalid" / "trainer_arg_typo.yaml").read_text())
+    assert any("max_seq_lenght" in e.message for e in validator.iter_errors(typo))
+    toy = yaml.safe_load((DATA / "valid" / "minimal.yaml").read_text())
+    toy["trainer"]["args"] = {"num_train_epochs": "three"}
+    assert not validator.is_valid(toy)  # the toy trainer's own args model applies
+    sweep = run_hpo("schema", "--sweep")
+    sweep_validator = jsonschema.Draft202012Validator(json.loads(sweep.stdout))
+    assert sweep_validator.is_valid(yaml.safe_load((ROOT / "studies" / "sweep.yaml").read_text()))
+    assert not sweep_validator.is_valid({"base": "x.yaml", "matrixx": {}})

@@ -128,6 +128,7 @@ class LiveView(logging.Handler):
         self.best_trial: int | None = None
         self.running: dict[int, _Running] = {}
         self._live: Any = None
+        self._logged: int | None = None
 
     def __enter__(self) -> LiveView:
         if self.console is None:
@@ -171,6 +172,7 @@ class LiveView(logging.Handler):
             row.step = getattr(record, "step", None)
             row.epoch = getattr(record, "epoch", None)
             row.value = getattr(record, "value", None)
+            row.epochs = getattr(record, "epochs", None) or row.epochs
         elif event == "trial_finished":
             self.running.pop(number, None)
 
@@ -185,7 +187,9 @@ class LiveView(logging.Handler):
             pick = max if study.direction.name == "MAXIMIZE" else min
             best = pick(complete, key=lambda t: t.value)
             self.best, self.best_trial = best.value, best.number
-        if self._live is None:  # off a terminal the progress is one more event
+        if self._live is None and self.finished != self._logged:
+            # Off a terminal the progress is one more event, once per finished trial.
+            self._logged = self.finished
             emit(
                 logger,
                 "progress",
@@ -201,7 +205,7 @@ class LiveView(logging.Handler):
         finished = self.finished or 0
         parts = [f"study {self.study_name}: {finished}/{self.budget} finished"]
         if self.best is not None:
-            parts.append(f"best {self.metric}={self.best:.4f} (trial {self.best_trial})")
+            parts.append(f"best {self.best:.4f} (trial {self.best_trial})")
         parts.append(f"elapsed {_clock(elapsed)}")
         done_here = finished - (self.finished_at_start or 0)
         if done_here > 0 and finished < self.budget:

@@ -17,6 +17,7 @@ import datetime as dt
 import json
 import logging
 import logging.handlers
+import threading
 import warnings
 from typing import Any
 
@@ -28,7 +29,7 @@ _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
 }
 
 
-def emit(logger: logging.Logger, event: str, message: str, *args: Any, **fields: Any) -> None:
+def emit(logger: logging.Logger, event: str, message: str, /, *args: Any, **fields: Any) -> None:
     """Log ``message % args`` at INFO as event ``event`` with ``fields`` attached."""
     logger.info(message, *args, extra={"event": event, **fields})
 
@@ -98,14 +99,15 @@ class _WorkerLabel(logging.Filter):
         self.label = label
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not hasattr(record, "worker"):
-            record.worker = self.label
+        record.worker = self.label  # the process's label wins: a sweep's study name, or wN
         return True
 
 
 def forward_to_queue(queue: Any, level: int, worker_label: str) -> None:
     """In a worker process: send every record, labelled with the worker, to the parent."""
     handler = logging.handlers.QueueHandler(queue)
+    # The parent formats; only the message (and a traceback, if any) is rendered here.
+    handler.setFormatter(logging.Formatter("%(message)s"))
     handler.addFilter(_WorkerLabel(worker_label))
     logging.basicConfig(level=level, handlers=[handler], force=True)
     logging.captureWarnings(True)
@@ -117,3 +119,33 @@ def quiet_libraries(debug: bool) -> None:
     """Libraries' own INFO chatter is for --debug; hpo's events say what happened."""
     for noisy in ("httpx", "urllib3", "filelock", "datasets", "transformers", "optuna"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)
+
+
+def start_relay(context: Any) -> tuple[Any, threading.Thread]:
+    """In the parent: a queue for child processes' records, and the thread that logs them.
+
+    Each record goes through this process's loggers and handlers (one format, one
+    console, and the live view sees every worker's events). Polling storage instead would
+    show only the latest values, late, at a query per refresh.
+    """
+    records = context.Queue()
+    thread = threading.Thread(target=_relay, args=(records,), daemon=True, name="hpo-log-relay")
+    thread.start()
+    return records, thread
+
+
+def stop_relay(records: Any, thread: threading.Thread) -> None:
+    """Log what the children sent before they exited, then stop the relay thread."""
+    records.put(None)
+    thread.join(timeout=10)
+
+
+def _relay(records: Any) -> None:
+    while True:
+        try:
+            record = records.get()
+        except (EOFError, OSError):  # the queue's pipe closed under us: nothing more comes
+            return
+        if record is None:
+            return
+        logging.getLogger(record.name).handle(record)

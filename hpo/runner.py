@@ -22,6 +22,7 @@ from hpo.budget import Summary, effective_budget, summarize, usage
 from hpo.checkpoints import prune_checkpoints
 from hpo.config import StudyConfig, resolve_trainer
 from hpo.errors import FailureBudgetExceeded
+from hpo.events import emit
 from hpo.space import suggest
 from hpo.study import open_study
 from hpo.trainer import NonFiniteError, TrialContext
@@ -136,6 +137,17 @@ class _Objective:
         finally:
             # The trial is claimed and its point sampled: other workers may claim theirs.
             self.lock.release()
+        emit(
+            logger,
+            "trial_started",
+            "trial %d started [%s]",
+            trial.number,
+            _describe_params(params),
+            trial=trial.number,
+            params=params,
+            worker=f"w{self.worker.index}",
+            device=self.worker.device,
+        )
         try:
             with self.interrupts.deliverable():
                 metrics = self.trainer(ctx)
@@ -219,13 +231,37 @@ def _classify(error: BaseException) -> str:
 
 
 def _log_trial(study: Any, trial: Any) -> None:
+    """The trial_finished event: state, value, epochs, why it failed, and its params."""
     value = "" if trial.value is None else f" value={trial.value:.4f}"
     reason = trial.user_attrs.get(st.ATTR_FAILURE)
-    why = f" ({reason}: {trial.user_attrs.get(st.ATTR_FAILURE_MESSAGE, '')})" if reason else ""
+    message = trial.user_attrs.get(st.ATTR_FAILURE_MESSAGE) or ""
+    first_line = message.strip().splitlines()[0] if message.strip() else ""
+    why = f" ({reason}: {first_line})" if reason else ""
     epochs = trial.user_attrs.get(st.ATTR_EPOCHS)
     at = f" after {epochs:g} epochs" if epochs is not None else ""
-    params = ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
-    logger.info("trial %d %s%s%s%s [%s]", trial.number, trial.state.name, value, at, why, params)
+    emit(
+        logger,
+        "trial_finished",
+        "trial %d %s%s%s%s [%s]",
+        trial.number,
+        trial.state.name,
+        value,
+        at,
+        why,
+        _describe_params(trial.params),
+        trial=trial.number,
+        state=trial.state.name,
+        value=trial.value,
+        epochs=epochs,
+        reason=reason,
+        failure_message=first_line or None,
+        duration_s=trial.user_attrs.get(st.ATTR_DURATION),
+        params=dict(trial.params),
+    )
+
+
+def _describe_params(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={_short(v)}" for k, v in params.items())
 
 
 def _short(value: Any) -> str:

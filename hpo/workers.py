@@ -23,6 +23,7 @@ from typing import Any
 from hpo.budget import FINISHED
 from hpo.config import StudyConfig
 from hpo.errors import FailureBudgetExceeded, HpoError
+from hpo.events import forward_to_queue, start_relay, stop_relay
 from hpo.trainer import available_cores
 
 logger = logging.getLogger(__name__)
@@ -136,16 +137,40 @@ def run_worker_processes(
 
     # spawn, not fork: CUDA and SQLite connections must not be shared with children.
     context = multiprocessing.get_context("spawn")
+    # Workers format nothing themselves: their records come here (see hpo.events).
+    records, relay = start_relay(context)
     processes = [
         context.Process(
             target=_worker_process,
-            args=(config, w, failures_before, logging.getLogger().level, loop),
+            args=(config, w, failures_before, logging.getLogger().level, loop, records),
             name=f"hpo-worker-{w.index}",
         )
         for w in plan
     ]
     for process in processes:
         process.start()
+    try:
+        _wait_for_workers(processes, study, on_progress)
+    finally:
+        stop_relay(records, relay)
+    codes = [p.exitcode for p in processes]
+    if any(code == FailureBudgetExceeded.exit_code + 10 for code in codes):
+        raise FailureBudgetExceeded(
+            f"study {config.name!r}: workers stopped after budget.max_failures="
+            f"{config.budget.max_failures} failed trials; see hpo:failure (hpo status)"
+        )
+    bad = [code for code in codes if code]
+    if bad:
+        raise HpoError(
+            f"study {config.name!r}: {len(bad)} of {len(codes)} workers exited "
+            f"with codes {bad}; rerun to continue (the study resumes)"
+        )
+
+
+def _wait_for_workers(
+    processes: list[Any], study: Any, on_progress: Callable[[Any], None] | None
+) -> None:
+    """Wait for every worker, reporting progress; Ctrl-C stops them all."""
     seen = -1
     try:
         while any(p.is_alive() for p in processes):
@@ -164,20 +189,8 @@ def run_worker_processes(
             if process.is_alive():
                 process.terminate()
         raise
-    codes = [p.exitcode for p in processes]
     if on_progress:
         on_progress(study)
-    if any(code == FailureBudgetExceeded.exit_code + 10 for code in codes):
-        raise FailureBudgetExceeded(
-            f"study {config.name!r}: workers stopped after budget.max_failures="
-            f"{config.budget.max_failures} failed trials; see hpo:failure (hpo status)"
-        )
-    bad = [code for code in codes if code]
-    if bad:
-        raise HpoError(
-            f"study {config.name!r}: {len(bad)} of {len(codes)} workers exited "
-            f"with codes {bad}; rerun to continue (the study resumes)"
-        )
 
 
 def _worker_process(
@@ -186,16 +199,17 @@ def _worker_process(
     failures_before: int,
     log_level: int,
     loop: Callable[..., int],
+    records: Any,
 ) -> None:
     """Entry point of a worker process (spawned: configure threads before torch loads)."""
     import sys
 
+    forward_to_queue(records, log_level, worker_label=f"w{worker.index}")
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[variable] = str(worker.threads or 1)
     if worker.device.startswith("cuda:"):
         os.environ["CUDA_VISIBLE_DEVICES"] = worker.device.removeprefix("cuda:")
         worker = Worker(index=worker.index, device="cuda:0", threads=worker.threads)
-    logging.basicConfig(level=log_level, format=f"[w{worker.index}] %(message)s", force=True)
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)

@@ -1,0 +1,84 @@
+"""The terminal, in a real pseudo-terminal (tmux): log lines above, the live area below.
+
+Every screen captured while a study runs must keep the two apart: the study line and one
+line per running trial are the last lines, and no log line shares a line with them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+
+TRIAL_ROW = re.compile(r"^  trial \d+( w\d)?: (starting|epoch \d/3 eval_accuracy=0\.\d{4})$")
+
+
+def capture(session: str) -> list[str]:
+    screen = subprocess.run(
+        ["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True
+    ).stdout
+    return screen.rstrip("\n").split("\n")
+
+
+def check_screen(lines: list[str], width: int) -> bool:
+    """Assert the live area is intact when present; True when it shows a trial's epoch."""
+    assert all(len(line) <= width for line in lines)
+    studies = [i for i, line in enumerate(lines) if "study toy: " in line]
+    if not studies:
+        return False
+    assert len(studies) == 1, lines  # one study line, never copied into the log
+    top = studies[0]
+    assert lines[top].startswith("study toy: "), lines  # never shares a line with a log line
+    area = [line for line in lines[top + 1 :] if line.strip()]
+    assert all(TRIAL_ROW.match(line) for line in area), lines  # nothing below but trials
+    above = "\n".join(lines[:top])
+    assert not re.search(r"^  trial \d+( w\d)?: ", above, re.M), lines
+    return any("epoch" in line for line in area)
+
+
+@pytest.mark.parametrize(("width", "workers"), [(80, 2), (200, 2), (80, 1)])
+def test_live_area_stays_below_the_log(toy_study, tmp_path: Path, width: int, workers: int):
+    study_file = toy_study(n_trials=4)
+    study_file.write_text(
+        study_file.read_text().replace("trainers.toy:train", "tests.fake_trainers:slow_epochs")
+    )
+    session = f"hpo-{uuid.uuid4().hex[:8]}"
+    command = (
+        f"cd {shlex.quote(str(tmp_path))} && PYTHONPATH={shlex.quote(str(ROOT))} "
+        f"HPO_TEST_EPOCH_S=0.4 HF_HUB_OFFLINE=1 {shlex.quote(os.sys.executable)} -m hpo run "
+        f"{study_file.name} --workers {workers}; echo HPO-EXIT=$?; sleep 60"
+    )
+    subprocess.run(
+        ["tmux", "new-session", "-d", "-s", session, "-x", str(width), "-y", "30", command],
+        check=True,
+    )
+    try:
+        seen_progress, final = False, []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            lines = capture(session)
+            if any(line.startswith("HPO-EXIT=") for line in lines):
+                final = lines
+                break
+            seen_progress |= check_screen(lines, width)
+            time.sleep(0.2)
+        assert final, "the study did not finish"
+        assert "HPO-EXIT=0" in final
+        assert seen_progress, "no screen showed a running trial's epoch"
+        text = "\n".join(final)
+        assert "study 'toy': 4/4 trials finished" in text
+        assert not any(TRIAL_ROW.match(line) for line in final)  # the live area is gone
+        assert re.search(r"trial \d+ COMPLETE", text)  # the log stays
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)

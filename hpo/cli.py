@@ -574,6 +574,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             )
             print(f"  {run_command(sweep, row.study)}")
         return 0
+    show_workers(args.parallel > 1)  # lines of studies running side by side carry their name
     result = run_sweep(sweep, parallel=args.parallel)
     if result.already_running:
         print(

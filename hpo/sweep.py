@@ -53,7 +53,6 @@ import multiprocessing
 import os
 import re
 import socket
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +62,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from hpo.config import StudyConfig, config_error, validate_source
 from hpo.errors import ConfigError, StorageError
+from hpo.events import forward_to_queue, start_relay, stop_relay
 from hpo.source import Source, apply_override, name_as_written, read_source
 
 logger = logging.getLogger(__name__)
@@ -509,6 +509,7 @@ def _run_parallel(studies: list[PlannedStudy], parallel: int) -> list[StudyOutco
     from multiprocessing.connection import wait
 
     context = multiprocessing.get_context("spawn")
+    records, relay = start_relay(context)  # one format for every study's lines
     pending = list(enumerate(studies))
     running: dict[Any, tuple[int, Any, Any, PlannedStudy]] = {}
     outcomes: dict[int, StudyOutcome] = {}
@@ -519,7 +520,7 @@ def _run_parallel(studies: list[PlannedStudy], parallel: int) -> list[StudyOutco
                 index, study = pending.pop(0)
                 receiver, sender = context.Pipe(duplex=False)
                 process = context.Process(
-                    target=_child, args=(study.config, sender, level), name=study.name
+                    target=_child, args=(study.config, sender, level, records), name=study.name
                 )
                 process.start()
                 sender.close()
@@ -530,6 +531,7 @@ def _run_parallel(studies: list[PlannedStudy], parallel: int) -> list[StudyOutco
     finally:
         for _, process, _, _ in running.values():
             process.terminate()
+        stop_relay(records, relay)
     return [outcomes[i] for i in sorted(outcomes)]
 
 
@@ -546,14 +548,10 @@ def _collect(process: Any, receiver: Any, config: StudyConfig) -> StudyOutcome:
     return outcome
 
 
-def _child(config: StudyConfig, sender: Any, level: int) -> None:
-    """Entry point of a study's process: die with the sweep, log with the study's name."""
+def _child(config: StudyConfig, sender: Any, level: int, records: Any) -> None:
+    """Entry point of a study's process: die with the sweep, log through the sweep."""
     _die_with_parent()
-    logging.basicConfig(level=level, format=f"[{config.name}] %(message)s", force=True)
-    warnings.filterwarnings("ignore", message=".*is experimental.*")
-    warnings.filterwarnings("ignore", message=".*experimental feature.*")
-    for noisy in ("httpx", "urllib3", "filelock", "datasets", "transformers"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    forward_to_queue(records, level, worker_label=config.name)
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.ERROR if level > logging.DEBUG else level)

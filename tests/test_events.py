@@ -93,3 +93,16 @@ def test_workers_json_events_carry_the_worker(toy_study) -> None:
     events = [json.loads(line) for line in _lines(result.stderr)]
     evaluations = [e for e in events if e.get("event") == "evaluation"]
     assert len(evaluations) == 6 and all(e["worker"] in ("w0", "w1") for e in evaluations)
+
+
+def test_parallel_sweep_lines_have_one_format_and_the_study(toy_study, tmp_path: Path) -> None:
+    toy_study(n_trials=2)
+    (tmp_path / "sweep.yaml").write_text("base: toy.yaml\nmatrix: {sampler.type: [random, tpe]}\n")
+    result = run_hpo("sweep", "sweep.yaml", "--parallel", "2", "--no-compare")
+    assert result.returncode == 0, result.stderr
+    lines = _lines(result.stderr)
+    for line in lines:
+        assert ISO_LINE.match(line), line
+    assert "Warning" not in result.stderr
+    for study in ("toy-1", "toy-2"):
+        assert any(f" [{study}] trial 1 COMPLETE" in line for line in lines), lines

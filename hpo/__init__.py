@@ -21,3 +21,5 @@ __all__ = [
     "run_study",
 ]
 __version__ = "0.1.0"
+# The name to `pip install` (and of the installed metadata); "hpo" on PyPI is another project.
+DISTRIBUTION = "hpo-finetune"

@@ -203,11 +203,11 @@ def _merge_global_options(args: argparse.Namespace) -> argparse.Namespace:
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
-    try:
-        return version("hpo")
-    except PackageNotFoundError:  # run from a source tree that is not installed
-        from hpo import __version__
+    from hpo import DISTRIBUTION, __version__
 
+    try:
+        return version(DISTRIBUTION)
+    except PackageNotFoundError:  # run from a source tree that is not installed
         return __version__
 
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import subprocess
 import sys
+import zipfile
 from collections import Counter
 from pathlib import Path
 
@@ -46,3 +49,70 @@ def test_slurm_array_tasks_share_one_study(tmp_path: Path, toy_study) -> None:
     assert [task.returncode for task in tasks] == [0, 0]
     trials = optuna.load_study(study_name="toy", storage=env["HPO_STORAGE"]).trials
     assert Counter(t.state.name for t in trials) == {"COMPLETE": 8}
+
+
+def test_templates_run_the_image_built_from_this_source() -> None:
+    """No template tells users to `pip install hpo` (another project on PyPI)."""
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    tag = re.search(r"docker build -f deploy/Dockerfile -t (\S+) \.", dockerfile)[1]
+    for name in ("workers-job.yaml", "cronjob.yaml"):
+        text = (DEPLOY / "kubernetes" / name).read_text()
+        assert re.search(rf"image: {re.escape(tag)}\b", text), name
+    for path in DEPLOY.rglob("*"):
+        if path.is_file():
+            assert not re.search(r"pip install hpo\b(?!-)", path.read_text()), path
+    slurm = (DEPLOY / "slurm" / "hpo-array.sh").read_text()
+    assert tag in slurm and "HPO_IMAGE" in slurm
+
+
+def test_dockerfile_copies_everything_the_package_needs(tmp_path: Path) -> None:
+    """Build the wheel from exactly what the Dockerfile copies (docker is not run here)."""
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    context = tmp_path / "context"
+    for line in dockerfile.splitlines():
+        if line.startswith("COPY ") and "studies" not in line:
+            *sources, _ = line.split()[1:]
+            for source in sources:
+                src = ROOT / source
+                dest = context / source
+                if src.is_dir():
+                    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("__pycache__"))
+                else:
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(src, dest)
+    assert 'pip install --extra-index-url "${TORCH_INDEX}" .' in dockerfile
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+         "-w", str(tmp_path / "dist"), str(context)],
+        capture_output=True, text=True,
+    )
+    assert build.returncode == 0, build.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    assert wheel.name.startswith("hpo_finetune-0.1.0-")
+    names = zipfile.ZipFile(wheel).namelist()
+    for module in ("hpo/__main__.py", "hpo/cli.py", "trainers/toy.py", "dashboards/page.py"):
+        assert module in names
+    entry = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "hpo = hpo.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
+
+
+def test_slurm_script_runs_the_image_through_apptainer(tmp_path: Path) -> None:
+    fake = tmp_path / "bin" / "apptainer"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$ARGS_FILE"\n')
+    fake.chmod(0o755)
+    env = {
+        **os.environ,
+        "PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}",
+        "ARGS_FILE": str(tmp_path / "args"),
+        "HPO_IMAGE": "hpo.sif",
+        "HPO_APPTAINER_ARGS": "--nv --bind /scratch",
+        "HPO_STORAGE": "sqlite:///hpo.db",
+    }
+    script = str(DEPLOY / "slurm" / "hpo-array.sh")
+    result = subprocess.run(["bash", script, "study.yaml"], env=env, cwd=tmp_path)
+    assert result.returncode == 0
+    assert (tmp_path / "args").read_text().split("\n")[:-1] == [
+        "exec", "--nv", "--bind", "/scratch", "hpo.sif", "python", "-m", "hpo", "worker",
+        "study.yaml", "--storage", "sqlite:///hpo.db", "--set", "output_dir=runs",
+    ]  # fmt: skip

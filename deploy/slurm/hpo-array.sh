@@ -2,6 +2,7 @@
 # N hpo workers on one study as a Slurm job array against Postgres.
 #   export HPO_DB_PASSWORD=...        # read by hpo, never printed
 #   sbatch --array=0-3 deploy/slurm/hpo-array.sh studies/quickstart.yaml
+#   HPO_IMAGE=hpo.sif sbatch --array=0-3 ...   # inside the deploy/Dockerfile image
 # Each array task is one `hpo worker`: it joins the study (same storage URL) and claims
 # trials until the study's total budget is met, then exits 0. Tasks may start late or be
 # preempted: a task that dies mid-trial is detected by heartbeat and its trial is retried
@@ -22,5 +23,15 @@ export OMP_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}"
 export HF_HUB_OFFLINE=1
 
 echo "array task ${SLURM_ARRAY_TASK_ID:-0} on $(hostname): joining ${study_file}"
-exec "${HPO_PYTHON:-python}" -m hpo worker "$study_file" --storage "$storage" \
+if [[ -n "${HPO_IMAGE:-}" ]]; then
+  # The image built from deploy/Dockerfile, through Apptainer: HPO_IMAGE=hpo.sif (from
+  # `apptainer build hpo.sif docker://registry.example.com/ml/hpo-finetune:0.1.0`).
+  # The host environment, HPO_DB_PASSWORD included, passes into the container as it is;
+  # HPO_APPTAINER_ARGS adds flags such as "--nv" (GPUs) or "--bind /scratch".
+  # shellcheck disable=SC2206  # the flags are meant to split
+  run=(apptainer exec ${HPO_APPTAINER_ARGS:-} "$HPO_IMAGE" python)
+else
+  run=("${HPO_PYTHON:-python}")  # an environment with `pip install hpo-finetune` (or -e .)
+fi
+exec "${run[@]}" -m hpo worker "$study_file" --storage "$storage" \
   --set "output_dir=${HPO_OUTPUT_DIR:-runs}"

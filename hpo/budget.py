@@ -88,6 +88,8 @@ class Summary:
     ran: int = 0
     wall_time_s: float = 0.0
     already_done: bool = False
+    # Several objectives: the feasible Pareto front (as ``hpo best --json`` rows), no best.
+    pareto_front: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def finished(self) -> int:
@@ -104,7 +106,11 @@ def summarize(study: Any, config: StudyConfig, *, ran: int = 0, wall: float = 0.
         wall_time_s=wall,
     )
     completed = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
-    if completed:
+    if completed and config.multi_objective:
+        from hpo.pareto import front_rows
+
+        summary.pareto_front = front_rows(study, config)
+    elif completed:
         best = study.best_trial
         summary.best_value = best.value
         summary.best_params = dict(best.params)

@@ -246,7 +246,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 "sampler": config.sampler.type,
                 "pruner": config.pruner.type if config.pruner else "none",
                 "n_trials": config.budget.n_trials,
-                "objective": config.objective.model_dump(),
+                "objective": (
+                    [o.model_dump() for o in config.objectives]
+                    if config.multi_objective
+                    else config.objectives[0].model_dump()
+                ),
+                "constraints": [c.model_dump(exclude_none=True) for c in config.constraints],
                 "search_space": config.stored_form()["search_space"],
                 "grid_size": size,
                 "models": models,
@@ -400,6 +405,8 @@ def cmd_best(args: argparse.Namespace) -> int:
     from hpo.study import load_existing_study
 
     config = _load(args)
+    if config.multi_objective:
+        return _print_front(config, load_existing_study(config), as_json=args.json)
     summary = summarize(load_existing_study(config), config)
     data = _best_data(config, summary)
     if data is None:
@@ -411,6 +418,53 @@ def cmd_best(args: argparse.Namespace) -> int:
         for key, value in {**data["params"], **data["metrics"]}.items():
             print(f"  {key}: {value}")
     return 0
+
+
+def _print_front(config: Any, study: Any, *, as_json: bool) -> int:
+    """``hpo best`` of a study with several objectives: its (feasible) Pareto front."""
+    from hpo.pareto import front_rows
+
+    rows = front_rows(study, config)
+    if not rows:
+        feasible = " feasible" if config.constraints else ""
+        raise HpoError(f"study {config.name!r} has no completed{feasible} trial yet")
+    if as_json:
+        _print_json(
+            {
+                "study": config.name,
+                "objectives": [o.model_dump() for o in config.objectives],
+                "pareto_front": rows,
+            }
+        )
+        return 0
+    feasible = " (feasible trials only)" if config.constraints else ""
+    print(f"Pareto front of study {config.name!r}: {len(rows)} trials{feasible}")
+    for line in front_table(rows):
+        print(f"  {line}")
+    return 0
+
+
+def front_table(rows: list[dict[str, Any]]) -> list[str]:
+    """The front as aligned rows: trial, model, each objective, the other params."""
+    metrics = list(rows[0]["values"]) if rows else []
+    header = ["trial", "model", *metrics, "params"]
+    table = [header]
+    for row in rows:
+        params = {k: v for k, v in row["params"].items() if k != "model"}
+        model = row.get("model") or "?"
+        table.append(
+            [
+                str(row["number"]),
+                str(model),
+                *(f"{row['values'][m]:.4g}" for m in metrics),
+                ", ".join(
+                    f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in params.items()
+                ),
+            ]
+        )
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in table]
 
 
 def _best_data(config: Any, summary: Any) -> dict[str, Any] | None:
@@ -609,10 +663,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     config = _load(args)
     facts = export_best(config, args.to, trial_number=args.trial, force=args.force)
-    print(
-        f"exported trial {facts['trial']} of study {config.name!r} "
-        f"({config.objective.metric}={facts['objective']['value']:.4f}) to {args.to}"
-    )
+    values = ", ".join(f"{o['metric']}={o['value']:.4f}" for o in facts["objectives"])
+    print(f"exported trial {facts['trial']} of study {config.name!r} ({values}) to {args.to}")
     return 0
 
 
@@ -657,6 +709,11 @@ def _print_summary(summary: Any) -> None:
     )
     if summary.ran or summary.wall_time_s:
         print(f"ran {summary.ran} trials in {summary.wall_time_s:.1f} s wall time")
+    if summary.pareto_front:
+        print(f"Pareto front: {len(summary.pareto_front)} trials")
+        for line in front_table(summary.pareto_front):
+            print(f"  {line}")
+        return
     if summary.best_number is None:
         print("no completed trial yet")
         return
@@ -670,4 +727,6 @@ def _print_summary(summary: Any) -> None:
 def _live_view(args: argparse.Namespace, config: Any) -> LiveView:
     from hpo.budget import effective_budget
 
-    return LiveView(args.console, config.name, effective_budget(config), config.objective.metric)
+    return LiveView(
+        args.console, config.name, effective_budget(config), config.objectives[0].metric
+    )

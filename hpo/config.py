@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import math
 import os
 import re
 import sys
@@ -28,7 +29,7 @@ from pydantic import (
 )
 
 from hpo.errors import ConfigError
-from hpo.registry import PrunerSpec, SamplerSpec
+from hpo.registry import MULTI_OBJECTIVE_SAMPLERS, PrunerSpec, SamplerSpec
 from hpo.source import (
     Source,
     apply_override,
@@ -70,6 +71,29 @@ class Objective(_Model):
 
     metric: str = "eval_accuracy"
     direction: Literal["maximize", "minimize"] = "maximize"
+
+
+class Constraint(_Model):
+    """A bound a trial's returned metric must keep to be feasible (``max`` and/or ``min``)."""
+
+    metric: str = Field(min_length=1)
+    max: float | None = None
+    min: float | None = None
+
+    @model_validator(mode="after")
+    def _bounded(self) -> Constraint:
+        if self.max is None and self.min is None:
+            raise ValueError(f"give `max` or `min` for {self.metric!r}")
+        return self
+
+    def violation(self, metrics: dict[str, Any]) -> float:
+        """How far ``metrics`` is outside the bound: <= 0 is feasible (Optuna's convention)."""
+        value = metrics.get(self.metric)
+        if not isinstance(value, int | float) or not math.isfinite(value):
+            return 1.0  # a trial that did not report the metric is not known to be feasible
+        over = value - self.max if self.max is not None else -math.inf
+        under = self.min - value if self.min is not None else -math.inf
+        return float(max(over, under))
 
 
 class Budget(_Model):
@@ -140,7 +164,9 @@ class StudyConfig(_Model):
     name: Annotated[str, WithJsonSchema(_NAME_SCHEMA)] = Field(min_length=1, max_length=200)
     storage: str = DEFAULT_STORAGE
     seed: int | None = None
-    objective: Objective = Objective()
+    # A list means several objectives (a multi-objective study with a Pareto front).
+    objective: Objective | list[Objective] = Objective()
+    constraints: list[Constraint] = Field(default_factory=list)
     sampler: SamplerSpec = Field(default_factory=lambda: {"type": "tpe"}, validate_default=True)
     pruner: PrunerSpec | None = None
     budget: Budget
@@ -174,6 +200,51 @@ class StudyConfig(_Model):
             except ValueError as e:
                 raise ValueError(f"grid sampler needs a discrete space: search_space.{e}") from e
         return self
+
+    @model_validator(mode="after")
+    def _several_objectives(self) -> StudyConfig:
+        if not isinstance(self.objective, list):
+            return self
+        metrics = [o.metric for o in self.objective]
+        if not metrics:
+            raise ValueError("objective: give at least one {metric, direction}")
+        if len(set(metrics)) != len(metrics):
+            raise ValueError(f"objective: a metric appears twice in {metrics}")
+        if len(metrics) > 1:
+            if self.pruner is not None and self.pruner.type != "none":
+                raise ValueError(
+                    "pruner: Optuna cannot prune a study with several objectives (a trial's "
+                    "intermediate values have one objective); remove `pruner` or keep one "
+                    "objective"
+                )
+            if self.sampler.type not in MULTI_OBJECTIVE_SAMPLERS:
+                raise ValueError(
+                    f"sampler: {self.sampler.type} optimizes one objective; with several use "
+                    f"one of {', '.join(MULTI_OBJECTIVE_SAMPLERS)}"
+                )
+            if self.keep_checkpoints:
+                raise ValueError(
+                    "keep_checkpoints: ranks trials by one objective; remove it when "
+                    "`objective` is a list"
+                )
+        return self
+
+    @property
+    def objectives(self) -> list[Objective]:
+        """The objectives as a list (one for a single-objective study)."""
+        return list(self.objective) if isinstance(self.objective, list) else [self.objective]
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    def constraint_values(self, metrics: dict[str, Any]) -> list[float]:
+        """One violation per constraint (<= 0: feasible), as Optuna's constraints_func wants."""
+        return [c.violation(metrics) for c in self.constraints]
+
+    def feasible(self, metrics: dict[str, Any]) -> bool:
+        """True when ``metrics`` meets every constraint."""
+        return all(v <= 0 for v in self.constraint_values(metrics))
 
     @property
     def study_dir(self) -> Path:

@@ -182,11 +182,12 @@ class LiveView(logging.Handler):
         self.finished = sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
         if self.finished_at_start is None:
             self.finished_at_start = self.finished
-        complete = [t for t in trials if t.state.name == "COMPLETE" and t.value is not None]
+        # With several objectives the line shows the best of the first one.
+        complete = [t for t in trials if t.state.name == "COMPLETE" and t.values]
         if complete:
-            pick = max if study.direction.name == "MAXIMIZE" else min
-            best = pick(complete, key=lambda t: t.value)
-            self.best, self.best_trial = best.value, best.number
+            pick = max if study.directions[0].name == "MAXIMIZE" else min
+            best = pick(complete, key=lambda t: t.values[0])
+            self.best, self.best_trial = best.values[0], best.number
         if self._live is None and self.finished != self._logged:
             # Off a terminal the progress is one more event, once per finished trial.
             self._logged = self.finished

@@ -69,7 +69,7 @@ def export_best(
     staging.mkdir(parents=True)
     try:
         _copy_model(checkpoint, staging)
-        _save_tokenizer(config, staging)
+        _save_tokenizer(config, staging, trial)
         (staging / "hpo_export.json").write_text(json.dumps(facts, indent=2) + "\n")
         (staging / "README.md").write_text(model_card(facts), encoding="utf-8")
         shutil.rmtree(target, ignore_errors=True)
@@ -97,6 +97,14 @@ def _pick_trial(config: StudyConfig, number: int | None) -> Any:
     if number is None:
         if not completed:
             raise StudyStateError(f"study {config.name!r} has no completed trial to export")
+        if config.multi_objective:
+            from hpo.pareto import pareto_front
+
+            front = ", ".join(str(t.number) for t in pareto_front(study, config)) or "none"
+            raise StudyStateError(
+                f"study {config.name!r} has several objectives, so no single best trial; "
+                f"choose one on the Pareto front with --trial N (front: {front}; see hpo best)"
+            )
         return study.best_trial
     match = [t for t in completed if t.number == number]
     if not match:
@@ -134,17 +142,24 @@ def _copy_model(checkpoint: Path, target: Path) -> None:
         shutil.copy2(checkpoint / name, target / name)
 
 
-def base_model_path(config: StudyConfig) -> str:
-    """The folder (or hub id) of the model the trainer fine-tuned, resolved as it did."""
+def base_model_name(config: StudyConfig, trial: Any) -> str:
+    """The base model this trial trained: its own ``model`` param, else trainer.args.model."""
+    from hpo.pareto import trial_model
+
+    return str(trial_model(trial, config) or "minilm-l6")
+
+
+def base_model_path(config: StudyConfig, trial: Any) -> str:
+    """The folder (or hub id) of the model the trial fine-tuned, resolved as it was."""
     from trainers.text_classification import resolve_model
 
-    return resolve_model(str(config.trainer.args.get("model", "minilm-l6")), config.study_dir)
+    return resolve_model(base_model_name(config, trial), config.study_dir)
 
 
-def _save_tokenizer(config: StudyConfig, target: Path) -> None:
+def _save_tokenizer(config: StudyConfig, target: Path, trial: Any) -> None:
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(base_model_path(config))
+    tokenizer = AutoTokenizer.from_pretrained(base_model_path(config, trial))
     max_length = config.trainer.args.get("max_seq_length")
     if max_length:
         tokenizer.model_max_length = int(max_length)
@@ -161,15 +176,23 @@ def model_facts(config: StudyConfig, trial: Any, checkpoint: Path) -> dict[str, 
         "study_file": str(config.source) if config.source else None,
         "trial": trial.number,
         "objective": {
-            "metric": config.objective.metric,
-            "direction": config.objective.direction,
-            "value": trial.value,
+            "metric": config.objectives[0].metric,
+            "direction": config.objectives[0].direction,
+            "value": trial.values[0],
         },
+        "objectives": [
+            {**o.model_dump(), "value": v}
+            for o, v in zip(config.objectives, trial.values, strict=True)
+        ],
         "params": dict(trial.params),
         "validation_metrics": {k: v for k, v in metrics.items() if k.startswith("eval_")},
         "test_metrics": {k: v for k, v in metrics.items() if k.startswith("test_")},
         "trainer": {"ref": config.trainer.ref, "args": args},
-        "base_model": {"name": args.get("model"), "path": base_model_path(config)},
+        "base_model": {
+            **trial.user_attrs.get("hpo:model", {}),
+            "name": base_model_name(config, trial),
+            "path": base_model_path(config, trial),
+        },
         "data": _data_facts(config),
         "checkpoint": str(checkpoint),
         "seed": config.seed,

@@ -102,15 +102,19 @@ class BruteForceOptions(Options):
 
 
 def _sampler(class_name: str) -> Callable[..., Any]:
-    def build(options: Options, seed: int | None, grid: dict[str, list[Any]] | None) -> Any:
+    def build(
+        options: Options, seed: int | None, grid: dict[str, list[Any]] | None, **extra: Any
+    ) -> Any:
         import optuna
 
-        return getattr(optuna.samplers, class_name)(seed=seed, **options.kwargs())
+        return getattr(optuna.samplers, class_name)(seed=seed, **options.kwargs(), **extra)
 
     return build
 
 
-def _grid_sampler(options: Options, seed: int | None, grid: dict[str, list[Any]] | None) -> Any:
+def _grid_sampler(
+    options: Options, seed: int | None, grid: dict[str, list[Any]] | None, **extra: Any
+) -> Any:
     import optuna
 
     return optuna.samplers.GridSampler(grid or {}, seed=seed)
@@ -127,6 +131,13 @@ SAMPLERS: dict[str, Entry] = {
     "nsga3": Entry(NSGA3Options, _sampler("NSGAIIISampler"), "NSGA-III genetic algorithm"),
     "bruteforce": Entry(BruteForceOptions, _sampler("BruteForceSampler"), "every point"),
 }
+
+
+# Samplers that handle several objectives, and those that take Optuna's constraints_func
+# (the others ignore constraints while sampling; hpo still keeps infeasible trials off the
+# Pareto front).
+MULTI_OBJECTIVE_SAMPLERS = ("tpe", "random", "gp", "nsga2", "nsga3", "qmc", "grid", "bruteforce")
+CONSTRAINED_SAMPLERS = ("tpe", "gp", "nsga2", "nsga3")
 
 
 # --- pruners ---------------------------------------------------------------------------
@@ -244,9 +255,21 @@ PrunerSpec = Annotated[
 ]
 
 
-def build_sampler(spec: Options, *, seed: int | None, grid: dict[str, list[Any]] | None) -> Any:
-    """An Optuna sampler for a validated ``sampler:`` section."""
-    return SAMPLERS[spec.type].factory(spec, seed, grid)  # type: ignore[attr-defined]
+def build_sampler(
+    spec: Options,
+    *,
+    seed: int | None,
+    grid: dict[str, list[Any]] | None,
+    constraints_func: Callable[[Any], list[float]] | None = None,
+) -> Any:
+    """An Optuna sampler for a validated ``sampler:`` section.
+
+    ``constraints_func`` reaches the samplers that accept one (CONSTRAINED_SAMPLERS).
+    """
+    extra = {}
+    if constraints_func is not None and spec.type in CONSTRAINED_SAMPLERS:  # type: ignore[attr-defined]
+        extra["constraints_func"] = constraints_func
+    return SAMPLERS[spec.type].factory(spec, seed, grid, **extra)  # type: ignore[attr-defined]
 
 
 def build_pruner(spec: Options | None) -> Any:

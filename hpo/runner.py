@@ -125,7 +125,7 @@ class _Objective:
         self.lock = lock
         self.interrupts = interrupts
 
-    def __call__(self, trial: Any) -> float:
+    def __call__(self, trial: Any) -> float | list[float]:
         import optuna
 
         try:
@@ -184,8 +184,9 @@ class _Objective:
         return TrialContext(
             trial=trial,
             params={**self.config.trainer.args, **params},
-            objective=self.config.objective.metric,
-            direction=self.config.objective.direction,
+            objective=self.config.objectives[0].metric,
+            direction=self.config.objectives[0].direction,
+            prunable=not self.config.multi_objective,
             seed=self.config.seed if self.config.seed is not None else 0,
             output_dir=output_dir,
             study_dir=self.config.study_dir,
@@ -196,19 +197,22 @@ class _Objective:
             reported_steps=set(frozen.intermediate_values),
         )
 
-    def _objective_value(self, trial: Any, metrics: dict[str, Any]) -> float:
-        metric = self.config.objective.metric
-        if metric not in metrics:
+    def _objective_value(self, trial: Any, metrics: dict[str, Any]) -> float | list[float]:
+        """The objective value (a list of them with several objectives) from the metrics."""
+        names = [o.metric for o in self.config.objectives]
+        missing = [m for m in names if m not in metrics]
+        if missing:
             trial.set_user_attr(st.ATTR_FAILURE, "exception")
             raise KeyError(
-                f"trainer returned {sorted(metrics)} without objective.metric {metric!r}"
+                f"trainer returned {sorted(metrics)} without objective.metric {missing[0]!r}"
             )
+        # Stored before Optuna's tell: the samplers' constraints_func reads them.
         clean = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
         trial.set_user_attr(st.ATTR_METRICS, clean)
-        value = float(metrics[metric])
-        if not math.isfinite(value):
+        values = [float(metrics[m]) for m in names]
+        if not all(math.isfinite(v) for v in values):
             trial.set_user_attr(st.ATTR_FAILURE, "nan")  # Optuna fails non-finite values
-        return value
+        return values if self.config.multi_objective else values[0]
 
 
 def _record_failure(trial: Any, error: BaseException) -> None:
@@ -232,7 +236,8 @@ def _classify(error: BaseException) -> str:
 
 def _log_trial(study: Any, trial: Any) -> None:
     """The trial_finished event: state, value, epochs, why it failed, and its params."""
-    value = "" if trial.value is None else f" value={trial.value:.4f}"
+    values = trial.values or []
+    value = f" value={'/'.join(f'{v:.4f}' for v in values)}" if values else ""
     reason = trial.user_attrs.get(st.ATTR_FAILURE)
     message = trial.user_attrs.get(st.ATTR_FAILURE_MESSAGE) or ""
     first_line = message.strip().splitlines()[0] if message.strip() else ""
@@ -251,7 +256,8 @@ def _log_trial(study: Any, trial: Any) -> None:
         _describe_params(trial.params),
         trial=trial.number,
         state=trial.state.name,
-        value=trial.value,
+        value=values[0] if len(values) == 1 else None,
+        values=values if len(values) > 1 else None,
         epochs=epochs,
         reason=reason,
         failure_message=first_line or None,

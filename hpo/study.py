@@ -41,9 +41,10 @@ def open_study(config: StudyConfig, *, allow_space_change: bool = False, seed_of
         storage=storage,
         sampler=_build_sampler(config, _sampler_seed(config, seed_offset, 0)),
         pruner=_build_pruner(config),
-        direction=config.objective.direction,
+        directions=[o.direction for o in config.objectives],
         load_if_exists=True,
     )
+    _check_objectives(study, config)
     stored_trials = len(study.get_trials(deepcopy=False, states=None))
     if stored_trials and config.sampler.type not in SHARED_SEED_SAMPLERS:
         study.sampler = _build_sampler(config, _sampler_seed(config, seed_offset, stored_trials))
@@ -63,6 +64,27 @@ def open_study(config: StudyConfig, *, allow_space_change: bool = False, seed_of
     if stored != current:
         study.set_user_attr(st.ATTR_CONFIG, current)
     return study
+
+
+def _check_objectives(study: Any, config: StudyConfig) -> None:
+    """A resumed study keeps its objectives; a new one is named after them (dashboards)."""
+    import warnings
+
+    import optuna
+
+    directions = [d.name.lower() for d in study.directions]
+    wanted = [o.direction for o in config.objectives]
+    if directions != wanted:
+        raise StudyStateError(
+            f"{config.source or config.name}: objective: the stored study {config.name!r} "
+            f"optimizes {len(directions)} objective(s) ({', '.join(directions)}), the file "
+            f"{len(wanted)} ({', '.join(wanted)}); restore it or use a new `name`"
+        )
+    names = [o.metric for o in config.objectives]
+    if study.metric_names != names:
+        with warnings.catch_warnings():  # experimental in Optuna, and stable enough for us
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(names)
 
 
 def load_existing_study(config: StudyConfig) -> Any:
@@ -105,7 +127,13 @@ def _build_sampler(config: StudyConfig, seed: int | None) -> Any:
     from hpo.registry import build_sampler
 
     space = grid(config.search_space) if config.sampler.type == "grid" else None
-    return build_sampler(config.sampler, seed=seed, grid=space)
+    constraints = None
+    if config.constraints:
+        # Read from the metrics the runner stores before Optuna tells the sampler.
+        def constraints(trial: Any) -> list[float]:
+            return config.constraint_values(trial.user_attrs.get(st.ATTR_METRICS, {}))
+
+    return build_sampler(config.sampler, seed=seed, grid=space, constraints_func=constraints)
 
 
 def _build_pruner(config: StudyConfig) -> Any:

@@ -72,6 +72,9 @@ class TrialContext:
     device: str = "cpu"
     threads: int | None = None
     resume_from: Path | None = None
+    # False in a study with several objectives: Optuna prunes (and takes intermediate
+    # values) only with one, so evaluations are recorded but not reported to a pruner.
+    prunable: bool = True
     history: list[dict[str, float]] = field(default_factory=list)
     reported_steps: set[int] = field(default_factory=set)
     pruned: bool = False
@@ -91,6 +94,9 @@ class TrialContext:
             metrics: evaluation metrics; must contain the study's objective metric.
             epoch: training epochs done so far (defaults to ``step``), for compute accounting.
         """
+        if self.objective not in metrics and not self.prunable:
+            self._record(step, metrics, epoch)
+            return
         if self.objective not in metrics:
             raise KeyError(
                 f"trainer reported {sorted(metrics)} without the objective {self.objective!r}; "
@@ -99,16 +105,20 @@ class TrialContext:
         value = float(metrics[self.objective])
         # A resumed trial inherited the lost trial's intermediate values, and Optuna keeps
         # the first value of a step: report only steps it has not seen.
-        if math.isfinite(value) and step not in self.reported_steps:
+        if math.isfinite(value) and step not in self.reported_steps and self.prunable:
             self.trial.report(value, step)
             self.reported_steps.add(step)
+        self._record(step, metrics, epoch)
+        self._log_evaluation(step, value, metrics)
+
+    def _record(self, step: int, metrics: dict[str, float], epoch: float | None) -> None:
+        """Keep this evaluation in the trial's history (``hpo:history``)."""
         self.epochs = float(step if epoch is None else epoch)
         # Steps repeated after a checkpoint replace their history entry.
         self.history = [h for h in self.history if h["step"] < step]
         self.history.append({"step": step, "epoch": self.epochs, **_floats(metrics)})
         self.trial.set_user_attr(storage.ATTR_HISTORY, self.history)
         self.trial.set_user_attr(storage.ATTR_EPOCHS, self.epochs)
-        self._log_evaluation(step, value, metrics)
 
     def _log_evaluation(self, step: int, value: float, metrics: dict[str, float]) -> None:
         """One event per evaluation: where the trial is and how it is doing."""
@@ -139,7 +149,7 @@ class TrialContext:
 
     def should_prune(self) -> bool:
         """True when the pruner wants this trial stopped; the trainer should return soon."""
-        if self.trial.should_prune():
+        if self.prunable and self.trial.should_prune():
             self.pruned = True
         return self.pruned
 

@@ -86,16 +86,22 @@ def best_points(study: Any, config: StudyConfig) -> list[tuple[int, dict[str, An
         )
         return None
     directions = storage.get_study_directions(study_id)
-    if len(directions) != 1:
-        logger.warning("warm start: study %r has several objectives; skipped", spec.from_study)
-        return None
     completed = [
         t
         for t in storage.get_all_trials(study_id, deepcopy=False)
-        if t.state.name == "COMPLETE" and t.value is not None and math.isfinite(t.value)
+        if t.state.name == "COMPLETE"
+        and t.values is not None
+        and all(math.isfinite(v) for v in t.values)
     ]
-    sign = -1.0 if directions[0].name == "MAXIMIZE" else 1.0
-    completed.sort(key=lambda t: (sign * t.value, t.number))
+    if len(directions) > 1:
+        # Several objectives have no single ranking: seed with the source's Pareto front
+        # (every trade-off it found), oldest first.
+        from hpo.pareto import non_dominated
+
+        completed = non_dominated(completed, [d.name for d in directions])
+    else:
+        sign = -1.0 if directions[0].name == "MAXIMIZE" else 1.0
+        completed.sort(key=lambda t: (sign * t.values[0], t.number))
     distributions = to_distributions(config.search_space)
     return [(t.number, _fitting(t.params, distributions)) for t in completed[: spec.top_k]]
 

@@ -38,12 +38,24 @@ def test_slurm_array_script_is_valid_bash() -> None:
 def test_slurm_array_tasks_share_one_study(tmp_path: Path, toy_study) -> None:
     """Two array tasks run the script as Slurm would; together they meet the budget."""
     study = toy_study(n_trials=8)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HPO_PYTHON": sys.executable,
-           "HPO_STORAGE": f"sqlite:///{tmp_path / 'hpo.db'}", "SLURM_CPUS_PER_TASK": "1"}
-    tasks = [subprocess.Popen(["bash", str(DEPLOY / "slurm" / "hpo-array.sh"), str(study)],
-                              cwd=tmp_path, env={**env, "SLURM_ARRAY_TASK_ID": str(i)},
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for i in range(2)]
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "HPO_PYTHON": sys.executable,
+        "HPO_STORAGE": f"sqlite:///{tmp_path / 'hpo.db'}",
+        "SLURM_CPUS_PER_TASK": "1",
+    }
+    tasks = [
+        subprocess.Popen(
+            ["bash", str(DEPLOY / "slurm" / "hpo-array.sh"), str(study)],
+            cwd=tmp_path,
+            env={**env, "SLURM_ARRAY_TASK_ID": str(i)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
     outputs = [task.communicate(timeout=120)[0] for task in tasks]
     print(*outputs, sep="\n")  # whole, on failure: an assertion message would be truncated
     assert [task.returncode for task in tasks] == [0, 0]

@@ -156,7 +156,8 @@ def test_export_reloads_and_reproduces_the_validation_metric(tmp_path: Path, cap
         study_dir=config.study_dir,
     )
     args = TextClassificationArgs.model_validate(config.trainer.args)
-    data = prepare_data(args, base_model_path(config), ctx)
+    trial = optuna.load_study(study_name="tiny", storage=config.storage).trials[0]
+    data = prepare_data(args, base_model_path(config, trial), ctx)
     batch = tokenizer(data.validation_texts, truncation=True, padding=True, return_tensors="pt")
     with torch.no_grad():
         predicted = model(**batch).logits.argmax(-1).numpy()

@@ -204,9 +204,54 @@ def test_each_trial_trains_its_model_with_its_own_cache_and_costs(
         assert metrics["latency_ms"] > 0 and metrics["throughput"] > 0
         assert metrics["model_size_mb"] > 0
     # One tokenized data set and one set of base weights per model in this process.
-    data = {k[1]: v for k, v in tc._CACHE.items() if k[0] == "data"}
+    paths = {tc.resolve_model("minilm-l6", STUDIES), str(minilm_l3)}
+    keys = [k for k in tc._CACHE if k[0] == "data" and k[1] in paths and k[4] == 0]
+    data = {k[1]: tc._CACHE[k] for k in keys}
     weights = {k[1] for k in tc._CACHE if k[0] == "model"}
-    assert {tc.resolve_model("minilm-l6", STUDIES), str(minilm_l3)} <= set(data) & weights
-    assert all(k[3] == 512 for k in tc._CACHE if k[0] == "data")  # max_seq_length capped
+    assert paths <= set(data) & weights
+    assert all(k[3] == 512 for k in keys)  # max_seq_length capped at the models' limit
     longest = max(len(ids) for d in data.values() for ids in d.splits["train"]["input_ids"])
     assert longest <= 512
+
+
+def test_accuracy_against_latency_on_real_models_and_export_of_a_front_trial(
+    tmp_path: Path, minilm_l3: Path
+) -> None:
+    """Each model once (grid), two objectives; export --trial N writes that trial's model."""
+    text = study_file(tmp_path, ["minilm-l6", str(minilm_l3)]).read_text()
+    text = text.replace("save_checkpoints: false", "save_checkpoints: true")
+    text = text.replace("sampler: {type: random}", "sampler: {type: grid}")
+    text = text.replace(
+        "{type: float, low: 1.0e-4, high: 1.0e-3, log: true}",
+        "{type: categorical, choices: [5.0e-4]}",
+    )
+    text += (
+        "objective:\n  - {metric: eval_accuracy, direction: maximize}\n"
+        "  - {metric: latency_ms, direction: minimize}\n"
+    )
+    path = tmp_path / "models.yaml"
+    path.write_text(text)
+    result = run_hpo("run", str(path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    study = optuna.load_study(study_name="models", storage=f"sqlite:///{tmp_path / 'hpo.db'}")
+    trials = {t.params["model"]: t for t in study.trials}
+    assert set(trials) == {"minilm-l6", str(minilm_l3)}
+    for name, trial in trials.items():
+        assert trial.user_attrs["hpo:model"]["name"] == name
+        assert trial.values[1] == trial.user_attrs["hpo:metrics"]["latency_ms"] > 0
+    best = json.loads(run_hpo("best", str(path), "--json", cwd=tmp_path).stdout)
+    assert best["pareto_front"] and all(
+        set(row["values"]) == {"eval_accuracy", "latency_ms"} for row in best["pareto_front"]
+    )
+    for name, layers in (("minilm-l6", 6), (str(minilm_l3), 3)):
+        number = trials[name].number
+        out = tmp_path / f"export-{number}"
+        exported = run_hpo(
+            "export", str(path), "--trial", str(number), "--to", str(out), cwd=tmp_path
+        )
+        assert exported.returncode == 0, exported.stderr
+        config = json.loads((out / "config.json").read_text())
+        assert config["num_hidden_layers"] == layers  # the model this trial trained
+        facts = json.loads((out / "hpo_export.json").read_text())
+        assert facts["base_model"]["name"] == name
+        assert facts["base_model"]["license"] == "apache-2.0"

@@ -3,7 +3,8 @@
 The curve rises with epochs toward a ceiling set by ``learning_rate`` (best near 1e-4,
 log scale), ``dropout`` (best near 0.1), ``weight_decay`` (a little helps) and
 ``per_device_train_batch_size`` (smaller learns faster per epoch). It reports
-``eval_accuracy`` every epoch through the same context as the real trainer, is
+``eval_accuracy`` every epoch through the same context as the real trainer (and a final
+``latency_ms`` that grows with the stand-in model ``size``), is
 deterministic for a given seed, and ignores parameters it does not model. It exists for
 tests and benchmarks: the whole orchestration path runs at no training cost.
 """
@@ -33,6 +34,9 @@ class ToyArgs(BaseModel):
     num_train_epochs: int = Field(3, gt=0)
     noise: float = Field(0.01, ge=0)
     seconds_per_epoch: float = Field(0.0, ge=0)
+    # A stand-in for the base model's size: bigger learns a little better but serves
+    # slower (latency_ms), so studies with several objectives have a real trade-off.
+    size: float = Field(1.0, gt=0)
     save_checkpoints: bool = False
 
 
@@ -41,7 +45,8 @@ def ceiling(args: ToyArgs) -> float:
     lr_fit = math.exp(-((math.log10(args.learning_rate) + 4.0) ** 2) / 0.8)
     dropout_fit = 1.0 - 2.0 * (args.dropout - 0.1) ** 2
     decay_fit = 1.0 + 0.05 * min(args.weight_decay, 0.1) / 0.1
-    return 0.5 + 0.42 * lr_fit * dropout_fit * decay_fit
+    size_fit = 1.0 - 0.1 * (1.0 / args.size - 1.0)
+    return 0.5 + 0.42 * lr_fit * dropout_fit * decay_fit * size_fit
 
 
 def accuracy(args: ToyArgs, epoch: int, seed: int) -> float:
@@ -82,6 +87,7 @@ def train(ctx: TrialContext) -> dict[str, float]:
             break
     last = int(metrics.get("epoch", args.num_train_epochs))
     metrics["test_accuracy"] = accuracy(args, last, ctx.seed + 1)
+    metrics["latency_ms"] = 4.0 * args.size
     return metrics
 
 

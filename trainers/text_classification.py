@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hpo.trainer import NonFiniteError, TrialContext, available_cores
 from trainers import trackers
+from trainers.drafts import draft_text_classification
 from trainers.model_facts import (
     BERT_LIKE,
     ModelFacts,
@@ -438,6 +439,7 @@ train.args_model = TextClassificationArgs  # type: ignore[attr-defined]
 train.check_files = check_files  # type: ignore[attr-defined]
 train.check_args = check_args  # type: ignore[attr-defined]
 train.describe_model = describe_model  # type: ignore[attr-defined]
+train.draft_study = draft_text_classification  # type: ignore[attr-defined]  # hpo init
 
 
 def _train(args: TextClassificationArgs, ctx: TrialContext) -> dict[str, float]:

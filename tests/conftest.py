@@ -27,6 +27,22 @@ def _workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """Undo the root handler an in-process ``cli.main`` installs.
+
+    Its handler writes to the test's captured stderr, which pytest closes after the test;
+    a later test that logs would then print "Logging error ... I/O operation on closed file".
+    """
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
 def run_hpo(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict | None = None):
     """``python -m hpo ARGS`` as a user runs it; returns the CompletedProcess."""
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}

@@ -309,6 +309,16 @@ def validate_source(source: Source) -> StudyConfig:
             e, source.data, model=StudyConfig, path=source.path, source=source
         )
         problems += _trainer_args_problems(source)
+    if (
+        problems
+        and {"base", "matrix", "studies"} & set(source.data)
+        and "trainer" not in source.data
+    ):
+        raise ConfigError(
+            "this is a sweep file (base, matrix, studies), not a study file; check it with "
+            "`hpo sweep FILE --dry-run`",
+            path=source.path,
+        )
     if problems:
         raise ConfigError.join(_unique(problems))
     assert config is not None  # no problems means it validated

@@ -305,6 +305,7 @@ def _provenance(facts: dict[str, Any]) -> dict[str, Any]:
         "study_file": facts["study_file"],
         "trainer": facts["trainer"]["ref"],
         "objective": facts["objective"],
+        **({"objectives": facts["objectives"]} if len(facts.get("objectives", [])) > 1 else {}),
         "params": facts["params"],
         "seed": facts["seed"],
         "data": {k: data[k] for k in ("path", "sha256", "rows") if k in data},

@@ -17,7 +17,7 @@ import pytest
 from hpo.cli import main
 from hpo.errors import ConfigError
 from hpo.sweep import load_sweep
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_hpo
 
 BASE = """\
 name: {name}
@@ -360,3 +360,23 @@ def test_matrix_changing_only_the_sampler_type_says_to_replace_the_mapping(tmp_p
         "option `group` (set for `tpe`); replace the whole mapping, e.g. "
         "--set 'sampler={type: cmaes}' or `sampler: [{type: cmaes}]` in a sweep matrix"
     )
+
+
+def test_sweep_file_problems_come_at_once_with_lines(tmp_path: Path) -> None:
+    write_sweep(
+        tmp_path,
+        "base: base.yaml\nmatrix: {sampler.type: [tpe]}\nmatrix: {seed: [1]}\nnaem: x\n",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_sweep(tmp_path / "sweep.yaml")
+    path = tmp_path / "sweep.yaml"
+    assert str(info.value).splitlines() == [
+        f"{path}:3: matrix: duplicate key `matrix` (lines 2 and 3); keep one of them",
+        f"{path}:4: naem: unknown field `naem`; did you mean `name`?",
+    ]
+
+
+def test_validate_on_a_sweep_file_points_to_sweep_dry_run() -> None:
+    result = run_hpo("validate", str(ROOT / "studies" / "sweep.yaml"))
+    assert result.returncode == 2
+    assert "this is a sweep file" in result.stderr and "hpo sweep FILE --dry-run" in result.stderr

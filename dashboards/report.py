@@ -55,8 +55,13 @@ def _folder_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "study"
 
 
-def build_report(config: Any, output: Path | None = None, *, save_to_study: bool = True) -> Report:
+def build_report(
+    config: Any, output: Path | None = None, *, save_to_study: bool = False
+) -> Report:
     """Read the study, draw every figure and write the report files.
+
+    ``save_to_study`` also stores the figures in the study for optuna-dashboard (``hpo
+    report --attach``); without it the report only reads the storage.
 
     Raises:
         StudyStateError: no such study in the storage.

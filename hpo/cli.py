@@ -100,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument(
         "-o", "--output", metavar="DIR", help="output folder (default: dashboards/<study name>/)"
     )
+    report.add_argument(
+        "--attach",
+        action="store_true",
+        help="also save the figures into the study, where optuna-dashboard shows them "
+        "(the only report option that writes to the storage)",
+    )
     dashboard = command("dashboard", cmd_dashboard, "browse the study live in optuna-dashboard")
     dashboard.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine)"
@@ -537,7 +543,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     from dashboards.report import build_report
 
     config = _load(args)
-    report = build_report(config, Path(args.output) if args.output else None)
+    report = build_report(
+        config, Path(args.output) if args.output else None, save_to_study=args.attach
+    )
     counts = ", ".join(f"{n} {s.lower()}" for s, n in report.summary["trials_by_state"].items())
     print(f"report of study {config.name!r} ({counts}): {report.html}")
     print(f"data: {report.trials_csv}, {report.summary_json}")

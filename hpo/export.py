@@ -83,17 +83,10 @@ def export_best(
 def _pick_trial(config: StudyConfig, number: int | None) -> Any:
     import optuna
 
-    from hpo.storage import open_storage, redact_url
+    from hpo.study import load_existing_study
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = open_storage(config.storage)
-    try:
-        study = optuna.load_study(study_name=config.name, storage=storage)
-    except KeyError:
-        raise StudyStateError(
-            f"no study {config.name!r} in {redact_url(config.storage)}; run it first "
-            f"(hpo run {config.source or ''})"
-        ) from None
+    study = load_existing_study(config)
     completed = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
     if number is None:
         if not completed:

@@ -54,7 +54,7 @@ def run_worker(
     worker = worker or Worker()
     study = open_study(config, allow_space_change=allow_space_change, seed_offset=worker.index)
     trainer = resolve_trainer(config.trainer.ref, config.study_dir)
-    lock = st.StudyLock(config.storage, config.name)
+    lock = st.study_lock(config.storage, config.name)
     budget = effective_budget(config)
     deadline = time.monotonic() + config.budget.timeout if config.budget.timeout else math.inf
     baseline = usage(study, config).failures if failures_before is None else failures_before
@@ -116,7 +116,7 @@ class _Objective:
         config: StudyConfig,
         trainer: Any,
         worker: Worker,
-        lock: st.StudyLock,
+        lock: st.Lock,
         interrupts: Interrupts,
     ):
         self.config = config

@@ -1,23 +1,25 @@
-"""Storage URLs to Optuna storages, URL redaction, and the ``hpo:`` attribute names.
+"""Storage URLs to Optuna storages, URL redaction, locks, and the ``hpo:`` attribute names.
 
-hpo keeps no tables of its own: a study is plain Optuna storage plus study and trial
-user attributes whose names start with ``hpo:``, so optuna-dashboard and
-``optuna trials`` read it as they read any study.
+The front door of the storage layer: each scheme's backend (``hpo.backends``) does the
+work; this module picks it from the URL, expands ``${VAR}`` references, and keeps
+credentials out of every message. hpo keeps no tables of its own: a study is plain
+Optuna storage plus study and trial user attributes whose names start with ``hpo:``, so
+optuna-dashboard and ``optuna trials`` read it as they read any study.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import re
-import sqlite3
-import time
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from hpo.errors import ConfigError, StorageError
+from hpo.backends import SCHEMES, Backend, Lock
+from hpo.backends.base import redact_url
+from hpo.backends.journal import journal_path
+from hpo.backends.sqlite import sqlite_path
+from hpo.errors import ConfigError, StorageError, StudyStateError
 
 logger = logging.getLogger(__name__)
 
@@ -37,19 +39,22 @@ ATTR_EPOCHS = "hpo:epochs"  # training epochs actually run (pruned trials run fe
 ATTR_RESUMED_FROM = "hpo:resumed_from"  # trial number whose checkpoint a retry resumed
 ATTR_ERROR_ANALYSIS = "hpo:error_analysis"
 
-SUPPORTED_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg2", "mysql+pymysql", "journal")
+SUPPORTED_SCHEMES = tuple(SCHEMES)
 ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-# Greedy up to the last "@" of the authority, so a password holding "@" is hidden whole.
-_PASSWORD = re.compile(
-    r"(?P<head>[a-z0-9+]+://[^:/@\s]*:)(?P<password>[^\s/]*)(?P<tail>@[^@\s/]*)"
-)
-SQLITE_BUSY_TIMEOUT_S = 60
-STORAGE_RETRIES = 8  # 0.5 s doubling to 10 s: about a minute for a database to come back
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (safe for logs, errors and reports)."""
-    return _PASSWORD.sub(r"\g<head>***\g<tail>", url)
+__all__ = [
+    "SUPPORTED_SCHEMES",
+    "Lock",
+    "check_url",
+    "expand_url",
+    "journal_path",
+    "open_storage",
+    "redact_url",
+    "require_storage",
+    "sqlite_path",
+    "storage_exists",
+    "study_lock",
+    "sweep_lock",
+]
 
 
 def expand_url(url: str) -> str:
@@ -61,7 +66,8 @@ def check_url(url: str) -> None:
     """Reject URLs hpo cannot open, with a correction where one is obvious.
 
     Raises:
-        ValueError: unsupported scheme or a file path where a URL belongs.
+        ValueError: unsupported scheme, a file path where a URL belongs, or a storage
+            hpo cannot lock across worker processes (in-memory SQLite).
     """
     scheme = urlsplit(url).scheme
     if not scheme or "://" not in url:
@@ -72,249 +78,113 @@ def check_url(url: str) -> None:
         raise ValueError(
             f"unsupported storage scheme {scheme!r}; use one of {', '.join(SUPPORTED_SCHEMES)}"
         )
+    # Checked on the URL as written: ${VAR} references never hide the file part.
+    refusal = SCHEMES[scheme].refusal(url)
+    if refusal:
+        raise ValueError(refusal)
 
 
-def sqlite_path(url: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URL, or None for other storages."""
-    if not url.startswith("sqlite:///"):
-        return None
-    return Path(url.removeprefix("sqlite:///"))
+def backend_of(url: str) -> Backend:
+    """The backend of ``url`` (checked first).
+
+    Raises:
+        ConfigError: a scheme hpo does not support, or a storage it cannot lock.
+    """
+    try:
+        check_url(url)
+    except ValueError as e:
+        raise ConfigError(str(e), field="storage") from None
+    return SCHEMES[urlsplit(url).scheme]
 
 
 def open_storage(
     url: str,
     *,
+    read_only: bool = False,
     heartbeat_interval: int | None = None,
     grace_period: int | None = None,
     stale_trial_callback: Any = None,
 ) -> Any:
     """An Optuna storage for ``url`` (``${VAR}`` expanded), tuned for concurrent workers.
 
-    SQLite gets write-ahead logging and a long busy timeout so local worker processes
-    wait for each other instead of failing with "database is locked"; Postgres gets
-    pre-ping so a restarted server costs a reconnect, not a failed trial.
+    A worker's open creates the database and Optuna's tables when missing; a
+    ``read_only`` open creates nothing (call :func:`require_storage` first to say why a
+    missing storage is missing).
 
     Raises:
         ConfigError: a scheme hpo does not support.
         StorageError: the database cannot be opened or reached.
     """
-    try:
-        check_url(url)
-    except ValueError as e:
-        raise ConfigError(str(e), field="storage") from None
+    backend = backend_of(url)
     real_url = expand_url(url)
-    if url.startswith("journal://"):
-        return _open_journal(real_url)
-    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
-    path = sqlite_path(real_url)
-    if path is not None:
-        _prepare_sqlite(path)
-        engine_kwargs = {"creator": functools.partial(_connect_sqlite, str(path))}
+    heartbeat = {
+        "heartbeat_interval": heartbeat_interval,
+        "grace_period": grace_period,
+        "stale_trial_callback": stale_trial_callback,
+    }
+    if read_only:
+        return _guarded(url, lambda: backend.open(real_url, read_only=True, **heartbeat))
     # Workers starting together on a new database would race to create Optuna's tables.
-    creation_lock = StudyLock(url, "__schema__", retries=3)
-    try:
+    creation_lock = backend.lock(real_url, "study", "__schema__")
+
+    def create() -> Any:
         creation_lock.acquire()
-        # Opening retries briefly (a server restarting as workers start); a wrong host or
-        # port should fail in seconds, not after the minute a running worker waits.
-        create = _retrying(
-            lambda cls: cls(
-                real_url,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=heartbeat_interval,
-                grace_period=grace_period,
-                heartbeat_stale_trial_callback=stale_trial_callback,
-            ),
-            retries=3,
-        )
-        return create(_retrying_storage_class())
-    except Exception as e:  # SQLAlchemy and driver errors vary by backend
-        reason = redact_url(str(e).splitlines()[0]).replace(expand_url(url), redact_url(url))
-        raise StorageError(f"cannot open storage {redact_url(url)}: {reason}") from None
+        return backend.open(real_url, **heartbeat)
+
+    try:
+        return _guarded(url, create)
     finally:
         creation_lock.close()
 
 
-def _prepare_sqlite(path: Path) -> None:
-    if path.parent and not path.parent.exists():
-        raise StorageError(f"cannot create {path}: folder {path.parent} does not exist")
-    # WAL persists in the file, so setting it once here serves every later connection.
-    with sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S) as connection:
-        connection.execute("PRAGMA journal_mode=WAL")
+def storage_exists(url: str) -> bool:
+    """True when ``url`` holds Optuna's tables or log; reads only, never creates anything.
 
-
-def _connect_sqlite(path: str) -> sqlite3.Connection:
-    """A SQLite connection for concurrent local workers.
-
-    WAL lets readers and a writer work at once; the busy timeout makes a writer wait for
-    the lock instead of failing with "database is locked"; synchronous=NORMAL drops the
-    disk sync per commit (1-4 ms here), which WAL makes safe against a crashed process —
-    only an OS crash or power cut can lose the last commits.
+    Raises:
+        StorageError: a database server cannot be reached.
     """
-    connection = sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S, check_same_thread=False)
-    connection.execute("PRAGMA synchronous=NORMAL")
-    return connection
+    backend = backend_of(url)
+    return bool(_guarded(url, lambda: backend.exists(expand_url(url))))
 
 
-def _open_journal(url: str) -> Any:
-    import optuna
-    from optuna.storages.journal import JournalFileBackend
+def require_storage(url: str, study_name: str, source: str | None) -> None:
+    """Stop a read-only command on a storage that does not exist yet (creating nothing).
 
-    # Same convention as SQLite: journal:///relative.log, journal:////absolute.log
-    path = Path(url.removeprefix("journal:///"))
-    return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    Raises:
+        StudyStateError: the storage does not exist (exit 2); the message names where it
+            was looked for and the command that creates it.
+    """
+    if not storage_exists(url):
+        raise StudyStateError(
+            f"no study {study_name!r}: {backend_of(url).missing(redact_url(url))}; "
+            "nothing was created. "
+            f"Run the study first: hpo run {source or 'STUDY.yaml'}"
+        )
 
 
-class StudyLock:
-    """A lock shared by every worker of one study, held while a worker claims a trial.
+def study_lock(url: str, study_name: str) -> Lock:
+    """The blocking lock a worker holds while it claims a trial of ``study_name``.
 
     Claiming means: count the trials already running or finished, and ask Optuna for the
     next one. Holding this lock across both makes the budget exact and stops two workers
-    from taking the same enqueued trial or grid point. SQLite gets a file lock beside the
-    database (its workers share one machine); Postgres gets an advisory lock, which works
-    across machines. Optuna has no such lock: its RDB storage relies on row locks that
-    SQLite ignores.
+    from taking the same enqueued trial or grid point. Optuna has no such lock: its RDB
+    storage relies on row locks that SQLite ignores, and the journal has none.
     """
-
-    def __init__(self, url: str, study_name: str, *, retries: int = STORAGE_RETRIES):
-        self._url = url
-        self._retries = retries
-        self._key = f"hpo:{study_name}"
-        self._held = False
-        self._file: Any = None
-        self._connection: Any = None
-        real_url = expand_url(url)
-        self._sqlite = sqlite_path(real_url)
-        self._postgres = real_url.startswith("postgresql")
-        self._real_url = real_url
-
-    def acquire(self) -> None:
-        """Block until this worker holds the lock."""
-        if self._held:
-            return
-        if self._sqlite is not None:
-            import fcntl
-
-            if self._file is None:
-                self._file = open(f"{self._sqlite}.lock", "a+")  # noqa: SIM115
-            fcntl.flock(self._file, fcntl.LOCK_EX)
-        elif self._postgres:
-            self._pg_execute("SELECT pg_advisory_lock(hashtext(:key))")
-        self._held = True
-
-    def release(self) -> None:
-        """Let the next worker claim a trial; a no-op when not held."""
-        if not self._held:
-            return
-        self._held = False
-        if self._sqlite is not None:
-            import fcntl
-
-            fcntl.flock(self._file, fcntl.LOCK_UN)
-        elif self._postgres:
-            try:
-                self._pg_execute("SELECT pg_advisory_unlock(hashtext(:key))")
-            except Exception:  # a lost connection already dropped the lock with it
-                self._connection = None
-
-    def close(self) -> None:
-        """Release and drop the lock's own file handle or connection."""
-        self.release()
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
-
-    def _pg_execute(self, sql: str) -> None:
-        _retrying(StudyLock._pg_execute_once, self._retries)(self, sql)
-
-    def _pg_execute_once(self, sql: str) -> None:
-        import sqlalchemy
-
-        if self._connection is None:
-            engine = sqlalchemy.create_engine(self._real_url, pool_pre_ping=True)
-            self._connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-        try:
-            self._connection.execute(sqlalchemy.text(sql), {"key": self._key})
-        except sqlalchemy.exc.DBAPIError:
-            self._connection = None  # reconnect on the retry; the server dropped our locks
-            raise
+    return backend_of(url).lock(expand_url(url), "study", study_name)
 
 
-# --- retrying lost database connections ---------------------------------------------------
+def sweep_lock(url: str, sweep_name: str) -> Lock:
+    """The lock a sweep holds (``try_acquire``) in ``url`` against overlapping runs."""
+    return backend_of(url).lock(expand_url(url), "sweep", sweep_name)
 
 
-def _is_connection_error(error: BaseException) -> bool:
-    """True for errors that mean "the connection went away", not "the request was wrong"."""
-    import sqlalchemy.exc
-
-    for cause in (error, error.__cause__):
-        if isinstance(cause, sqlalchemy.exc.DBAPIError) and cause.connection_invalidated:
-            return True
-        if isinstance(cause, sqlalchemy.exc.OperationalError):
-            text = str(cause).lower()
-            return not any(word in text for word in ("locked", "syntax", "no such"))
-    return False
-
-
-def _retrying(method: Any, retries: int = STORAGE_RETRIES) -> Any:
-    @functools.wraps(method)
-    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
-        delay = 0.5
-        for attempt in range(retries + 1):
-            try:
-                return method(self, *args, **kwargs)
-            except Exception as e:
-                if attempt == retries or not _is_connection_error(e):
-                    raise
-                logger.warning(
-                    "storage connection lost during %s (%s); retry %d in %.1f s",
-                    method.__name__,
-                    type(e.__cause__ or e).__name__,
-                    attempt + 1,
-                    delay,
-                )
-                time.sleep(delay)
-                delay = min(delay * 2, 10.0)
-        raise AssertionError("unreachable")
-
-    return call
-
-
-@functools.cache
-def _retrying_storage_class() -> type:
-    """RDBStorage whose calls survive a database restart: retried with backoff.
-
-    Optuna's RDBStorage raises on the first broken connection; pool pre-ping only helps
-    when a connection is checked out, not when the server drops it mid-query. The retry
-    covers reads and writes alike (a write whose commit was lost is redone; Optuna's
-    writes are keyed, so a redo sets the same values).
-    """
-    import optuna
-
-    base = optuna.storages.RDBStorage
-    methods = {
-        name: _retrying(getattr(base, name))
-        for name in dir(base)
-        if callable(getattr(base, name, None))
-        and (not name.startswith("_") or name in ("_get_trials", "_get_stale_trial_ids"))
-        and name
-        not in (
-            "remove_session",
-            "upgrade",
-            "get_current_version",
-            "get_head_version",
-            "get_all_versions",
-        )
-    }
-    methods["__module__"] = __name__
-    return type("RetryingRDBStorage", (base,), methods)
-
-
-def __getattr__(name: str) -> Any:
-    # Built on first use, so importing hpo.storage does not import Optuna; pickling a
-    # storage (worker processes) finds the class here by name.
-    if name == "RetryingRDBStorage":
-        return _retrying_storage_class()
-    raise AttributeError(name)
+def _guarded(url: str, call: Any) -> Any:
+    """``call()``, with any driver error turned into a StorageError naming the redacted URL."""
+    try:
+        return call()
+    except (StorageError, ConfigError):
+        raise
+    except Exception as e:  # SQLAlchemy and driver errors vary by backend
+        reason = redact_url(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        reason = reason.replace(expand_url(url), redact_url(url))
+        raise StorageError(f"cannot open storage {redact_url(url)}: {reason}") from None

@@ -91,12 +91,14 @@ def load_existing_study(config: StudyConfig) -> Any:
     """The stored study, read-only: never created, its stored config never rewritten.
 
     Raises:
-        StudyStateError: the storage holds no study of that name.
+        StudyStateError: the storage, or a study of that name in it, does not exist
+            (nothing is created).
         StorageError: the storage cannot be opened.
     """
     import optuna
 
-    storage = st.open_storage(config.storage)
+    st.require_storage(config.storage, config.name, config.source)
+    storage = st.open_storage(config.storage, read_only=True)
     if config.name not in optuna.get_all_study_names(storage):
         raise StudyStateError(
             f"no study {config.name!r} in {st.redact_url(config.storage)}; "

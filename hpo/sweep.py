@@ -52,7 +52,6 @@ import logging
 import multiprocessing
 import os
 import re
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -371,16 +370,11 @@ def plan_sweep(sweep: Sweep) -> list[PlanRow]:
 
 
 def _finished_trials(config: StudyConfig) -> tuple[int, bool]:
-    from hpo.storage import expand_url, open_storage, sqlite_path
+    from hpo.storage import open_storage, storage_exists
 
-    path = sqlite_path(expand_url(config.storage))
-    if path is not None and not path.exists():
+    if not storage_exists(config.storage):
         return 0, False
-    if config.storage.startswith("journal://"):
-        journal = Path(expand_url(config.storage).removeprefix("journal:///"))
-        if not journal.exists():
-            return 0, False
-    storage = open_storage(config.storage)
+    storage = open_storage(config.storage, read_only=True)
     try:
         study_id = storage.get_study_id_from_name(config.name)
     except KeyError:
@@ -580,92 +574,36 @@ def _die_with_parent() -> None:
 class SweepLock:
     """A non-blocking lock per sweep name, held in every storage the sweep's studies use.
 
-    SQLite and journal files: an exclusive ``flock`` on ``<file>.sweep-<name>.lock``,
-    which also records the holder (host, pid, start time). Postgres: a session advisory
-    lock on its own connection. Other storages: a lock file in the working directory.
+    It is each storage's own lock (``hpo.storage.sweep_lock``, the mechanism of the study
+    lock): an ``flock`` on ``<file>.sweep-<name>.lock`` beside a SQLite database or
+    journal file, which also records the holder; a Postgres advisory lock or a MySQL
+    named lock on its own connection, which work across machines.
     """
 
     def __init__(self, name: str, urls: list[str]):
         self.name = name
         self.urls = urls
-        self._files: list[Any] = []
-        self._connections: list[Any] = []
+        self._locks: list[Any] = []
 
     def try_acquire(self) -> str | None:
         """Take every lock; None on success, else a description of the holder."""
+        from hpo.storage import sweep_lock
+
         for url in self.urls:
-            holder = self._try_one(url)
+            lock = sweep_lock(url, self.name)
+            holder = lock.try_acquire()
             if holder is not None:
+                lock.close()
                 self.release()
                 return holder
+            self._locks.append(lock)
         return None
 
     def release(self) -> None:
         """Drop every lock held (closing the file or connection drops it)."""
-        for file in self._files:
-            file.close()
-        for connection in self._connections:
-            try:
-                connection.close()
-            except Exception:  # noqa: BLE001 - a dead connection holds no lock anyway
-                pass
-        self._files, self._connections = [], []
-
-    def _try_one(self, url: str) -> str | None:
-        from hpo.storage import expand_url, redact_url, sqlite_path
-
-        real = expand_url(url)
-        if real.startswith("postgresql"):
-            return self._try_postgres(real, redact_url(url))
-        path = sqlite_path(real)
-        if path is None and real.startswith("journal:///"):
-            path = Path(real.removeprefix("journal:///"))
-        if path is None:
-            path = Path("hpo")
-        safe = _UNSAFE.sub("-", self.name)
-        return self._try_file(path.with_name(f"{path.name}.sweep-{safe}.lock"))
-
-    def _try_file(self, lock_path: Path) -> str | None:
-        import fcntl
-
-        if not lock_path.parent.exists():
-            raise StorageError(
-                f"cannot create {lock_path}: folder {lock_path.parent} does not exist"
-            )
-        file = open(lock_path, "a+")  # noqa: SIM115 - held open for the whole sweep
-        try:
-            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            file.seek(0)
-            who = file.read().strip() or "another process"
-            file.close()
-            return f"{who} (lock {lock_path})"
-        file.seek(0)
-        file.truncate()
-        started = dt.datetime.now().astimezone().isoformat(timespec="seconds")
-        file.write(f"{socket.gethostname()} pid {os.getpid()} since {started}\n")
-        file.flush()
-        self._files.append(file)
-        return None
-
-    def _try_postgres(self, real_url: str, shown: str) -> str | None:
-        import sqlalchemy
-
-        try:
-            engine = sqlalchemy.create_engine(real_url, poolclass=sqlalchemy.pool.NullPool)
-            connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-        except Exception as e:  # driver errors vary; never echo the real URL
-            reason = str(e).splitlines()[0].replace(real_url, shown)
-            raise StorageError(f"cannot open storage {shown}: {reason}") from None
-        got = connection.execute(
-            sqlalchemy.text("SELECT pg_try_advisory_lock(hashtext('hpo:sweep'), hashtext(:n))"),
-            {"n": self.name},
-        ).scalar()
-        if not got:
-            connection.close()
-            return f"another invocation (advisory lock in {shown})"
-        self._connections.append(connection)
-        return None
+        for lock in self._locks:
+            lock.close()
+        self._locks = []
 
 
 def describe_outcome(outcome: StudyOutcome) -> str:

@@ -152,9 +152,18 @@ def _remaining_budget(config: StudyConfig, trials: list[Any]) -> int:
 def _source_storage(study: Any, url: str | None) -> Any:
     if url is None:
         return study._storage  # the same storage: reuse its connection pool
-    from hpo.storage import open_storage
+    from hpo.storage import open_storage, storage_exists
 
-    return open_storage(url)
+    if not storage_exists(url):
+        return _NoStorage()
+    return open_storage(url, read_only=True)  # the source study is only read
+
+
+class _NoStorage:
+    """A source storage that does not exist yet: it holds no study (and is not created)."""
+
+    def get_study_id_from_name(self, name: str) -> int:
+        raise KeyError(name)
 
 
 def _redacted(url: str) -> str:

@@ -98,19 +98,18 @@ def _postgres_url() -> str | None:
     return os.environ.get("HPO_TEST_POSTGRES_URL")
 
 
-@pytest.fixture
-def postgres_url() -> str:
-    """A URL of the test Postgres; a fresh study name keeps tests apart.
+def _server_url(variable: str, what: str) -> str:
+    """The URL in ``variable`` of a test database server, checked to answer.
 
-    Skips with a reason when HPO_TEST_POSTGRES_URL is unset or the server is down,
-    except under CI=true, where a missing Postgres is a failure.
+    Skips with a reason when the variable is unset or the server is down, except under
+    CI=true, where a missing server is a failure.
     """
-    url = _postgres_url()
+    url = os.environ.get(variable)
     in_ci = os.environ.get("CI") == "true"
     if not url:
         if in_ci:
-            pytest.fail("HPO_TEST_POSTGRES_URL is not set in CI")
-        pytest.skip("set HPO_TEST_POSTGRES_URL to run the Postgres tests")
+            pytest.fail(f"{variable} is not set in CI")
+        pytest.skip(f"set {variable} to run the {what} tests")
     try:
         import sqlalchemy
 
@@ -118,9 +117,35 @@ def postgres_url() -> str:
             pass
     except Exception as e:  # the driver's error says why
         if in_ci:
-            pytest.fail(f"Postgres at HPO_TEST_POSTGRES_URL is unreachable: {e}")
-        pytest.skip(f"Postgres unreachable: {e}")
+            pytest.fail(f"{what} at {variable} is unreachable: {e}")
+        pytest.skip(f"{what} unreachable: {e}")
     return url
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    """A URL of the test Postgres (HPO_TEST_POSTGRES_URL); a fresh study name keeps tests
+    apart."""
+    return _server_url("HPO_TEST_POSTGRES_URL", "Postgres")
+
+
+@pytest.fixture
+def mysql_url() -> str:
+    """A URL of the test MySQL or MariaDB (HPO_TEST_MYSQL_URL, ``mysql+pymysql://``)."""
+    return _server_url("HPO_TEST_MYSQL_URL", "MySQL")
+
+
+STORAGE_SCHEMES = ("sqlite", "postgres", "mysql", "journal")
+
+
+@pytest.fixture(params=STORAGE_SCHEMES)
+def storage_url(request, tmp_path: Path) -> str:
+    """One URL per storage scheme hpo accepts: every guarantee is tested on each."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'hpo.db'}"
+    if request.param == "journal":
+        return f"journal:///{tmp_path / 'hpo.log'}"
+    return request.getfixturevalue(f"{request.param}_url")
 
 
 @pytest.fixture

@@ -210,7 +210,7 @@ def test_report_of_a_study_with_failed_pruned_and_running_trials(
     run(study_file)
     add_odd_trials(stored(tmp_path))
 
-    assert main(["report", str(study_file)]) == 0
+    assert main(["report", str(study_file), "--attach"]) == 0
     out = capsys.readouterr().out
     folder = tmp_path / "dashboards" / "toy"
     assert f"{Path('dashboards/toy/report.html')}" in out
@@ -262,7 +262,7 @@ def test_report_of_a_study_with_failed_pruned_and_running_trials(
     ):
         assert f'id="{div}"' in page
     assert "no confusion matrix" in page and "CUDA out of memory" in page
-    # The figures went into the study too, where optuna-dashboard lists them.
+    # --attach put the figures into the study too, where optuna-dashboard lists them.
     assert "dashboard:plot_data:hpo-report-history:0" in system_attrs(stored(tmp_path))
 
 
@@ -298,7 +298,7 @@ def test_report_of_a_missing_study_or_file_exits_2(toy_study, tmp_path: Path) ->
     study_file = toy_study()
     result = run_hpo("report", str(study_file))
     assert result.returncode == 2
-    assert result.stderr.startswith("hpo: error: no study 'toy' in sqlite:///")
+    assert result.stderr.startswith("hpo: error: no study 'toy': no hpo study database at /")
     assert "Traceback" not in result.stderr
     missing = run_hpo("compare", str(study_file), "nope.yaml")
     assert missing.returncode == 2

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from hpo.errors import ConfigError, StorageError
-from hpo.storage import StudyLock, check_url, expand_url, open_storage, redact_url
+from hpo.storage import check_url, expand_url, open_storage, redact_url, study_lock
 from tests.conftest import run_hpo
 
 
@@ -83,7 +83,7 @@ def test_study_lock_is_exclusive_across_processes(tmp_path: Path) -> None:
     import sys
 
     url = f"sqlite:///{tmp_path / 'x.db'}"
-    lock = StudyLock(url, "s")
+    lock = study_lock(url, "s")
     lock.acquire()
     probe = (
         "import fcntl,sys; f=open(sys.argv[1],'a+');"
@@ -99,3 +99,61 @@ def test_study_lock_is_exclusive_across_processes(tmp_path: Path) -> None:
     ).stdout.strip()
     lock.close()
     assert (held, free) == ("held", "free")
+
+
+# --- read-only commands never write ------------------------------------------------------
+
+READ_ONLY_COMMANDS = [
+    ["status"],
+    ["best"],
+    ["report"],
+    ["compare"],
+    ["export", "--to", "exported"],
+    ["dashboard", "--port", "0"],
+]
+
+
+@pytest.mark.parametrize("command", READ_ONLY_COMMANDS, ids=lambda c: c[0])
+def test_read_only_command_on_a_missing_sqlite_file_creates_nothing(
+    toy_study, tmp_path: Path, capsys, command: list[str]
+) -> None:
+    from hpo.cli import main
+
+    study_file = toy_study()  # storage: sqlite:///<tmp_path>/hpo.db, not created yet
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code = main([command[0], str(study_file), *command[1:]])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert str((tmp_path / "hpo.db").resolve()) in err
+    assert f"hpo run {study_file}" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def _snapshot(tmp_path: Path) -> tuple[list[str], list[str]]:
+    """Every row of the SQLite file, and every file beside it."""
+    with sqlite3.connect(tmp_path / "hpo.db") as connection:
+        rows = list(connection.iterdump())
+    return rows, sorted(p.name for p in tmp_path.iterdir() if p.name != "dashboards")
+
+
+def test_read_only_commands_leave_the_storage_as_it_was(
+    toy_study, tmp_path: Path, capsys
+) -> None:
+    from hpo.cli import main
+
+    study_file = toy_study(n_trials=3)
+    assert main(["run", str(study_file)]) == 0
+    before = _snapshot(tmp_path)
+    for command in (["status"], ["best"], ["report"], ["compare"]):
+        assert main([command[0], str(study_file), *command[1:]]) == 0, capsys.readouterr()
+    assert _snapshot(tmp_path) == before
+    # --attach is the one way a report writes to the storage (figures for optuna-dashboard).
+    assert main(["report", str(study_file), "--attach"]) == 0
+    assert _snapshot(tmp_path)[0] != before[0]
+
+
+def test_in_memory_sqlite_is_refused_at_validation(toy_study) -> None:
+    from hpo.cli import main
+
+    for url in ("sqlite:///:memory:", "sqlite://"):
+        assert main(["validate", str(toy_study(storage=url))]) == 2

@@ -1,0 +1,165 @@
+"""What every storage backend offers, and the one lock mechanism they all use.
+
+A backend knows one family of storage URLs. It opens an Optuna storage (for a worker,
+or read-only for reports), says whether a storage exists without creating it, and
+hands out locks. The same lock serves two purposes: the runner's blocking study lock,
+held while a worker claims a trial (exact budget, grid points and enqueued trials
+taken once), and the sweep's non-blocking lock against overlapping invocations.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Any
+
+from hpo.errors import StorageError
+
+logger = logging.getLogger(__name__)
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+# Greedy up to the last "@" of the authority, so a password holding "@" is hidden whole.
+_PASSWORD = re.compile(
+    r"(?P<head>[a-z0-9+]+://[^:/@\s]*:)(?P<password>[^\s/]*)(?P<tail>@[^@\s/]*)"
+)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (safe for logs, errors and reports)."""
+    return _PASSWORD.sub(r"\g<head>***\g<tail>", url)
+
+
+def holder_line() -> str:
+    """Who holds a lock: host, pid and since when (for "already running" messages)."""
+    started = dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    return f"{socket.gethostname()} pid {os.getpid()} since {started}"
+
+
+def safe_name(name: str) -> str:
+    """``name`` made safe for a file name."""
+    return _UNSAFE.sub("-", name)
+
+
+class Lock:
+    """A lock shared by processes (and, for database servers, by machines).
+
+    ``acquire`` blocks; ``try_acquire`` does not and says who holds the lock instead.
+    Holding is idempotent in one object; the lock dies with the process (a file lock with
+    its file descriptor, a database lock with its connection), so a killed worker or
+    sweep never blocks the next one.
+    """
+
+    def __init__(self) -> None:
+        self.held = False
+
+    def acquire(self) -> None:
+        """Block until this process holds the lock."""
+        if not self.held:
+            self._take(block=True)
+            self.held = True
+
+    def try_acquire(self) -> str | None:
+        """Take the lock if it is free: None on success, else a description of the holder."""
+        if self.held:
+            return None
+        holder = self._take(block=False)
+        self.held = holder is None
+        return holder
+
+    def release(self) -> None:
+        """Let the next process in; a no-op when not held."""
+        if self.held:
+            self.held = False
+            self._give()
+
+    def close(self) -> None:
+        """Release and drop the file or connection the lock lives on."""
+        self.release()
+        self._close()
+
+    def _take(self, *, block: bool) -> str | None:
+        raise NotImplementedError
+
+    def _give(self) -> None:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        raise NotImplementedError
+
+
+class FileLock(Lock):
+    """An exclusive ``flock`` on a file beside the database: processes of one machine.
+
+    A non-blocking holder writes who it is into the file, so the next invocation can say
+    who holds it.
+    """
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.path = path
+        self._file: Any = None
+
+    def _take(self, *, block: bool) -> str | None:
+        import fcntl
+
+        if self._file is None:
+            if not self.path.parent.exists():
+                raise StorageError(
+                    f"cannot create {self.path}: folder {self.path.parent} does not exist"
+                )
+            self._file = open(self.path, "a+")  # noqa: SIM115 - held open while locked
+        if block:
+            fcntl.flock(self._file, fcntl.LOCK_EX)
+            return None
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.seek(0)
+            who = self._file.read().strip() or "another process"
+            return f"{who} (lock {self.path})"
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(holder_line() + "\n")
+        self._file.flush()
+        return None
+
+    def _give(self) -> None:
+        import fcntl
+
+        fcntl.flock(self._file, fcntl.LOCK_UN)
+
+    def _close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class Backend:
+    """One family of storage URLs; subclasses fill in each method for their scheme."""
+
+    #: URL schemes this backend opens.
+    schemes: tuple[str, ...] = ()
+
+    def refusal(self, real_url: str) -> str | None:
+        """Why hpo cannot use this URL (e.g. no lock across processes), or None."""
+        return None
+
+    def open(self, real_url: str, *, read_only: bool = False, **heartbeat: Any) -> Any:
+        """An Optuna storage; ``read_only`` creates no file, table or row."""
+        raise NotImplementedError
+
+    def exists(self, real_url: str) -> bool:
+        """True when the storage holds Optuna's tables or log; never creates anything."""
+        raise NotImplementedError
+
+    def lock(self, real_url: str, kind: str, name: str) -> Lock:
+        """The lock ``kind`` ("study" or "sweep") of ``name`` in this storage."""
+        raise NotImplementedError
+
+    def missing(self, shown_url: str) -> str:
+        """What to tell a user whose storage does not exist yet (no fix included)."""
+        return f"no hpo storage at {shown_url}"

@@ -1,0 +1,180 @@
+"""What the SQL backends share: opening an RDBStorage, retrying lost connections, and a
+lock held on a database connection (Postgres advisory locks, MySQL ``GET_LOCK``)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from typing import Any
+
+from hpo.backends.base import Lock
+
+logger = logging.getLogger(__name__)
+
+STORAGE_RETRIES = 8  # 0.5 s doubling to 10 s: about a minute for a database to come back
+
+
+def open_rdb(
+    real_url: str, engine_kwargs: dict[str, Any], *, read_only: bool, **heartbeat: Any
+) -> Any:
+    """An RDBStorage whose calls survive a database restart.
+
+    ``read_only`` skips table creation; the caller has checked the tables exist (so
+    Optuna's version row exists too and nothing is written).
+    """
+    # Opening retries briefly (a server restarting as workers start); a wrong host or
+    # port should fail in seconds, not after the minute a running worker waits.
+    create = retrying(
+        lambda cls: cls(
+            real_url,
+            engine_kwargs=engine_kwargs,
+            skip_table_creation=read_only,
+            heartbeat_interval=heartbeat.get("heartbeat_interval"),
+            grace_period=heartbeat.get("grace_period"),
+            heartbeat_stale_trial_callback=heartbeat.get("stale_trial_callback"),
+        ),
+        retries=3,
+    )
+    return create(retrying_storage_class())
+
+
+def has_optuna_tables(real_url: str, **engine_kwargs: Any) -> bool:
+    """True when the database holds Optuna's tables; reads the catalog only."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(
+        real_url, poolclass=sqlalchemy.pool.NullPool, **engine_kwargs
+    )
+    try:
+        tables = set(sqlalchemy.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+    return {"studies", "version_info"} <= tables
+
+
+class SqlLock(Lock):
+    """A lock that lives on its own database connection: it works across machines and
+    dies with the connection (a killed worker's lock goes with its session)."""
+
+    #: SQL with a ``:key`` parameter; each returns a truthy scalar when the lock is taken.
+    acquire_sql = ""
+    try_sql = ""
+    release_sql = ""
+
+    def __init__(self, real_url: str, key: str, shown_url: str, *, retries: int = STORAGE_RETRIES):
+        super().__init__()
+        self._real_url = real_url
+        self._shown_url = shown_url
+        self._key = key
+        self._retries = retries
+        self._connection: Any = None
+
+    def _take(self, *, block: bool) -> str | None:
+        got = self._execute(self.acquire_sql if block else self.try_sql)
+        if got:
+            return None
+        return f"another invocation (lock {self._key!r} in {self._shown_url})"
+
+    def _give(self) -> None:
+        try:
+            self._execute(self.release_sql, retries=0)
+        except Exception:  # a lost connection already dropped the lock with it
+            self._close()
+
+    def _close(self) -> None:
+        if self._connection is not None:
+            try:
+                self._connection.close()
+            except Exception:  # noqa: BLE001 - a dead connection holds no lock anyway
+                pass
+            self._connection = None
+
+    def _execute(self, sql: str, retries: int | None = None) -> Any:
+        return retrying(SqlLock._execute_once, self._retries if retries is None else retries)(
+            self, sql
+        )
+
+    def _execute_once(self, sql: str) -> Any:
+        import sqlalchemy
+
+        if self._connection is None:
+            engine = sqlalchemy.create_engine(self._real_url, poolclass=sqlalchemy.pool.NullPool)
+            self._connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            return self._connection.execute(sqlalchemy.text(sql), {"key": self._key}).scalar()
+        except sqlalchemy.exc.DBAPIError:
+            self._connection = None  # reconnect on the retry; the server dropped our locks
+            raise
+
+
+# --- retrying lost database connections ---------------------------------------------------
+
+
+def is_connection_error(error: BaseException) -> bool:
+    """True for errors that mean "the connection went away", not "the request was wrong"."""
+    import sqlalchemy.exc
+
+    for cause in (error, error.__cause__):
+        if isinstance(cause, sqlalchemy.exc.DBAPIError) and cause.connection_invalidated:
+            return True
+        if isinstance(cause, sqlalchemy.exc.OperationalError):
+            text = str(cause).lower()
+            return not any(word in text for word in ("locked", "syntax", "no such"))
+    return False
+
+
+def retrying(method: Any, retries: int = STORAGE_RETRIES) -> Any:
+    """``method`` retried with backoff while the database connection is lost."""
+
+    @functools.wraps(method)
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        delay = 0.5
+        for attempt in range(retries + 1):
+            try:
+                return method(self, *args, **kwargs)
+            except Exception as e:
+                if attempt == retries or not is_connection_error(e):
+                    raise
+                logger.warning(
+                    "storage connection lost during %s (%s); retry %d in %.1f s",
+                    getattr(method, "__name__", "a call"),
+                    type(e.__cause__ or e).__name__,
+                    attempt + 1,
+                    delay,
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        raise AssertionError("unreachable")
+
+    return call
+
+
+@functools.cache
+def retrying_storage_class() -> type:
+    """RDBStorage whose calls survive a database restart: retried with backoff.
+
+    Optuna's RDBStorage raises on the first broken connection; pool pre-ping only helps
+    when a connection is checked out, not when the server drops it mid-query. The retry
+    covers reads and writes alike (a write whose commit was lost is redone; Optuna's
+    writes are keyed, so a redo sets the same values).
+    """
+    import optuna
+
+    base = optuna.storages.RDBStorage
+    methods = {
+        name: retrying(getattr(base, name))
+        for name in dir(base)
+        if callable(getattr(base, name, None))
+        and (not name.startswith("_") or name in ("_get_trials", "_get_stale_trial_ids"))
+        and name
+        not in (
+            "remove_session",
+            "upgrade",
+            "get_current_version",
+            "get_head_version",
+            "get_all_versions",
+        )
+    }
+    methods["__module__"] = "hpo.storage"
+    return type("RetryingRDBStorage", (base,), methods)

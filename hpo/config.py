@@ -28,7 +28,7 @@ from pydantic import (
     model_validator,
 )
 
-from hpo.errors import ConfigError
+from hpo.errors import ConfigError, FieldValueError
 from hpo.registry import MULTI_OBJECTIVE_SAMPLERS, PrunerSpec, SamplerSpec
 from hpo.source import (
     Source,
@@ -38,7 +38,7 @@ from hpo.source import (
     read_source,
     validation_problems,
 )
-from hpo.space import SearchSpace, grid
+from hpo.space import SearchSpace
 from hpo.storage import ENV_VAR, check_url, redact_url
 
 DEFAULT_STORAGE = "sqlite:///hpo.db"
@@ -195,10 +195,13 @@ class StudyConfig(_Model):
     @model_validator(mode="after")
     def _griddable(self) -> StudyConfig:
         if self.sampler.type == "grid":
-            try:
-                grid(self.search_space)
-            except ValueError as e:
-                raise ValueError(f"grid sampler needs a discrete space: search_space.{e}") from e
+            for name, spec in self.search_space.items():
+                try:
+                    spec.grid_values()
+                except ValueError as e:
+                    raise FieldValueError(
+                        f"search_space.{name}", f"the grid sampler needs discrete values: {e}"
+                    ) from e
         return self
 
     @model_validator(mode="after")

@@ -66,6 +66,14 @@ class ConfigError(HpoError):
         return "\n".join(problem.one_line() for problem in self.problems)
 
 
+class FieldValueError(ValueError):
+    """A model validator's complaint about one field, so the error names (and finds) it."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(message)
+
+
 class StorageError(HpoError):
     """The storage cannot be opened or reached (exit code 1)."""
 

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from hpo.errors import ConfigError
+from hpo.errors import ConfigError, FieldValueError
 
 Key = tuple[str, ...]
 # ``$${`` is a literal ``${``; ``${NAME}`` is an environment variable.
@@ -220,6 +220,10 @@ def validation_problems(
     stale: dict[Key, list[str]] = {}  # options left over after --set changed only `type`
     for item in error.errors():
         key = (*prefix, *_key(item["loc"], raw))
+        cause = (item.get("ctx") or {}).get("error")
+        if isinstance(cause, FieldValueError):  # a model validator naming one field
+            problems.append(_at(str(cause), (*key, *cause.field.split(".")), path, source))
+            continue
         if item["type"] == "extra_forbidden" and source and key[:-1] in source.retyped:
             stale.setdefault(key[:-1], []).append(key[-1])
             continue

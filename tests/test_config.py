@@ -86,7 +86,9 @@ def test_stored_form_redacts_the_password(monkeypatch: pytest.MonkeyPatch) -> No
     assert "hunter2" not in str(config.stored_form())
 
 
-@pytest.mark.parametrize("name", ["unknown_key", "yaml_syntax", "ungriddable", "bad_storage"])
+@pytest.mark.parametrize(
+    "name", ["unknown_key", "yaml_syntax", "ungriddable", "bad_storage", "env_undefined"]
+)
 def test_cli_bad_input_exit_2_one_line_nothing_written(name: str, tmp_path: Path) -> None:
     path = DATA / "invalid" / f"{name}.yaml"
     result = run_hpo("run", str(path), cwd=tmp_path)

@@ -116,9 +116,9 @@ def test_bad_combination_is_reported_by_name_and_nothing_runs(tmp_path: Path, ca
     assert main(["sweep", "sweep.yaml"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == (
-        "hpo: error: sweep.yaml: toy-2 (sampler.type=grid, budget.n_trials=2): grid sampler "
-        "needs a discrete space: search_space.dropout: a float needs `step` to be part of a "
-        "grid (or make it categorical)"
+        "hpo: error: sweep.yaml: toy-2 (sampler.type=grid, budget.n_trials=2): "
+        "search_space.dropout: the grid sampler needs discrete values: a float needs `step` "
+        "to be part of a grid (or make it categorical)"
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["base.yaml", "sweep.yaml"]
 

@@ -227,9 +227,13 @@ def validation_problems(
         if item["type"] == "extra_forbidden" and source and key[:-1] in source.retyped:
             stale.setdefault(key[:-1], []).append(key[-1])
             continue
-        message = _message(item, model)
-        if item["type"] == "extra_forbidden" and "did you mean `" in message:
-            suggested.add((*key[:-1], message.split("did you mean `")[1].split("`")[0]))
+        if item["type"] == "extra_forbidden":
+            known = _known_fields(model, item["loc"][:-1])
+            close = difflib.get_close_matches(key[-1], known, n=1, cutoff=0.6)
+            suggested.update((*key[:-1], c) for c in close)
+            message = _unknown_field(key[-1], known, close)
+        else:
+            message = _message(item)
         problems.append(_at(message, key, path, source))
     for parent, names in stale.items():
         assert source is not None  # only a Source records retyped mappings
@@ -260,18 +264,17 @@ def _at(message: str, key: Key, path: str, source: Source | None) -> ConfigError
     return ConfigError(message, path=path, field=".".join(key) or None)
 
 
-def _message(item: Any, model: type[BaseModel]) -> str:
+def _unknown_field(name: str, known: list[str], close: list[str]) -> str:
+    if close:
+        return f"unknown field `{name}`; did you mean `{close[0]}`?"
+    if known:
+        return f"unknown field `{name}`; remove it or use one of {', '.join(known)}"
+    return f"unknown field `{name}`; remove it"
+
+
+def _message(item: Any) -> str:
     message = str(item["msg"]).removeprefix("Value error, ")
     kind = item["type"]
-    if kind == "extra_forbidden":
-        name = str(item["loc"][-1])
-        known = _known_fields(model, item["loc"][:-1])
-        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-        if close:
-            return f"unknown field `{name}`; did you mean `{close[0]}`?"
-        if known:
-            return f"unknown field `{name}`; remove it or use one of {', '.join(known)}"
-        return f"unknown field `{name}`; remove it"
     if kind == "missing":
         return "field required; add it"
     if kind == "union_tag_invalid":

@@ -210,25 +210,27 @@ class StudyConfig(_Model):
             return self
         metrics = [o.metric for o in self.objective]
         if not metrics:
-            raise ValueError("objective: give at least one {metric, direction}")
+            raise FieldValueError("objective", "give at least one {metric, direction}")
         if len(set(metrics)) != len(metrics):
-            raise ValueError(f"objective: a metric appears twice in {metrics}")
+            raise FieldValueError("objective", f"a metric appears twice in {metrics}")
         if len(metrics) > 1:
             if self.pruner is not None and self.pruner.type != "none":
-                raise ValueError(
-                    "pruner: Optuna cannot prune a study with several objectives (a trial's "
+                raise FieldValueError(
+                    "pruner",
+                    "Optuna cannot prune a study with several objectives (a trial's "
                     "intermediate values have one objective); remove `pruner` or keep one "
-                    "objective"
+                    "objective",
                 )
             if self.sampler.type not in MULTI_OBJECTIVE_SAMPLERS:
-                raise ValueError(
-                    f"sampler: {self.sampler.type} optimizes one objective; with several use "
-                    f"one of {', '.join(MULTI_OBJECTIVE_SAMPLERS)}"
+                raise FieldValueError(
+                    "sampler",
+                    f"{self.sampler.type} optimizes one objective; with several use "
+                    f"one of {', '.join(MULTI_OBJECTIVE_SAMPLERS)}",
                 )
             if self.keep_checkpoints:
-                raise ValueError(
-                    "keep_checkpoints: ranks trials by one objective; remove it when "
-                    "`objective` is a list"
+                raise FieldValueError(
+                    "keep_checkpoints",
+                    "ranks trials by one objective; remove it when `objective` is a list",
                 )
         return self
 

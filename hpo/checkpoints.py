@@ -65,7 +65,7 @@ def prune_checkpoints(study: Any, config: StudyConfig) -> list[str]:
 
 def best_trials(trials: list[Any], config: StudyConfig, k: int) -> list[Any]:
     """The best ``k`` completed trials with a finite value, best first."""
-    sign = -1.0 if config.objective.direction == "maximize" else 1.0
+    sign = -1.0 if config.objectives[0].direction == "maximize" else 1.0
     completed = [
         t
         for t in trials

@@ -560,7 +560,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     from dashboards.compare import build_comparison
 
-    configs = []
+    configs: list[Any] = []
     for path in args.study_files:
         args.study_file = path
         config = _load(args)
@@ -618,7 +618,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         plan_sweep,
         run_command,
         run_sweep,
-        write_comparison,
     )
 
     try:
@@ -675,10 +674,33 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     for outcome in result.outcomes:
         print(f"  {describe_outcome(outcome)}")
     skip = args.no_compare or result.nothing_to_do
-    page = None if skip else write_comparison(sweep, result)
+    page = None if skip else _write_comparison(sweep, result)
     if page is not None:
         print(f"comparison: {page}")
     return result.exit_code
+
+
+def _write_comparison(sweep: Any, result: Any) -> Any:
+    """The dashboards comparison page (``hpo compare``) of the sweep's studies, or None.
+
+    Drawn here, not in hpo.sweep: the core never imports dashboards.
+
+    Studies without a completed trial are left out; a comparison dashboards refuses
+    (e.g. studies with different objectives) is logged and skipped, never a sweep failure.
+    """
+    try:
+        from dashboards.compare import build_comparison
+    except ImportError:  # dashboards not installed: the sweep itself is complete
+        return None
+    done = {o.name for o in result.outcomes if o.best_value is not None}
+    configs = [s.config for s in sweep.studies if s.name in done]
+    if not configs:
+        return None
+    try:
+        return build_comparison(configs, None).html
+    except Exception as e:  # noqa: BLE001 - the page is a bonus; the sweep's result stands
+        logger.warning("sweep: no comparison page: %s", e)
+        return None
 
 
 def _quiet_optuna(debug: bool) -> None:

@@ -13,10 +13,12 @@ study's ``max_seq_length``, so ``tokenizer(text, truncation=True)`` tokenizes as
 training did.
 
 It lives in hpo (not in the trainer) because it is a command over a stored study; the
-one trainer-specific step, naming the base model, asks the trainer's own
-``resolve_model`` so packaged names (``minilm-l6``) and study-relative paths resolve
-exactly as they did in training. Checkpoint paths are relative to the folder the study
-ran in (``output_dir``), so export from there.
+trainer-specific steps go through the trainer contract (``hpo/trainer.py``): the
+trainer's ``resolve_model`` names the base model (so packaged names such as
+``minilm-l6`` and study-relative paths resolve exactly as they did in training), its
+``save_model`` writes the loadable folder, and its ``hub_ids`` names packaged models on
+the card. hpo never imports a trainer module by name. Checkpoint paths are relative to
+the folder the study ran in (``output_dir``), so export from there.
 """
 
 from __future__ import annotations
@@ -34,16 +36,6 @@ from hpo import storage as st
 from hpo.config import StudyConfig
 from hpo.errors import ConfigError, StudyStateError
 
-# Files of a saved model, as opposed to the optimizer, scheduler and trainer state.
-_MODEL_FILES = (
-    "config.json",
-    "generation_config.json",
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-)
-_MODEL_PATTERNS = ("model-*.safetensors", "pytorch_model-*.bin")
 _PACKAGES = (DISTRIBUTION, "optuna", "transformers", "torch", "datasets", "tokenizers")
 
 
@@ -69,8 +61,12 @@ def export_best(
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        _copy_model(checkpoint, staging)
-        _save_tokenizer(config, staging, trial)
+        save_model = _trainer_hook(config, "save_model")
+        args = {**config.trainer.args, "model": base_model_name(config, trial)}
+        try:
+            save_model(checkpoint, staging, args, config.study_dir)
+        except ValueError as e:  # the trainer's word on a checkpoint it cannot export
+            raise StudyStateError(f"trial {trial.number}: {e}") from None
         (staging / "hpo_export.json").write_text(json.dumps(facts, indent=2) + "\n")
         (staging / "README.md").write_text(model_card(facts), encoding="utf-8")
         shutil.rmtree(target, ignore_errors=True)
@@ -126,14 +122,21 @@ def _checkpoint(trial: Any, config: StudyConfig) -> Path:
     return path
 
 
-def _copy_model(checkpoint: Path, target: Path) -> None:
-    names = {n for n in _MODEL_FILES if (checkpoint / n).is_file()}
-    for pattern in _MODEL_PATTERNS:
-        names |= {p.name for p in checkpoint.glob(pattern)}
-    if not any(n.endswith((".safetensors", ".bin")) for n in names):
-        raise StudyStateError(f"checkpoint {checkpoint} holds no model weights")
-    for name in sorted(names):
-        shutil.copy2(checkpoint / name, target / name)
+def _trainer_hook(config: StudyConfig, name: str) -> Any:
+    """The trainer's export hook ``name`` (``train.<name>``), found through trainer.ref.
+
+    Raises:
+        StudyStateError: the trainer does not offer it, so its models cannot be exported.
+    """
+    from hpo.config import resolve_trainer
+
+    hook = getattr(resolve_trainer(config.trainer.ref, config.study_dir), name, None)
+    if hook is None:
+        raise StudyStateError(
+            f"trainer {config.trainer.ref} cannot export its model: it defines no "
+            f"train.{name} (see the trainer contract in hpo/trainer.py)"
+        )
+    return hook
 
 
 def base_model_name(config: StudyConfig, trial: Any) -> str:
@@ -145,19 +148,8 @@ def base_model_name(config: StudyConfig, trial: Any) -> str:
 
 def base_model_path(config: StudyConfig, trial: Any) -> str:
     """The folder (or hub id) of the model the trial fine-tuned, resolved as it was."""
-    from trainers.text_classification import resolve_model
-
-    return resolve_model(base_model_name(config, trial), config.study_dir)
-
-
-def _save_tokenizer(config: StudyConfig, target: Path, trial: Any) -> None:
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(base_model_path(config, trial))
-    max_length = config.trainer.args.get("max_seq_length")
-    if max_length:
-        tokenizer.model_max_length = int(max_length)
-    tokenizer.save_pretrained(str(target))
+    resolve_model = _trainer_hook(config, "resolve_model")
+    return str(resolve_model(base_model_name(config, trial), config.study_dir))
 
 
 def model_facts(config: StudyConfig, trial: Any, checkpoint: Path) -> dict[str, Any]:
@@ -227,7 +219,7 @@ def model_card(facts: dict[str, Any]) -> str:
     base_card = _base_card(base["path"])
     data = ModelCardData(
         model_name=f"{facts['study']}-trial-{facts['trial']}",
-        base_model=base_model_id(base["name"], base["path"]),
+        base_model=base_model_id(base["name"], base["path"], facts["trainer"]["ref"]),
         license=base.get("license") or (base_card.license if base_card else None),
         datasets=base.get("datasets") or (base_card.datasets if base_card else None),
         library_name="transformers",
@@ -239,12 +231,16 @@ def model_card(facts: dict[str, Any]) -> str:
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n{_card_body(facts)}"))
 
 
-def base_model_id(name: str, path: str) -> str:
-    """How a card names a base model: its hub id, else the name of its local folder."""
-    from trainers.text_classification import PACKAGED_HUB_IDS
+def base_model_id(name: str, path: str, trainer_ref: str) -> str:
+    """How a card names a base model: its hub id, else the name of its local folder.
 
-    if name in PACKAGED_HUB_IDS:
-        return PACKAGED_HUB_IDS[name]
+    A packaged model's hub id comes from the trainer's ``hub_ids`` (its alias -> hub id).
+    """
+    from hpo.config import resolve_trainer
+
+    hub_ids = getattr(resolve_trainer(trainer_ref, Path.cwd()), "hub_ids", {})
+    if name in hub_ids:
+        return str(hub_ids[name])
     return Path(path).name if Path(path).is_dir() else path
 
 
@@ -314,11 +310,12 @@ def _card_body(facts: dict[str, Any]) -> str:
 
     objective = facts["objective"]
     base = facts["base_model"]
+    base_id = base_model_id(base["name"], base["path"], facts["trainer"]["ref"])
     versions = ", ".join(f"{k} {v}" for k, v in facts["packages"].items() if v)
     return f"""
 # {facts["study"]} — trial {facts["trial"]}
 
-Fine-tuned from `{base_model_id(base["name"], base["path"])}` (`{base["name"]}` in the
+Fine-tuned from `{base_id}` (`{base["name"]}` in the
 study) by hpo: trial {facts["trial"]} of study `{facts["study"]}` ({facts["storage"]}),
 {objective["metric"]} = {_fmt(objective["value"])} ({objective["direction"]}).
 

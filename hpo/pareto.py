@@ -31,7 +31,7 @@ def feasible_trials(study: Any, config: StudyConfig) -> list[Any]:
 
 def pareto_front(study: Any, config: StudyConfig) -> list[Any]:
     """The non-dominated feasible trials, by trial number."""
-    directions = [o.direction for o in config.objectives]
+    directions: list[str] = [o.direction for o in config.objectives]
     return non_dominated(feasible_trials(study, config), directions)
 
 

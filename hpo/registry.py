@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
@@ -245,14 +245,18 @@ PRUNERS: dict[str, Entry] = {
 }
 
 
-SamplerSpec = Annotated[
-    Union[tuple(entry.options for entry in SAMPLERS.values())],  # type: ignore[misc]
-    Field(discriminator="type"),
-]
-PrunerSpec = Annotated[
-    Union[tuple(entry.options for entry in PRUNERS.values())],  # type: ignore[misc]
-    Field(discriminator="type"),
-]
+if TYPE_CHECKING:  # a union built at run time is opaque to a type checker
+    SamplerSpec = Any
+    PrunerSpec = Any
+else:
+    SamplerSpec = Annotated[
+        Union[tuple(entry.options for entry in SAMPLERS.values())],
+        Field(discriminator="type"),
+    ]
+    PrunerSpec = Annotated[
+        Union[tuple(entry.options for entry in PRUNERS.values())],
+        Field(discriminator="type"),
+    ]
 
 
 def build_sampler(
@@ -275,7 +279,7 @@ def build_sampler(
 def build_pruner(spec: Options | None) -> Any:
     """An Optuna pruner for a validated ``pruner:`` section (``None`` means no pruning)."""
     return (
-        PRUNERS[spec.type].factory(spec)
+        PRUNERS[spec.type].factory(spec)  # type: ignore[attr-defined]
         if spec
         else PRUNERS["none"].factory(NopOptions(type="none"))
     )  # type: ignore[attr-defined]

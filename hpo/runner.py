@@ -60,7 +60,7 @@ def run_worker(
     baseline = usage(study, config).failures if failures_before is None else failures_before
     interrupts = Interrupts()
     objective = _Objective(config, trainer, worker, lock, interrupts)
-    callbacks = [_log_trial] + ([on_trial] if on_trial else [])
+    callbacks: list[Callable[[Any, Any], Any]] = [_log_trial] + ([on_trial] if on_trial else [])
     if config.keep_checkpoints:
         callbacks.append(lambda study, trial: prune_checkpoints(study, config))
     ran = 0

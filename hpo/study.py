@@ -97,7 +97,7 @@ def load_existing_study(config: StudyConfig) -> Any:
     """
     import optuna
 
-    st.require_storage(config.storage, config.name, config.source)
+    st.require_storage(config.storage, config.name, str(config.source or "") or None)
     storage = st.open_storage(config.storage, read_only=True)
     if config.name not in optuna.get_all_study_names(storage):
         raise StudyStateError(

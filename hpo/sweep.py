@@ -615,24 +615,3 @@ def describe_outcome(outcome: StudyOutcome) -> str:
         f"{outcome.name}  {outcome.finished}/{outcome.budget} finished  best {best}{trial}  "
         f"{status}"
     )
-
-
-def write_comparison(sweep: Sweep, result: SweepResult, output: Path | None = None) -> Path | None:
-    """The dashboards comparison page (``hpo compare``) of the sweep's studies, or None.
-
-    Studies without a completed trial are left out; a comparison dashboards refuses
-    (e.g. studies with different objectives) is logged and skipped, never a sweep failure.
-    """
-    try:
-        from dashboards.compare import build_comparison
-    except ImportError:  # dashboards not installed: the sweep itself is complete
-        return None
-    done = {o.name for o in result.outcomes if o.best_value is not None}
-    configs = [s.config for s in sweep.studies if s.name in done]
-    if not configs:
-        return None
-    try:
-        return Path(build_comparison(configs, output).html)
-    except Exception as e:  # noqa: BLE001 - the page is a bonus; the sweep's result stands
-        logger.warning("sweep: no comparison page: %s", e)
-        return None

@@ -17,6 +17,13 @@ The base model is the ``model`` argument (``trainer.args.model``, or a categoric
 (where it resolves, architecture, parameters, size, licence, pre-training data);
 ``hpo validate`` prints them, and a ``ValueError`` from it (a missing folder, a
 candidate its ``model_filter`` refuses) is a config error naming the candidate.
+
+``hpo export`` reaches a trainer's models only through three more hooks, so hpo never
+imports a trainer by name: ``train.resolve_model(name, study_dir) -> str`` (the base
+model's folder or hub id, resolved as in training), ``train.save_model(checkpoint,
+target, args, study_dir)`` (write a loadable model folder from a checkpoint; a
+``ValueError`` says why it cannot) and ``train.hub_ids`` (packaged alias -> hub id, for
+the model card). A trainer without ``save_model`` cannot be exported.
 """
 
 from __future__ import annotations

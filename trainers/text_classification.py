@@ -705,3 +705,17 @@ def _free_cuda() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def save_model(checkpoint: Path, target: Path, args: dict[str, Any], study_dir: Path) -> None:
+    """Export hook: a loadable model folder (weights and tokenizer) from a checkpoint."""
+    from trainers.hf_export import save_hf_model
+
+    base = resolve_model(str(args.get("model") or "minilm-l6"), study_dir)
+    save_hf_model(checkpoint, target, base, args.get("max_seq_length"))
+
+
+# hpo export asks the trainer how its models are named, found and saved (hpo/trainer.py).
+train.resolve_model = resolve_model  # type: ignore[attr-defined]
+train.save_model = save_model  # type: ignore[attr-defined]
+train.hub_ids = PACKAGED_HUB_IDS  # type: ignore[attr-defined]

@@ -1,0 +1,76 @@
+"""Imports run one way: the core never imports the layers above it, and nothing cycles.
+
+Counted from the source (every ``import``, including those inside functions), so a late
+import cannot hide an upward dependency or a cycle.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+CORE = ROOT / "hpo"
+# cli.py is the one hpo module that may draw dashboards and reach a trainer by name.
+ABOVE_THE_CORE = ("dashboards", "trainers")
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every module ``path`` imports, at any depth of its code."""
+    package = _module_name(path).rsplit(".", 1)[0] if path.name != "__init__.py" else None
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = (package or _module_name(path)).split(".")
+                anchor = anchor[: len(anchor) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            found.add(base)
+            # `from hpo import storage` imports the module hpo.storage
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return found
+
+
+def core_modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in sorted(CORE.rglob("*.py"))}
+
+
+def test_the_core_imports_neither_dashboards_nor_trainers() -> None:
+    upward = {
+        name: sorted(i for i in imports_of(path) if i.split(".")[0] in ABOVE_THE_CORE)
+        for name, path in core_modules().items()
+        if name != "hpo.cli"
+    }
+    assert {name: found for name, found in upward.items() if found} == {}
+
+
+def test_hpo_modules_import_each_other_without_cycles() -> None:
+    modules = core_modules()
+    graph = {
+        name: {i for i in imports_of(path) if i in modules and i != name and i != "hpo"}
+        for name, path in modules.items()
+    }
+    # A package's __init__ re-exports its modules; importing "hpo.backends" is not a cycle
+    # with its own submodules.
+    cycles = []
+    for start in graph:
+        stack = [(start, [start])]
+        seen = set()
+        while stack:
+            node, path = stack.pop()
+            for nxt in graph[node]:
+                if nxt == start:
+                    cycles.append(" -> ".join([*path, start]))
+                elif nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, [*path, nxt]))
+    assert sorted(set(cycles)) == []

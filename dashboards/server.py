@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from dashboards.study import load_stored_study
+from hpo.backends.optuna_compat import storage_of, study_id_of
 from hpo.errors import HpoError
 
 logger = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ def make_server(config: Any, host: str, port: int) -> tuple[Any, str]:
     folder = artifact_folder(config)
     folder.mkdir(parents=True, exist_ok=True)
     app = optuna_dashboard.wsgi(
-        study._storage, artifact_store=FileSystemArtifactStore(str(folder))
+        storage_of(study), artifact_store=FileSystemArtifactStore(str(folder))
     )
 
     class _Server(socketserver.ThreadingMixIn, WSGIServer):
@@ -57,7 +58,7 @@ def make_server(config: Any, host: str, port: int) -> tuple[Any, str]:
             f"cannot serve on {host}:{port}: {e.strerror or e}; pick another --port"
         ) from None
     shown = f"[{host}]" if ":" in host else host
-    url = f"http://{shown}:{server.server_port}/dashboard/studies/{study._study_id}"
+    url = f"http://{shown}:{server.server_port}/dashboard/studies/{study_id_of(study)}"
     return server, url
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from hpo import storage as st
+from hpo.backends.optuna_compat import frozen_trial, retry_origin, set_trial_user_attrs
 from hpo.budget import Summary, effective_budget, summarize, usage
 from hpo.checkpoints import prune_checkpoints
 from hpo.config import StudyConfig, resolve_trainer
@@ -152,24 +153,19 @@ class _Objective:
             with self.interrupts.deliverable():
                 metrics = self.trainer(ctx)
         except BaseException as e:
-            _record_failure(trial, e)
+            _record_failure(trial, e, {st.ATTR_DURATION: _duration(ctx)})
             raise
-        finally:
-            trial.set_user_attr(st.ATTR_DURATION, round(time.monotonic() - ctx.started, 3))
         if ctx.pruned:
+            set_trial_user_attrs(trial, {st.ATTR_DURATION: _duration(ctx)})
             last = ctx.history[-1]["step"] if ctx.history else 0
             raise optuna.TrialPruned(f"pruned at step {last}")
-        return self._objective_value(trial, metrics)
+        return self._objective_value(trial, metrics, _duration(ctx))
 
     def _context(self, trial: Any, params: dict[str, Any]) -> TrialContext:
         output_dir = Path(self.config.output_dir) / self.config.name / f"trial-{trial.number:04d}"
         resume_from, history = None, []
-        # Optuna 5's Trial hides system attrs; its frozen copy (read at ask) holds the
-        # retry's origin, so no storage round trip is needed.
-        frozen = getattr(trial, "_cached_frozen_trial", None) or trial.study._storage.get_trial(
-            trial._trial_id
-        )
-        retried = frozen.system_attrs.get("failed_trial")
+        attrs: dict[str, Any] = {}
+        retried = retry_origin(trial)
         if retried is not None:
             # The retry copied the lost trial's attributes: its checkpoint and evaluations.
             checkpoint = trial.user_attrs.get(st.ATTR_CHECKPOINT)
@@ -177,10 +173,12 @@ class _Objective:
                 resume_from = Path(checkpoint)
                 history = list(trial.user_attrs.get(st.ATTR_HISTORY, []))
                 output_dir = resume_from.parent
-            trial.set_user_attr(st.ATTR_RESUMED_FROM, retried)
-        trial.set_user_attr(st.ATTR_WORKER, self.worker.name)
-        trial.set_user_attr(st.ATTR_DEVICE, self.worker.device)
-        trial.set_user_attr(st.ATTR_OUTPUT_DIR, str(output_dir))
+            attrs[st.ATTR_RESUMED_FROM] = retried
+        attrs[st.ATTR_WORKER] = self.worker.name
+        attrs[st.ATTR_DEVICE] = self.worker.device
+        attrs[st.ATTR_OUTPUT_DIR] = str(output_dir)
+        # One transaction, not one per key: status shows where a running trial runs.
+        set_trial_user_attrs(trial, attrs)
         return TrialContext(
             trial=trial,
             params={**self.config.trainer.args, **params},
@@ -194,32 +192,47 @@ class _Objective:
             threads=self.worker.threads,
             resume_from=resume_from,
             history=history,
-            reported_steps=set(frozen.intermediate_values),
+            reported_steps=set(frozen_trial(trial).intermediate_values),
         )
 
-    def _objective_value(self, trial: Any, metrics: dict[str, Any]) -> float | list[float]:
-        """The objective value (a list of them with several objectives) from the metrics."""
+    def _objective_value(
+        self, trial: Any, metrics: dict[str, Any], duration: float
+    ) -> float | list[float]:
+        """The objective value (a list of them with several objectives) from the metrics.
+
+        The trial's closing attributes go in one transaction, before Optuna's tell (the
+        samplers' constraints_func reads hpo:metrics).
+        """
         names = [o.metric for o in self.config.objectives]
         missing = [m for m in names if m not in metrics]
         if missing:
-            trial.set_user_attr(st.ATTR_FAILURE, "exception")
-            raise KeyError(
+            error = KeyError(
                 f"trainer returned {sorted(metrics)} without objective.metric {missing[0]!r}"
             )
-        # Stored before Optuna's tell: the samplers' constraints_func reads them.
+            _record_failure(trial, error, {st.ATTR_DURATION: duration})
+            raise error
         clean = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
-        trial.set_user_attr(st.ATTR_METRICS, clean)
+        attrs: dict[str, Any] = {st.ATTR_DURATION: duration, st.ATTR_METRICS: clean}
         values = [float(metrics[m]) for m in names]
         if not all(math.isfinite(v) for v in values):
-            trial.set_user_attr(st.ATTR_FAILURE, "nan")  # Optuna fails non-finite values
+            attrs[st.ATTR_FAILURE] = "nan"  # Optuna fails non-finite values
+        set_trial_user_attrs(trial, attrs)
         return values if self.config.multi_objective else values[0]
 
 
-def _record_failure(trial: Any, error: BaseException) -> None:
+def _duration(ctx: TrialContext) -> float:
+    return round(time.monotonic() - ctx.started, 3)
+
+
+def _record_failure(trial: Any, error: BaseException, extra: dict[str, Any] | None = None) -> None:
     """Store why a trial failed; Optuna then marks it FAIL (attributes are read-only after)."""
+    attrs = {
+        **(extra or {}),
+        st.ATTR_FAILURE: _classify(error),
+        st.ATTR_FAILURE_MESSAGE: f"{type(error).__name__}: {error}"[:1000],
+    }
     try:
-        trial.set_user_attr(st.ATTR_FAILURE, _classify(error))
-        trial.set_user_attr(st.ATTR_FAILURE_MESSAGE, f"{type(error).__name__}: {error}"[:1000])
+        set_trial_user_attrs(trial, attrs)
     except Exception:  # the storage itself may be what failed; the original error matters
         logger.debug("could not record why trial %d failed", trial.number, exc_info=True)
 

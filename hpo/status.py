@@ -95,38 +95,7 @@ def failed_since(lines: list[TrialLine], moment: dt.datetime) -> list[TrialLine]
 
 
 def heartbeat_ages(study: Any) -> dict[int, float]:
-    """Seconds since each running trial's last heartbeat, by trial number (RDB storages).
+    """Seconds since each running trial's last heartbeat, by trial number."""
+    from hpo.backends.optuna_compat import heartbeat_ages as ages
 
-    Optuna has no public reader for heartbeats; this reads its heartbeat table the way its
-    own stale-trial check does, with the database's clock on both sides.
-    """
-    from optuna.storages import RDBStorage
-
-    storage = getattr(study, "_storage", None)
-    storage = getattr(storage, "_backend", storage)  # Optuna wraps RDB in a cache
-    if not isinstance(storage, RDBStorage):
-        return {}
-    import sqlalchemy
-    from optuna.storages._rdb import models
-    from optuna.storages._rdb.storage import _create_scoped_session
-    from optuna.trial import TrialState
-
-    with _create_scoped_session(storage.scoped_session) as session:
-        now = session.execute(sqlalchemy.func.now()).scalar()
-        rows = (
-            session.query(models.TrialModel.number, models.TrialHeartbeatModel.heartbeat)
-            .join(
-                models.TrialHeartbeatModel,
-                models.TrialHeartbeatModel.trial_id == models.TrialModel.trial_id,
-            )
-            .filter(models.TrialModel.study_id == study._study_id)
-            .filter(models.TrialModel.state == TrialState.RUNNING)
-            .all()
-        )
-    if now is None:
-        return {}
-    now = now.replace(tzinfo=None)
-    return {
-        number: max(0.0, (now - beat.replace(tzinfo=None)).total_seconds())
-        for number, beat in rows
-    }
+    return ages(study)

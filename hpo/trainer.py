@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from hpo import storage
+from hpo.backends.optuna_compat import set_trial_user_attrs
 from hpo.events import emit
 
 logger = logging.getLogger(__name__)
@@ -124,8 +125,10 @@ class TrialContext:
         # Steps repeated after a checkpoint replace their history entry.
         self.history = [h for h in self.history if h["step"] < step]
         self.history.append({"step": step, "epoch": self.epochs, **_floats(metrics)})
-        self.trial.set_user_attr(storage.ATTR_HISTORY, self.history)
-        self.trial.set_user_attr(storage.ATTR_EPOCHS, self.epochs)
+        # One transaction for both: this runs after every evaluation.
+        set_trial_user_attrs(
+            self.trial, {storage.ATTR_HISTORY: self.history, storage.ATTR_EPOCHS: self.epochs}
+        )
 
     def _log_evaluation(self, step: int, value: float, metrics: dict[str, float]) -> None:
         """One event per evaluation: where the trial is and how it is doing."""

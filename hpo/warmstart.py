@@ -19,6 +19,7 @@ import logging
 import math
 from typing import Any
 
+from hpo.backends.optuna_compat import contains, storage_of
 from hpo.config import StudyConfig
 
 logger = logging.getLogger(__name__)
@@ -113,11 +114,7 @@ def _fitting(params: dict[str, Any], distributions: dict[str, Any]) -> dict[str,
         distribution = distributions.get(name)
         if distribution is None:
             continue
-        try:
-            fits = distribution._contains(distribution.to_internal_repr(value))
-        except (ValueError, TypeError):
-            fits = False
-        if fits:
+        if contains(distribution, value):
             kept[name] = value
     return kept
 
@@ -151,7 +148,7 @@ def _remaining_budget(config: StudyConfig, trials: list[Any]) -> int:
 
 def _source_storage(study: Any, url: str | None) -> Any:
     if url is None:
-        return study._storage  # the same storage: reuse its connection pool
+        return storage_of(study)  # the same storage: reuse its connection pool
     from hpo.storage import open_storage, storage_exists
 
     if not storage_exists(url):

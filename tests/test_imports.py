@@ -7,6 +7,7 @@ import cannot hide an upward dependency or a cycle.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 from tests.conftest import ROOT
@@ -74,3 +75,23 @@ def test_hpo_modules_import_each_other_without_cycles() -> None:
                     seen.add(nxt)
                     stack.append((nxt, [*path, nxt]))
     assert sorted(set(cycles)) == []
+
+
+# Optuna's private names hpo has used; only hpo/backends/optuna_compat.py may touch them.
+_OPTUNA_PRIVATE = re.compile(
+    r"\._(storage|study_id|trial_id|cached_frozen_trial|contains|backend)\b"
+    r"|optuna(\.\w+)*\._\w+|\"failed_trial\""
+)
+
+
+def test_optuna_internals_only_in_the_compat_module() -> None:
+    compat = ROOT / "hpo" / "backends" / "optuna_compat.py"
+    found = [
+        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+        for folder in ("hpo", "dashboards", "trainers")
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        if path != compat
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if _OPTUNA_PRIVATE.search(line.split("#")[0])
+    ]
+    assert found == []

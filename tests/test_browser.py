@@ -267,7 +267,7 @@ def test_comparison_renders(browser: Browser, tmp_path: Path) -> None:
 
 def test_optuna_dashboard_serves_the_study(browser: Browser, tmp_path: Path) -> None:
     study_file = toy_file(tmp_path, "toy", "random", 6)
-    assert main(["report", str(study_file), "-o", str(tmp_path / "report")]) == 0
+    assert main(["report", str(study_file), "-o", str(tmp_path / "report"), "--attach"]) == 0
     server = subprocess.Popen(
         [sys.executable, "-m", "hpo", "dashboard", str(study_file), "--port", "0"],
         cwd=tmp_path,

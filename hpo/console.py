@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from hpo.events import (
@@ -103,6 +103,8 @@ class _Running:
     epoch: float | None = None
     epochs: float | None = None
     value: float | None = None
+    # When this view saw the trial start: minutes-long epochs show the trial is alive.
+    started: float = field(default_factory=time.monotonic)
 
 
 class LiveView(logging.Handler):
@@ -175,6 +177,12 @@ class LiveView(logging.Handler):
             row.epochs = getattr(record, "epochs", None) or row.epochs
         elif event == "trial_finished":
             self.running.pop(number, None)
+            # Count it now; the next update() re-reads the truth from storage.
+            if (
+                getattr(record, "state", None) in ("COMPLETE", "PRUNED")
+                and self.finished is not None
+            ):
+                self.finished += 1
 
     def update(self, study: Any) -> None:
         """Refresh finished trials and the best value from the stored study."""
@@ -222,7 +230,8 @@ class LiveView(logging.Handler):
         else:
             progress = "starting"
         value = f" {self.metric}={row.value:.4f}" if row.value is not None else ""
-        return f"  trial {row.number}{where}: {progress}{value}"
+        running = _clock(time.monotonic() - row.started)
+        return f"  trial {row.number}{where}: {progress}{value} · {running}"
 
     def render(self) -> Any:
         from rich.console import Group

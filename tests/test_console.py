@@ -21,7 +21,9 @@ from tests.conftest import ROOT
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
 
-TRIAL_ROW = re.compile(r"^  trial \d+( w\d)?: (starting|epoch \d/3 eval_accuracy=0\.\d{4})$")
+TRIAL_ROW = re.compile(
+    r"^  trial \d+( w\d)?: (starting|epoch \d/3 eval_accuracy=0\.\d{4}) · \d:\d\d:\d\d$"
+)
 
 
 def capture(session: str) -> list[str]:

@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from hpo import storage as st
-from hpo.backends.optuna_compat import frozen_trial, retry_origin, set_trial_user_attrs
+from hpo.backends.optuna_compat import (
+    fail_orphan,
+    frozen_trial,
+    heartbeat_ages,
+    retry_origin,
+    set_trial_user_attrs,
+)
+from hpo.backends.rdb import is_connection_error
 from hpo.budget import Summary, effective_budget, summarize, usage
 from hpo.checkpoints import prune_checkpoints
 from hpo.config import StudyConfig, resolve_trainer
@@ -33,6 +40,7 @@ from hpo.workers import Interrupts, Worker, plan_workers, run_worker_processes, 
 logger = logging.getLogger(__name__)
 
 _WAIT_POLL_S = 1.0
+_ORPHAN_AGE_S = 2.0  # a claimed trial starts its heartbeat well within this
 
 
 def run_worker(
@@ -93,6 +101,14 @@ def run_worker(
                 continue
             try:
                 study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=callbacks)
+            except Exception as e:
+                if not is_connection_error(e):
+                    raise
+                # Trial creation is never retried blindly; find what a lost commit left.
+                logger.warning("storage connection lost while claiming a trial; recovering")
+                lock.acquire()
+                _recover_orphans(study)
+                continue
             finally:
                 lock.release()
             ran += 1
@@ -100,6 +116,28 @@ def run_worker(
         interrupts.uninstall()
         lock.close()
     return ran
+
+
+def _recover_orphans(study: Any) -> None:
+    """Fail (and retry) RUNNING trials that never sent a heartbeat: orphans of a lost
+    ``create_new_trial`` commit. Called under the claim lock.
+
+    Every worker starts its trial's heartbeat before it releases the claim lock, so a
+    RUNNING trial older than the wait below with no heartbeat has no worker.
+    """
+    from optuna.trial import TrialState
+
+    time.sleep(_ORPHAN_AGE_S + 0.5)
+    ages = heartbeat_ages(study)
+    now = time.time()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        started = trial.datetime_start.timestamp() if trial.datetime_start else now
+        if trial.number in ages or now - started < _ORPHAN_AGE_S:
+            continue
+        if fail_orphan(study, trial) is not None:
+            logger.warning("trial %d: created by a lost commit, never run; failed", trial.number)
+            lost = study.user_attrs.get("hpo:lost", [])
+            study.set_user_attr("hpo:lost", sorted(set(lost) | {trial.number}))
 
 
 def _wait_for_others(study: Any) -> None:

@@ -239,3 +239,44 @@ def test_status_does_not_rewrite_the_stored_config(toy_study) -> None:
     assert run_hpo("status", str(study_file), "--set", changed).returncode == 0
     result = run_hpo("run", str(study_file), "--set", changed, "--n-trials", "3")
     assert result.returncode == 2 and "--allow-space-change" in result.stderr
+
+
+def test_a_lost_commit_of_a_new_trial_leaves_no_orphan(toy_study, monkeypatch) -> None:
+    """The connection drops after the new trial's INSERT commits, before the answer.
+
+    The trial exists but nobody runs it: RUNNING with no heartbeat, counted as claimed and
+    skipped by Optuna's stale-trial check. Before the claim loop recovered it, the worker
+    crashed here (Optuna 5 creates trials through a method the old retry wrapper missed),
+    and a blind retry would have left the same orphan beside a second trial.
+    """
+    import sqlalchemy
+
+    from hpo.backends.rdb import retrying_storage_class
+
+    # Optuna's cached storage creates trials through RDBStorage._create_new_trial.
+    real = optuna.storages.RDBStorage._create_new_trial
+    created = []
+
+    def create_then_lose_the_answer(self, study_id, template_trial=None):
+        created.append(real(self, study_id, template_trial))
+        if len(created) == 2:
+            raise sqlalchemy.exc.OperationalError(
+                "INSERT INTO trials", {}, Exception("server closed the connection unexpectedly")
+            )
+        return created[-1]
+
+    monkeypatch.setattr(
+        optuna.storages.RDBStorage, "_create_new_trial", create_then_lose_the_answer
+    )
+    retrying_storage_class.cache_clear()  # rebuilt over the faulty method
+    try:
+        study_file = toy_study(n_trials=3)
+        # The timeout ends the naive path's endless wait for the orphan.
+        config = load_study(study_file, overrides=["budget.timeout=60"])
+        run_study(config)
+    finally:
+        retrying_storage_class.cache_clear()
+    study = open_study(config)
+    assert count_states(study) == {"COMPLETE": 3, "FAIL": 1}
+    orphan = next(t for t in study.get_trials() if t.state.name == "FAIL")
+    assert orphan.number in study.user_attrs["hpo:lost"]

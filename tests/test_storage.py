@@ -136,9 +136,7 @@ def _snapshot(tmp_path: Path) -> tuple[list[str], list[str]]:
     return rows, sorted(p.name for p in tmp_path.iterdir() if p.name != "dashboards")
 
 
-def test_read_only_commands_leave_the_storage_as_it_was(
-    toy_study, tmp_path: Path, capsys
-) -> None:
+def test_read_only_commands_leave_the_storage_as_it_was(toy_study, tmp_path: Path, capsys) -> None:
     from hpo.cli import main
 
     study_file = toy_study(n_trials=3)
@@ -157,3 +155,22 @@ def test_in_memory_sqlite_is_refused_at_validation(toy_study) -> None:
 
     for url in ("sqlite:///:memory:", "sqlite://"):
         assert main(["validate", str(toy_study(storage=url))]) == 2
+
+
+def test_retries_are_never_nested(monkeypatch) -> None:
+    """One operation is attempted at most retries + 1 times, however deep the calls go."""
+    import sqlalchemy
+
+    from hpo.backends import rdb
+
+    monkeypatch.setattr(rdb.time, "sleep", lambda s: None)
+    attempts = []
+
+    def inner(self):
+        attempts.append(1)
+        raise sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("connection reset"))
+
+    outer = rdb.retrying(lambda self: rdb.retrying(inner, 2)(self), 2)
+    with pytest.raises(sqlalchemy.exc.OperationalError):
+        outer(None)
+    assert len(attempts) == 3  # nested retries multiplied: 3 x 3 = 9

@@ -138,6 +138,26 @@ def _set_rdb_attrs(storage: Any, trial_id: int, attrs: dict[str, Any]) -> None:
             )
 
 
+def fail_orphan(study: Any, trial: Any) -> Any:
+    """Fail a RUNNING trial nobody runs and hand it to the stale-trial callback.
+
+    Returns the failed trial (as stored), or None when another worker got there first.
+    """
+    import optuna
+
+    storage = study._storage
+    try:
+        if not storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL):
+            return None
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return None
+    failed = storage.get_trial(trial._trial_id)
+    callback = getattr(storage, "get_heartbeat_stale_trial_callback", lambda: None)()
+    if callback is not None:
+        callback(study, failed)
+    return failed
+
+
 def contains(distribution: Any, value: Any) -> bool:
     """True when ``value`` lies inside ``distribution`` (``BaseDistribution._contains``)."""
     try:

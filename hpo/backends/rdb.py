@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
 from typing import Any
 
@@ -13,6 +14,9 @@ from hpo.backends.base import Lock
 logger = logging.getLogger(__name__)
 
 STORAGE_RETRIES = 8  # 0.5 s doubling to 10 s: about a minute for a database to come back
+# Set while a retrying call runs in this thread: the calls it makes do not retry again
+# (Optuna's storage methods call each other; nested retries multiplied to 9 x 9 attempts).
+_RETRYING = threading.local()
 
 
 def open_rdb(
@@ -125,29 +129,66 @@ def is_connection_error(error: BaseException) -> bool:
 
 
 def retrying(method: Any, retries: int = STORAGE_RETRIES) -> Any:
-    """``method`` retried with backoff while the database connection is lost."""
+    """``method`` retried with backoff while the database connection is lost.
+
+    Only the outermost retrying call in a thread retries; the calls it makes run once
+    each, so one operation is attempted at most ``retries + 1`` times.
+    """
 
     @functools.wraps(method)
     def call(self: Any, *args: Any, **kwargs: Any) -> Any:
-        delay = 0.5
-        for attempt in range(retries + 1):
-            try:
-                return method(self, *args, **kwargs)
-            except Exception as e:
-                if attempt == retries or not is_connection_error(e):
-                    raise
-                logger.warning(
-                    "storage connection lost during %s (%s); retry %d in %.1f s",
-                    getattr(method, "__name__", "a call"),
-                    type(e.__cause__ or e).__name__,
-                    attempt + 1,
-                    delay,
-                )
-                time.sleep(delay)
-                delay = min(delay * 2, 10.0)
-        raise AssertionError("unreachable")
+        if getattr(_RETRYING, "active", False):
+            return method(self, *args, **kwargs)
+        _RETRYING.active = True
+        try:
+            return _with_retries(method, retries, self, *args, **kwargs)
+        finally:
+            _RETRYING.active = False
 
     return call
+
+
+def _with_retries(method: Any, retries: int, *args: Any, **kwargs: Any) -> Any:
+    delay = 0.5
+    for attempt in range(retries + 1):
+        try:
+            return method(*args, **kwargs)
+        except Exception as e:
+            if attempt == retries or not is_connection_error(e):
+                raise
+            logger.warning(
+                "storage connection lost during %s (%s); retry %d in %.1f s",
+                getattr(method, "__name__", "a call"),
+                type(e.__cause__ or e).__name__,
+                attempt + 1,
+                delay,
+            )
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+    raise AssertionError("unreachable")
+
+
+def _idempotent_state_change(base: Any) -> Any:
+    """``set_trial_state_values`` that survives a lost commit.
+
+    A retry after a commit whose answer was lost finds the trial already in the new state;
+    that is success, not the "trial already finished" error a blind repeat raises. (Under
+    hpo's claim lock no other worker can have moved the trial meanwhile.)
+    """
+
+    def set_trial_state_values(self: Any, trial_id: int, state: Any, values: Any = None) -> bool:
+        attempts = 0
+
+        def once(storage: Any) -> bool:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1 and base.get_trial(storage, trial_id).state == state:
+                return True
+            return bool(base.set_trial_state_values(storage, trial_id, state, values))
+
+        return bool(retrying(once)(self))
+
+    return set_trial_state_values
 
 
 @functools.cache
@@ -155,9 +196,12 @@ def retrying_storage_class() -> type:
     """RDBStorage whose calls survive a database restart: retried with backoff.
 
     Optuna's RDBStorage raises on the first broken connection; pool pre-ping only helps
-    when a connection is checked out, not when the server drops it mid-query. The retry
-    covers reads and writes alike (a write whose commit was lost is redone; Optuna's
-    writes are keyed, so a redo sets the same values).
+    when a connection is checked out, not when the server drops it mid-query. Retried:
+    reads, and writes a repeat cannot double (attributes, values and heartbeats are keyed
+    upserts; a state change checks whether its lost commit went through). Not retried:
+    ``create_new_trial`` (a repeat after a lost commit would leave a second, orphaned
+    RUNNING trial); the runner's claim loop recovers from it instead
+    (``hpo.runner._recover_orphans``). Never nested: see :func:`retrying`.
     """
     import optuna
 
@@ -174,7 +218,10 @@ def retrying_storage_class() -> type:
             "get_current_version",
             "get_head_version",
             "get_all_versions",
+            "create_new_trial",
+            "set_trial_state_values",
         )
     }
+    methods["set_trial_state_values"] = _idempotent_state_change(base)
     methods["__module__"] = "hpo.storage"
     return type("RetryingRDBStorage", (base,), methods)

@@ -169,6 +169,20 @@ def raw_study(storage: Any, name: str) -> Any:
     )
 
 
+# Database transactions committed in this process (both arms share it, one at a time).
+# Unlike milliseconds, the count per trial does not depend on how busy the machine is.
+COMMITS = [0]
+
+
+def count_commits() -> None:
+    import sqlalchemy
+
+    def on_commit(connection: Any) -> None:
+        COMMITS[0] += 1
+
+    sqlalchemy.event.listen(sqlalchemy.engine.Engine, "commit", on_commit)
+
+
 @dataclass
 class Arms:
     """Both arms of one storage x sleep cell: their studies and per-trial wall times."""
@@ -181,11 +195,19 @@ class Arms:
     raw_gaps: list[float] = field(default_factory=list)
     hpo_gaps: list[float] = field(default_factory=list)
 
+    raw_commits: int = 0
+    hpo_commits: int = 0
+    raw_trials: int = 0
+    hpo_trials: int = 0
+
     def run_raw(self, n: int) -> None:
         if self.raw is None:
             self.raw = raw_study(self.backend.raw_storage(), f"raw-{uuid.uuid4().hex[:10]}")
         stamps = Stamps()
+        before = COMMITS[0]
         self.raw.optimize(raw_objective(self.sleep_s), n_trials=n, callbacks=[stamps])
+        self.raw_commits += COMMITS[0] - before
+        self.raw_trials += n
         self.raw_gaps += stamps.gaps[1:]
 
     def run_hpo(self, n: int) -> None:
@@ -195,7 +217,10 @@ class Arms:
         self.hpo_done += n
         config = hpo_config(self.backend.url, self.hpo_name, self.hpo_done, self.sleep_s)
         stamps = Stamps()
+        before = COMMITS[0]
         run_worker(config, on_trial=stamps)
+        self.hpo_commits += COMMITS[0] - before
+        self.hpo_trials += n
         self.hpo_gaps += stamps.gaps[1:]
 
 
@@ -257,20 +282,24 @@ def row(arms: Arms) -> dict[str, Any]:
         "added_p95": percentile(hpo_over, 0.95) - percentile(raw_over, 0.95),
         "ratio": hpo_median / raw_median,
         "n": len(hpo_over),
+        # hpo's include opening the study once per block (run_worker opens it each time).
+        "raw_commits": arms.raw_commits / max(1, arms.raw_trials),
+        "hpo_commits": arms.hpo_commits / max(1, arms.hpo_trials),
     }
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     print(
         "| storage | sleep ms | raw overhead ms median / p95 | hpo overhead ms median / p95 "
-        "| hpo adds ms median / p95 | wall ratio hpo/raw |"
+        "| hpo adds ms median / p95 | wall ratio hpo/raw | commits per trial raw / hpo |"
     )
-    print("|---|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
             f"| {r['storage']} | {r['sleep_ms']:g} | {r['raw_median']:.2f} / {r['raw_p95']:.2f} "
             f"| {r['hpo_median']:.2f} / {r['hpo_p95']:.2f} "
-            f"| {r['added_median']:+.2f} / {r['added_p95']:+.2f} | {r['ratio']:.3f} |"
+            f"| {r['added_median']:+.2f} / {r['added_p95']:+.2f} | {r['ratio']:.3f} "
+            f"| {r['raw_commits']:.2f} / {r['hpo_commits']:.2f} |"
         )
 
 
@@ -288,6 +317,7 @@ def main() -> None:
     # hpo turns on Optuna's heartbeats, which warn as experimental on every study open.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    count_commits()
     rows, same_everywhere = [], True
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.storages:
@@ -306,11 +336,14 @@ def main() -> None:
     print()
     print_table(rows)
     worst = max(rows, key=lambda r: r["added_median"])
+    # Issue 9's goal at 10 ms trials: at most +5 ms on SQLite and +10 ms on Postgres.
+    goals = {"sqlite": 5.0, "postgres": 10.0, "memory": 2.0}
+    met = all(r["added_median"] <= goals[r["storage"]] for r in rows)
     print(
         f"RESULT max_added_ms_median={worst['added_median']:.2f} "
         f"at={worst['storage']}/{worst['sleep_ms']:g}ms "
         f"max_ratio={max(r['ratio'] for r in rows):.3f} same_params={same_everywhere} "
-        f"goal_2ms={'met' if worst['added_median'] <= 2.0 else 'missed'}"
+        f"goal={'met' if met else 'missed'}"
     )
 
 

@@ -13,17 +13,18 @@ model from memory and trains.
 
 from __future__ import annotations
 
-import functools
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from hpo.trainer import NonFiniteError, TrialContext, available_cores
-from trainers import trackers
+from hpo.trainer import TrialContext
+from trainers import _hf, trackers
+from trainers._hf import CACHE as _CACHE
+from trainers._hf import HFTrainingArgs, reporter_class
+from trainers._hf import relative_to as _relative_to
 from trainers.drafts import draft_text_classification
 from trainers.model_facts import (
     BERT_LIKE,
@@ -32,7 +33,6 @@ from trainers.model_facts import (
     describe_folder,
     describe_hub,
 )
-from trainers.trackers import Tracker
 
 logger = logging.getLogger(__name__)
 
@@ -73,39 +73,23 @@ class DatasetArgs(BaseModel):
         return self
 
 
-class TextClassificationArgs(BaseModel):
-    """Fixed arguments (``trainer.args``) and searchable hyperparameters of :func:`train`."""
+class TextClassificationArgs(HFTrainingArgs):
+    """Fixed arguments (``trainer.args``) and searchable hyperparameters of :func:`train`.
 
-    model_config = ConfigDict(extra="forbid")
+    The training hyperparameters and run options common to HF trainers come from
+    :class:`trainers._hf.HFTrainingArgs`.
+    """
 
     model: str = "minilm-l6"
     model_filter: ModelFilter | None = None
     dataset: DatasetArgs
     max_seq_length: int = Field(128, gt=0)
-    # Hyperparameters (any of these may appear in search_space).
-    learning_rate: float = Field(5e-5, gt=0)
-    per_device_train_batch_size: int = Field(16, gt=0)
-    per_device_eval_batch_size: int = Field(64, gt=0)
-    num_train_epochs: int = Field(3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
+    # Hyperparameters of this family (any of these may appear in search_space).
     dropout: float | None = Field(None, ge=0, lt=1, description="hidden, attention, classifier")
     hidden_dropout: float | None = Field(None, ge=0, lt=1)
     attention_dropout: float | None = Field(None, ge=0, lt=1)
     classifier_dropout: float | None = Field(None, ge=0, lt=1)
-    warmup_ratio: float = Field(0.0, ge=0, lt=1)
-    lr_scheduler_type: str = "linear"
-    gradient_accumulation_steps: int = Field(1, gt=0)
     freeze_layers: int = Field(0, ge=0, description="embeddings + lowest N encoder layers")
-    # Evaluation, stopping and saving.
-    eval_steps: int | None = Field(None, gt=0, description="evaluate every N steps, not epochs")
-    early_stopping_patience: int | None = Field(None, gt=0)
-    save_checkpoints: bool = True
-    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
-    oom_retry: bool = False
-    error_examples: int = Field(20, ge=0)
-    # Experiment trackers and any other TrainingArguments field (see trainers/trackers.py).
-    report_to: Tracker | list[Tracker] = "none"
-    training_args: dict[str, Any] = Field(default_factory=dict)
 
 
 # --- data -------------------------------------------------------------------------------
@@ -119,9 +103,6 @@ class PreparedData:
     validation_texts: list[str]
     label_names: list[str]
     tokenizer: Any
-
-
-_CACHE: dict[tuple, Any] = {}
 
 
 def resolve_model(name: str, study_dir: Path) -> str:
@@ -368,32 +349,7 @@ def freeze(model: Any, n_layers: int) -> None:
 def train(ctx: TrialContext) -> dict[str, float]:
     """Fine-tune with this trial's hyperparameters; return validation and test metrics."""
     args = TextClassificationArgs.model_validate(ctx.params)
-    try:
-        return _train(args, ctx)
-    except Exception as e:
-        if not (args.oom_retry and _is_oom(e)) or args.per_device_train_batch_size < 2:
-            raise
-        smaller = args.model_copy(
-            update={
-                "per_device_train_batch_size": args.per_device_train_batch_size // 2,
-                "gradient_accumulation_steps": args.gradient_accumulation_steps * 2,
-            }
-        )
-        logger.warning(
-            "trial %d: out of memory; retrying with batch %d x %d accumulation",
-            ctx.number,
-            smaller.per_device_train_batch_size,
-            smaller.gradient_accumulation_steps,
-        )
-        ctx.set_attr(
-            "oom_retry",
-            {
-                "per_device_train_batch_size": smaller.per_device_train_batch_size,
-                "gradient_accumulation_steps": smaller.gradient_accumulation_steps,
-            },
-        )
-        _free_cuda()
-        return _train(smaller, ctx)
+    return _hf.with_oom_retry(_train, args, ctx)
 
 
 def check_args(
@@ -430,11 +386,6 @@ def check_files(args: TextClassificationArgs, study_dir: Path) -> tuple[str, str
     return None
 
 
-def _relative_to(value: str, study_dir: Path) -> Path:
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else study_dir / path
-
-
 train.args_model = TextClassificationArgs  # type: ignore[attr-defined]
 train.check_files = check_files  # type: ignore[attr-defined]
 train.check_args = check_args  # type: ignore[attr-defined]
@@ -444,267 +395,38 @@ train.draft_study = draft_text_classification  # type: ignore[attr-defined]  # h
 
 def _train(args: TextClassificationArgs, ctx: TrialContext) -> dict[str, float]:
     import torch
-    from transformers import DataCollatorWithPadding, PrinterCallback, Trainer
-    from transformers.utils import logging as hf_logging
+    from transformers import DataCollatorWithPadding
 
-    hf_logging.disable_progress_bar()
-
-    torch.set_num_threads(ctx.threads or available_cores())
+    _hf.set_up(ctx)
     model_path = resolve_model(args.model, ctx.study_dir)
     ctx.set_attr("model", _trial_model_facts(args.model, ctx.study_dir))
     data = prepare_data(args, model_path, ctx)
     model = build_model(args, model_path, data, ctx.seed)
-    reporter = _reporter_class()(ctx, args.early_stopping_patience)
-    last_eval: dict[str, Any] = {}
+    input_names = data.tokenizer.model_input_names
 
-    def metrics_keeping_predictions(prediction: Any) -> dict[str, float]:
-        last_eval["prediction"] = prediction
-        return compute_metrics(prediction)
+    def example_inputs(example: dict[str, Any], device: Any) -> dict[str, Any]:
+        return {k: torch.tensor([example[k]], device=device) for k in input_names if k in example}
 
-    trainer = Trainer(
-        model=model,
-        args=training_arguments(args, ctx),
-        train_dataset=data.splits["train"],
-        eval_dataset=data.splits["validation"],
-        data_collator=DataCollatorWithPadding(data.tokenizer),
-        compute_metrics=metrics_keeping_predictions,
-        callbacks=[reporter],
+    splits = _hf.Datasets(
+        train=data.splits["train"],
+        validation=data.splits["validation"],
+        test=data.splits["test"],
+        label_names=data.label_names,
+        collator=DataCollatorWithPadding(data.tokenizer),
+        example_inputs=example_inputs,
+        show_example=lambda i: {"text": data.validation_texts[i]},
     )
-    # hpo logs one line per trial; the Trainer's own per-log dict prints would drown it.
-    trainer.remove_callback(PrinterCallback)
-    resume = str(ctx.resume_from) if ctx.resume_from else None
-    trackers.start_runs(args.report_to, ctx)
-    try:
-        trainer.train(resume_from_checkpoint=resume)
-    except BaseException:
-        trackers.end_runs_after_failure(args.report_to)
-        raise
-    if reporter.non_finite:
-        raise NonFiniteError(
-            f"training loss became {reporter.non_finite} at step "
-            f"{trainer.state.global_step}; lower learning_rate"
-        )
-    if ctx.pruned:
-        return dict(ctx.history[-1]) if ctx.history else {}
-    if reporter.last_step == trainer.state.global_step and "prediction" in last_eval:
-        # The last evaluation already scored the final model: reuse it, do not predict again.
-        validation, metrics = last_eval["prediction"], dict(reporter.last_metrics)
-    else:  # training went on after the last evaluation (an eval_steps schedule)
-        validation = trainer.predict(data.splits["validation"], metric_key_prefix="eval")
-        metrics = dict(validation.metrics)
-    if len(data.splits["test"]):
-        metrics.update(trainer.predict(data.splits["test"], metric_key_prefix="test").metrics)
-    metrics["epoch"] = float(trainer.state.epoch or 0)
-    metrics.update(cost_metrics(trainer.model, data, metrics))
-    if args.error_examples:
-        ctx.set_attr("error_analysis", error_analysis(validation, data, args.error_examples))
-    final = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
-    trackers.log_final(args.report_to, ctx, dict(ctx.trial.params), final)
-    return final
+    return _hf.fit(args, ctx, model, splits)
 
 
 def _trial_model_facts(name: str, study_dir: Path) -> dict[str, Any]:
     """This trial's base model facts (stored as ``hpo:model``); cached per model."""
-    key = ("facts", name, str(study_dir))
-    if key not in _CACHE:
-        _CACHE[key] = model_facts(name, study_dir).as_dict()
-    return _CACHE[key]
-
-
-LATENCY_EXAMPLES = 16  # enough for a stable median, cheap next to training
-_WARMUP = 2
-
-
-def cost_metrics(model: Any, data: PreparedData, metrics: dict[str, Any]) -> dict[str, float]:
-    """What serving this model costs, beside its accuracy.
-
-    ``n_parameters`` and ``model_size_mb`` (fp32 parameters and buffers, what a saved copy
-    weighs); ``latency_ms``: the median time of one validation example at batch size 1 on
-    the trial's device, after warm-up; ``throughput``: validation examples per second at
-    the eval batch size, from the final evaluation.
-    """
-    import statistics
-    import time
-
-    import torch
-
-    n_parameters = sum(p.numel() for p in model.parameters())
-    size = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
-    validation = data.splits["validation"]
-    examples = [validation[i] for i in range(min(LATENCY_EXAMPLES + _WARMUP, len(validation)))]
-    device = next(model.parameters()).device
-    model.eval()
-    times = []
-    with torch.inference_mode():
-        for i, example in enumerate(examples):
-            inputs = {
-                k: torch.tensor([example[k]], device=device)
-                for k in data.tokenizer.model_input_names
-                if k in example
-            }
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            model(**inputs)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if i >= _WARMUP:
-                times.append((time.perf_counter() - start) * 1000)
-    result = {"n_parameters": float(n_parameters), "model_size_mb": round(size / 2**20, 2)}
-    if times:
-        result["latency_ms"] = round(statistics.median(times), 3)
-    if "eval_samples_per_second" in metrics:
-        result["throughput"] = float(metrics["eval_samples_per_second"])
-    return result
-
-
-def training_arguments(args: TextClassificationArgs, ctx: TrialContext) -> Any:
-    """HF ``TrainingArguments`` for this trial: evaluation and saving on the same schedule."""
-    import torch
-    from transformers import TrainingArguments
-
-    schedule = "steps" if args.eval_steps else "epoch"
-    cuda = ctx.device.startswith("cuda") and torch.cuda.is_available()
-    precision = args.mixed_precision
-    if precision == "auto":
-        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "no"
-    return TrainingArguments(
-        output_dir=str(ctx.output_dir),
-        learning_rate=args.learning_rate,
-        per_device_train_batch_size=args.per_device_train_batch_size,
-        per_device_eval_batch_size=args.per_device_eval_batch_size,
-        num_train_epochs=args.num_train_epochs,
-        weight_decay=args.weight_decay,
-        warmup_steps=args.warmup_ratio,  # transformers 5: a float below 1 is a ratio
-        lr_scheduler_type=args.lr_scheduler_type,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        eval_strategy=schedule,
-        eval_steps=args.eval_steps,
-        save_strategy=schedule if args.save_checkpoints else "no",
-        save_steps=args.eval_steps,
-        save_total_limit=1,
-        logging_strategy=schedule,
-        logging_steps=args.eval_steps,
-        seed=ctx.seed,
-        data_seed=ctx.seed,
-        use_cpu=not cuda,
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
-        report_to=trackers.trackers(args.report_to) or "none",
-        run_name=trackers.run_name(ctx),
-        disable_tqdm=True,
-        dataloader_pin_memory=cuda,
-        **args.training_args,  # checked before the study ran: none of the above
+    return _hf.cached(
+        ("facts", name, str(study_dir)), lambda: model_facts(name, study_dir).as_dict()
     )
 
 
-def compute_metrics(prediction: Any) -> dict[str, float]:
-    """Accuracy and macro-F1 from logits."""
-    import numpy as np
-    from sklearn.metrics import f1_score
-
-    predicted = np.argmax(prediction.predictions, axis=-1)
-    labels = prediction.label_ids
-    return {
-        "accuracy": float((predicted == labels).mean()),
-        "f1": float(f1_score(labels, predicted, average="macro")),
-    }
-
-
-def error_analysis(prediction: Any, data: PreparedData, top_k: int) -> dict[str, Any]:
-    """Validation confusion matrix and the most confidently wrong examples."""
-    import numpy as np
-
-    logits = prediction.predictions
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    probabilities = shifted / shifted.sum(axis=-1, keepdims=True)
-    predicted = probabilities.argmax(axis=-1)
-    labels = prediction.label_ids
-    n = len(data.label_names)
-    matrix = np.zeros((n, n), dtype=int)
-    np.add.at(matrix, (labels, predicted), 1)
-    wrong = np.flatnonzero(predicted != labels)
-    wrong = wrong[np.argsort(-probabilities[wrong, predicted[wrong]])][:top_k]
-    return {
-        "labels": data.label_names,
-        "confusion_matrix": matrix.tolist(),  # rows: true label, columns: predicted
-        "confident_errors": [
-            {
-                "text": data.validation_texts[i],
-                "label": data.label_names[labels[i]],
-                "predicted": data.label_names[predicted[i]],
-                "confidence": round(float(probabilities[i, predicted[i]]), 4),
-            }
-            for i in wrong
-        ],
-    }
-
-
-@functools.cache
-def _reporter_class() -> type:
-    """The callback class, made on first use so importing this module stays light."""
-    from transformers import TrainerCallback
-
-    class HpoReporter(TrainerCallback):
-        """Reports each evaluation to hpo; stops training (never raises) to prune or stop early.
-
-        The shape follows transformers' EarlyStoppingCallback, which itself cannot be used
-        here: it requires load_best_model_at_end, which reloads a checkpoint every trial.
-        """
-
-        def __init__(self, ctx: TrialContext, patience: int | None):
-            self.ctx = ctx
-            self.patience = patience
-            self.best: float | None = None
-            self.stale = 0
-            self.non_finite: str | None = None
-            self.last_step = -1
-            self.last_metrics: dict[str, float] = {}
-
-        def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kw):
-            loss = (logs or {}).get("loss")
-            if loss is not None and not math.isfinite(loss):
-                self.non_finite = str(loss)
-                control.should_training_stop = True
-
-        def on_evaluate(
-            self, args: Any, state: Any, control: Any, metrics: dict | None = None, **kw: Any
-        ) -> None:
-            metrics = metrics or {}
-            self.last_step, self.last_metrics = state.global_step, dict(metrics)
-            by_steps = args.eval_strategy == "steps"
-            step = state.global_step if by_steps else int(round(state.epoch or 0))
-            self.ctx.report(step, metrics, epoch=float(state.epoch or 0))
-            # After the last step there is nothing left to save by pruning: let it complete.
-            if state.global_step < state.max_steps and self.ctx.should_prune():
-                control.should_training_stop = True
-            value = metrics.get(self.ctx.objective)
-            if self.patience and value is not None:
-                sign = 1.0 if self.ctx.direction == "maximize" else -1.0
-                if self.best is None or sign * (value - self.best) > 0:
-                    self.best, self.stale = value, 0
-                else:
-                    self.stale += 1
-                    control.should_training_stop |= self.stale >= self.patience
-
-        def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            self.ctx.set_checkpoint(Path(args.output_dir) / f"checkpoint-{state.global_step}")
-
-    return HpoReporter
-
-
-def _is_oom(error: BaseException) -> bool:
-    return type(error).__name__ == "OutOfMemoryError" or "out of memory" in str(error).lower()
-
-
-def _free_cuda() -> None:
-    import gc
-
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+_reporter_class = reporter_class  # the name the tests and older callers use
 
 
 def save_model(checkpoint: Path, target: Path, args: dict[str, Any], study_dir: Path) -> None:

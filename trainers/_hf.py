@@ -1,0 +1,393 @@
+"""What every Hugging Face ``Trainer``-based trainer shares, whatever its data and model.
+
+A trainer family (text, images, ...) keeps only its data and model code: it validates
+its arguments with a subclass of :class:`HFTrainingArgs`, builds its datasets and model,
+and hands them to :func:`fit`, which assembles ``TrainingArguments``, reports every
+evaluation to hpo through :func:`reporter_class` (pruning and early stopping stop
+training through ``control``), records checkpoints and resumes from one, scores
+validation and test, and stores the error analysis. :func:`with_oom_retry` halves the
+batch once on out-of-memory; :data:`CACHE` keeps what does not change between trials
+(decoded data, base weights) in the worker process.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from hpo.trainer import NonFiniteError, TrialContext, available_cores
+from trainers import trackers
+from trainers.trackers import Tracker
+
+logger = logging.getLogger(__name__)
+
+# Per worker process: decoded data, base weights, model facts; keyed by what they depend on.
+CACHE: dict[tuple, Any] = {}
+
+
+class HFTrainingArgs(BaseModel):
+    """The hyperparameters and run options every HF trainer takes (any may be searched)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    learning_rate: float = Field(5e-5, gt=0)
+    per_device_train_batch_size: int = Field(16, gt=0)
+    per_device_eval_batch_size: int = Field(64, gt=0)
+    num_train_epochs: int = Field(3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    lr_scheduler_type: str = "linear"
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    # Evaluation, stopping and saving.
+    eval_steps: int | None = Field(None, gt=0, description="evaluate every N steps, not epochs")
+    early_stopping_patience: int | None = Field(None, gt=0)
+    save_checkpoints: bool = True
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    oom_retry: bool = False
+    error_examples: int = Field(20, ge=0)
+    # Experiment trackers and any other TrainingArguments field (see trainers/trackers.py).
+    report_to: Tracker | list[Tracker] = "none"
+    training_args: dict[str, Any] = Field(default_factory=dict)
+
+
+@dataclass
+class Datasets:
+    """What :func:`fit` trains and scores: the splits and how to batch them."""
+
+    train: Any
+    validation: Any
+    test: Any
+    label_names: list[str]
+    collator: Any = None
+    # One validation example -> the model's keyword inputs as a batch of one (latency).
+    example_inputs: Callable[[dict[str, Any], Any], dict[str, Any]] | None = None
+    # Validation index -> how an error-analysis entry shows that example ({"text": ...}).
+    show_example: Callable[[int], dict[str, Any]] = field(default=lambda i: {})
+
+
+def set_up(ctx: TrialContext) -> None:
+    """Threads for this worker, and quiet HF progress bars (hpo logs each trial itself)."""
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    torch.set_num_threads(ctx.threads or available_cores())
+
+
+def cached(key: tuple, make: Callable[[], Any]) -> Any:
+    """``CACHE[key]``, made on first use in this worker process."""
+    if key not in CACHE:
+        CACHE[key] = make()
+    return CACHE[key]
+
+
+def with_oom_retry(
+    train_once: Callable[[Any, TrialContext], dict[str, float]],
+    args: HFTrainingArgs,
+    ctx: TrialContext,
+) -> dict[str, float]:
+    """Train; on out-of-memory (with ``oom_retry``) retry once at half the batch.
+
+    The effective batch stays the same: gradient accumulation doubles.
+    """
+    try:
+        return train_once(args, ctx)
+    except Exception as e:
+        if not (args.oom_retry and _is_oom(e)) or args.per_device_train_batch_size < 2:
+            raise
+        smaller = args.model_copy(
+            update={
+                "per_device_train_batch_size": args.per_device_train_batch_size // 2,
+                "gradient_accumulation_steps": args.gradient_accumulation_steps * 2,
+            }
+        )
+        logger.warning(
+            "trial %d: out of memory; retrying with batch %d x %d accumulation",
+            ctx.number,
+            smaller.per_device_train_batch_size,
+            smaller.gradient_accumulation_steps,
+        )
+        ctx.set_attr(
+            "oom_retry",
+            {
+                "per_device_train_batch_size": smaller.per_device_train_batch_size,
+                "gradient_accumulation_steps": smaller.gradient_accumulation_steps,
+            },
+        )
+        _free_cuda()
+        return train_once(smaller, ctx)
+
+
+def fit(
+    args: HFTrainingArgs,
+    ctx: TrialContext,
+    model: Any,
+    data: Datasets,
+    error_analysis: Callable[[Any, Datasets, int], dict[str, Any]] | None = None,
+) -> dict[str, float]:
+    """Train ``model`` with the HF ``Trainer``, report to hpo, score validation and test.
+
+    Returns the final metrics (``eval_*``, ``test_*``, ``epoch`` and the cost metrics);
+    a pruned trial returns its last evaluation.
+    """
+    from transformers import PrinterCallback, Trainer
+
+    reporter = reporter_class()(ctx, args.early_stopping_patience)
+    last_eval: dict[str, Any] = {}
+
+    def metrics_keeping_predictions(prediction: Any) -> dict[str, float]:
+        last_eval["prediction"] = prediction
+        return compute_metrics(prediction)
+
+    trainer = Trainer(
+        model=model,
+        args=training_arguments(args, ctx),
+        train_dataset=data.train,
+        eval_dataset=data.validation,
+        data_collator=data.collator,
+        compute_metrics=metrics_keeping_predictions,
+        callbacks=[reporter],
+    )
+    # hpo logs one line per trial; the Trainer's own per-log dict prints would drown it.
+    trainer.remove_callback(PrinterCallback)
+    resume = str(ctx.resume_from) if ctx.resume_from else None
+    trackers.start_runs(args.report_to, ctx)
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+    except BaseException:
+        trackers.end_runs_after_failure(args.report_to)
+        raise
+    if reporter.non_finite:
+        raise NonFiniteError(
+            f"training loss became {reporter.non_finite} at step "
+            f"{trainer.state.global_step}; lower learning_rate"
+        )
+    if ctx.pruned:
+        return dict(ctx.history[-1]) if ctx.history else {}
+    if reporter.last_step == trainer.state.global_step and "prediction" in last_eval:
+        # The last evaluation already scored the final model: reuse it, do not predict again.
+        validation, metrics = last_eval["prediction"], dict(reporter.last_metrics)
+    else:  # training went on after the last evaluation (an eval_steps schedule)
+        validation = trainer.predict(data.validation, metric_key_prefix="eval")
+        metrics = dict(validation.metrics)
+    if len(data.test):
+        metrics.update(trainer.predict(data.test, metric_key_prefix="test").metrics)
+    metrics["epoch"] = float(trainer.state.epoch or 0)
+    metrics.update(cost_metrics(trainer.model, data, metrics))
+    if args.error_examples:
+        analysis = (error_analysis or confusion_analysis)(validation, data, args.error_examples)
+        ctx.set_attr("error_analysis", analysis)
+    final = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+    trackers.log_final(args.report_to, ctx, dict(ctx.trial.params), final)
+    return final
+
+
+def training_arguments(args: HFTrainingArgs, ctx: TrialContext) -> Any:
+    """HF ``TrainingArguments`` for this trial: evaluation and saving on the same schedule."""
+    import torch
+    from transformers import TrainingArguments
+
+    schedule = "steps" if args.eval_steps else "epoch"
+    cuda = ctx.device.startswith("cuda") and torch.cuda.is_available()
+    precision = args.mixed_precision
+    if precision == "auto":
+        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "no"
+    return TrainingArguments(
+        output_dir=str(ctx.output_dir),
+        learning_rate=args.learning_rate,
+        per_device_train_batch_size=args.per_device_train_batch_size,
+        per_device_eval_batch_size=args.per_device_eval_batch_size,
+        num_train_epochs=args.num_train_epochs,
+        weight_decay=args.weight_decay,
+        warmup_steps=args.warmup_ratio,  # transformers 5: a float below 1 is a ratio
+        lr_scheduler_type=args.lr_scheduler_type,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        eval_strategy=schedule,
+        eval_steps=args.eval_steps,
+        save_strategy=schedule if args.save_checkpoints else "no",
+        save_steps=args.eval_steps,
+        save_total_limit=1,
+        logging_strategy=schedule,
+        logging_steps=args.eval_steps,
+        seed=ctx.seed,
+        data_seed=ctx.seed,
+        use_cpu=not cuda,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        report_to=trackers.trackers(args.report_to) or "none",
+        run_name=trackers.run_name(ctx),
+        disable_tqdm=True,
+        dataloader_pin_memory=cuda,
+        **args.training_args,  # checked before the study ran: none of the above
+    )
+
+
+def compute_metrics(prediction: Any) -> dict[str, float]:
+    """Accuracy and macro-F1 from logits."""
+    import numpy as np
+    from sklearn.metrics import f1_score
+
+    predicted = np.argmax(prediction.predictions, axis=-1)
+    labels = prediction.label_ids
+    return {
+        "accuracy": float((predicted == labels).mean()),
+        "f1": float(f1_score(labels, predicted, average="macro")),
+    }
+
+
+def confusion_analysis(prediction: Any, data: Datasets, top_k: int) -> dict[str, Any]:
+    """Validation confusion matrix and the most confidently wrong examples.
+
+    Each wrong example shows as ``data.show_example(index)`` (its text, its thumbnail)
+    plus its true label, the predicted one and the confidence; stored as
+    ``hpo:error_analysis``, which ``hpo report`` draws.
+    """
+    import numpy as np
+
+    logits = prediction.predictions
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    probabilities = shifted / shifted.sum(axis=-1, keepdims=True)
+    predicted = probabilities.argmax(axis=-1)
+    labels = prediction.label_ids
+    n = len(data.label_names)
+    matrix = np.zeros((n, n), dtype=int)
+    np.add.at(matrix, (labels, predicted), 1)
+    wrong = np.flatnonzero(predicted != labels)
+    wrong = wrong[np.argsort(-probabilities[wrong, predicted[wrong]])][:top_k]
+    return {
+        "labels": data.label_names,
+        "confusion_matrix": matrix.tolist(),  # rows: true label, columns: predicted
+        "confident_errors": [
+            {
+                **data.show_example(int(i)),
+                "label": data.label_names[labels[i]],
+                "predicted": data.label_names[predicted[i]],
+                "confidence": round(float(probabilities[i, predicted[i]]), 4),
+            }
+            for i in wrong
+        ],
+    }
+
+
+LATENCY_EXAMPLES = 16  # enough for a stable median, cheap next to training
+_WARMUP = 2
+
+
+def cost_metrics(model: Any, data: Datasets, metrics: dict[str, Any]) -> dict[str, float]:
+    """What serving this model costs, beside its accuracy.
+
+    ``n_parameters`` and ``model_size_mb`` (fp32 parameters and buffers, what a saved copy
+    weighs); ``latency_ms``: the median time of one validation example at batch size 1 on
+    the trial's device, after warm-up; ``throughput``: validation examples per second at
+    the eval batch size, from the final evaluation.
+    """
+    import statistics
+    import time
+
+    import torch
+
+    n_parameters = sum(p.numel() for p in model.parameters())
+    size = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    validation = data.validation
+    count = min(LATENCY_EXAMPLES + _WARMUP, len(validation)) if data.example_inputs else 0
+    examples = [validation[i] for i in range(count)]
+    device = next(model.parameters()).device
+    model.eval()
+    times = []
+    with torch.inference_mode():
+        for i, example in enumerate(examples):
+            inputs = data.example_inputs(example, device)  # type: ignore[misc]
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            model(**inputs)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if i >= _WARMUP:
+                times.append((time.perf_counter() - start) * 1000)
+    result = {"n_parameters": float(n_parameters), "model_size_mb": round(size / 2**20, 2)}
+    if times:
+        result["latency_ms"] = round(statistics.median(times), 3)
+    if "eval_samples_per_second" in metrics:
+        result["throughput"] = float(metrics["eval_samples_per_second"])
+    return result
+
+
+@functools.cache
+def reporter_class() -> type:
+    """The callback class, made on first use so importing this module stays light."""
+    from transformers import TrainerCallback
+
+    class HpoReporter(TrainerCallback):
+        """Reports each evaluation to hpo; stops training (never raises) to prune or stop early.
+
+        The shape follows transformers' EarlyStoppingCallback, which itself cannot be used
+        here: it requires load_best_model_at_end, which reloads a checkpoint every trial.
+        """
+
+        def __init__(self, ctx: TrialContext, patience: int | None):
+            self.ctx = ctx
+            self.patience = patience
+            self.best: float | None = None
+            self.stale = 0
+            self.non_finite: str | None = None
+            self.last_step = -1
+            self.last_metrics: dict[str, float] = {}
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kw):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(loss):
+                self.non_finite = str(loss)
+                control.should_training_stop = True
+
+        def on_evaluate(
+            self, args: Any, state: Any, control: Any, metrics: dict | None = None, **kw: Any
+        ) -> None:
+            metrics = metrics or {}
+            self.last_step, self.last_metrics = state.global_step, dict(metrics)
+            by_steps = args.eval_strategy == "steps"
+            step = state.global_step if by_steps else int(round(state.epoch or 0))
+            self.ctx.report(step, metrics, epoch=float(state.epoch or 0))
+            # After the last step there is nothing left to save by pruning: let it complete.
+            if state.global_step < state.max_steps and self.ctx.should_prune():
+                control.should_training_stop = True
+            value = metrics.get(self.ctx.objective)
+            if self.patience and value is not None:
+                sign = 1.0 if self.ctx.direction == "maximize" else -1.0
+                if self.best is None or sign * (value - self.best) > 0:
+                    self.best, self.stale = value, 0
+                else:
+                    self.stale += 1
+                    control.should_training_stop |= self.stale >= self.patience
+
+        def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.ctx.set_checkpoint(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+
+    return HpoReporter
+
+
+def _is_oom(error: BaseException) -> bool:
+    return type(error).__name__ == "OutOfMemoryError" or "out of memory" in str(error).lower()
+
+
+def _free_cuda() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def relative_to(value: str, study_dir: Path) -> Path:
+    """``value`` as a path; relative paths start at the study file's folder."""
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else study_dir / path

@@ -1,10 +1,15 @@
-"""Checkpoint retention (``keep_checkpoints: K``) for finished trials.
+"""Checkpoint retention (``keep_checkpoints: K``, 3 unless told) for finished trials.
 
-After each finished trial the runner calls :func:`prune_checkpoints`. A completed trial
-outside the best K can never get back in (values are final; new trials only push it
-further down), so its folder goes; so do pruned and failed trials' folders. Kept:
+After each finished trial the runner calls :func:`prune_checkpoints`, which deletes the
+``checkpoint-*`` folders of trials that cannot be kept (a trial folder goes too once
+nothing else is left in it). A completed trial outside the best K can never get back in
+(values are final; new trials only push it further down), so its checkpoints go; so do
+pruned and failed trials'. Kept:
 
 - the best K completed trials (ties: the earlier trial wins, as in ``study.best_trial``);
+  with several objectives, every trial on the feasible Pareto front instead (a dominated
+  trial stays dominated, so it can never get back in either; trials on a front have no
+  ranking, so K does not apply);
 - running and waiting trials, and any folder a waiting retry will resume from (a trial
   whose worker died is retried with its ``hpo:checkpoint`` copied over);
 - anything outside ``<output_dir>/<study name>/``: a path read from storage never makes
@@ -25,6 +30,7 @@ from typing import Any
 
 from hpo import storage as st
 from hpo.config import StudyConfig
+from hpo.pareto import pareto_front
 
 logger = logging.getLogger(__name__)
 
@@ -33,11 +39,13 @@ _ACTIVE = ("RUNNING", "WAITING")
 
 def prune_checkpoints(study: Any, config: StudyConfig) -> list[str]:
     """Delete checkpoints of trials that can no longer be among the best K; return them."""
-    if not config.keep_checkpoints:
+    limit = config.checkpoint_limit
+    if limit is None:
         return []
     trials = study.get_trials(deepcopy=False)
-    keep = {t.number for t in best_trials(trials, config, config.keep_checkpoints)}
-    root = (Path(config.output_dir) / config.name).resolve()
+    kept = pareto_front(study, config) if config.multi_objective else None
+    keep = {t.number for t in (kept if kept is not None else best_trials(trials, config, limit))}
+    root = study_folder(config).resolve()
     protected = [
         Path(p).resolve()
         for t in trials
@@ -52,13 +60,13 @@ def prune_checkpoints(study: Any, config: StudyConfig) -> list[str]:
             path = Path(folder).resolve()
             if not _deletable(path, root, protected):
                 continue
-            shutil.rmtree(path, ignore_errors=True)
-            deleted.append(str(folder))
+            if _delete_checkpoints(path):
+                deleted.append(str(folder))
             logger.debug(
-                "trial %d: deleted %s (not among the best %d)",
+                "trial %d: deleted %s (%s)",
                 trial.number,
                 folder,
-                config.keep_checkpoints,
+                "not on the Pareto front" if kept is not None else f"not among the best {limit}",
             )
     return deleted
 
@@ -74,6 +82,24 @@ def best_trials(trials: list[Any], config: StudyConfig, k: int) -> list[Any]:
     return sorted(completed, key=lambda t: (sign * t.value, t.number))[:k]
 
 
+def _delete_checkpoints(path: Path) -> bool:
+    """Delete a checkpoint, or a trial folder's checkpoints; the folder goes once empty.
+
+    Only ``checkpoint-*`` folders go from a trial folder: the rest (TensorBoard event files,
+    error analysis) is small and is what a person reads after a sweep.
+    """
+    if path.name.startswith("checkpoint-"):
+        shutil.rmtree(path, ignore_errors=True)
+        return True
+    found = [child for child in path.glob("checkpoint-*") if child.is_dir()]
+    for child in found:
+        shutil.rmtree(child, ignore_errors=True)
+    if not any(path.iterdir()):
+        path.rmdir()
+        return True
+    return bool(found)
+
+
 def _folders(trial: Any) -> list[str]:
     """The trial's own folder (which holds its checkpoints) and its recorded checkpoint."""
     attrs = trial.user_attrs
@@ -87,3 +113,17 @@ def _deletable(path: Path, root: Path, protected: list[Path]) -> bool:
     return not any(
         p == path or p.is_relative_to(path) or path.is_relative_to(p) for p in protected
     )
+
+
+def study_folder(config: StudyConfig) -> Path:
+    """``<output_dir>/<study name>``: where the study's trial folders are (relative paths
+    are relative to the working directory)."""
+    return Path(config.output_dir) / config.name
+
+
+def checkpoint_bytes(config: StudyConfig) -> int:
+    """Bytes under :func:`study_folder` on this machine: the disk the study's trials use."""
+    root = study_folder(config)
+    if not root.is_dir():
+        return 0
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and not p.is_symlink())

@@ -411,6 +411,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     study = load_existing_study(config)
     summary = summarize(study, config)
     lines = attention(study)
+    disk = _checkpoint_disk(config)
     if args.json:
         _print_json(
             {
@@ -420,12 +421,36 @@ def cmd_status(args: argparse.Namespace) -> int:
                 "trials_by_state": summary.counts,
                 "best": _best_data(config, summary),
                 "attention": [line.as_dict() for line in lines],
+                "checkpoints": disk,
             }
         )
         return 0
     _print_summary(summary)
+    print(_describe_disk(disk))
     _print_attention(lines)
     return 0
+
+
+def _checkpoint_disk(config: Any) -> dict[str, Any]:
+    """What ``hpo status`` says about the study's folder: where, how big, what is kept."""
+    from hpo.checkpoints import checkpoint_bytes, study_folder
+
+    kept: int | str = config.checkpoint_limit or "all"
+    if config.multi_objective and config.checkpoint_limit is not None:
+        kept = "pareto_front"
+    return {
+        "dir": str(study_folder(config)),
+        "bytes": checkpoint_bytes(config),
+        "keep": kept,
+    }
+
+
+def _describe_disk(disk: dict[str, Any]) -> str:
+    kept = {
+        "all": "every trial's kept",
+        "pareto_front": "the Pareto front's kept",
+    }.get(disk["keep"], f"the best {disk['keep']} trials' kept")
+    return f"checkpoints: {disk['bytes'] / 1e6:.1f} MB in {disk['dir']} ({kept})"
 
 
 def cmd_best(args: argparse.Namespace) -> int:

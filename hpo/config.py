@@ -42,6 +42,7 @@ from hpo.space import SearchSpace
 from hpo.storage import ENV_VAR, check_url, redact_url
 
 DEFAULT_STORAGE = "sqlite:///hpo.db"
+DEFAULT_KEEP_CHECKPOINTS = 3  # trials whose checkpoints stay (README: The study file)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*$")
 _DURATION_SCHEMA = {
     "anyOf": [
@@ -175,7 +176,10 @@ class StudyConfig(_Model):
     workers: Workers = Workers()
     output_dir: str = "runs"
     warm_start: WarmStart | None = None
-    keep_checkpoints: PositiveInt | None = None  # keep only the top-k trials' checkpoints
+    # Checkpoint retention: the best K trials' folders stay (with several objectives, the
+    # Pareto front's); `all` or null keeps every trial's. K=3 so that a default study's disk
+    # stays a few trials' worth (a MiniLM trial's checkpoint is about 0.27 GB).
+    keep_checkpoints: PositiveInt | Literal["all"] | None = DEFAULT_KEEP_CHECKPOINTS
     # Where the file came from: relative data paths in trainer args resolve against it.
     source: Path | None = Field(None, exclude=True)
     # Fields that held ${VAR}: the stored config shows the template, never the value.
@@ -227,10 +231,14 @@ class StudyConfig(_Model):
                     f"{self.sampler.type} optimizes one objective; with several use "
                     f"one of {', '.join(MULTI_OBJECTIVE_SAMPLERS)}",
                 )
-            if self.keep_checkpoints:
+            if isinstance(self.keep_checkpoints, int) and (
+                "keep_checkpoints" in self.model_fields_set
+            ):
+                # An explicit K cannot be honoured: trials on a front have no ranking.
                 raise FieldValueError(
                     "keep_checkpoints",
-                    "ranks trials by one objective; remove it when `objective` is a list",
+                    "ranks trials by one objective; remove it when `objective` is a list "
+                    "(the Pareto front's checkpoints are kept) or write `all`",
                 )
         return self
 
@@ -242,6 +250,15 @@ class StudyConfig(_Model):
     @property
     def multi_objective(self) -> bool:
         return len(self.objectives) > 1
+
+    @property
+    def checkpoint_limit(self) -> int | None:
+        """How many trials' checkpoints stay; None keeps every trial's.
+
+        With several objectives the limit is not a count: the Pareto front stays, whatever
+        its size (see :mod:`hpo.checkpoints`); this returns its nominal K all the same.
+        """
+        return self.keep_checkpoints if isinstance(self.keep_checkpoints, int) else None
 
     def constraint_values(self, metrics: dict[str, Any]) -> list[float]:
         """One violation per constraint (<= 0: feasible), as Optuna's constraints_func wants."""

@@ -70,7 +70,7 @@ def run_worker(
     interrupts = Interrupts()
     objective = _Objective(config, trainer, worker, lock, interrupts)
     callbacks: list[Callable[[Any, Any], Any]] = [_log_trial] + ([on_trial] if on_trial else [])
-    if config.keep_checkpoints:
+    if config.checkpoint_limit is not None:
         callbacks.append(lambda study, trial: prune_checkpoints(study, config))
     ran = 0
     try:

@@ -99,6 +99,81 @@ def test_a_study_with_keep_checkpoints_ends_with_k_folders(tmp_path: Path) -> No
     assert left == sorted(f"trial-{t.number:04d}" for t in best)
 
 
+def _toy_checkpoint_study(tmp_path: Path, extra: str = "", objective: str = "") -> Path:
+    """A toy study (real SQLite) whose trials write a checkpoint per epoch."""
+    study_file = tmp_path / "ckpt.yaml"
+    study_file.write_text(
+        f"name: ckpt\nseed: 3\nbudget: {{n_trials: 6}}\n{extra}{objective}"
+        "sampler: {type: random}\n"
+        "trainer: {ref: trainers.toy:train, args: {num_train_epochs: 2, save_checkpoints: true}}\n"
+        "search_space: {learning_rate: {type: float, low: 1.0e-6, high: 1.0e-2, log: true},\n"
+        "               size: {type: float, low: 0.5, high: 2.0}}\n"
+    )
+    return study_file
+
+
+def test_by_default_only_the_best_three_trials_keep_checkpoints(tmp_path: Path, capsys) -> None:
+    study_file = _toy_checkpoint_study(tmp_path)
+    assert main(["run", str(study_file)]) == 0
+    study = optuna.load_study(study_name="ckpt", storage="sqlite:///hpo.db")
+    best = sorted(study.trials, key=lambda t: (-t.value, t.number))[:3]
+    left = sorted(p.name for p in Path("runs/ckpt").iterdir())
+    assert left == sorted(f"trial-{t.number:04d}" for t in best)
+    capsys.readouterr()
+    assert main(["status", str(study_file), "--json"]) == 0
+    disk = json.loads(capsys.readouterr().out)["checkpoints"]
+    on_disk = sum(p.stat().st_size for p in Path("runs/ckpt").rglob("*") if p.is_file())
+    assert disk == {"dir": str(Path("runs") / "ckpt"), "bytes": on_disk, "keep": 3}
+    assert on_disk > 0
+    assert main(["status", str(study_file)]) == 0
+    assert f"checkpoints: {on_disk / 1e6:.1f} MB in runs/ckpt (the best 3 trials' kept)" in (
+        capsys.readouterr().out
+    )
+
+
+@pytest.mark.parametrize("keep", ["all", "null"])
+def test_keep_checkpoints_all_or_null_keeps_every_trial(tmp_path: Path, keep: str) -> None:
+    study_file = _toy_checkpoint_study(tmp_path, extra=f"keep_checkpoints: {keep}\n")
+    assert main(["run", str(study_file)]) == 0
+    assert len(list(Path("runs/ckpt").iterdir())) == 6
+    assert load_study(study_file).checkpoint_limit is None
+
+
+def test_several_objectives_keep_the_pareto_front_by_default(tmp_path: Path) -> None:
+    objective = (
+        "objective: [{metric: eval_accuracy, direction: maximize},\n"
+        "            {metric: latency_ms, direction: minimize}]\n"
+    )
+    study_file = _toy_checkpoint_study(tmp_path, objective=objective)
+    config = load_study(study_file)
+    assert main(["run", str(study_file)]) == 0
+    from hpo.pareto import pareto_front
+
+    study = optuna.load_study(study_name="ckpt", storage="sqlite:///hpo.db")
+    front = pareto_front(study, config)
+    assert 0 < len(front) < 6  # else nothing was at stake
+    left = sorted(p.name for p in Path("runs/ckpt").iterdir())
+    assert left == sorted(f"trial-{t.number:04d}" for t in front)
+
+
+def test_other_files_in_a_trial_folder_outlive_its_checkpoints(tmp_path: Path) -> None:
+    config = _config(tmp_path, keep=1)
+    study = optuna.create_study(direction="maximize")
+    dist = {"x": FloatDistribution(0, 1)}
+    for number, value in enumerate([0.9, 0.5]):
+        attrs = _folder(tmp_path, number)
+        (Path(attrs["hpo:output_dir"]) / "runs").mkdir()  # TensorBoard's event files
+        (Path(attrs["hpo:output_dir"]) / "runs" / "events").write_bytes(b"e")
+        study.add_trial(
+            create_trial(value=value, params={"x": 0.1}, distributions=dist, user_attrs=attrs)
+        )
+    assert [Path(p).name for p in prune_checkpoints(study, config)] == ["trial-0001"]
+    loser = tmp_path / "runs" / "keep" / "trial-0001"
+    assert sorted(p.name for p in loser.iterdir()) == ["runs"]
+    assert (tmp_path / "runs" / "keep" / "trial-0000" / "checkpoint-4").is_dir()
+    assert prune_checkpoints(study, config) == []
+
+
 # --- export -----------------------------------------------------------------------------
 
 TINY = """\

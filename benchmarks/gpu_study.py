@@ -29,6 +29,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--fp16", action="store_true", help="for GPUs without bf16")
     parser.add_argument("--trials", type=int, default=4)
     parser.add_argument("--small", action="store_true", help="50 samples, 1 epoch (dry run)")
     parser.add_argument("--json", type=Path)
@@ -47,7 +48,8 @@ def main() -> None:
         f"output_dir={work / 'runs'}",
         f"budget.n_trials={args.trials}",
         # Quoted: a bare `no` is YAML for false.
-        f"trainer.args.mixed_precision={'bf16' if args.bf16 else repr('no')}",
+        "trainer.args.mixed_precision="
+        + ("bf16" if args.bf16 else "fp16" if args.fp16 else repr("no")),
     ]
     if args.small:
         overrides += [

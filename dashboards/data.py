@@ -315,6 +315,8 @@ def error_analysis(attr: Any) -> ErrorAnalysis | None:
             "label": str(e.get("label", "")),
             "predicted": str(e.get("predicted", "")),
             "confidence": float(e.get("confidence", math.nan)),
+            # An image trainer's thumbnail, kept only when it is an inline PNG/JPEG.
+            "image": image if _is_image_uri(image := e.get("image")) else None,
         }
         for e in attr.get("confident_errors") or []
         if isinstance(e, dict)
@@ -324,6 +326,12 @@ def error_analysis(attr: Any) -> ErrorAnalysis | None:
         labels=[str(label) for label in labels],
         matrix=[[int(n) for n in row] for row in matrix],
         errors=errors,
+    )
+
+
+def _is_image_uri(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith(
+        ("data:image/png;base64,", "data:image/jpeg;base64,")
     )
 
 

@@ -85,14 +85,20 @@ def figure_html(figure: Any, div_id: str) -> str:
     )
 
 
+class Thumbnail(str):
+    """A table cell holding an image's ``data:image/png;base64,...`` URI, drawn as <img>."""
+
+
 def table_html(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """An HTML table; numbers right-aligned and formatted, everything else escaped."""
+    """An HTML table; numbers right-aligned and formatted, thumbnails drawn, the rest escaped."""
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
     body = []
     for row in rows:
         cells = []
         for cell in row:
-            if isinstance(cell, bool) or cell is None:
+            if isinstance(cell, Thumbnail):
+                cells.append(f'<td><img alt="example" src="{html.escape(cell)}"></td>')
+            elif isinstance(cell, bool) or cell is None:
                 cells.append(f"<td>{'' if cell is None else cell}</td>")
             elif isinstance(cell, int | float):
                 cells.append(f'<td class="num">{format_number(cell)}</td>')

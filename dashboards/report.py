@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from dashboards import data as d
-from dashboards.page import Section, figure_html, key_values, render_page, table_html
+from dashboards.page import (
+    Section,
+    Thumbnail,
+    figure_html,
+    key_values,
+    render_page,
+    table_html,
+)
 from dashboards.study import load_stored_study, require_completed, strategy
 from hpo.status import attention
 from hpo.storage import ATTR_ERROR_ANALYSIS, redact_url
@@ -312,12 +319,16 @@ def _error_section(analysis: d.ErrorAnalysis | None, figures: dict[str, Any]) ->
             anchor="errors",
         )
     recall = ", ".join(f"{label} {value:.1%}" for label, value in analysis.recall.items())
+    shown = analysis.errors[:MAX_ERRORS_SHOWN]
+    images = any(e.get("image") for e in shown)  # an image trainer: thumbnails first
     rows = [
-        [e["label"], e["predicted"], e["confidence"], e["text"]]
-        for e in analysis.errors[:MAX_ERRORS_SHOWN]
+        [*([Thumbnail(e["image"] or "")] if images else []), e["label"], e["predicted"]]
+        + [e["confidence"], e["text"]]
+        for e in shown
     ]
+    headers = [*(["image"] if images else []), "true", "predicted", "confidence"]
     table = (
-        table_html(["true", "predicted", "confidence", "text"], rows)
+        table_html([*headers, "source" if images else "text"], rows)
         if rows
         else "<p class='note'>No validation example was misclassified.</p>"
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Literal
 
 # Files of a saved model, as opposed to the optimizer, scheduler and trainer state.
 MODEL_FILES = (
@@ -23,17 +24,22 @@ MODEL_PATTERNS = ("model-*.safetensors", "pytorch_model-*.bin")
 
 
 def save_hf_model(
-    checkpoint: Path, target: Path, base_model: str, max_seq_length: int | None
+    checkpoint: Path,
+    target: Path,
+    base_model: str,
+    max_seq_length: int | None,
+    preprocessor: Literal["tokenizer", "image"] = "tokenizer",
 ) -> None:
     """Copy the checkpoint's model files to ``target`` and save the base model's tokenizer.
 
-    The tokenizer's ``model_max_length`` is the study's ``max_seq_length``, so
+    An image model gets the base model's image processor instead. The tokenizer's
+    ``model_max_length`` is the study's ``max_seq_length``, so
     ``tokenizer(text, truncation=True)`` tokenizes as training did.
 
     Raises:
         ValueError: the checkpoint holds no model weights.
     """
-    from transformers import AutoTokenizer
+    from transformers import AutoImageProcessor, AutoTokenizer
 
     names = {n for n in MODEL_FILES if (checkpoint / n).is_file()}
     for pattern in MODEL_PATTERNS:
@@ -42,6 +48,9 @@ def save_hf_model(
         raise ValueError(f"checkpoint {checkpoint} holds no model weights")
     for name in sorted(names):
         shutil.copy2(checkpoint / name, target / name)
+    if preprocessor == "image":
+        AutoImageProcessor.from_pretrained(base_model).save_pretrained(str(target))
+        return
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     if max_seq_length:
         tokenizer.model_max_length = int(max_seq_length)

@@ -20,16 +20,81 @@ SEED = 2024
 N_ROWS = 1200
 LABEL_NOISE = 0.08
 
-PRODUCTS = ["headphones", "blender", "laptop", "phone", "kettle", "backpack", "monitor",
-            "keyboard", "camera", "speaker", "vacuum", "watch", "printer", "router", "drill"]
-ASPECTS = ["battery", "sound", "screen", "price", "build quality", "design", "setup",
-           "customer service", "delivery", "manual", "app", "fit", "noise level", "warranty"]
-POSITIVE = ["great", "excellent", "superb", "reliable", "solid", "impressive", "fantastic",
-            "good", "comfortable", "fast", "sturdy", "pleasant", "worth it", "intuitive"]
-NEGATIVE = ["terrible", "awful", "flimsy", "disappointing", "poor", "slow", "useless",
-            "bad", "annoying", "cheap-feeling", "unreliable", "confusing", "broken", "weak"]
-OPENERS = ["", "Honestly, ", "After two weeks, ", "Bought this for my dad. ", "Well, ",
-           "I have mixed feelings. ", "Second one I own. ", "Quick review: "]
+PRODUCTS = [
+    "headphones",
+    "blender",
+    "laptop",
+    "phone",
+    "kettle",
+    "backpack",
+    "monitor",
+    "keyboard",
+    "camera",
+    "speaker",
+    "vacuum",
+    "watch",
+    "printer",
+    "router",
+    "drill",
+]
+ASPECTS = [
+    "battery",
+    "sound",
+    "screen",
+    "price",
+    "build quality",
+    "design",
+    "setup",
+    "customer service",
+    "delivery",
+    "manual",
+    "app",
+    "fit",
+    "noise level",
+    "warranty",
+]
+POSITIVE = [
+    "great",
+    "excellent",
+    "superb",
+    "reliable",
+    "solid",
+    "impressive",
+    "fantastic",
+    "good",
+    "comfortable",
+    "fast",
+    "sturdy",
+    "pleasant",
+    "worth it",
+    "intuitive",
+]
+NEGATIVE = [
+    "terrible",
+    "awful",
+    "flimsy",
+    "disappointing",
+    "poor",
+    "slow",
+    "useless",
+    "bad",
+    "annoying",
+    "cheap-feeling",
+    "unreliable",
+    "confusing",
+    "broken",
+    "weak",
+]
+OPENERS = [
+    "",
+    "Honestly, ",
+    "After two weeks, ",
+    "Bought this for my dad. ",
+    "Well, ",
+    "I have mixed feelings. ",
+    "Second one I own. ",
+    "Quick review: ",
+]
 
 
 def clause(rng: random.Random, positive: bool) -> str:
@@ -39,11 +104,20 @@ def clause(rng: random.Random, positive: bool) -> str:
     words = NEGATIVE if positive == negate else POSITIVE
     adjective = rng.choice(words)
     if negate:
-        return rng.choice([f"the {aspect} is not {adjective}",
-                           f"the {aspect} is far from {adjective}",
-                           f"I would not call the {aspect} {adjective}"])
-    return rng.choice([f"the {aspect} is {adjective}", f"the {aspect} feels {adjective}",
-                       f"the {aspect} turned out {adjective}"])
+        return rng.choice(
+            [
+                f"the {aspect} is not {adjective}",
+                f"the {aspect} is far from {adjective}",
+                f"I would not call the {aspect} {adjective}",
+            ]
+        )
+    return rng.choice(
+        [
+            f"the {aspect} is {adjective}",
+            f"the {aspect} feels {adjective}",
+            f"the {aspect} turned out {adjective}",
+        ]
+    )
 
 
 def review(rng: random.Random, positive: bool) -> str:
@@ -58,9 +132,15 @@ def review(rng: random.Random, positive: bool) -> str:
         body = f"although {clause(rng, not positive)}, {clause(rng, positive)}"
     else:
         body = clause(rng, positive)
-    verdict = rng.choice(["", f" Would {'' if positive else 'not '}buy this {product} again.",
-                          f" Overall the {product} is {'a keeper' if positive else 'a letdown'}."]
-                         if rng.random() < 0.25 else [""])
+    verdict = rng.choice(
+        [
+            "",
+            f" Would {'' if positive else 'not '}buy this {product} again.",
+            f" Overall the {product} is {'a keeper' if positive else 'a letdown'}.",
+        ]
+        if rng.random() < 0.25
+        else [""]
+    )
     opener = rng.choice(OPENERS)
     if not opener.endswith(", "):  # a new sentence starts with a capital letter
         body = body[0].upper() + body[1:]

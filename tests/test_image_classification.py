@@ -1,0 +1,273 @@
+"""The image trainer: image folders and tables, splits, augmentation, freezing, a study.
+
+Real images (bars drawn with Pillow; scikit-learn's digit scans), a tiny ResNet saved to
+a local folder with its image processor, the real HF Trainer and real SQLite.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from types import SimpleNamespace
+
+import optuna
+import pytest
+
+from hpo.config import load_study
+from hpo.runner import run_study
+from hpo.trainer import TrialContext
+from tests.conftest import run_hpo
+from trainers import image_classification as ic
+
+SIZE = 16
+
+
+def tiny_resnet(folder: Path, num_labels: int = 3) -> Path:
+    """A 3-stage ResNet (a few thousand parameters) with a 16x16 image processor."""
+    from transformers import ResNetConfig, ResNetForImageClassification, ViTImageProcessor
+
+    config = ResNetConfig(
+        num_channels=3,
+        embedding_size=8,
+        hidden_sizes=[8, 8, 16],
+        depths=[1, 1, 1],
+        layer_type="basic",
+        downsample_in_first_stage=False,
+        num_labels=num_labels,
+    )
+    ResNetForImageClassification(config).save_pretrained(folder)
+    ViTImageProcessor(
+        size={"height": SIZE, "width": SIZE}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    ).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def resnet(tmp_path_factory) -> Path:
+    return tiny_resnet(tmp_path_factory.mktemp("tiny-resnet"))
+
+
+@pytest.fixture(scope="session")
+def bars(tmp_path_factory) -> Path:
+    """40 drawn 16x16 images in two classes: horizontal and vertical bars."""
+    from PIL import Image, ImageDraw
+
+    folder = tmp_path_factory.mktemp("bars")
+    rng = random.Random(0)
+    for label in ("horizontal", "vertical"):
+        (folder / label).mkdir()
+        for i in range(20):
+            image = Image.new("RGB", (SIZE, SIZE), (rng.randint(0, 60),) * 3)
+            draw = ImageDraw.Draw(image)
+            at = rng.randint(2, SIZE - 4)
+            box = (0, at, SIZE, at + 2) if label == "horizontal" else (at, 0, at + 2, SIZE)
+            draw.rectangle(box, fill=(255, rng.randint(150, 255), 200))
+            image.save(folder / label / f"{i:02d}.png")
+    return folder
+
+
+def context(tmp_path: Path, **params) -> TrialContext:
+    study = optuna.create_study(direction="maximize")
+    return TrialContext(
+        trial=study.ask(),
+        params=params,
+        objective="eval_accuracy",
+        seed=0,
+        output_dir=tmp_path / "trial",
+        study_dir=tmp_path,
+    )
+
+
+def spec(model: Path, data: Path, **extra) -> ic.ImageClassificationArgs:
+    return ic.ImageClassificationArgs.model_validate(
+        {"model": str(model), "dataset": {"path": str(data)}, **extra}
+    )
+
+
+def test_folder_is_split_stratified_seeded_and_cached(tmp_path: Path, bars: Path) -> None:
+    ctx = context(tmp_path)
+    images = ic.load_images(spec(Path("m"), bars).dataset, ctx)
+    assert images.label_names == ["horizontal", "vertical"]
+    sizes = {k: len(v[1]) for k, v in images.splits.items()}
+    assert sizes == {"train": 24, "validation": 8, "test": 8}
+    assert sorted(images.splits["validation"][1]) == [0] * 4 + [1] * 4  # stratified
+    assert ic.load_images(spec(Path("m"), bars).dataset, ctx) is images  # cached
+    assert images.names["validation"][0].endswith(".png")
+
+
+def test_table_with_relative_paths_loads_like_the_folder(tmp_path: Path, bars: Path) -> None:
+    rows = [
+        {"file": f"{p.parent.name}/{p.name}", "kind": p.parent.name}
+        for p in sorted(bars.rglob("*.png"))
+    ]
+    table = bars / "index.jsonl"
+    table.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ctx = context(tmp_path)
+    from_table = ic.load_images(
+        ic.ImageDatasetArgs(path=str(table), image_column="file", label_column="kind"), ctx
+    )
+    from_folder = ic.load_images(ic.ImageDatasetArgs(path=str(bars)), ctx)
+    assert from_table.label_names == from_folder.label_names
+    assert from_table.splits["validation"][1] == from_folder.splits["validation"][1]
+    table.unlink()
+    with pytest.raises(KeyError, match=r"no column 'image' in index.csv"):
+        (bars.parent / "index.csv").write_text("file,label\nx.png,a\n")
+        ic.load_images(ic.ImageDatasetArgs(path=str(bars.parent / "index.csv")), ctx)
+
+
+def test_augmentation_is_seeded_and_changes_the_image(bars: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    image = Image.open(next(bars.rglob("*.png"))).convert("RGB")
+    args = spec(Path("m"), bars, augment_strength=0.5, horizontal_flip=True)
+    first = ic.augment(image, args, random.Random(1))
+    again = ic.augment(image, args, random.Random(1))
+    assert first.size == image.size
+    assert np.array_equal(np.asarray(first), np.asarray(again))
+    assert not np.array_equal(np.asarray(first), np.asarray(image))
+    off = spec(Path("m"), bars)
+    assert np.array_equal(np.asarray(ic.augment(image, off, random.Random(1))), np.asarray(image))
+
+
+def test_model_gets_base_weights_a_new_head_and_frozen_stages(resnet: Path, bars: Path) -> None:
+    import torch
+    from transformers import AutoModelForImageClassification
+
+    model = ic.build_model(spec(resnet, bars, freeze_layers=1), str(resnet), ["a", "b"], 0)
+    assert model.config.id2label == {0: "a", 1: "b"}
+    assert model.classifier[1].out_features == 2
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    assert any(n.startswith("resnet.embedder.") for n in frozen)
+    assert any(n.startswith("resnet.encoder.stages.0.") for n in frozen)
+    assert not any(n.startswith("resnet.encoder.stages.1.") for n in frozen)
+    pretrained = AutoModelForImageClassification.from_pretrained(resnet)
+    assert torch.equal(
+        model.resnet.encoder.stages[2].layers[0].layer[0].convolution.weight,
+        pretrained.resnet.encoder.stages[2].layers[0].layer[0].convolution.weight,
+    )
+    with pytest.raises(ValueError, match="has 3 stages, not 4"):
+        ic.build_model(spec(resnet, bars, freeze_layers=4), str(resnet), ["a", "b"], 0)
+    with pytest.raises(ValueError, match="dropout: architecture resnet has no dropout"):
+        ic.build_model(spec(resnet, bars, dropout=0.1), str(resnet), ["a", "b"], 0)
+
+
+def test_unknown_architecture_is_refused_by_freeze_layers() -> None:
+    model = SimpleNamespace(config=SimpleNamespace(model_type="swin"))
+    with pytest.raises(ValueError, match="architecture swin is not known; freeze_layers"):
+        ic.freeze(model, 1)
+
+
+def test_vit_blocks_freeze_and_take_dropout(tmp_path: Path, bars: Path) -> None:
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    folder = tmp_path / "vit"
+    config = ViTConfig(
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        image_size=SIZE,
+        patch_size=4,
+    )
+    ViTForImageClassification(config).save_pretrained(folder)
+    ViTImageProcessor(size={"height": SIZE, "width": SIZE}).save_pretrained(folder)
+    args = spec(folder, bars, freeze_layers=1, dropout=0.2)
+    model = ic.build_model(args, str(folder), ["a", "b"], 0)
+    assert model.config.hidden_dropout_prob == 0.2
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    assert any(".layers.0." in n for n in frozen) and not any(".layers.1." in n for n in frozen)
+
+
+STUDY = """\
+name: bars
+storage: sqlite:///{db}
+seed: 0
+sampler: {{type: grid}}
+budget: {{n_trials: 2}}
+output_dir: {runs}
+trainer:
+  ref: trainers.image_classification:train
+  args:
+    model: {model}
+    dataset: {{path: {data}}}
+    num_train_epochs: 2
+    per_device_train_batch_size: 8
+    augment_strength: 0.2
+    error_examples: 4
+search_space:
+  learning_rate: {{type: categorical, choices: [1.0e-2, 1.0e-6]}}
+"""
+
+
+def test_study_reports_each_epoch_checkpoints_scores_test_and_errors(
+    tmp_path: Path, resnet: Path, bars: Path
+) -> None:
+    study_file = tmp_path / "bars.yaml"
+    study_file.write_text(
+        STUDY.format(db=tmp_path / "hpo.db", runs=tmp_path / "runs", model=resnet, data=bars)
+    )
+    summary = run_study(load_study(study_file))
+    assert summary.counts == {"COMPLETE": 2}
+    study = optuna.load_study(study_name="bars", storage=f"sqlite:///{tmp_path / 'hpo.db'}")
+    for trial in study.trials:
+        attrs = trial.user_attrs
+        assert sorted(trial.intermediate_values) == [1, 2]
+        assert {"eval_accuracy", "test_accuracy", "latency_ms"} <= set(attrs["hpo:metrics"])
+        assert (Path(attrs["hpo:checkpoint"]) / "model.safetensors").exists()
+        analysis = attrs["hpo:error_analysis"]
+        assert analysis["labels"] == ["horizontal", "vertical"]
+        assert sum(map(sum, analysis["confusion_matrix"])) == 8
+        for error in analysis["confident_errors"]:
+            assert error["image"].startswith("data:image/png;base64,")
+            assert error["label"] != error["predicted"]
+    worst = min(study.trials, key=lambda t: t.value)
+    assert worst.user_attrs["hpo:error_analysis"]["confident_errors"]  # lr 1e-6 learns nothing
+    report = run_hpo("report", str(study_file), "-o", str(tmp_path / "report"), cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+
+
+def test_resume_from_checkpoint_trains_only_the_rest(
+    tmp_path: Path, resnet: Path, bars: Path
+) -> None:
+    params = {"model": str(resnet), "dataset": {"path": str(bars)}, "error_examples": 0}
+    first = context(tmp_path, **params, num_train_epochs=1)
+    ic.train(first)
+    checkpoint = Path(first.trial.user_attrs["hpo:checkpoint"])
+    resumed = context(tmp_path, **params, num_train_epochs=2)
+    resumed.resume_from, resumed.output_dir = checkpoint, checkpoint.parent
+    metrics = ic.train(resumed)
+    assert [h["step"] for h in resumed.history] == [2]
+    assert metrics["epoch"] == 2.0
+
+
+def test_digits_generator_and_a_digits_trial(tmp_path: Path) -> None:
+    """make_digits writes real scans and a loadable pre-trained ResNet; one trial fine-tunes."""
+    from studies.data import make_digits
+
+    assert make_digits.write_images(tmp_path / "digits", range(5, 10)) == 896
+    accuracy = make_digits.pretrain(tmp_path / "resnet", range(0, 5), epochs=1, seed=0)
+    assert 0.0 <= accuracy <= 1.0
+    ctx = context(
+        tmp_path,
+        model="resnet",
+        dataset={"path": "digits", "max_train_samples": 100},
+        num_train_epochs=1,
+        learning_rate=3e-3,
+        error_examples=2,
+    )
+    metrics = ic.train(ctx)
+    assert ctx.trial.user_attrs["hpo:error_analysis"]["labels"] == ["5", "6", "7", "8", "9"]
+    assert {"eval_accuracy", "test_accuracy"} <= set(metrics)
+
+
+def test_validate_refuses_a_missing_image_folder(tmp_path: Path, resnet: Path) -> None:
+    study_file = tmp_path / "s.yaml"
+    study_file.write_text(
+        STUDY.format(db=tmp_path / "hpo.db", runs="runs", model=resnet, data="nowhere")
+    )
+    result = run_hpo("validate", str(study_file), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "dataset.path" in result.stderr and "nowhere does not exist" in result.stderr
+    assert not (tmp_path / "hpo.db").exists()

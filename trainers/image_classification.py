@@ -1,0 +1,492 @@
+"""Fine-tune a pretrained image classifier (CNN or ViT) with the HF ``Trainer``.
+
+``train(ctx)`` loads the images (a folder with one sub-folder per class, a CSV / JSON
+lines / Parquet file of image paths and labels, or a hub data set), splits them with the
+study seed when they have no splits, preprocesses with the model's own image processor
+(resize, normalization), augments the training split only, builds
+``AutoModelForImageClassification`` with this trial's dropout / drop-path and frozen
+stages, and hands the rest (reporting, pruning, checkpoints, test split, error analysis
+with thumbnails) to :mod:`trainers._hf`.
+
+Decoded images, preprocessed evaluation tensors and the base weights stay in the worker
+process (:data:`trainers._hf.CACHE`). Augmentation uses PIL only (torchvision is not
+needed).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from hpo.trainer import TrialContext
+from trainers import _hf, trackers
+from trainers._hf import HFTrainingArgs, relative_to
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+TABLE_FORMATS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+# Where each known architecture keeps its stem and its stages (CNNs) or blocks (ViTs),
+# as attribute paths below ``model.base_model``: what freeze_layers freezes.
+LAYOUTS = {
+    "resnet": ("embedder", "encoder.stages"),
+    "convnext": ("embeddings", "encoder.stages"),
+    "convnextv2": ("embeddings", "encoder.stages"),
+    "vit": ("embeddings", "layers"),
+    "deit": ("embeddings", "layers"),
+}
+THUMBNAIL_PX = 48
+
+
+class ImageDatasetArgs(BaseModel):
+    """Where the images come from: a folder, a table of paths and labels, or a hub set."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str | None = Field(
+        None, description="a folder with one sub-folder per class, or a CSV/JSONL/Parquet file"
+    )
+    hub: str | None = Field(None, description="a hub data set name (needs internet)")
+    hub_config: str | None = None
+    image_column: str = Field("image", description="image paths, relative to the table file")
+    label_column: str = "label"
+    validation_fraction: float = Field(0.2, gt=0, lt=1)
+    test_fraction: float = Field(0.2, ge=0, lt=1)
+    max_train_samples: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ImageDatasetArgs:
+        if (self.path is None) == (self.hub is None):
+            raise ValueError(
+                "give exactly one of `path` (an image folder or a table) or `hub` (a data set)"
+            )
+        if self.validation_fraction + self.test_fraction >= 0.9:
+            raise ValueError("validation_fraction + test_fraction must leave data to train on")
+        return self
+
+
+class ImageClassificationArgs(HFTrainingArgs):
+    """Fixed arguments (``trainer.args``) and searchable hyperparameters of :func:`train`."""
+
+    model: str = Field(..., description="a local model folder or a hub id")
+    dataset: ImageDatasetArgs
+    # Hyperparameters of this family (any may appear in search_space).
+    dropout: float | None = Field(None, ge=0, lt=1, description="where the config has one")
+    drop_path_rate: float | None = Field(None, ge=0, lt=1, description="stochastic depth")
+    freeze_layers: int = Field(0, ge=0, description="the stem + the first N stages or blocks")
+    # Augmentation of the training split; augment_strength (0..1) scales crop, rotation
+    # and colour jitter together, each of which may also be set on its own.
+    augment_strength: float = Field(0.0, ge=0, le=1)
+    horizontal_flip: bool = False
+    crop_scale_min: float | None = Field(None, gt=0, le=1, description="random resized crop")
+    rotation_degrees: float | None = Field(None, ge=0, le=180)
+    color_jitter: float | None = Field(None, ge=0, le=1)
+
+
+# --- data -------------------------------------------------------------------------------
+
+
+@dataclass
+class Images:
+    """Decoded images and labels per split, and the label names (shared by trials)."""
+
+    splits: dict[str, tuple[list[Any], list[int]]]
+    names: dict[str, list[str]]  # per split: where each image came from
+    label_names: list[str]
+
+
+def load_images(spec: ImageDatasetArgs, ctx: TrialContext) -> Images:
+    """Decode, label and split the images once per worker process."""
+    key = ("images", spec.model_dump_json(), str(ctx.study_dir), ctx.seed)
+    return _hf.cached(key, lambda: _load_images(spec, ctx.study_dir, ctx.seed))
+
+
+def _load_images(spec: ImageDatasetArgs, study_dir: Path, seed: int) -> Images:
+    if spec.hub:
+        return _hub_images(spec, seed)  # needs internet: not exercised by the tests
+    path = relative_to(spec.path or "", study_dir)
+    files, labels = _folder_files(path) if path.is_dir() else _table_files(path, spec)
+    label_names = sorted(set(labels))
+    index = {name: i for i, name in enumerate(label_names)}
+    images = [_decode(f) for f in files]
+    names = [str(f.relative_to(path) if path.is_dir() else f.name) for f in files]
+    parts = _split(list(range(len(files))), [index[label] for label in labels], spec, seed)
+    splits = {k: ([images[i] for i in v], [index[labels[i]] for i in v]) for k, v in parts.items()}
+    return Images(splits, {k: [names[i] for i in v] for k, v in parts.items()}, label_names)
+
+
+def _folder_files(folder: Path) -> tuple[list[Path], list[str]]:
+    files, labels = [], []
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        for file in sorted(sub.rglob("*")):
+            if file.suffix.lower() in IMAGE_SUFFIXES:
+                files.append(file)
+                labels.append(sub.name)
+    if len(set(labels)) < 2:
+        raise ValueError(
+            f"trainer.args.dataset.path: {folder} needs one sub-folder of images per class "
+            f"(found {len(set(labels))} class(es) with images)"
+        )
+    return files, labels
+
+
+def _table_files(table: Path, spec: ImageDatasetArgs) -> tuple[list[Path], list[str]]:
+    import datasets
+
+    datasets.disable_progress_bars()
+    kind = TABLE_FORMATS.get(table.suffix.lower())
+    if kind is None or not table.is_file():
+        raise ValueError(
+            f"trainer.args.dataset.path: {table} is neither an image folder nor a "
+            f"{'/'.join(TABLE_FORMATS)} file"
+        )
+    rows = datasets.load_dataset(kind, data_files={"train": str(table)})["train"]
+    for column in (spec.image_column, spec.label_column):
+        if column not in rows.column_names:
+            raise KeyError(
+                f"trainer.args.dataset: no column {column!r} in {table.name}; columns: "
+                f"{rows.column_names}"
+            )
+    files = [relative_to(str(p), table.parent) for p in rows[spec.image_column]]
+    missing = next((f for f in files if not f.is_file()), None)
+    if missing is not None:
+        raise FileNotFoundError(
+            f"trainer.args.dataset.path: {table.name} names {missing}, which does not exist "
+            "(image paths are relative to the table file)"
+        )
+    return files, [str(label) for label in rows[spec.label_column]]
+
+
+def _hub_images(spec: ImageDatasetArgs, seed: int) -> Images:
+    import datasets
+
+    raw = datasets.load_dataset(spec.hub, spec.hub_config)
+    feature = raw["train"].features[spec.label_column]
+    label_names = list(
+        getattr(feature, "names", None) or sorted(set(raw["train"][spec.label_column]))
+    )
+
+    def column(split: Any) -> tuple[list[Any], list[int]]:
+        labels = split[spec.label_column]
+        labels = [x if isinstance(x, int) else label_names.index(x) for x in labels]
+        return [im.convert("RGB") for im in split[spec.image_column]], labels
+
+    pool = column(raw["train"])
+    if {"validation", "test"} <= set(raw):
+        splits = {"train": pool, "validation": column(raw["validation"])}
+        splits["test"] = column(raw["test"])
+    else:
+        parts = _split(list(range(len(pool[1]))), pool[1], spec, seed)
+        splits = {k: ([pool[0][i] for i in v], [pool[1][i] for i in v]) for k, v in parts.items()}
+    names = {k: [f"{k}[{i}]" for i in range(len(v[1]))] for k, v in splits.items()}
+    return Images(splits, names, [str(n) for n in label_names])
+
+
+def _decode(file: Path) -> Any:
+    from PIL import Image
+
+    with Image.open(file) as image:
+        return image.convert("RGB")
+
+
+def _split(
+    indices: list[int], labels: list[int], spec: ImageDatasetArgs, seed: int
+) -> dict[str, list[int]]:
+    """Train / validation / test index lists, stratified by label and seeded."""
+    from sklearn.model_selection import train_test_split
+
+    test: list[int] = []
+    pool, pool_labels = indices, labels
+    if spec.test_fraction > 0:
+        pool, test, pool_labels, _ = train_test_split(
+            indices, labels, test_size=spec.test_fraction, random_state=seed, stratify=labels
+        )
+    fraction = spec.validation_fraction / (1 - spec.test_fraction)
+    train, validation = train_test_split(
+        pool, test_size=fraction, random_state=seed, stratify=pool_labels
+    )
+    if spec.max_train_samples:
+        train = random.Random(seed).sample(train, min(spec.max_train_samples, len(train)))
+    return {"train": list(train), "validation": list(validation), "test": list(test)}
+
+
+def image_processor(model_path: str) -> Any:
+    """The model's own image processor (resize, rescale, normalize), loaded once."""
+
+    def load() -> Any:
+        from transformers import AutoImageProcessor
+        from transformers.utils import logging as hf_logging
+
+        level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # "torchvision missing, using PIL": expected here
+        try:
+            return AutoImageProcessor.from_pretrained(model_path)
+        finally:
+            hf_logging.set_verbosity(level)
+
+    return _hf.cached(("processor", model_path), load)
+
+
+def pixel_values(processor: Any, images: list[Any]) -> Any:
+    """A float tensor batch (N, C, H, W) of ``images``, as the model expects them."""
+    return processor(images, return_tensors="pt")["pixel_values"]
+
+
+def augment(image: Any, args: ImageClassificationArgs, rng: random.Random) -> Any:
+    """A randomly flipped, cropped, rotated and colour-jittered copy (training only)."""
+    from PIL import Image, ImageEnhance
+
+    strength = args.augment_strength
+    scale = args.crop_scale_min if args.crop_scale_min is not None else 1 - 0.5 * strength
+    degrees = args.rotation_degrees if args.rotation_degrees is not None else 30 * strength
+    jitter = args.color_jitter if args.color_jitter is not None else 0.4 * strength
+    if args.horizontal_flip and rng.random() < 0.5:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    if scale < 1:
+        width, height = image.size
+        area = rng.uniform(scale, 1.0)
+        w, h = max(1, round(width * area**0.5)), max(1, round(height * area**0.5))
+        left, top = rng.randint(0, width - w), rng.randint(0, height - h)
+        image = image.resize((width, height), box=(left, top, left + w, top + h))
+    if degrees > 0:
+        image = image.rotate(rng.uniform(-degrees, degrees), resample=Image.Resampling.BILINEAR)
+    for enhance in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
+        if jitter > 0:
+            image = enhance(image).enhance(rng.uniform(1 - jitter, 1 + jitter))
+    return image
+
+
+def _training_split(images: list[Any], labels: list[int], processor: Any, args: Any, seed: int):
+    import torch
+
+    augmenting = (
+        args.augment_strength > 0
+        or args.horizontal_flip
+        or any(v for v in (args.crop_scale_min, args.rotation_degrees, args.color_jitter))
+    )
+    if not augmenting:  # nothing random: preprocess once, like the evaluation splits
+        return _tensor_split(pixel_values(processor, images), labels)
+
+    class Augmented(torch.utils.data.Dataset):
+        """Each read is a fresh augmentation of the image, then the model's preprocessing."""
+
+        def __init__(self) -> None:
+            self.rng = random.Random(seed)
+
+        def __len__(self) -> int:
+            return len(labels)
+
+        def __getitem__(self, i: int) -> dict[str, Any]:
+            image = augment(images[i], args, self.rng)
+            return {"pixel_values": pixel_values(processor, [image])[0], "labels": labels[i]}
+
+    return Augmented()
+
+
+def _tensor_split(pixels: Any, labels: list[int]) -> list[dict[str, Any]]:
+    return [{"pixel_values": p, "labels": label} for p, label in zip(pixels, labels, strict=True)]
+
+
+# --- model ------------------------------------------------------------------------------
+
+
+def base_weights(model_path: str) -> tuple[Any, dict[str, Any]]:
+    """The pretrained config and backbone weights (no head), read once per process."""
+
+    def load() -> tuple[Any, dict[str, Any]]:
+        from transformers import AutoModelForImageClassification
+
+        model = AutoModelForImageClassification.from_pretrained(model_path)
+        prefix = model.base_model_prefix + "."
+        state = {k: v for k, v in model.state_dict().items() if k.startswith(prefix)}
+        return model.config, state
+
+    return _hf.cached(("model", model_path), load)
+
+
+def build_model(
+    args: ImageClassificationArgs, model_path: str, label_names: list[str], seed: int
+) -> Any:
+    """A fresh model: this trial's dropout, backbone weights from memory, a seeded head."""
+    import copy
+
+    import torch
+    from transformers import AutoModelForImageClassification
+
+    config, state = base_weights(model_path)
+    config = copy.deepcopy(config)
+    config.num_labels = len(label_names)
+    config.id2label = dict(enumerate(label_names))
+    config.label2id = {name: i for i, name in enumerate(label_names)}
+    _set_regularization(config, args)
+    torch.manual_seed(seed)  # the new head starts from the trial seed
+    model = AutoModelForImageClassification.from_config(config)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    prefix = model.base_model_prefix + "."
+    if unexpected or any(k.startswith(prefix) for k in missing):
+        raise RuntimeError(f"base weights do not fit the model: missing {missing[:3]}")
+    freeze(model, args.freeze_layers)
+    return model
+
+
+def _set_regularization(config: Any, args: ImageClassificationArgs) -> None:
+    """Dropout and drop-path into the config fields this architecture has; refuse others."""
+    fields = {
+        "dropout": ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout_rate"),
+        "drop_path_rate": ("drop_path_rate",),
+    }
+    for arg, names in fields.items():
+        value = getattr(args, arg)
+        if value is None:
+            continue
+        present = [n for n in names if hasattr(config, n)]
+        if not present:
+            raise ValueError(
+                f"{arg}: architecture {config.model_type} has no {arg} setting "
+                f"({', '.join(names)}); remove {arg} for this model"
+            )
+        for name in present:
+            setattr(config, name, value)
+
+
+def freeze(model: Any, n_stages: int) -> None:
+    """Freeze the stem and the first ``n_stages`` stages (CNNs) or blocks (ViTs)."""
+    if n_stages <= 0:
+        return
+    import operator
+
+    model_type = model.config.model_type
+    if model_type not in LAYOUTS:
+        raise ValueError(
+            f"freeze_layers: architecture {model_type} is not known; freeze_layers supports "
+            f"{', '.join(sorted(LAYOUTS))} (set freeze_layers: 0 for this model)"
+        )
+    stem_path, stages_path = LAYOUTS[model_type]
+    base = model.base_model
+    stem = operator.attrgetter(stem_path)(base)
+    stages = operator.attrgetter(stages_path)(base)
+    if n_stages > len(stages):
+        raise ValueError(f"freeze_layers: the model has {len(stages)} stages, not {n_stages}")
+    for module in [stem, *stages[:n_stages]]:
+        for parameter in module.parameters():
+            parameter.requires_grad = False
+
+
+# --- training ---------------------------------------------------------------------------
+
+
+def train(ctx: TrialContext) -> dict[str, float]:
+    """Fine-tune with this trial's hyperparameters; return validation and test metrics."""
+    args = ImageClassificationArgs.model_validate(ctx.params)
+    return _hf.with_oom_retry(_train, args, ctx)
+
+
+def _train(args: ImageClassificationArgs, ctx: TrialContext) -> dict[str, float]:
+    _hf.set_up(ctx)
+    model_path = resolve_model(args.model, ctx.study_dir)
+    images = load_images(args.dataset, ctx)
+    processor = image_processor(model_path)
+    evaluation = _hf.cached(
+        ("pixels", model_path, args.dataset.model_dump_json(), str(ctx.study_dir), ctx.seed),
+        lambda: {
+            name: _tensor_split(pixel_values(processor, images.splits[name][0]), labels)
+            if labels
+            else []
+            for name in ("validation", "test")
+            for labels in [images.splits[name][1]]
+        },
+    )
+    model = build_model(args, model_path, images.label_names, ctx.seed)
+    validation_images, _ = images.splits["validation"]
+    data = _hf.Datasets(
+        train=_training_split(*images.splits["train"], processor, args, ctx.seed),
+        validation=evaluation["validation"],
+        test=evaluation["test"],
+        label_names=images.label_names,
+        example_inputs=lambda example, device: {
+            "pixel_values": example["pixel_values"][None].to(device)
+        },
+        show_example=lambda i: {
+            "text": images.names["validation"][i],
+            "image": thumbnail(validation_images[i]),
+        },
+    )
+    return _hf.fit(args, ctx, model, data)
+
+
+def thumbnail(image: Any) -> str:
+    """A small PNG of ``image`` as a data URI (for the report's error table)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    small = image.copy()
+    if max(small.size) < THUMBNAIL_PX:  # tiny scans: enlarge with visible pixels
+        factor = THUMBNAIL_PX // max(small.size)
+        small = small.resize((small.width * factor, small.height * factor), Image.NEAREST)
+    small.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+    buffer = io.BytesIO()
+    small.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+# --- hooks the core calls (hpo/trainer.py) ----------------------------------------------
+
+
+def resolve_model(name: str, study_dir: Path) -> str:
+    """A local folder when one exists (relative to the study); otherwise the hub id."""
+    local = relative_to(name, study_dir)
+    return str(local) if local.exists() else name
+
+
+def check_args(
+    args: ImageClassificationArgs, search_space: dict[str, Any]
+) -> tuple[str, str] | None:
+    """Trackers installed; ``training_args`` real TrainingArguments fields hpo leaves free."""
+    return trackers.check_tracking(
+        args.report_to, args.training_args, ImageClassificationArgs.model_fields, search_space
+    )
+
+
+def check_files(args: ImageClassificationArgs, study_dir: Path) -> tuple[str, str] | None:
+    """The local files the args name, checked before a study starts (hub names are not)."""
+    if args.dataset.path:
+        path = relative_to(args.dataset.path, study_dir)
+        if not path.exists():
+            return (
+                "dataset.path",
+                f"{path} does not exist; relative paths start at the study file's folder",
+            )
+        if path.is_file() and path.suffix.lower() not in TABLE_FORMATS:
+            return (
+                "dataset.path",
+                f"{path.suffix} files are not supported; give an image folder (one sub-folder "
+                f"per class) or a {', '.join(sorted(TABLE_FORMATS))} file",
+            )
+    if args.model.startswith((".", "/", "~")):
+        path = relative_to(args.model, study_dir)
+        if not (path / "config.json").is_file():
+            return ("model", f"{path} is not a model folder (no config.json)")
+    return None
+
+
+def save_model(checkpoint: Path, target: Path, args: dict[str, Any], study_dir: Path) -> None:
+    """Export hook: a loadable model folder (weights and image processor)."""
+    from trainers.hf_export import save_hf_model
+
+    base = resolve_model(str(args.get("model") or ""), study_dir)
+    save_hf_model(checkpoint, target, base, None, preprocessor="image")
+
+
+train.args_model = ImageClassificationArgs  # type: ignore[attr-defined]
+train.check_files = check_files  # type: ignore[attr-defined]
+train.check_args = check_args  # type: ignore[attr-defined]
+train.resolve_model = resolve_model  # type: ignore[attr-defined]
+train.save_model = save_model  # type: ignore[attr-defined]
+train.hub_ids = {}  # type: ignore[attr-defined]

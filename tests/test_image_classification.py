@@ -271,3 +271,101 @@ def test_validate_refuses_a_missing_image_folder(tmp_path: Path, resnet: Path) -
     assert result.returncode == 2
     assert "dataset.path" in result.stderr and "nowhere does not exist" in result.stderr
     assert not (tmp_path / "hpo.db").exists()
+
+
+OPTIM_STUDY = """\
+name: optim
+storage: sqlite:///hpo.db
+budget: {{n_trials: 1}}
+trainer:
+  ref: trainers.image_classification:train
+  args:
+    model: {model}
+    dataset: {{path: {data}}}
+    {fixed}
+search_space:
+  {searched}
+"""
+
+
+@pytest.mark.parametrize(
+    ("fixed", "searched", "expected"),
+    [
+        (
+            "optim: adamw_torh",
+            "learning_rate: {type: float, low: 0.001, high: 0.01}",
+            "trainer.args.optim: 'adamw_torh' is not a transformers OptimizerNames "
+            "name; did you mean 'adamw_torch'?",
+        ),
+        (
+            "num_train_epochs: 1",
+            "optim: {type: categorical, choices: [sgd, adam_w]}",
+            "trainer.args.optim: choice 'adam_w' in search_space.optim: 'adam_w' is not a "
+            "transformers OptimizerNames name",
+        ),
+        (
+            "num_train_epochs: 1",
+            "lr_scheduler_type: {type: categorical, choices: [cosine, cosin]}",
+            "choice 'cosin' in search_space.lr_scheduler_type: 'cosin' is not a transformers "
+            "SchedulerType name; did you mean 'cosine'?",
+        ),
+        (
+            "class_weights: inverse",
+            "learning_rate: {type: float, low: 0.001, high: 0.01}",
+            "trainer.args.class_weights: Input should be 'none' or 'balanced'",
+        ),
+    ],
+)
+def test_optimizer_scheduler_and_loss_are_validated(
+    tmp_path: Path, resnet: Path, bars: Path, fixed: str, searched: str, expected: str
+) -> None:
+    study_file = tmp_path / "optim.yaml"
+    study_file.write_text(
+        OPTIM_STUDY.format(model=resnet, data=bars, fixed=fixed, searched=searched)
+    )
+    result = run_hpo("validate", str(study_file), cwd=tmp_path)
+    assert result.returncode == 2
+    assert expected in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_balanced_class_weights_weigh_rare_classes_up() -> None:
+    import torch
+
+    from trainers import _hf
+
+    args = ic.ImageClassificationArgs.model_validate(
+        {"model": "m", "dataset": {"path": "x"}, "class_weights": "balanced"}
+    )
+    data = _hf.Datasets(None, None, None, ["a", "b"], train_labels=[0, 0, 0, 1])
+    loss = _hf.weighted_loss(args, data)
+    logits = torch.tensor([[2.0, 0.0], [2.0, 0.0]])
+    labels = torch.tensor([0, 1])
+    weights = torch.tensor([4 / 6, 4 / 2])  # n / (k * count)
+    expected = torch.nn.functional.cross_entropy(logits, labels, weight=weights)
+    assert torch.allclose(loss({"logits": logits}, labels), expected)
+    plain = args.model_copy(update={"class_weights": "none"})
+    assert _hf.weighted_loss(plain, data) is None
+
+
+def test_a_trial_with_sgd_cosine_smoothing_and_balanced_weights(
+    tmp_path: Path, resnet: Path, bars: Path
+) -> None:
+    from trainers import _hf
+
+    params = {
+        "model": str(resnet),
+        "dataset": {"path": str(bars)},
+        "num_train_epochs": 1,
+        "optim": "sgd",
+        "lr_scheduler_type": "cosine",
+        "label_smoothing_factor": 0.1,
+        "class_weights": "balanced",
+        "error_examples": 0,
+    }
+    ctx = context(tmp_path, **params)
+    hf_args = _hf.training_arguments(ic.ImageClassificationArgs.model_validate(params), ctx)
+    assert (hf_args.optim, hf_args.lr_scheduler_type) == ("sgd", "cosine")
+    assert hf_args.label_smoothing_factor == 0.1
+    metrics = ic.train(ctx)
+    assert "eval_accuracy" in metrics and "test_accuracy" in metrics

@@ -290,3 +290,28 @@ def test_end_to_end_real_minilm(tmp_path: Path) -> None:
         assert 0.0 <= metrics["eval_accuracy"] <= 1.0 and "test_accuracy" in metrics
         assert trial.user_attrs["hpo:device"] == "cpu"
         assert json.dumps(trial.user_attrs["hpo:error_analysis"])
+
+
+def test_optimizer_scheduler_smoothing_and_balanced_weights_reach_the_trainer(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    from trainers import _hf
+
+    params = {
+        "model": str(tiny_model),
+        "dataset": {"path": "data/reviews.csv", "max_train_samples": 64},
+        "max_seq_length": 24,
+        "num_train_epochs": 1,
+        "optim": "sgd",
+        "lr_scheduler_type": "cosine",
+        "label_smoothing_factor": 0.1,
+        "class_weights": "balanced",
+        "error_examples": 0,
+    }
+    ctx = context(tmp_path, **params)
+    hf_args = _hf.training_arguments(tc.TextClassificationArgs.model_validate(params), ctx)
+    assert (hf_args.optim, hf_args.lr_scheduler_type) == ("sgd", "cosine")
+    assert hf_args.label_smoothing_factor == 0.1
+    assert "eval_accuracy" in tc.train(ctx)
+    with pytest.raises(ValueError, match="'adam' is not a transformers OptimizerNames name"):
+        tc.TextClassificationArgs.model_validate({**params, "optim": "adam"})

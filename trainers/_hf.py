@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from hpo.trainer import NonFiniteError, TrialContext, available_cores
 from trainers import trackers
@@ -43,8 +43,13 @@ class HFTrainingArgs(BaseModel):
     num_train_epochs: int = Field(3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
-    lr_scheduler_type: str = "linear"
+    lr_scheduler_type: str = Field("linear", description="an HF SchedulerType name")
     gradient_accumulation_steps: int = Field(1, gt=0)
+    optim: str = Field("adamw_torch", description="an HF Trainer optimizer (OptimizerNames)")
+    label_smoothing_factor: float = Field(0.0, ge=0, lt=1)
+    class_weights: Literal["none", "balanced"] = Field(
+        "none", description="balanced: a loss weighted by inverse class frequency"
+    )
     # Evaluation, stopping and saving.
     eval_steps: int | None = Field(None, gt=0, description="evaluate every N steps, not epochs")
     early_stopping_patience: int | None = Field(None, gt=0)
@@ -55,6 +60,64 @@ class HFTrainingArgs(BaseModel):
     # Experiment trackers and any other TrainingArguments field (see trainers/trackers.py).
     report_to: Tracker | list[Tracker] = "none"
     training_args: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("optim")
+    @classmethod
+    def _known_optimizer(cls, value: str) -> str:
+        return _one_of(value, "optim", "OptimizerNames")
+
+    @field_validator("lr_scheduler_type")
+    @classmethod
+    def _known_scheduler(cls, value: str) -> str:
+        return _one_of(value, "lr_scheduler_type", "SchedulerType")
+
+
+# The defaults need no check, so validating a study imports transformers only when needed.
+_DEFAULTS = {"OptimizerNames": "adamw_torch", "SchedulerType": "linear"}
+
+
+def _one_of(value: str, field_name: str, enum: str) -> str:
+    """``value`` if it names a member of transformers' ``enum``; else why not, and the names."""
+    if value == _DEFAULTS[enum]:
+        return value
+    names = _enum_values(enum)
+    if value not in names:
+        import difflib
+
+        close = difflib.get_close_matches(value, names, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(names)}"
+        raise ValueError(f"{value!r} is not a transformers {enum} name; {hint}")
+    return value
+
+
+@functools.cache
+def _enum_values(enum: str) -> list[str]:
+    from transformers.trainer_utils import SchedulerType
+    from transformers.training_args import OptimizerNames
+
+    members = {"OptimizerNames": OptimizerNames, "SchedulerType": SchedulerType}[enum]
+    return [m.value for m in members]
+
+
+def check_search_space(
+    args_model: type[BaseModel], args: BaseModel, search_space: dict[str, Any]
+) -> tuple[str, str] | None:
+    """Each categorical choice of a searched argument validated as a fixed value would be.
+
+    A misspelt optimizer among ``search_space.optim``'s choices is refused before the study
+    runs, not found by the trial that draws it.
+    """
+    from pydantic import ValidationError
+
+    base = args.model_dump()
+    for name, spec in search_space.items():
+        for choice in getattr(spec, "choices", None) or []:
+            try:
+                args_model.model_validate({**base, name: choice})
+            except ValidationError as e:
+                message = e.errors()[0]["msg"].removeprefix("Value error, ")
+                return name, f"choice {choice!r} in search_space.{name}: {message}"
+    return None
 
 
 @dataclass
@@ -70,6 +133,7 @@ class Datasets:
     example_inputs: Callable[[dict[str, Any], Any], dict[str, Any]] | None = None
     # Validation index -> how an error-analysis entry shows that example ({"text": ...}).
     show_example: Callable[[int], dict[str, Any]] = field(default=lambda i: {})
+    train_labels: list[int] | None = None  # for class_weights: balanced
 
 
 def set_up(ctx: TrialContext) -> None:
@@ -153,6 +217,7 @@ def fit(
         eval_dataset=data.validation,
         data_collator=data.collator,
         compute_metrics=metrics_keeping_predictions,
+        compute_loss_func=weighted_loss(args, data),
         callbacks=[reporter],
     )
     # hpo logs one line per trial; the Trainer's own per-log dict prints would drown it.
@@ -189,6 +254,42 @@ def fit(
     return final
 
 
+def weighted_loss(args: HFTrainingArgs, data: Datasets) -> Callable[..., Any] | None:
+    """With ``class_weights: balanced``, cross-entropy weighted by inverse class frequency.
+
+    Weights are ``n / (k * count_c)`` over the training split (scikit-learn's "balanced");
+    label smoothing applies inside the same loss. None: the model's own loss.
+    """
+    if args.class_weights == "none":
+        return None
+    import numpy as np
+    import torch
+    from sklearn.utils.class_weight import compute_class_weight
+
+    labels = data.train_labels
+    if not labels:
+        raise ValueError("class_weights: balanced needs the training labels; none were given")
+    present = sorted(set(labels))
+    weights = torch.ones(len(data.label_names))
+    weights[present] = torch.tensor(
+        compute_class_weight("balanced", classes=np.array(present), y=labels),
+        dtype=torch.float32,
+    )
+
+    def loss(outputs: Any, labels: Any, num_items_in_batch: Any = None) -> Any:
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        total = torch.nn.functional.cross_entropy(
+            logits.float(),
+            labels,
+            weight=weights.to(logits.device),
+            label_smoothing=args.label_smoothing_factor,
+            reduction="sum" if num_items_in_batch else "mean",
+        )
+        return total / num_items_in_batch if num_items_in_batch else total
+
+    return loss
+
+
 def training_arguments(args: HFTrainingArgs, ctx: TrialContext) -> Any:
     """HF ``TrainingArguments`` for this trial: evaluation and saving on the same schedule."""
     import torch
@@ -208,6 +309,8 @@ def training_arguments(args: HFTrainingArgs, ctx: TrialContext) -> Any:
         weight_decay=args.weight_decay,
         warmup_steps=args.warmup_ratio,  # transformers 5: a float below 1 is a ratio
         lr_scheduler_type=args.lr_scheduler_type,
+        optim=args.optim,
+        label_smoothing_factor=args.label_smoothing_factor,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         eval_strategy=schedule,
         eval_steps=args.eval_steps,

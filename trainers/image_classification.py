@@ -411,6 +411,7 @@ def _train(args: ImageClassificationArgs, ctx: TrialContext) -> dict[str, float]
         example_inputs=lambda example, device: {
             "pixel_values": example["pixel_values"][None].to(device)
         },
+        train_labels=images.splits["train"][1],
         show_example=lambda i: {
             "text": images.names["validation"][i],
             "image": thumbnail(validation_images[i]),
@@ -448,10 +449,10 @@ def resolve_model(name: str, study_dir: Path) -> str:
 def check_args(
     args: ImageClassificationArgs, search_space: dict[str, Any]
 ) -> tuple[str, str] | None:
-    """Trackers installed; ``training_args`` real TrainingArguments fields hpo leaves free."""
+    """Trackers installed; ``training_args`` fields hpo leaves free; searched choices valid."""
     return trackers.check_tracking(
         args.report_to, args.training_args, ImageClassificationArgs.model_fields, search_space
-    )
+    ) or _hf.check_search_space(ImageClassificationArgs, args, search_space)
 
 
 def check_files(args: ImageClassificationArgs, study_dir: Path) -> tuple[str, str] | None:

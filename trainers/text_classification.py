@@ -355,10 +355,10 @@ def train(ctx: TrialContext) -> dict[str, float]:
 def check_args(
     args: TextClassificationArgs, search_space: dict[str, Any]
 ) -> tuple[str, str] | None:
-    """Trackers installed; ``training_args`` real TrainingArguments fields hpo leaves free."""
+    """Trackers installed; ``training_args`` fields hpo leaves free; searched choices valid."""
     return trackers.check_tracking(
         args.report_to, args.training_args, TextClassificationArgs.model_fields, search_space
-    )
+    ) or _hf.check_search_space(TextClassificationArgs, args, search_space)
 
 
 def check_files(args: TextClassificationArgs, study_dir: Path) -> tuple[str, str] | None:
@@ -414,6 +414,7 @@ def _train(args: TextClassificationArgs, ctx: TrialContext) -> dict[str, float]:
         label_names=data.label_names,
         collator=DataCollatorWithPadding(data.tokenizer),
         example_inputs=example_inputs,
+        train_labels=list(data.splits["train"]["label"]),
         show_example=lambda i: {"text": data.validation_texts[i]},
     )
     return _hf.fit(args, ctx, model, splits)

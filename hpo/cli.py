@@ -147,6 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip the comparison page written after the sweep",
     )
     sweep.set_defaults(handler=cmd_sweep)
+    narrow = command(
+        "narrow", cmd_narrow, "write a new study file narrowed around the top K trials"
+    )
+    narrow.add_argument("--top", type=_positive_int, default=5, metavar="K", help="default 5")
+    narrow.add_argument("-o", "--output", required=True, metavar="NEW", help="file to write")
+    narrow.add_argument("--name", help="the new study's name (default: <name>-narrow)")
     export = command("export", cmd_export, "write the best trial's model with a model card")
     export.add_argument("--to", required=True, metavar="DIR", help="the folder to write")
     export.add_argument("--trial", type=int, metavar="N", help="export trial N, not the best")
@@ -733,6 +739,36 @@ def _quiet_optuna(debug: bool) -> None:
 
     # As in _load: hpo logs one line per trial; Optuna's own lines are for --debug.
     optuna.logging.set_verbosity(optuna.logging.DEBUG if debug else optuna.logging.ERROR)
+
+
+def cmd_narrow(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from hpo.config import load_study
+    from hpo.narrow import narrow_study
+    from hpo.space import describe
+    from hpo.study import load_existing_study
+
+    config = _load(args)
+    output = Path(args.output)
+    raw = narrow_study(config, load_existing_study(config), args.top, output, args.name)
+    try:
+        narrowed = load_study(output)
+    except ConfigError as e:
+        output.unlink()
+        raise ConfigError(
+            f"the narrowed file did not validate ({e}); write it next to {args.study_file}, "
+            "whose relative paths it keeps",
+            field="-o",
+        ) from e
+    print(
+        f"{output}: study {raw['name']!r}, warm start from {config.name!r} "
+        f"(top {raw['warm_start']['top_k']} trials)"
+    )
+    print("search space:")
+    for line in describe(narrowed.search_space):
+        print(f"  {line}")
+    return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:

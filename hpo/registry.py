@@ -133,11 +133,11 @@ SAMPLERS: dict[str, Entry] = {
 }
 
 
-# Samplers that handle several objectives, and those that take Optuna's constraints_func
-# (the others ignore constraints while sampling; hpo still keeps infeasible trials off the
-# Pareto front).
+# Samplers that handle several objectives, and those that sample with the constraints the
+# runner sets on each trial (Trial.set_constraint; the others ignore them while sampling,
+# and hpo still keeps infeasible trials off the Pareto front).
 MULTI_OBJECTIVE_SAMPLERS = ("tpe", "random", "gp", "nsga2", "nsga3", "qmc", "grid", "bruteforce")
-CONSTRAINED_SAMPLERS = ("tpe", "gp", "nsga2", "nsga3")
+CONSTRAINED_SAMPLERS = ("tpe", "gp", "nsga2", "nsga3", "cmaes")
 
 
 # --- pruners ---------------------------------------------------------------------------
@@ -259,21 +259,9 @@ else:
     ]
 
 
-def build_sampler(
-    spec: Options,
-    *,
-    seed: int | None,
-    grid: dict[str, list[Any]] | None,
-    constraints_func: Callable[[Any], list[float]] | None = None,
-) -> Any:
-    """An Optuna sampler for a validated ``sampler:`` section.
-
-    ``constraints_func`` reaches the samplers that accept one (CONSTRAINED_SAMPLERS).
-    """
-    extra = {}
-    if constraints_func is not None and spec.type in CONSTRAINED_SAMPLERS:  # type: ignore[attr-defined]
-        extra["constraints_func"] = constraints_func
-    return SAMPLERS[spec.type].factory(spec, seed, grid, **extra)  # type: ignore[attr-defined]
+def build_sampler(spec: Options, *, seed: int | None, grid: dict[str, list[Any]] | None) -> Any:
+    """An Optuna sampler for a validated ``sampler:`` section."""
+    return SAMPLERS[spec.type].factory(spec, seed, grid)  # type: ignore[attr-defined]
 
 
 def build_pruner(spec: Options | None) -> Any:

@@ -238,8 +238,8 @@ class _Objective:
     ) -> float | list[float]:
         """The objective value (a list of them with several objectives) from the metrics.
 
-        The trial's closing attributes go in one transaction, before Optuna's tell (the
-        samplers' constraints_func reads hpo:metrics).
+        The trial's closing attributes go in one transaction, before Optuna's tell; the
+        constraints are set on the trial, where the samplers read them.
         """
         names = [o.metric for o in self.config.objectives]
         missing = [m for m in names if m not in metrics]
@@ -251,6 +251,9 @@ class _Objective:
             raise error
         clean = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
         attrs: dict[str, Any] = {st.ATTR_DURATION: duration, st.ATTR_METRICS: clean}
+        # Optuna's samplers (tpe, gp, nsga2, nsga3, cmaes) and best_trials read these.
+        for i, violation in enumerate(self.config.constraint_values(clean)):
+            trial.set_constraint(f"{i}:{self.config.constraints[i].metric}", violation)
         values = [float(metrics[m]) for m in names]
         if not all(math.isfinite(v) for v in values):
             attrs[st.ATTR_FAILURE] = "nan"  # Optuna fails non-finite values

@@ -129,13 +129,7 @@ def _build_sampler(config: StudyConfig, seed: int | None) -> Any:
     from hpo.registry import build_sampler
 
     space = grid(config.search_space) if config.sampler.type == "grid" else None
-    constraints = None
-    if config.constraints:
-        # Read from the metrics the runner stores before Optuna tells the sampler.
-        def constraints(trial: Any) -> list[float]:
-            return config.constraint_values(trial.user_attrs.get(st.ATTR_METRICS, {}))
-
-    return build_sampler(config.sampler, seed=seed, grid=space, constraints_func=constraints)
+    return build_sampler(config.sampler, seed=seed, grid=space)
 
 
 def _build_pruner(config: StudyConfig) -> Any:

@@ -75,7 +75,10 @@ def best_points(study: Any, config: StudyConfig) -> list[tuple[int, dict[str, An
     spec = config.warm_start
     if spec is None:
         return None
-    storage = _source_storage(study, spec.storage)
+    # The study's own storage when the source URL is the same: a second SQLite storage on
+    # one file would wait on the file lock this worker holds while it enqueues.
+    same = spec.storage is None or spec.storage == config.storage
+    storage = _source_storage(study, None if same else spec.storage)
     try:
         study_id = storage.get_study_id_from_name(spec.from_study)
     except KeyError:

@@ -19,9 +19,9 @@ import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
 # Architectures whose layout (embeddings + a ModuleList of encoder layers, dropout in the
 # config's *_dropout_prob fields) freeze_layers and the dropout hyperparameters know.
@@ -72,7 +72,12 @@ class ModelFilter(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     licenses: list[str] | None = Field(None, min_length=1, description="e.g. [apache-2.0, mit]")
-    max_parameters: int | None = Field(None, gt=0, description="e.g. 120M")
+    max_parameters: Annotated[
+        int | None,
+        WithJsonSchema(  # what a study file may write: 120M, 1.5B or a number
+            {"anyOf": [{"type": "integer"}, {"type": "string", "pattern": _COUNT.pattern}]}
+        ),
+    ] = Field(None, gt=0, description="e.g. 120M")
     max_size_mb: float | None = Field(None, gt=0, description="weight files on disk")
     architectures: list[str] | None = Field(None, min_length=1, description="e.g. [bert]")
 

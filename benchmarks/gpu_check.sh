@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# GPU check for the benchmarks (issues 6 and 14), in one run of under 8 minutes
-# (step timeouts 240 + 120 + 90 s):
+# GPU check for the benchmarks (issues 6 and 14), in one run of under 10 minutes
+# (step timeouts 240 + 120 + 90 + 45 + 75 s):
 #   1. trial start-up and trainer samples/s against plain transformers.Trainer on the same
 #      device (benchmarks/trial_cost.py), bf16 on where the card has it;
 #   2. GPU utilization sampled every 0.5 s (nvidia-smi, else NVML through pynvml) during a
 #      4-trial quickstart study, mixed precision on (bf16, else fp16);
-#   3. the `hpo run --workers 2 --devices 0,0` path: two worker processes on one GPU.
+#   3. the `hpo run --workers 2 --devices 0,0` path: two worker processes on one GPU;
+#   4. images: the digits study (studies/data/make_digits.py first) with mixed precision
+#      and `--workers 2 --devices 0,0`.
 # It prints one `RESULT` line, last (the steps' own figures show as `step result:` lines).
 # Files land in $OUT (or ./gpu_check_out): figures.txt, trial_cost.*, gpu_study.*,
 # gpu_util.csv, workers.txt, env.txt.
@@ -168,6 +170,23 @@ echo "figure workers2_rc=$workers_rc workers2_finished=${finished:-0}/4" \
     "workers2_devices=$devices workers2_wall_s=$workers_wall" >>"$out_dir/figures.txt"
 [[ -n "$work" && -d "$work" ]] && rm -rf "$work"
 
+# 4. Images: the digits study's ResNet on the GPU, mixed precision, two workers.
+work=$(mktemp -d)
+images_precision=$([[ $precision_name == fp32 ]] && echo auto || echo "$precision_name")
+where=(--set "storage=sqlite:///$work/hpo.db" --set "output_dir=$work/runs"
+       --set budget.n_trials=4 --set "trainer.args.mixed_precision=$images_precision")
+[[ $dry == 1 ]] && where+=(--set trainer.args.num_train_epochs=1 --set budget.n_trials=2)
+images_started=$(date +%s)
+{ timeout 45 $python studies/data/make_digits.py --out "$work" --epochs 3 \
+  && timeout 75 $python -m hpo run studies/digits.yaml --workers 2 --devices "$devices" \
+      --set "trainer.args.model=$work/digits-resnet" \
+      --set "trainer.args.dataset.path=$work/digits" "${where[@]}"; } >"$out_dir/images.txt" 2>&1
+images_rc=$?
+tail -n 3 "$out_dir/images.txt"
+echo "figure images_rc=$images_rc images_precision=$images_precision" \
+    "images_wall_s=$(($(date +%s) - images_started))" >>"$out_dir/figures.txt"
+[[ -n "$work" && -d "$work" ]] && rm -rf "$work"
+
 echo "figure gpu_check_wall_s=$(($(date +%s) - started))" >>"$out_dir/figures.txt"
 echo "--- $out_dir/figures.txt"
 cat "$out_dir/figures.txt"
@@ -182,9 +201,11 @@ for line in open(sys.argv[1]):
 failed = [k for k, v in pairs.items() if v == "failed"]
 if pairs.get("workers2_rc") != "0" or not pairs.get("workers2_finished", "").startswith("4/"):
     failed.append("workers2")
+if pairs.get("images_rc") != "0":
+    failed.append("images")
 state = "failed:" + ",".join(failed) if failed else "ok"
 keep = ("mode", "precision", "throughput_ratio", "setup_ratio", "gpu_util_mean", "busy_share",
         "gpu_util", "util_source", "study_wall_s", "workers2_finished", "workers2_devices",
-        "gpu_check_wall_s")
+        "images_rc", "images_precision", "gpu_check_wall_s")
 print(f"RESULT gpu_check={state} " + " ".join(f"{k}={pairs[k]}" for k in keep if k in pairs))
 ' "$out_dir/figures.txt"

@@ -226,6 +226,17 @@ def test_study_reports_each_epoch_checkpoints_scores_test_and_errors(
     assert worst.user_attrs["hpo:error_analysis"]["confident_errors"]  # lr 1e-6 learns nothing
     report = run_hpo("report", str(study_file), "-o", str(tmp_path / "report"), cwd=tmp_path)
     assert report.returncode == 0, report.stderr
+    if study.best_trial.user_attrs["hpo:error_analysis"]["confident_errors"]:
+        page = (tmp_path / "report" / "report.html").read_text()
+        assert '<img alt="example" src="data:image/png;base64,' in page
+    exported = run_hpo("export", str(study_file), "--to", str(tmp_path / "model"), cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    model = AutoModelForImageClassification.from_pretrained(tmp_path / "model")
+    assert model.config.id2label == {0: "horizontal", 1: "vertical"}
+    assert AutoImageProcessor.from_pretrained(tmp_path / "model").size["height"] == SIZE
+    assert (tmp_path / "model" / "README.md").is_file()  # the model card
 
 
 def test_resume_from_checkpoint_trains_only_the_rest(

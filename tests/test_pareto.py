@@ -155,3 +155,10 @@ def test_export_needs_a_trial_with_several_objectives(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "several objectives, so no single best trial" in result.stderr
     assert "--trial N (front: " in result.stderr
+
+
+def test_report_of_several_objectives_says_it_cannot_draw_them_yet(tmp_path: Path) -> None:
+    path = multi(tmp_path, sampler="{type: random}", n_trials=2)
+    assert run_hpo("run", str(path)).returncode == 0
+    result = run_hpo("report", str(path))
+    assert result.returncode == 2 and "does not draw studies with several" in result.stderr

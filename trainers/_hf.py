@@ -45,7 +45,7 @@ class HFTrainingArgs(BaseModel):
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     lr_scheduler_type: str = Field("linear", description="an HF SchedulerType name")
     gradient_accumulation_steps: int = Field(1, gt=0)
-    optim: str = Field("adamw_torch", description="an HF Trainer optimizer (OptimizerNames)")
+    optim: str = Field("adamw_torch_fused", description="an HF Trainer optimizer (OptimizerNames)")
     label_smoothing_factor: float = Field(0.0, ge=0, lt=1)
     class_weights: Literal["none", "balanced"] = Field(
         "none", description="balanced: a loss weighted by inverse class frequency"
@@ -72,8 +72,9 @@ class HFTrainingArgs(BaseModel):
         return _one_of(value, "lr_scheduler_type", "SchedulerType")
 
 
-# The defaults need no check, so validating a study imports transformers only when needed.
-_DEFAULTS = {"OptimizerNames": "adamw_torch", "SchedulerType": "linear"}
+# The defaults (those of TrainingArguments) need no check, so validating a study imports
+# transformers only when needed.
+_DEFAULTS = {"OptimizerNames": "adamw_torch_fused", "SchedulerType": "linear"}
 
 
 def _one_of(value: str, field_name: str, enum: str) -> str:

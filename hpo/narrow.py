@@ -75,9 +75,9 @@ def _span(spec: FloatParam | IntParam, used: list[float]) -> tuple[Any, Any]:
         hi_i = spec.low + math.ceil((hi - spec.low) / step - 1e-9) * step
         return max(spec.low, int(lo_i)), min(spec.high, int(hi_i))
     if spec.step is not None:  # stay on the old grid so the points remain the same values
-        step, base = Decimal(str(spec.step)), Decimal(str(spec.low))
-        lo_d = base + step * math.floor((Decimal(str(lo)) - base) / step)
-        hi_d = base + step * math.ceil((Decimal(str(hi)) - base) / step)
+        grid, base = Decimal(str(spec.step)), Decimal(str(spec.low))
+        lo_d = base + grid * math.floor((Decimal(str(lo)) - base) / grid)
+        hi_d = base + grid * math.ceil((Decimal(str(hi)) - base) / grid)
         return float(max(lo_d, base)), float(min(hi_d, Decimal(str(spec.high))))
     lo, hi = max(spec.low, _round(lo)), min(spec.high, _round(hi))
     return lo, hi

@@ -8,6 +8,7 @@ whichever sampler ran (only some samplers take Optuna's ``constraints_func``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from hpo.config import StudyConfig
@@ -35,7 +36,7 @@ def pareto_front(study: Any, config: StudyConfig) -> list[Any]:
     return non_dominated(feasible_trials(study, config), directions)
 
 
-def non_dominated(trials: list[Any], directions: list[str]) -> list[Any]:
+def non_dominated(trials: list[Any], directions: Sequence[str]) -> list[Any]:
     """The trials no other trial dominates (as good in every objective, better in one)."""
     signs = [1.0 if d.lower() == "minimize" else -1.0 for d in directions]
     # Minimize sign * value in every objective.

@@ -380,3 +380,29 @@ def test_a_trial_with_sgd_cosine_smoothing_and_balanced_weights(
     assert hf_args.label_smoothing_factor == 0.1
     metrics = ic.train(ctx)
     assert "eval_accuracy" in metrics and "test_accuracy" in metrics
+
+
+def test_mixed_precision_no_survives_yaml_reading_it_as_false(
+    tmp_path: Path, resnet: Path, bars: Path
+) -> None:
+    """`--set trainer.args.mixed_precision=no` (and `mixed_precision: no`) means "no"."""
+    args = spec(resnet, bars, mixed_precision=False)
+    assert args.mixed_precision == "no"
+    study_file = tmp_path / "mp.yaml"
+    study_file.write_text(
+        OPTIM_STUDY.format(
+            model=resnet,
+            data=bars,
+            fixed="num_train_epochs: 1",
+            searched="learning_rate: {type: float, low: 0.001, high: 0.01}",
+        )
+    )
+    for value in ("no", "off", "bf16"):
+        result = run_hpo(
+            "validate", str(study_file), "--set", f"trainer.args.mixed_precision={value}"
+        )
+        assert result.returncode == 0, result.stderr
+    result = run_hpo("validate", str(study_file), "--set", "trainer.args.mixed_precision=yes")
+    assert result.returncode == 2
+    assert "mixed_precision: Input should be 'auto', 'no', 'bf16' or 'fp16'" in result.stderr
+

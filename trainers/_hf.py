@@ -61,6 +61,11 @@ class HFTrainingArgs(BaseModel):
     report_to: Tracker | list[Tracker] = "none"
     training_args: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _no_read_as_false(cls, value: Any) -> Any:
+        return "no" if value is False else value  # YAML 1.1 reads `no` and `off` as false
+
     @field_validator("optim")
     @classmethod
     def _known_optimizer(cls, value: str) -> str:

@@ -406,3 +406,18 @@ def test_mixed_precision_no_survives_yaml_reading_it_as_false(
     assert result.returncode == 2
     assert "mixed_precision: Input should be 'auto', 'no', 'bf16' or 'fp16'" in result.stderr
 
+
+def test_a_last_training_batch_of_one_image_does_not_break_batch_norm(
+    tmp_path: Path, resnet: Path, bars: Path
+) -> None:
+    """17 training images in batches of 8 leave one alone, which BatchNorm cannot train on."""
+    ctx = context(
+        tmp_path,
+        model=str(resnet),
+        dataset={"path": str(bars), "max_train_samples": 17},
+        per_device_train_batch_size=8,
+        num_train_epochs=1,
+        error_examples=0,
+    )
+    metrics = ic.train(ctx)
+    assert "eval_accuracy" in metrics

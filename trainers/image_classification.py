@@ -402,22 +402,47 @@ def _train(args: ImageClassificationArgs, ctx: TrialContext) -> dict[str, float]
         },
     )
     model = build_model(args, model_path, images.label_names, ctx.seed)
+    train_images, train_labels = _without_a_lone_last_image(
+        *images.splits["train"], model, args.per_device_train_batch_size
+    )
     validation_images, _ = images.splits["validation"]
     data = _hf.Datasets(
-        train=_training_split(*images.splits["train"], processor, args, ctx.seed),
+        train=_training_split(train_images, train_labels, processor, args, ctx.seed),
         validation=evaluation["validation"],
         test=evaluation["test"],
         label_names=images.label_names,
         example_inputs=lambda example, device: {
             "pixel_values": example["pixel_values"][None].to(device)
         },
-        train_labels=images.splits["train"][1],
+        train_labels=train_labels,
         show_example=lambda i: {
             "text": images.names["validation"][i],
             "image": thumbnail(validation_images[i]),
         },
     )
     return _hf.fit(args, ctx, model, data)
+
+
+def _without_a_lone_last_image(
+    images: list[Any], labels: list[int], model: Any, batch_size: int
+) -> tuple[list[Any], list[int]]:
+    """The training split less its last image when that image would make a batch alone.
+
+    BatchNorm (ResNet and most CNNs) cannot train on a batch of one: a training split
+    of 17 in batches of 8 would fail every epoch.
+    """
+    import torch
+
+    if len(labels) % batch_size != 1 or len(labels) == 1:
+        return images, labels
+    if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return images, labels
+    logger.info(
+        "training on %d of %d images: BatchNorm cannot train a batch of one",
+        len(labels) - 1,
+        len(labels),
+    )
+    return images[:-1], labels[:-1]
 
 
 def thumbnail(image: Any) -> str:

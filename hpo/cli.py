@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from hpo.console import LOG_FORMATS, LiveView, configure_logging, show_workers
@@ -159,22 +160,27 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--force", action="store_true", help="replace a non-empty folder")
     init = commands.add_parser(
         "init",
-        help="write a commented study file for your own data (detects text and label)",
-        description="Look at DATA_FILE (CSV, TSV, JSON lines or Parquet), detect its text and "
-        "label columns, count the classes, and write a study file sized for it that passes "
-        "hpo validate as it is.",
+        help="write a commented study file for your own data (texts or images)",
+        description="Look at DATA (a CSV, TSV, JSON lines or Parquet table of texts or of "
+        "image paths, or an image folder with one sub-folder per class), detect its columns, "
+        "count the classes, and write a study file sized for it that passes hpo validate as "
+        "it is.",
     )
-    init.add_argument("data_file", metavar="DATA_FILE", help="your labelled examples")
+    init.add_argument(
+        "data_file", metavar="DATA", help="your labelled examples: a table or an image folder"
+    )
     init.add_argument(
         "-o", "--output", default="study.yaml", metavar="FILE", help="default: study.yaml"
     )
+    init.add_argument("--model", metavar="NAME", help="a local model folder or a hub id")
     init.add_argument("--text-column", metavar="NAME", help="default: detected")
+    init.add_argument("--image-column", metavar="NAME", help="default: detected")
     init.add_argument("--label-column", metavar="NAME", help="default: detected")
     init.add_argument(
         "--trainer",
-        default="trainers.text_classification:train",
         metavar="REF",
-        help="a trainer with a draft_study hook (default: text classification)",
+        help="a trainer with a draft_study hook (default: image or text classification, "
+        "from the data)",
     )
     init.add_argument("--force", action="store_true", help="replace an existing FILE")
     _add_global_options(init, "unused", prefix="")
@@ -569,8 +575,6 @@ def _print_failed_since(config: Any, started: dt.datetime) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from dashboards.report import build_report
 
     config = _load(args)
@@ -594,8 +598,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from dashboards.compare import build_comparison
 
     configs: list[Any] = []
@@ -749,8 +751,6 @@ def _quiet_optuna(debug: bool) -> None:
 
 
 def cmd_narrow(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from hpo.config import load_study
     from hpo.narrow import narrow_study
     from hpo.space import describe
@@ -789,33 +789,34 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    import os
-    from pathlib import Path
-
     from hpo.config import load_study, resolve_trainer
     from hpo.draft import render_study, study_name
 
     output, data = Path(args.output), Path(args.data_file)
     if output.exists() and not args.force:
         raise ConfigError(f"{output} exists; choose another -o FILE or pass --force", field="-o")
-    trainer = resolve_trainer(args.trainer, Path.cwd(), path=None)
+    if not data.exists():
+        raise ConfigError(
+            f"{data} does not exist; give a table (CSV, TSV, JSON lines, Parquet) or an image "
+            "folder with one sub-folder per class"
+        )
+    ref = args.trainer or drafting_trainer(data)
+    trainer = resolve_trainer(ref, Path.cwd(), path=None)
     draft_study = getattr(trainer, "draft_study", None)
     if draft_study is None:
-        raise ConfigError(f"{args.trainer} cannot draft a study (no draft_study hook)")
+        raise ConfigError(f"{ref} cannot draft a study (no draft_study hook)")
+    options = _draft_options(args, draft_study, ref)
     try:
-        draft = draft_study(data, text_column=args.text_column, label_column=args.label_column)
+        draft = draft_study(data, **options)
     except ValueError as e:
         raise ConfigError(str(e), path=str(data)) from None
-    # trainer.args paths resolve against the study file's folder; far away, say it whole.
-    relative = os.path.relpath(data.resolve(), output.resolve().parent)
-    far = relative.startswith(f"..{os.sep}..")
-    draft.args["dataset"]["path"] = str(data.resolve()) if far else relative
+    # trainer.args paths resolve against the study file's folder.
+    draft.args["dataset"]["path"] = _path_from(output, data)
+    if args.model and Path(args.model).expanduser().exists():
+        local = _path_from(output, Path(args.model).expanduser())
+        draft.args["model"] = local if local.startswith(("/", ".")) else f"./{local}"
     text = render_study(
-        draft,
-        name=study_name(data.stem),
-        trainer_ref=args.trainer,
-        data=str(data),
-        storage=args.storage,
+        draft, name=study_name(data.stem), trainer_ref=ref, data=str(data), storage=args.storage
     )
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text, encoding="utf-8")
@@ -828,6 +829,45 @@ def cmd_init(args: argparse.Namespace) -> int:
         print(f"  {finding}")
     print(f"wrote {output}; check it with `hpo validate {output}`, run it with `hpo run {output}`")
     return 0
+
+
+# hpo init without --trainer: the first of these whose recognises_data hook takes the data
+# drafts it; the last takes whatever the others do not.
+DRAFTING_TRAINERS = ("trainers.image_classification:train", "trainers.text_classification:train")
+
+
+def drafting_trainer(data: Path) -> str:
+    """The ``trainer.ref`` that ``hpo init`` drafts ``data`` with (images or text)."""
+    from hpo.config import resolve_trainer
+
+    for ref in DRAFTING_TRAINERS[:-1]:
+        recognises = getattr(resolve_trainer(ref, Path.cwd()), "recognises_data", None)
+        if recognises is not None and recognises(data):
+            return ref
+    return DRAFTING_TRAINERS[-1]
+
+
+def _draft_options(args: argparse.Namespace, draft_study: Any, ref: str) -> dict[str, str]:
+    """The init flags given, refusing one this trainer's draft does not take."""
+    import inspect
+
+    given = {
+        name: getattr(args, name)
+        for name in ("model", "text_column", "image_column", "label_column")
+        if getattr(args, name)
+    }
+    taken = inspect.signature(draft_study).parameters
+    for name in given:
+        if name not in taken:
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{flag} does not apply to {ref} drafts; leave it out")
+    return given
+
+
+def _path_from(output: Path, path: Path) -> str:
+    """``path`` relative to the study file's folder; absolute when that is far away."""
+    relative = os.path.relpath(path.resolve(), output.resolve().parent)
+    return str(path.resolve()) if relative.startswith(f"..{os.sep}..") else relative
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

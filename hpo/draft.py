@@ -26,6 +26,7 @@ def render_study(
 ) -> str:
     """The study file's text for ``draft`` (a ``trainers.drafts.Draft``)."""
     storage = storage or DEFAULT_STORAGE
+    notes = getattr(draft, "notes", {})  # an older trainer's draft may have none
     lines = [
         f"# Drafted by `hpo init {data}` on {dt.date.today().isoformat()} from what the data "
         "holds:",
@@ -49,12 +50,17 @@ def render_study(
         "trainer:",
         f"  ref: {trainer_ref}",
         "  args:                             # relative paths start at this file's folder",
-        *(f"    {key}: {_flow(value)}" for key, value in draft.args.items()),
+        *(_arg_line(key, value, notes.get(key)) for key, value in draft.args.items()),
         "search_space:                       # bounds are inclusive",
         *(f"  {key}: {_flow(spec)}" for key, spec in draft.search_space.items()),
         "output_dir: runs                    # checkpoints: runs/<name>/trial-NNNN/",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _arg_line(key: str, value: Any, note: str | None) -> str:
+    line = f"    {key}: {_flow(value)}"
+    return f"{line}  # {note}" if note else line
 
 
 def _flow(value: Any) -> str:

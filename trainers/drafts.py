@@ -1,9 +1,13 @@
 """Study drafts for ``hpo init``: what a shipped trainer proposes for a user's own data.
 
-A trainer offers ``train.draft_study(data, **columns)``: it looks at the data (reads it,
+A trainer offers ``train.draft_study(data, **options)``: it looks at the data (reads it,
 trains nothing) and returns a :class:`Draft`: its ``trainer.args``, a search space, a
 budget and an objective sized for that data, and the findings that explain them. hpo
-renders the draft as a commented study file (``hpo.draft``).
+renders the draft as a commented study file (``hpo.draft``). The options are the
+``hpo init`` flags the user gave (``model``, ``text_column``, ``image_column``,
+``label_column``); a hook takes only those that apply to its data. A trainer may also
+offer ``train.recognises_data(data) -> bool`` so ``hpo init`` picks it for data of its
+kind (an image folder, say) without ``--trainer``.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ class Draft:
     sampler: dict[str, Any]
     pruner: dict[str, Any] | None
     findings: list[str] = field(default_factory=list)  # why these choices, as comments
+    notes: dict[str, str] = field(default_factory=dict)  # args key -> a comment beside it
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
@@ -42,6 +47,8 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     Raises:
         ValueError: the file is missing, of another format, or holds no rows.
     """
+    if path.is_dir():
+        raise ValueError("a folder, not a table; give a CSV, JSON lines or Parquet file")
     if not path.is_file():
         raise ValueError(f"{path} does not exist; give a CSV, JSON lines or Parquet file")
     suffix = path.suffix.lower()
@@ -71,9 +78,13 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def draft_text_classification(
-    path: Path, *, text_column: str | None = None, label_column: str | None = None
+    path: Path,
+    *,
+    text_column: str | None = None,
+    label_column: str | None = None,
+    model: str | None = None,
 ) -> Draft:
-    """A text-classification study for the rows of ``path``.
+    """A text-classification study for the rows of ``path`` (``model``: default minilm-l6).
 
     Raises:
         ValueError: unreadable data, a column that does not exist, or fewer than two classes.
@@ -81,7 +92,7 @@ def draft_text_classification(
     rows = read_rows(path)
     columns = list(rows[0])
     text = text_column or _text_column(rows, columns, exclude=label_column)
-    label = label_column or _label_column(rows, columns, exclude=text)
+    label = label_column or detect_label_column(rows, columns, exclude=text)
     for given, flag in ((text, "--text-column"), (label, "--label-column")):
         if given not in columns:
             raise ValueError(f"no column {given!r} (columns: {', '.join(columns)}); use {flag}")
@@ -90,7 +101,10 @@ def draft_text_classification(
     counts = Counter(str(row.get(label)) for row in rows if row.get(label) not in (None, ""))
     if len(counts) < 2:
         raise ValueError(f"column {label!r} holds {len(counts)} class; a classifier needs two")
-    return _sized_draft(path, rows, text, label, counts)
+    draft = _sized_draft(path, rows, text, label, counts)
+    if model:
+        draft.args["model"] = model
+    return draft
 
 
 def _sized_draft(
@@ -169,7 +183,8 @@ def _text_column(rows: list[dict[str, Any]], columns: list[str], exclude: str | 
     return max(candidates, key=lambda c: sum(len(str(r.get(c) or "")) for r in rows))
 
 
-def _label_column(rows: list[dict[str, Any]], columns: list[str], exclude: str) -> str:
+def detect_label_column(rows: list[dict[str, Any]], columns: list[str], exclude: str) -> str:
+    """The label column: a usual name, else the column with the fewest distinct values."""
     named = [c for c in columns if c.lower() in LABEL_NAMES and c != exclude]
     if named:
         return named[0]

@@ -91,12 +91,20 @@ def _delete_checkpoints(path: Path) -> bool:
     if path.name.startswith("checkpoint-"):
         shutil.rmtree(path, ignore_errors=True)
         return True
-    found = [child for child in path.glob("checkpoint-*") if child.is_dir()]
-    for child in found:
-        shutil.rmtree(child, ignore_errors=True)
-    if not any(path.iterdir()):
-        path.rmdir()
-        return True
+    # Every worker prunes after each of its trials, so another process may be deleting the
+    # same folder right now: a folder that vanished under us is already pruned.
+    found: list[Path] = []
+    try:
+        found = [child for child in path.glob("checkpoint-*") if child.is_dir()]
+        for child in found:
+            shutil.rmtree(child, ignore_errors=True)
+        if not any(path.iterdir()):
+            path.rmdir()
+            return True
+    except FileNotFoundError:
+        return False
+    except OSError as e:  # e.g. another process wrote into it between iterdir and rmdir
+        logger.debug("could not remove %s: %s", path, e)
     return bool(found)
 
 

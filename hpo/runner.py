@@ -71,7 +71,7 @@ def run_worker(
     objective = _Objective(config, trainer, worker, lock, interrupts)
     callbacks: list[Callable[[Any, Any], Any]] = [_log_trial] + ([on_trial] if on_trial else [])
     if config.checkpoint_limit is not None:
-        callbacks.append(lambda study, trial: prune_checkpoints(study, config))
+        callbacks.append(lambda study, trial: _prune_checkpoints(study, config))
     ran = 0
     try:
         interrupts.install()
@@ -138,6 +138,15 @@ def _recover_orphans(study: Any) -> None:
             logger.warning("trial %d: created by a lost commit, never run; failed", trial.number)
             lost = study.user_attrs.get("hpo:lost", [])
             study.set_user_attr("hpo:lost", sorted(set(lost) | {trial.number}))
+
+
+def _prune_checkpoints(study: Any, config: StudyConfig) -> None:
+    """Checkpoint retention after a trial: housekeeping, so a disk error is a warning that
+    the next trial's pruning retries, never the end of the worker."""
+    try:
+        prune_checkpoints(study, config)
+    except OSError as e:
+        logger.warning("could not delete old checkpoints (%s); will retry after the next trial", e)
 
 
 def _wait_for_others(study: Any) -> None:

@@ -174,6 +174,37 @@ def test_other_files_in_a_trial_folder_outlive_its_checkpoints(tmp_path: Path) -
     assert prune_checkpoints(study, config) == []
 
 
+def test_a_folder_another_worker_prunes_at_the_same_time_is_no_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every worker prunes after each of its trials: two processes can delete one folder at
+    # once (seen as a worker exiting 1 with four `hpo run` processes on one study).
+    config = _config(tmp_path, keep=1)
+    study = optuna.create_study(direction="maximize")
+    dist = {"x": FloatDistribution(0, 1)}
+    for number, value in enumerate([0.9, 0.5]):
+        study.add_trial(
+            create_trial(
+                value=value,
+                params={"x": 0.1},
+                distributions=dist,
+                user_attrs=_folder(tmp_path, number),
+            )
+        )
+    loser = tmp_path / "runs" / "keep" / "trial-0001"
+    real_iterdir = Path.iterdir
+
+    def other_worker_got_there_first(self: Path):
+        if self == loser and self.exists():
+            self.rmdir()  # its checkpoints are gone already; the other worker removes it
+        return real_iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", other_worker_got_there_first)
+    assert prune_checkpoints(study, config) == []
+    assert not loser.exists()
+    assert (tmp_path / "runs" / "keep" / "trial-0000" / "checkpoint-4").is_dir()
+
+
 # --- export -----------------------------------------------------------------------------
 
 TINY = """\

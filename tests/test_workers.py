@@ -177,6 +177,8 @@ def test_killed_worker_is_detected_and_its_trial_resumes(
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     killed_at = time.monotonic()
+    # The snapshot above may predate the checkpoint the victim recorded before it died.
+    lost = next(t for t in trials_of(config) if t.number == lost.number)
     helper = _worker(study_file, tmp_path)
     detected = None
     while time.monotonic() - killed_at < 60 and detected is None:

@@ -90,6 +90,7 @@ class Summary:
     already_done: bool = False
     # Several objectives: the feasible Pareto front (as ``hpo best --json`` rows), no best.
     pareto_front: list[dict[str, Any]] = field(default_factory=list)
+    constrained: bool = False  # "best" means the best trial that meets the constraints
 
     @property
     def finished(self) -> int:
@@ -97,21 +98,21 @@ class Summary:
 
 
 def summarize(study: Any, config: StudyConfig, *, ran: int = 0, wall: float = 0.0) -> Summary:
-    """Trials by state and the best trial so far."""
+    """Trials by state and the best feasible trial so far (the front, with several
+    objectives)."""
     summary = Summary(
         study_name=config.name,
         n_trials=effective_budget(config),
         counts=dict(count_states(study)),
         ran=ran,
         wall_time_s=wall,
+        constrained=bool(config.constraints),
     )
-    completed = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
-    if completed and config.multi_objective:
-        from hpo.pareto import front_rows
+    from hpo.pareto import best_trial, front_rows
 
+    if config.multi_objective:
         summary.pareto_front = front_rows(study, config)
-    elif completed:
-        best = study.best_trial
+    elif (best := best_trial(study, config)) is not None:
         summary.best_value = best.value
         summary.best_params = dict(best.params)
         summary.best_number = best.number

@@ -475,7 +475,8 @@ def cmd_best(args: argparse.Namespace) -> int:
     summary = summarize(load_existing_study(config), config)
     data = _best_data(config, summary)
     if data is None:
-        raise HpoError(f"study {config.name!r} has no completed trial yet")
+        feasible = " that meets the constraints" if config.constraints else ""
+        raise HpoError(f"study {config.name!r} has no completed trial{feasible} yet")
     if args.json:
         _print_json(data)
     else:
@@ -917,7 +918,8 @@ def _print_summary(summary: Any) -> None:
             print(f"  {line}")
         return
     if summary.best_number is None:
-        print("no completed trial yet")
+        feasible = " that meets the constraints" if summary.constrained else ""
+        print(f"no completed trial{feasible} yet")
         return
     print(f"best: trial {summary.best_number}, value {summary.best_value:.4f}")
     print("best params: " + ", ".join(f"{k}={v}" for k, v in summary.best_params.items()))
@@ -930,5 +932,9 @@ def _live_view(args: argparse.Namespace, config: Any) -> LiveView:
     from hpo.budget import effective_budget
 
     return LiveView(
-        args.console, config.name, effective_budget(config), config.objectives[0].metric
+        args.console,
+        config.name,
+        effective_budget(config),
+        config.objectives[0].metric,
+        feasible=config.feasible,
     )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,8 +118,16 @@ class LiveView(logging.Handler):
     nothing visible.
     """
 
-    def __init__(self, console: Any, study_name: str, budget: int, metric: str):
+    def __init__(
+        self,
+        console: Any,
+        study_name: str,
+        budget: int,
+        metric: str,
+        feasible: Callable[[dict[str, Any]], bool] = lambda metrics: True,
+    ):
         super().__init__(level=logging.INFO)
+        self.feasible = feasible  # the study's constraints, on a trial's hpo:metrics
         self.console = console
         self.study_name = study_name
         self.budget = budget
@@ -191,7 +200,13 @@ class LiveView(logging.Handler):
         if self.finished_at_start is None:
             self.finished_at_start = self.finished
         # With several objectives the line shows the best of the first one.
-        complete = [t for t in trials if t.state.name == "COMPLETE" and t.values]
+        complete = [
+            t
+            for t in trials
+            if t.state.name == "COMPLETE"
+            and t.values
+            and self.feasible(t.user_attrs.get("hpo:metrics", {}))
+        ]
         if complete:
             pick = max if study.directions[0].name == "MAXIMIZE" else min
             best = pick(complete, key=lambda t: t.values[0])

@@ -95,7 +95,15 @@ def _pick_trial(config: StudyConfig, number: int | None) -> Any:
                 f"study {config.name!r} has several objectives, so no single best trial; "
                 f"choose one on the Pareto front with --trial N (front: {front}; see hpo best)"
             )
-        return study.best_trial
+        from hpo.pareto import best_trial
+
+        best = best_trial(study, config)
+        if best is None:
+            raise StudyStateError(
+                f"study {config.name!r} has no completed trial that meets its constraints; "
+                "choose one with --trial N (hpo status lists them)"
+            )
+        return best
     match = [t for t in completed if t.number == number]
     if not match:
         raise StudyStateError(

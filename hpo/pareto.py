@@ -1,4 +1,4 @@
-"""The Pareto front of a study with several objectives, feasible trials only.
+"""The best feasible trial of a study, and the Pareto front of one with several objectives.
 
 A trial is on the front when no other feasible completed trial is at least as good in
 every objective and better in one. Feasibility is the study file's ``constraints``
@@ -28,6 +28,20 @@ def feasible_trials(study: Any, config: StudyConfig) -> list[Any]:
         and len(t.values) == n
         and config.feasible(t.user_attrs.get(ATTR_METRICS, {}))
     ]
+
+
+def best_trial(study: Any, config: StudyConfig) -> Any | None:
+    """The best feasible completed trial of a one-objective study (ties: the earlier one);
+    None when there is none yet.
+
+    Optuna's ``study.best_trial`` raises when constraints leave no feasible trial, which
+    a study that has run is not an error: it is "no feasible trial yet".
+    """
+    trials = feasible_trials(study, config)
+    if not trials:
+        return None
+    sign = -1.0 if config.objectives[0].direction == "maximize" else 1.0
+    return min(trials, key=lambda t: (sign * t.values[0], t.number))
 
 
 def pareto_front(study: Any, config: StudyConfig) -> list[Any]:

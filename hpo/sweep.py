@@ -480,6 +480,7 @@ def _done(config: StudyConfig) -> StudyOutcome:
 def _outcome(config: StudyConfig) -> StudyOutcome:
     """Where a study stands, read from storage (a blank outcome if storage is unreachable)."""
     from hpo.budget import effective_budget
+    from hpo.pareto import best_trial
 
     outcome = StudyOutcome(config.name, effective_budget(config))
     try:
@@ -492,9 +493,10 @@ def _outcome(config: StudyConfig) -> StudyOutcome:
     except Exception:  # noqa: BLE001 - a summary line must not hide the real error
         return outcome
     outcome.finished = sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
-    if any(t.state.name == "COMPLETE" for t in trials):
-        outcome.best_value = study.best_value
-        outcome.best_number = study.best_trial.number
+    # Several objectives have a front, not a best: the sweep's line shows none.
+    best = None if config.multi_objective else best_trial(study, config)
+    if best is not None:
+        outcome.best_value, outcome.best_number = best.value, best.number
     return outcome
 
 

@@ -162,3 +162,33 @@ def test_report_of_several_objectives_says_it_cannot_draw_them_yet(tmp_path: Pat
     assert run_hpo("run", str(path)).returncode == 0
     result = run_hpo("report", str(path))
     assert result.returncode == 2 and "does not draw studies with several" in result.stderr
+
+
+def test_a_sweep_of_studies_with_several_objectives_runs_and_reruns(tmp_path: Path) -> None:
+    multi(tmp_path, name="base", sampler="{type: random}", n_trials=3)
+    (tmp_path / "sweep.yaml").write_text(
+        "base: base.yaml\nmatrix: {sampler.type: [random, nsga2]}\n"
+    )
+    for _ in range(2):  # the second call finds both finished and says so
+        result = run_hpo("sweep", str(tmp_path / "sweep.yaml"), "--no-compare")
+        assert result.returncode == 0, result.stderr
+        assert "Traceback" not in result.stderr and "RuntimeError" not in result.stderr
+    assert "already finished" in result.stdout
+
+
+def test_one_objective_with_no_feasible_trial_is_no_crash(toy_study) -> None:
+    # toy's latency_ms is 4 * size = 4: a 1 ms limit leaves no feasible trial.
+    path = toy_study(n_trials=3)
+    limit = ["--set", "constraints=[{metric: latency_ms, max: 1}]"]
+    result = run_hpo("run", str(path), *limit)
+    assert result.returncode == 0, result.stderr
+    assert "no completed trial that meets the constraints yet" in result.stdout
+    assert "best 0." not in result.stderr  # the progress line shows no infeasible best
+    best = run_hpo("best", str(path), *limit)
+    assert best.returncode == 1
+    assert "has no completed trial that meets the constraints yet" in best.stderr
+    assert run_hpo("status", str(path), *limit).returncode == 0
+    feasible = run_hpo(
+        "best", str(path), "--json", "--set", "constraints=[{metric: latency_ms, max: 9}]"
+    )
+    assert feasible.returncode == 0 and json.loads(feasible.stdout)["value"] is not None

@@ -163,7 +163,8 @@ def base_model_path(config: StudyConfig, trial: Any) -> str:
 def model_facts(config: StudyConfig, trial: Any, checkpoint: Path) -> dict[str, Any]:
     """Everything the model card says, as JSON data."""
     metrics = dict(trial.user_attrs.get(st.ATTR_METRICS, {}))
-    args = config.trainer.args
+    # As stored in the study: ${VAR} templates, not the secrets they expanded to.
+    args = config.stored_form()["trainer"]["args"]
     return {
         "study": config.name,
         "storage": st.redact_url(config.storage),

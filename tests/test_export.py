@@ -220,6 +220,7 @@ trainer:
     max_seq_length: 16
     num_train_epochs: 1
     error_examples: 0
+    training_args: {{hub_token: "${{HPO_TEST_HUB_TOKEN}}"}}
 search_space:
   learning_rate: {{type: categorical, choices: [0.0001]}}
   per_device_train_batch_size: {{type: categorical, choices: [32]}}
@@ -227,7 +228,9 @@ search_space:
 
 
 @pytest.mark.slow
-def test_export_reloads_and_reproduces_the_validation_metric(tmp_path: Path, capsys) -> None:
+def test_export_reloads_and_reproduces_the_validation_metric(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import numpy as np
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -238,8 +241,12 @@ def test_export_reloads_and_reproduces_the_validation_metric(tmp_path: Path, cap
 
     study_file = tmp_path / "tiny.yaml"
     study_file.write_text(TINY.format(data=STUDIES / "data" / "reviews.csv"))
+    monkeypatch.setenv("HPO_TEST_HUB_TOKEN", "hf_secret_value")
     assert main(["run", str(study_file)]) == 0
     assert main(["export", str(study_file), "--to", "model"]) == 0
+    exported = "".join(p.read_text() for p in Path("model").glob("*.json"))
+    exported += Path("model/README.md").read_text()
+    assert "hf_secret_value" not in exported and "${HPO_TEST_HUB_TOKEN}" in exported
     assert "exported trial 0 of study 'tiny'" in capsys.readouterr().out
     assert main(["export", str(study_file), "--to", "model"]) == 2  # never overwrites
     assert "model is not empty" in capsys.readouterr().err

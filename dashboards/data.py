@@ -38,6 +38,9 @@ class TrialRecord:
     failure: str | None = None
     failure_message: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    # Every objective's value of a completed trial (``value`` is the only one's, or None
+    # when a study has several).
+    values: tuple[float, ...] = ()
 
 
 def trial_records(trials: Iterable[Any], study_attrs: dict[str, Any]) -> list[TrialRecord]:
@@ -64,7 +67,8 @@ def trial_records(trials: Iterable[Any], study_attrs: dict[str, Any]) -> list[Tr
         epochs = attrs.get(st.ATTR_EPOCHS)
         if epochs is None:
             epochs = steps[-1][0] if steps else 0.0
-        value = trial.value if trial.state.name == "COMPLETE" else None
+        values = tuple(trial.values or ()) if trial.state.name == "COMPLETE" else ()
+        value = values[0] if len(values) == 1 else None
         records.append(
             TrialRecord(
                 number=trial.number,
@@ -80,6 +84,7 @@ def trial_records(trials: Iterable[Any], study_attrs: dict[str, Any]) -> list[Tr
                 failure=failure_reason(trial, study_attrs),
                 failure_message=attrs.get(st.ATTR_FAILURE_MESSAGE),
                 metrics=dict(attrs.get(st.ATTR_METRICS) or {}),
+                values=tuple(float(v) for v in values),
             )
         )
     return sorted(records, key=lambda r: r.number)
@@ -369,3 +374,74 @@ def split_metrics(metrics: dict[str, float]) -> tuple[dict[str, float], dict[str
     validation = {k: v for k, v in metrics.items() if keep(k, "eval_")}
     test = {k: v for k, v in metrics.items() if keep(k, "test_")}
     return validation, test
+
+
+# What a candidate base model costs, as the HF trainers report it (trainers/_hf.py).
+COST_METRICS = ("n_parameters", "model_size_mb", "latency_ms", "throughput")
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    """One base model of a study that searched several: how it did and what it costs."""
+
+    model: str
+    trials: int  # every trial that drew it, whatever its state
+    completed: int
+    on_front: int
+    best: dict[str, float]  # per objective, the best value among its feasible trials
+    best_trial: int | None  # its best trial in the first objective
+    cost: dict[str, float]  # COST_METRICS of that trial
+
+
+def model_comparison(
+    records: Sequence[TrialRecord],
+    models: dict[int, str],
+    objectives: Sequence[tuple[str, str]],
+    feasible: set[int],
+    front: set[int],
+) -> list[ModelRow]:
+    """Per base model: trials, completed, on the front, best per objective, and cost.
+
+    Args:
+        models: trial number -> the base model it trained.
+        objectives: (metric, direction) of each objective, in the study's order.
+        feasible: completed trials that meet the constraints (all completed without any).
+        front: trials on the feasible Pareto front.
+
+    Rows are ordered by the best value of the first objective, best first.
+    """
+    rows = []
+    for model in sorted(set(models.values())):
+        mine = [r for r in records if models.get(r.number) == model]
+        done = [r for r in mine if r.values and r.number in feasible]
+        best = {
+            metric: _best_of([r.values[i] for r in done], direction)
+            for i, (metric, direction) in enumerate(objectives)
+            if done
+        }
+        first_metric, first_direction = objectives[0]
+        top = None
+        for r in done:
+            if top is None or _strictly_better(r.values[0], top.values[0], first_direction):
+                top = r
+        rows.append(
+            ModelRow(
+                model=model,
+                trials=len(mine),
+                completed=sum(r.state == "COMPLETE" for r in mine),
+                on_front=sum(r.number in front for r in mine),
+                best=best,
+                best_trial=top.number if top else None,
+                cost={k: top.metrics[k] for k in COST_METRICS if top and k in top.metrics},
+            )
+        )
+    first_metric, first_direction = objectives[0]
+    sign = -1.0 if first_direction == "maximize" else 1.0
+    return sorted(
+        rows,
+        key=lambda row: (first_metric not in row.best, sign * row.best.get(first_metric, 0.0)),
+    )
+
+
+def _best_of(values: Sequence[float], direction: str) -> float:
+    return max(values) if direction == "maximize" else min(values)

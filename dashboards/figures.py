@@ -302,3 +302,62 @@ def compare_figure(
     return _layout(
         fig, f"Best {metric} so far against cumulative {label}", f"cumulative {label}", metric
     )
+
+
+def pareto_figure(
+    study: Any,
+    metric_names: Sequence[str],
+    models: dict[int, str],
+    constraints: Any = None,
+) -> Any:
+    """Optuna's Pareto-front plot, its points coloured by the base model each trial trained.
+
+    Optuna colours points by trial number; to choose a model, the colour that matters is
+    the model. Its traces are kept (infeasible grey, dominated, front) and split by model,
+    front points filled, dominated ones open. Only the first two objectives are drawn.
+    """
+    import plotly.graph_objects as go
+    from optuna.visualization import plot_pareto_front
+
+    names = list(metric_names)
+    optuna_fig = plot_pareto_front(
+        study,
+        target_names=names[:2] if len(names) > 2 else names,
+        targets=(lambda t: t.values[:2]) if len(names) > 2 else None,
+        constraints_func=constraints,
+    )
+    palette = {
+        m: STUDY_COLORS[i % len(STUDY_COLORS)] for i, m in enumerate(sorted(set(models.values())))
+    }
+    fig = go.Figure(layout=optuna_fig.layout)
+    for trace in optuna_fig.data:
+        kind = (trace.hovertemplate or "").rsplit("<extra>", 1)[-1].replace("</extra>", "")
+        numbers = trace.marker.color
+        if kind == "Infeasible Trial" or not isinstance(numbers, list | tuple):
+            trace.update(name="infeasible", showlegend=True)
+            fig.add_trace(trace)
+            continue
+        on_front = kind == "Best Trial"
+        for model, color in palette.items():
+            keep = [i for i, n in enumerate(numbers) if models.get(int(n)) == model]
+            if not keep:
+                continue
+            fig.add_trace(
+                go.Scatter(
+                    x=[trace.x[i] for i in keep],
+                    y=[trace.y[i] for i in keep],
+                    text=[trace.text[i] for i in keep] if trace.text else None,
+                    hovertemplate=f"%{{text}}<extra>{model}</extra>",
+                    mode="markers",
+                    name=f"{model}, {'on the front' if on_front else 'dominated'}",
+                    legendgroup=model,
+                    marker={
+                        "color": color,
+                        "size": 12 if on_front else 8,
+                        "symbol": "circle" if on_front else "circle-open",
+                        "line": {"color": "#333333", "width": 1 if on_front else 0},
+                    },
+                )
+            )
+    x, y = (names + [""])[:2] if len(names) >= 2 else (names[0], "")
+    return _layout(fig, "Pareto front (coloured by base model)", x, y, 480)

@@ -22,6 +22,7 @@ from dashboards.page import (
     Section,
     Thumbnail,
     figure_html,
+    format_number,
     key_values,
     render_page,
     table_html,
@@ -80,6 +81,8 @@ def build_report(
     counts = d.count_by_state(records)
     require_completed(study, config, counts)
     how = strategy(study, config)
+    if config.multi_objective:
+        return _build_front_report(config, study, records, counts, how, output, save_to_study)
     metric = how["objective"]["metric"]
     direction = how["objective"]["direction"]
     best = d.best_record(records, direction)
@@ -133,7 +136,20 @@ def build_report(
         _sections(summary, figures, analysis, records, notes),
     )
 
-    output = output or default_output(config)
+    return _write_report(
+        output or default_output(config), page, records, summary, figures, study, save_to_study
+    )
+
+
+def _write_report(
+    output: Path,
+    page: str,
+    records: list[d.TrialRecord],
+    summary: dict[str, Any],
+    figures: dict[str, Any],
+    study: Any,
+    save_to_study: bool,
+) -> Report:
     output.mkdir(parents=True, exist_ok=True)
     report = Report(
         html=output / "report.html",
@@ -148,6 +164,149 @@ def build_report(
     if save_to_study:
         save_figures(study, figures)
     return report
+
+
+def _build_front_report(
+    config: Any,
+    study: Any,
+    records: list[d.TrialRecord],
+    counts: dict[str, int],
+    how: dict[str, Any],
+    output: Path | None,
+    save_to_study: bool,
+) -> Report:
+    """The report of a study with several objectives: there is no single best trial, so
+    it shows the feasible Pareto front (table and Optuna's plot, coloured by base model)
+    and what each base model achieved and costs."""
+    from dashboards import figures as f
+    from hpo.pareto import feasible_trials, front_rows, trial_model
+
+    objectives = [(o.metric, o.direction) for o in config.objectives]
+    trials = study.get_trials(deepcopy=False)
+    models = {t.number: trial_model(t, config) or "(unnamed model)" for t in trials}
+    front = front_rows(study, config)
+    feasible = {t.number for t in feasible_trials(study, config)}
+    by_model = d.model_comparison(
+        records, models, objectives, feasible, {row["number"] for row in front}
+    )
+
+    def constraint_values(trial: Any) -> list[float]:
+        return config.constraint_values(trial.user_attrs.get("hpo:metrics", {}))
+
+    figures = {
+        "pareto": f.pareto_figure(
+            study,
+            [m for m, _ in objectives],
+            models,
+            constraint_values if config.constraints else None,
+        ),
+        "timeline": f.timeline_figure(d.worker_timeline(records, _now(records))),
+    }
+    summary = {
+        "study": config.name,
+        "storage": redact_url(config.storage),
+        "objectives": [o.model_dump() for o in config.objectives],
+        "constraints": [c.model_dump() for c in config.constraints],
+        "sampler": how["sampler"],
+        "pruner": how["pruner"],
+        "trials_by_state": counts,
+        "pareto_front": front,
+        "models": [asdict(row) for row in by_model],
+        "compute": asdict(d.compute_totals(records)),
+        "attention": [line.as_dict() for line in attention(study)],
+        "generated_at": datetime.now().isoformat(timespec="seconds"),
+    }
+    goals = " · ".join(f"{m} ({direction})" for m, direction in objectives)
+    page = render_page(
+        f"hpo report: {config.name}",
+        f"{goals} · {how['sampler'].get('type')} sampler · {len(records)} trials · "
+        f"{redact_url(config.storage)}",
+        _front_sections(summary, figures, objectives),
+    )
+    return _write_report(
+        output or default_output(config), page, records, summary, figures, study, save_to_study
+    )
+
+
+def _front_sections(
+    summary: dict[str, Any], figures: dict[str, Any], objectives: list[tuple[str, str]]
+) -> list[Section]:
+    metrics = [m for m, _ in objectives]
+    feasible = " (trials that meet the constraints only)" if summary["constraints"] else ""
+    front_table = table_html(
+        ["trial", "model", *metrics, "params"],
+        [
+            [
+                row["number"],
+                row["model"] or "",
+                *[row["values"][m] for m in metrics],
+                ", ".join(
+                    f"{k}={format_number(v) if isinstance(v, float) else v}"
+                    for k, v in row["params"].items()
+                ),
+            ]
+            for row in summary["pareto_front"]
+        ],
+    )
+    overview = "".join(
+        [
+            '<div class="grid"><div><h3>Trials by state</h3>',
+            key_values({s.lower(): n for s, n in summary["trials_by_state"].items()}),
+            "</div><div><h3>Strategy</h3>",
+            key_values(
+                {
+                    "objectives": ", ".join(f"{m} ({d_})" for m, d_ in objectives),
+                    "constraints": ", ".join(
+                        f"{c['metric']} "
+                        + (f"<= {c['max']}" if c["max"] is not None else "")
+                        + (f" >= {c['min']}" if c["min"] is not None else "")
+                        for c in summary["constraints"]
+                    )
+                    or "none",
+                    "sampler": _options(summary["sampler"]),
+                }
+            ),
+            "</div></div>",
+            f"<h3>Pareto front{feasible}: {len(summary['pareto_front'])} trials</h3>",
+            front_table
+            if summary["pareto_front"]
+            else "<p class='note'>No completed trial meets the constraints yet.</p>",
+        ]
+    )
+    cost_names = [c for c in d.COST_METRICS if any(c in m["cost"] for m in summary["models"])]
+    models_table = table_html(
+        ["model", "trials", "completed", "on the front", *[f"best {m}" for m in metrics]]
+        + [*cost_names, "best trial"],
+        [
+            [m["model"], m["trials"], m["completed"], m["on_front"]]
+            + [m["best"].get(metric, "") for metric in metrics]
+            + [m["cost"].get(c, "") for c in cost_names]
+            + ["" if m["best_trial"] is None else m["best_trial"]]
+            for m in summary["models"]
+        ],
+    )
+    sections = [
+        Section("Summary", overview, anchor="summary"),
+        Section(
+            "Pareto front",
+            _fig(figures, "pareto"),
+            note=f"Filled points are on the front{feasible}; open points are dominated; "
+            "grey points break a constraint. Hover a point for its trial and parameters.",
+            anchor="front",
+        ),
+        Section(
+            "Base models",
+            models_table,
+            note=f"Best values are over each model's completed trials{feasible}; its cost "
+            f"columns are those of its best trial in {metrics[0]}.",
+            anchor="models",
+        ),
+    ]
+    attention_section = _attention_section(summary["attention"])
+    if attention_section is not None:
+        sections.append(attention_section)
+    sections.append(Section("Timeline", _fig(figures, "timeline"), anchor="timeline"))
+    return sections
 
 
 def _now(records: list[d.TrialRecord]) -> datetime:
@@ -248,28 +407,9 @@ def _sections(
         ]
     )
     sections = [Section("Summary", overview, anchor="summary")]
-    if summary["attention"]:
-        # The same table as `hpo status`: failed trials with why, running ones with where.
-        shown = summary["attention"][:50]
-        rows = [
-            [
-                a["number"],
-                "running" if a["state"] == "RUNNING" else a["reason"],
-                a["message"] or "",
-                a["worker"] or "",
-                "" if a["heartbeat_age_s"] is None else f"{a['heartbeat_age_s']:.0f} s",
-            ]
-            for a in shown
-        ]
-        more = len(summary["attention"]) - len(rows)
-        sections.append(
-            Section(
-                "Trials needing attention",
-                table_html(["trial", "reason", "message", "worker", "last heartbeat"], rows),
-                note=f"{more} more in `hpo status --json`" if more > 0 else "",
-                anchor="failures",
-            )
-        )
+    attention_section = _attention_section(summary["attention"])
+    if attention_section is not None:
+        sections.append(attention_section)
     sections.append(Section("Optimization history", _fig(figures, "history"), anchor="history"))
     n_pruned = sum(r.state == "PRUNED" for r in records)
     sections.append(
@@ -306,6 +446,29 @@ def _sections(
     sections.append(Section("Timeline", _fig(figures, "timeline"), anchor="timeline"))
     sections.append(_error_section(analysis, figures))
     return sections
+
+
+def _attention_section(lines: list[dict[str, Any]]) -> Section | None:
+    """The same table as `hpo status`: failed trials with why, running ones with where."""
+    if not lines:
+        return None
+    rows = [
+        [
+            a["number"],
+            "running" if a["state"] == "RUNNING" else a["reason"],
+            a["message"] or "",
+            a["worker"] or "",
+            "" if a["heartbeat_age_s"] is None else f"{a['heartbeat_age_s']:.0f} s",
+        ]
+        for a in lines[:50]
+    ]
+    more = len(lines) - len(rows)
+    return Section(
+        "Trials needing attention",
+        table_html(["trial", "reason", "message", "worker", "last heartbeat"], rows),
+        note=f"{more} more in `hpo status --json`" if more > 0 else "",
+        anchor="failures",
+    )
 
 
 def _error_section(analysis: d.ErrorAnalysis | None, figures: dict[str, Any]) -> Section:

@@ -579,13 +579,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     from dashboards.report import build_report
 
     config = _load(args)
-    if config.multi_objective:  # the report's figures rank trials by one value
-        raise ConfigError(
-            "hpo report does not draw studies with several objectives yet; use hpo best "
-            "(the Pareto front) or optuna-dashboard",
-            path=str(args.study_file),
-            field="objective",
-        )
     report = build_report(
         config, Path(args.output) if args.output else None, save_to_study=args.attach
     )

@@ -254,6 +254,30 @@ def test_report_renders_offline_without_errors(browser: Browser, tmp_path: Path)
     assert_not_blank(browser.screenshot(tmp_path / "report.png"))
 
 
+def test_report_of_several_objectives_renders(browser: Browser, tmp_path: Path) -> None:
+    path = tmp_path / "front.yaml"
+    path.write_text(
+        f"name: front\nstorage: sqlite:///{tmp_path / 'hpo.db'}\nseed: 5\n"
+        "objective: [{metric: eval_accuracy, direction: maximize},\n"
+        "            {metric: latency_ms, direction: minimize}]\n"
+        "sampler: {type: nsga2, population_size: 4}\nbudget: {n_trials: 8}\n"
+        "trainer: {ref: trainers.toy:train, args: {num_train_epochs: 2}}\n"
+        "search_space:\n"
+        "  learning_rate: {type: float, low: 1.0e-5, high: 1.0e-3, log: true}\n"
+        "  size: {type: categorical, choices: [0.5, 1.0, 2.0]}\n"
+        "  model: {type: categorical, choices: [model-a, model-b]}\n"
+    )
+    assert main(["run", str(path)]) == 0
+    assert main(["report", str(path), "-o", str(tmp_path / "report")]) == 0
+    browser.open((tmp_path / "report" / "report.html").as_uri())
+    assert browser.wait_for(f"{PLOTS} >= 2 && {PLOTS}") == 2  # the front and the timeline
+    assert browser.evaluate("document.querySelectorAll('.js-plotly-plot .point').length") >= 8
+    text = browser.evaluate("document.body.innerText")
+    assert "Pareto front" in text and "Base models" in text and "model-a" in text
+    assert browser.errors() == []
+    assert_not_blank(browser.screenshot(tmp_path / "front.png"))
+
+
 def test_comparison_renders(browser: Browser, tmp_path: Path) -> None:
     files = [toy_file(tmp_path, "random", "random", 8), toy_file(tmp_path, "tpe", "tpe", 8)]
     assert main(["compare", *map(str, files), "-o", str(tmp_path / "cmp")]) == 0

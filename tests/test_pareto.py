@@ -157,11 +157,36 @@ def test_export_needs_a_trial_with_several_objectives(tmp_path: Path) -> None:
     assert "--trial N (front: " in result.stderr
 
 
-def test_report_of_several_objectives_says_it_cannot_draw_them_yet(tmp_path: Path) -> None:
-    path = multi(tmp_path, sampler="{type: random}", n_trials=2)
+def test_report_draws_the_front_by_model_and_compares_the_models(tmp_path: Path) -> None:
+    extra = "constraints:\n  - {metric: latency_ms, max: 12}\n"
+    path = multi(tmp_path, sampler="{type: random}", n_trials=10, extra=extra)
+    text = path.read_text().replace(
+        "  size: {type: categorical, choices: [0.5, 1.0, 2.0, 4.0]}",
+        "  size: {type: categorical, choices: [0.5, 1.0, 2.0, 4.0]}\n"
+        "  model: {type: categorical, choices: [small-model, large-model]}",
+    )
+    path.write_text(text)
     assert run_hpo("run", str(path)).returncode == 0
-    result = run_hpo("report", str(path))
-    assert result.returncode == 2 and "does not draw studies with several" in result.stderr
+    result = run_hpo("report", str(path), "-o", str(tmp_path / "report"))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    front = json.loads(run_hpo("best", str(path), "--json").stdout)["pareto_front"]
+    assert [r["number"] for r in summary["pareto_front"]] == [r["number"] for r in front]
+    study = stored(path)
+    rows = {m["model"]: m for m in summary["models"]}
+    assert set(rows) == {"small-model", "large-model"}
+    for model, row in rows.items():
+        mine = [t for t in study.trials if t.params["model"] == model]
+        feasible = [t for t in mine if t.state.name == "COMPLETE" and t.values[1] <= 12]
+        assert row["trials"] == len(mine)
+        assert row["on_front"] == sum(r["model"] == model for r in front)
+        assert row["best"]["eval_accuracy"] == max(t.values[0] for t in feasible)
+        assert row["best"]["latency_ms"] == min(t.values[1] for t in feasible)
+        assert set(row["cost"]) == {"latency_ms"}  # the toy reports no parameter count
+    page = (tmp_path / "report" / "report.html").read_text()
+    for model in rows:
+        assert f"{model}, on the front" in page or rows[model]["on_front"] == 0
+    assert "infeasible" in page  # a size of 4 breaks the latency limit: drawn grey
 
 
 def test_a_sweep_of_studies_with_several_objectives_runs_and_reruns(tmp_path: Path) -> None:

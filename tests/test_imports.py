@@ -95,3 +95,34 @@ def test_optuna_internals_only_in_the_compat_module() -> None:
         if _OPTUNA_PRIVATE.search(line.split("#")[0])
     ]
     assert found == []
+
+
+# Trackers a user opts into (trainer.args.report_to); each is imported only when chosen.
+OPTIONAL = {"mlflow", "wandb"}
+
+
+def test_every_library_the_code_imports_is_a_declared_dependency() -> None:
+    import sys
+    from importlib.metadata import packages_distributions
+
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = {
+        re.split(r"[<>=!~\[; ]", line, maxsplit=1)[0].lower().replace("_", "-")
+        for line in project["dependencies"]
+    }
+    distributions = packages_distributions()
+    missing = {}
+    for folder in ("hpo", "trainers", "dashboards"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for name in imports_of(path):
+                top = name.split(".")[0]
+                if not top or top in sys.stdlib_module_names or top in OPTIONAL:
+                    continue
+                if top in ABOVE_THE_CORE + ("hpo",):
+                    continue
+                dists = {d.lower().replace("_", "-") for d in distributions.get(top, [top])}
+                if not dists & declared:
+                    missing.setdefault(top, str(path.relative_to(ROOT)))
+    assert missing == {}, f"imported but not in [project] dependencies: {missing}"

@@ -95,6 +95,29 @@ def test_tensorboard_and_mlflow_get_each_trial(
     assert {"eval_accuracy", "final_eval_accuracy", "final_test_accuracy"} <= set(run.data.metrics)
 
 
+@pytest.mark.slow
+def test_a_pruned_trial_closes_its_mlflow_run_with_params_and_last_metrics(
+    tmp_path: Path,
+    tiny_model: Path,  # noqa: F811 - the fixture imported above
+    monkeypatch,
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    study_file = write(tmp_path, tiny_model, "mlflow")
+    # An accuracy can never reach 1.1: the pruner stops the trial after its first epoch.
+    config = load_study(
+        study_file, ["pruner={type: threshold, lower: 1.1}", "trainer.args.num_train_epochs=2"]
+    )
+    assert run_study(config).counts == {"PRUNED": 1}
+    client = MlflowClient(tracking_uri=store)
+    (run,) = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["hpo.learning_rate"] == "0.001"
+    assert "final_eval_accuracy" in run.data.metrics
+
+
 @pytest.mark.parametrize(
     ("training_args", "field", "message"),
     [

@@ -241,7 +241,11 @@ def fit(
             f"{trainer.state.global_step}; lower learning_rate"
         )
     if ctx.pruned:
-        return dict(ctx.history[-1]) if ctx.history else {}
+        last = dict(ctx.history[-1]) if ctx.history else {}
+        # A pruned trial is a finished run too: its trackers get its params and last metrics.
+        numbers = {k: float(v) for k, v in last.items() if isinstance(v, int | float)}
+        trackers.log_final(args.report_to, ctx, dict(ctx.trial.params), numbers)
+        return last
     if reporter.last_step == trainer.state.global_step and "prediction" in last_eval:
         # The last evaluation already scored the final model: reuse it, do not predict again.
         validation, metrics = last_eval["prediction"], dict(reporter.last_metrics)

@@ -35,7 +35,14 @@ from hpo.space import suggest
 from hpo.study import open_study
 from hpo.trainer import NonFiniteError, TrialContext
 from hpo.warmstart import enqueue_warm_start
-from hpo.workers import Interrupts, Worker, plan_workers, run_worker_processes, visible_devices
+from hpo.workers import (
+    Interrupts,
+    Worker,
+    pin_device,
+    plan_workers,
+    run_worker_processes,
+    visible_devices,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +67,7 @@ def run_worker(
         FailureBudgetExceeded: more than ``budget.max_failures`` trials failed in this run.
     """
 
-    worker = worker or Worker()
+    worker = pin_device(worker or Worker())
     study = open_study(config, allow_space_change=allow_space_change, seed_offset=worker.index)
     trainer = resolve_trainer(config.trainer.ref, config.study_dir)
     lock = st.study_lock(config.storage, config.name)

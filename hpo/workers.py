@@ -96,6 +96,29 @@ def visible_devices() -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
 
 
+def pin_device(worker: Worker) -> Worker:
+    """Make the worker's GPU the only one this process sees; return it as ``cuda:0``.
+
+    The HF Trainer in a single process trains on ``cuda:0`` and wraps the model in
+    DataParallel when it sees several GPUs, so a worker given ``cuda:3`` must hide the
+    others. ``CUDA_VISIBLE_DEVICES`` only counts before CUDA starts in the process; after
+    that (hpo never starts it itself) the worker keeps its device and a warning says why.
+    """
+    if not worker.device.startswith("cuda:"):
+        return worker
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        logger.warning(
+            "CUDA already started in this process; %s cannot be made the only visible GPU",
+            worker.device,
+        )
+        return worker
+    os.environ["CUDA_VISIBLE_DEVICES"] = worker.device.removeprefix("cuda:")
+    return Worker(index=worker.index, device="cuda:0", threads=worker.threads)
+
+
 def plan_workers(workers: int, devices: list[str], cores: int | None = None) -> list[Worker]:
     """One Worker per process: a device each (round robin) and a fair share of CPU threads.
 
@@ -207,9 +230,6 @@ def _worker_process(
     forward_to_queue(records, log_level, worker_label=f"w{worker.index}")
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[variable] = str(worker.threads or 1)
-    if worker.device.startswith("cuda:"):
-        os.environ["CUDA_VISIBLE_DEVICES"] = worker.device.removeprefix("cuda:")
-        worker = Worker(index=worker.index, device="cuda:0", threads=worker.threads)
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)

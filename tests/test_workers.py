@@ -83,6 +83,19 @@ def test_plan_splits_cores_and_devices() -> None:
     assert [w.device for w in plan] == ["cuda:5"] * 3 and plan[0].threads == 1
 
 
+def test_a_worker_given_one_gpu_sees_only_that_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    # `hpo worker --device 3` and a single `--devices 3` run in the calling process, where
+    # the HF Trainer would otherwise take cuda:0 (or all GPUs through DataParallel).
+    from hpo.workers import Worker, pin_device
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    pinned = pin_device(Worker(index=1, device="cuda:3", threads=4))
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "3"
+    assert (pinned.index, pinned.device, pinned.threads) == (1, "cuda:0", 4)
+    assert pin_device(Worker(device="cpu")).device == "cpu"
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "3"
+
+
 def test_budget_is_exact_with_four_workers(
     tmp_path: Path, storage_url: str, unique_name: str
 ) -> None:

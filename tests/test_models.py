@@ -229,6 +229,9 @@ def test_accuracy_against_latency_on_real_models_and_export_of_a_front_trial(
         "objective:\n  - {metric: eval_accuracy, direction: maximize}\n"
         "  - {metric: latency_ms, direction: minimize}\n"
     )
+    # Both trials keep their checkpoints: whether one dominates the other hangs on latency,
+    # which a loaded machine moves (only the front's are kept by default).
+    text += "keep_checkpoints: all\n"
     path = tmp_path / "models.yaml"
     path.write_text(text)
     result = run_hpo("run", str(path), cwd=tmp_path)

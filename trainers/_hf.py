@@ -158,6 +158,57 @@ def cached(key: tuple, make: Callable[[], Any]) -> Any:
     return CACHE[key]
 
 
+def base_weights(auto_class: str, model_path: str, **load: Any) -> tuple[Any, dict[str, Any]]:
+    """The pretrained config and backbone weights of ``model_path``, read once per process.
+
+    The backbone is every tensor under the model's ``base_model_prefix``; the task head is
+    left out (each trial starts its own, seeded). ``auto_class`` names the transformers
+    Auto class of the family (``AutoModelForSequenceClassification``, ...).
+    """
+
+    def read() -> tuple[Any, dict[str, Any]]:
+        import transformers
+        from transformers.utils import logging as hf_logging
+
+        # The load report only says the new head is untrained: expected.
+        level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            model = getattr(transformers, auto_class).from_pretrained(model_path, **load)
+        finally:
+            hf_logging.set_verbosity(level)
+        prefix = model.base_model_prefix + "."
+        state = {k: v for k, v in model.state_dict().items() if k.startswith(prefix)}
+        return model.config, state
+
+    return cached(("model", model_path, auto_class, tuple(sorted(load.items()))), read)
+
+
+def model_from_base(auto_class: str, config: Any, state: dict[str, Any], seed: int) -> Any:
+    """A fresh model of ``config`` with the cached backbone weights and a head seeded by
+    ``seed``; it refuses weights that leave part of the backbone untrained."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    model = getattr(transformers, auto_class).from_config(config)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    prefix = model.base_model_prefix + "."
+    if unexpected or any(k.startswith(prefix) for k in missing):
+        raise RuntimeError(f"base weights do not fit the model: missing {missing[:3]}")
+    return model
+
+
+def check_args(
+    args_model: type[HFTrainingArgs], args: HFTrainingArgs, search_space: dict[str, Any]
+) -> tuple[str, str] | None:
+    """A trainer's ``check_args`` hook: trackers installed, ``training_args`` fields hpo
+    leaves free, searched choices valid; ``(field, message)`` for the first problem."""
+    return trackers.check_tracking(
+        args.report_to, args.training_args, args_model.model_fields, search_space
+    ) or check_search_space(args_model, args, search_space)
+
+
 def with_oom_retry(
     train_once: Callable[[Any, TrialContext], dict[str, float]],
     args: HFTrainingArgs,

@@ -31,12 +31,13 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hpo.trainer import TrialContext
-from trainers import _hf, trackers
+from trainers import _hf
 from trainers._hf import HFTrainingArgs, relative_to
 from trainers.drafts import SEARCH_SAMPLE, Draft, detect_label_column, read_rows
 
 logger = logging.getLogger(__name__)
 
+_AUTO_CLASS = "AutoModelForImageClassification"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 TABLE_FORMATS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 # Where each known architecture keeps its stem and its stages (CNNs) or blocks (ViTs),
@@ -315,16 +316,7 @@ def _tensor_split(pixels: Any, labels: list[int]) -> list[dict[str, Any]]:
 
 def base_weights(model_path: str) -> tuple[Any, dict[str, Any]]:
     """The pretrained config and backbone weights (no head), read once per process."""
-
-    def load() -> tuple[Any, dict[str, Any]]:
-        from transformers import AutoModelForImageClassification
-
-        model = AutoModelForImageClassification.from_pretrained(model_path)
-        prefix = model.base_model_prefix + "."
-        state = {k: v for k, v in model.state_dict().items() if k.startswith(prefix)}
-        return model.config, state
-
-    return _hf.cached(("model", model_path), load)
+    return _hf.base_weights(_AUTO_CLASS, model_path)
 
 
 def build_model(
@@ -333,21 +325,13 @@ def build_model(
     """A fresh model: this trial's dropout, backbone weights from memory, a seeded head."""
     import copy
 
-    import torch
-    from transformers import AutoModelForImageClassification
-
     config, state = base_weights(model_path)
     config = copy.deepcopy(config)
     config.num_labels = len(label_names)
     config.id2label = dict(enumerate(label_names))
     config.label2id = {name: i for i, name in enumerate(label_names)}
     _set_regularization(config, args)
-    torch.manual_seed(seed)  # the new head starts from the trial seed
-    model = AutoModelForImageClassification.from_config(config)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    prefix = model.base_model_prefix + "."
-    if unexpected or any(k.startswith(prefix) for k in missing):
-        raise RuntimeError(f"base weights do not fit the model: missing {missing[:3]}")
+    model = _hf.model_from_base(_AUTO_CLASS, config, state, seed)
     freeze(model, args.freeze_layers)
     return model
 
@@ -765,9 +749,7 @@ def check_args(
     args: ImageClassificationArgs, search_space: dict[str, Any]
 ) -> tuple[str, str] | None:
     """Trackers installed; ``training_args`` fields hpo leaves free; searched choices valid."""
-    return trackers.check_tracking(
-        args.report_to, args.training_args, ImageClassificationArgs.model_fields, search_space
-    ) or _hf.check_search_space(ImageClassificationArgs, args, search_space)
+    return _hf.check_args(ImageClassificationArgs, args, search_space)
 
 
 def check_files(args: ImageClassificationArgs, study_dir: Path) -> tuple[str, str] | None:

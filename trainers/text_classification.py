@@ -411,7 +411,12 @@ def save_model(checkpoint: Path, target: Path, args: dict[str, Any], study_dir: 
     from trainers.hf_export import save_hf_model
 
     base = resolve_model(str(args.get("model") or "minilm-l6"), study_dir)
-    save_hf_model(checkpoint, target, base, args.get("max_seq_length"))
+    # As in training: the study's max_seq_length (128 unless set), capped at the model's.
+    wanted = int(
+        args.get("max_seq_length") or TextClassificationArgs.model_fields["max_seq_length"].default
+    )
+    limit = _model_limit(base)
+    save_hf_model(checkpoint, target, base, min(wanted, limit) if limit else wanted)
 
 
 # hpo export asks the trainer how its models are named, found and saved (hpo/trainer.py).

@@ -1,4 +1,5 @@
-"""``hpo dashboard``: optuna-dashboard on the study's storage, with an artifact folder.
+"""``hpo dashboard``: optuna-dashboard on the study's storage, and an artifact folder if
+there is one.
 
 optuna-dashboard's ``wsgi`` app is served by the standard library's threaded WSGI
 server; binding before printing the URL makes ``--port 0`` (any free port) work and
@@ -39,10 +40,12 @@ def make_server(config: Any, host: str, port: int) -> tuple[Any, str]:
 
     study = load_stored_study(config)
     folder = artifact_folder(config)
-    folder.mkdir(parents=True, exist_ok=True)
-    app = optuna_dashboard.wsgi(
-        storage_of(study), artifact_store=FileSystemArtifactStore(str(folder))
-    )
+    # Browsing writes nothing: artifacts (uploads from the dashboard) only where the user
+    # made the folder for them.
+    store = FileSystemArtifactStore(str(folder)) if folder.is_dir() else None
+    if store is None:
+        logger.info("dashboard: no %s folder, so artifact uploads are off (mkdir it)", folder)
+    app = optuna_dashboard.wsgi(storage_of(study), artifact_store=store)
 
     class _Server(socketserver.ThreadingMixIn, WSGIServer):
         daemon_threads = True

@@ -1,6 +1,6 @@
 """Derive a smaller real candidate model: all-MiniLM-L6-v2 cut to its first 3 encoder layers.
 
-Run ``python studies/data/make_minilm_l3.py`` (about 45 MB, a few seconds, no download):
+Run ``python studies/data/make_minilm_l3.py`` (about 66 MB, a few seconds, no download):
 it writes ``studies/models/minilm-l3`` (git-ignored), which ``studies/models.yaml``
 compares with the packaged MiniLM-L6. ``python studies/data/make_minilm_l3.py DIR`` writes
 it elsewhere. The folder is a normal Hugging Face model (``save_pretrained``): config,

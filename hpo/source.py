@@ -272,6 +272,29 @@ def _unknown_field(name: str, known: list[str], close: list[str]) -> str:
     return f"unknown field `{name}`; remove it"
 
 
+# How to fix what pydantic's common errors say, by error type; {got} is the value given.
+_FIXES = {
+    "greater_than": "got {got}; use a value above {gt}",
+    "greater_than_equal": "got {got}; use {ge} or more",
+    "less_than": "got {got}; use a value below {lt}",
+    "less_than_equal": "got {got}; use {le} or less",
+    "int_parsing": "got {got}; write a whole number, such as 8",
+    "int_type": "got {got}; write a whole number, such as 8",
+    "int_from_float": "got {got}; write a whole number, such as 8",
+    "float_parsing": "got {got}; write a number, such as 0.1",
+    "float_type": "got {got}; write a number, such as 0.1",
+    "bool_parsing": "got {got}; write true or false",
+    "bool_type": "got {got}; write true or false",
+    "string_type": "got {got}; quote it to make it text",
+    "literal_error": "got {got}",
+    "enum": "got {got}",
+    "list_type": "got {got}; write a list, such as [a, b]",
+    "dict_type": "got {got}; write a mapping, such as {{key: value}}",
+    "model_type": "got {got}; write a mapping, such as {{key: value}}",
+    "model_attributes_type": "got {got}; write a mapping, such as {{key: value}}",
+}
+
+
 def _message(item: Any) -> str:
     message = str(item["msg"]).removeprefix("Value error, ")
     kind = item["type"]
@@ -281,7 +304,12 @@ def _message(item: Any) -> str:
         return message.replace("Input tag", "type").replace(" found using 'type'", "")
     if kind == "union_tag_not_found":
         return "needs a `type` key"
-    return message
+    fix = _FIXES.get(kind)
+    if fix is None:
+        return message
+    got = repr(item.get("input"))
+    got = got if len(got) <= 40 else got[:37] + "..."
+    return f"{message}: " + fix.format(got=got, **(item.get("ctx") or {}))
 
 
 def _get(data: Any, key: Key) -> Any:

@@ -169,7 +169,8 @@ def test_an_overridden_field_has_no_line_of_the_file() -> None:
     with pytest.raises(ConfigError) as info:
         load_study(DATA / "valid" / "minimal.yaml", ["budget.n_trials=0"])
     assert str(info.value) == (
-        f"{DATA / 'valid' / 'minimal.yaml'}: budget.n_trials: Input should be greater than 0"
+        f"{DATA / 'valid' / 'minimal.yaml'}: budget.n_trials: Input should be greater than 0: "
+        "got 0; use a value above 0"
     )
 
 

@@ -138,7 +138,8 @@ def test_bad_combination_is_reported_by_name_and_nothing_runs(tmp_path: Path, ca
         ),
         (
             "base: base.yaml\nmatrix: {sampler.type: tpe}\n",
-            "sweep.yaml:2: matrix.sampler.type: Input should be a valid list",
+            "sweep.yaml:2: matrix.sampler.type: Input should be a valid list: got 'tpe'; write a "
+            "list, such as [a, b]",
         ),
         (
             "base: base.yaml\n",
@@ -167,7 +168,7 @@ def test_bad_combination_is_reported_by_name_and_nothing_runs(tmp_path: Path, ca
         (
             "base: base.yaml\nmatrix: {budget.n_trials: [0]}\n",
             "sweep.yaml: toy-1 (budget.n_trials=0): budget.n_trials: Input should be greater "
-            "than 0",
+            "than 0: got 0; use a value above 0",
         ),
         (
             "studies: [base.yaml, nope.yaml]\n",

@@ -33,7 +33,7 @@ from typing import Any
 
 from hpo import DISTRIBUTION
 from hpo import storage as st
-from hpo.config import StudyConfig
+from hpo.config import StudyConfig, resolve_trainer
 from hpo.errors import ConfigError, StudyStateError
 
 _PACKAGES = (DISTRIBUTION, "optuna", "transformers", "torch", "datasets", "tokenizers")
@@ -138,8 +138,6 @@ def _trainer_hook(config: StudyConfig, name: str) -> Any:
     Raises:
         StudyStateError: the trainer does not offer it, so its models cannot be exported.
     """
-    from hpo.config import resolve_trainer
-
     hook = getattr(resolve_trainer(config.trainer.ref, config.study_dir), name, None)
     if hook is None:
         raise StudyStateError(
@@ -185,6 +183,10 @@ def model_facts(config: StudyConfig, trial: Any, checkpoint: Path) -> dict[str, 
         "validation_metrics": {k: v for k, v in metrics.items() if k.startswith("eval_")},
         "test_metrics": {k: v for k, v in metrics.items() if k.startswith("test_")},
         "trainer": {"ref": config.trainer.ref, "args": args},
+        # The trainer's task (train.task): the card's pipeline tag and loading snippet.
+        "task": getattr(
+            resolve_trainer(config.trainer.ref, config.study_dir), "task", "text-classification"
+        ),
         "base_model": {
             **trial.user_attrs.get("hpo:model", {}),
             "name": base_model_name(config, trial),
@@ -234,8 +236,8 @@ def model_card(facts: dict[str, Any]) -> str:
         license=base.get("license") or (base_card.license if base_card else None),
         datasets=base.get("datasets") or (base_card.datasets if base_card else None),
         library_name="transformers",
-        pipeline_tag="text-classification",
-        tags=["hpo", "optuna", "text-classification"],
+        pipeline_tag=facts.get("task", "text-classification"),
+        tags=["hpo", "optuna", facts.get("task", "text-classification")],
         eval_results=_eval_results(facts) or None,
         hpo=_provenance(facts),
     )
@@ -247,8 +249,6 @@ def base_model_id(name: str, path: str, trainer_ref: str) -> str:
 
     A packaged model's hub id comes from the trainer's ``hub_ids`` (its alias -> hub id).
     """
-    from hpo.config import resolve_trainer
-
     hub_ids = getattr(resolve_trainer(trainer_ref, Path.cwd()), "hub_ids", {})
     if name in hub_ids:
         return str(hub_ids[name])
@@ -283,7 +283,7 @@ def _eval_results(facts: dict[str, Any]) -> list[Any]:
         for name, value in quality_metrics(facts[key]).items():
             results.append(
                 EvalResult(
-                    task_type="text-classification",
+                    task_type=facts.get("task", "text-classification"),
                     dataset_type=Path(dataset).stem,
                     dataset_name=dataset,
                     dataset_split=split,
@@ -314,6 +314,21 @@ def _provenance(facts: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# How a card says to load the folder, by the trainer's task.
+_LOADING = {
+    "text-classification": (
+        "from transformers import AutoModelForSequenceClassification, AutoTokenizer\n"
+        'model = AutoModelForSequenceClassification.from_pretrained("path/to/this/folder")\n'
+        'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")  # truncation=True'
+    ),
+    "image-classification": (
+        "from transformers import AutoImageProcessor, AutoModelForImageClassification\n"
+        'model = AutoModelForImageClassification.from_pretrained("path/to/this/folder")\n'
+        'processor = AutoImageProcessor.from_pretrained("path/to/this/folder")'
+    ),
+}
+
+
 def _card_body(facts: dict[str, Any]) -> str:
     def table(values: dict[str, Any]) -> str:
         rows = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in values.items())
@@ -331,9 +346,7 @@ study) by hpo: trial {facts["trial"]} of study `{facts["study"]}` ({facts["stora
 {objective["metric"]} = {_fmt(objective["value"])} ({objective["direction"]}).
 
 ```python
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
-model = AutoModelForSequenceClassification.from_pretrained("path/to/this/folder")
-tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")  # truncation=True
+{_LOADING.get(facts.get("task", ""), _LOADING["text-classification"])}
 ```
 
 ## Hyperparameters

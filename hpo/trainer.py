@@ -23,7 +23,9 @@ imports a trainer by name: ``train.resolve_model(name, study_dir) -> str`` (the 
 model's folder or hub id, resolved as in training), ``train.save_model(checkpoint,
 target, args, study_dir)`` (write a loadable model folder from a checkpoint; a
 ``ValueError`` says why it cannot) and ``train.hub_ids`` (packaged alias -> hub id, for
-the model card). A trainer without ``save_model`` cannot be exported.
+the model card), and ``train.task`` names its Hugging Face task (``text-classification``
+unless told; the card's pipeline tag and loading snippet). A trainer without
+``save_model`` cannot be exported.
 """
 
 from __future__ import annotations

@@ -236,7 +236,11 @@ def test_study_reports_each_epoch_checkpoints_scores_test_and_errors(
     model = AutoModelForImageClassification.from_pretrained(tmp_path / "model")
     assert model.config.id2label == {0: "horizontal", 1: "vertical"}
     assert AutoImageProcessor.from_pretrained(tmp_path / "model").size["height"] == SIZE
-    assert (tmp_path / "model" / "README.md").is_file()  # the model card
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(tmp_path / "model" / "README.md")
+    assert card.data.pipeline_tag == "image-classification"
+    assert "AutoModelForImageClassification" in card.text
 
 
 def test_resume_from_checkpoint_trains_only_the_rest(

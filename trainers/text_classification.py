@@ -423,3 +423,4 @@ def save_model(checkpoint: Path, target: Path, args: dict[str, Any], study_dir: 
 train.resolve_model = resolve_model  # type: ignore[attr-defined]
 train.save_model = save_model  # type: ignore[attr-defined]
 train.hub_ids = PACKAGED_HUB_IDS  # type: ignore[attr-defined]
+train.task = "text-classification"  # type: ignore[attr-defined]

@@ -44,7 +44,7 @@ def make_server(config: Any, host: str, port: int) -> tuple[Any, str]:
     # made the folder for them.
     store = FileSystemArtifactStore(str(folder)) if folder.is_dir() else None
     if store is None:
-        logger.info("dashboard: no %s folder, so artifact uploads are off (mkdir it)", folder)
+        logger.debug("dashboard: no %s folder, so artifact uploads are off (mkdir it)", folder)
     app = optuna_dashboard.wsgi(storage_of(study), artifact_store=store)
 
     class _Server(socketserver.ThreadingMixIn, WSGIServer):

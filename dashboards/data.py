@@ -410,6 +410,8 @@ def model_comparison(
 
     Rows are ordered by the best value of the first objective, best first.
     """
+    first_metric, first_direction = objectives[0]
+    sign = -1.0 if first_direction == "maximize" else 1.0
     rows = []
     for model in sorted(set(models.values())):
         mine = [r for r in records if models.get(r.number) == model]
@@ -419,11 +421,8 @@ def model_comparison(
             for i, (metric, direction) in enumerate(objectives)
             if done
         }
-        first_metric, first_direction = objectives[0]
-        top = None
-        for r in done:
-            if top is None or _strictly_better(r.values[0], top.values[0], first_direction):
-                top = r
+        # Its best trial in the first objective (ties: the earlier one), as hpo best picks.
+        top = min(done, key=lambda r: (sign * r.values[0], r.number), default=None)
         rows.append(
             ModelRow(
                 model=model,
@@ -435,8 +434,6 @@ def model_comparison(
                 cost={k: top.metrics[k] for k in COST_METRICS if top and k in top.metrics},
             )
         )
-    first_metric, first_direction = objectives[0]
-    sign = -1.0 if first_direction == "maximize" else 1.0
     return sorted(
         rows,
         key=lambda row: (first_metric not in row.best, sign * row.best.get(first_metric, 0.0)),

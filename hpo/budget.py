@@ -112,7 +112,7 @@ def summarize(study: Any, config: StudyConfig, *, ran: int = 0, wall: float = 0.
 
     if config.multi_objective:
         summary.pareto_front = front_rows(study, config)
-    elif (best := best_trial(study, config)) is not None:
+    elif (best := best_trial(study.get_trials(deepcopy=False), config)) is not None:
         summary.best_value = best.value
         summary.best_params = dict(best.params)
         summary.best_number = best.number

@@ -923,11 +923,12 @@ def _print_summary(summary: Any) -> None:
 
 def _live_view(args: argparse.Namespace, config: Any) -> LiveView:
     from hpo.budget import effective_budget
+    from hpo.pareto import best_trial
 
     return LiveView(
         args.console,
         config.name,
         effective_budget(config),
         config.objectives[0].metric,
-        feasible=config.feasible,
+        best_of=lambda trials: best_trial(trials, config),
     )

@@ -124,10 +124,10 @@ class LiveView(logging.Handler):
         study_name: str,
         budget: int,
         metric: str,
-        feasible: Callable[[dict[str, Any]], bool] = lambda metrics: True,
+        best_of: Callable[[list[Any]], Any],
     ):
         super().__init__(level=logging.INFO)
-        self.feasible = feasible  # the study's constraints, on a trial's hpo:metrics
+        self.best_of = best_of  # trials -> the best feasible one in the first objective
         self.console = console
         self.study_name = study_name
         self.budget = budget
@@ -200,16 +200,8 @@ class LiveView(logging.Handler):
         if self.finished_at_start is None:
             self.finished_at_start = self.finished
         # With several objectives the line shows the best of the first one.
-        complete = [
-            t
-            for t in trials
-            if t.state.name == "COMPLETE"
-            and t.values
-            and self.feasible(t.user_attrs.get("hpo:metrics", {}))
-        ]
-        if complete:
-            pick = max if study.directions[0].name == "MAXIMIZE" else min
-            best = pick(complete, key=lambda t: t.values[0])
+        best = self.best_of(trials)
+        if best is not None:
             self.best, self.best_trial = best.values[0], best.number
         if self._live is None and self.finished != self._logged:
             # Off a terminal the progress is one more event, once per finished trial.

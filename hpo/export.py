@@ -99,7 +99,7 @@ def _pick_trial(config: StudyConfig, number: int | None) -> Any:
             )
         from hpo.pareto import best_trial
 
-        best = best_trial(study, config)
+        best = best_trial(completed, config)
         if best is None:
             raise StudyStateError(
                 f"study {config.name!r} has no completed trial that meets its constraints; "
@@ -236,8 +236,8 @@ def model_card(facts: dict[str, Any]) -> str:
         license=base.get("license") or (base_card.license if base_card else None),
         datasets=base.get("datasets") or (base_card.datasets if base_card else None),
         library_name="transformers",
-        pipeline_tag=facts.get("task", "text-classification"),
-        tags=["hpo", "optuna", facts.get("task", "text-classification")],
+        pipeline_tag=_task(facts),
+        tags=["hpo", "optuna", _task(facts)],
         eval_results=_eval_results(facts) or None,
         hpo=_provenance(facts),
     )
@@ -283,7 +283,7 @@ def _eval_results(facts: dict[str, Any]) -> list[Any]:
         for name, value in quality_metrics(facts[key]).items():
             results.append(
                 EvalResult(
-                    task_type=facts.get("task", "text-classification"),
+                    task_type=_task(facts),
                     dataset_type=Path(dataset).stem,
                     dataset_name=dataset,
                     dataset_split=split,
@@ -312,6 +312,11 @@ def _provenance(facts: dict[str, Any]) -> dict[str, Any]:
         "packages": {k: v for k, v in facts["packages"].items() if v},
         "exported_at": facts["exported_at"],
     }
+
+
+def _task(facts: dict[str, Any]) -> str:
+    """The trainer's Hugging Face task (cards written before train.task: text)."""
+    return str(facts.get("task") or "text-classification")
 
 
 # How a card says to load the folder, by the trainer's task.
@@ -346,7 +351,7 @@ study) by hpo: trial {facts["trial"]} of study `{facts["study"]}` ({facts["stora
 {objective["metric"]} = {_fmt(objective["value"])} ({objective["direction"]}).
 
 ```python
-{_LOADING.get(facts.get("task", ""), _LOADING["text-classification"])}
+{_LOADING.get(_task(facts), _LOADING["text-classification"])}
 ```
 
 ## Hyperparameters

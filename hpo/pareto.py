@@ -19,10 +19,15 @@ ATTR_MODEL = "hpo:model"
 
 def feasible_trials(study: Any, config: StudyConfig) -> list[Any]:
     """Completed trials whose values are all known and that meet every constraint."""
+    return feasible(study.get_trials(deepcopy=False), config)
+
+
+def feasible(trials: Sequence[Any], config: StudyConfig) -> list[Any]:
+    """Those of ``trials`` that completed with every value known and meet the constraints."""
     n = len(config.objectives)
     return [
         t
-        for t in study.get_trials(deepcopy=False)
+        for t in trials
         if t.state.name == "COMPLETE"
         and t.values is not None
         and len(t.values) == n
@@ -30,18 +35,18 @@ def feasible_trials(study: Any, config: StudyConfig) -> list[Any]:
     ]
 
 
-def best_trial(study: Any, config: StudyConfig) -> Any | None:
-    """The best feasible completed trial of a one-objective study (ties: the earlier one);
+def best_trial(trials: Sequence[Any], config: StudyConfig) -> Any | None:
+    """The best feasible completed trial in the first objective (ties: the earlier one);
     None when there is none yet.
 
     Optuna's ``study.best_trial`` raises when constraints leave no feasible trial, which
     a study that has run is not an error: it is "no feasible trial yet".
     """
-    trials = feasible_trials(study, config)
-    if not trials:
+    candidates = feasible(trials, config)
+    if not candidates:
         return None
     sign = -1.0 if config.objectives[0].direction == "maximize" else 1.0
-    return min(trials, key=lambda t: (sign * t.values[0], t.number))
+    return min(candidates, key=lambda t: (sign * t.values[0], t.number))
 
 
 def pareto_front(study: Any, config: StudyConfig) -> list[Any]:

@@ -494,7 +494,7 @@ def _outcome(config: StudyConfig) -> StudyOutcome:
         return outcome
     outcome.finished = sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
     # Several objectives have a front, not a best: the sweep's line shows none.
-    best = None if config.multi_objective else best_trial(study, config)
+    best = None if config.multi_objective else best_trial(trials, config)
     if best is not None:
         outcome.best_value, outcome.best_number = best.value, best.number
     return outcome

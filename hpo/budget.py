@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hpo import storage as st
+from hpo.backends.optuna_compat import budget_rows
 from hpo.config import StudyConfig
 from hpo.space import grid_size
 
@@ -45,14 +46,13 @@ class Usage:
 
 
 def usage(study: Any, config: StudyConfig) -> Usage:
-    """Count the study's trials against its budget (one storage read, two with failures)."""
-    trials = study.get_trials(deepcopy=False)
-    # Study attributes are one more query; only failures need them (the hpo:lost list).
-    attrs = study.user_attrs if any(t.state.name == "FAIL" for t in trials) else {}
+    """Count the study's trials against its budget (one narrow storage read: states and
+    failure reasons, not every trial's parameters and attributes)."""
+    rows, lost = budget_rows(study, st.ATTR_FAILURE, st.STUDY_ATTR_LOST)
     result = Usage()
-    for trial in trials:
-        state = trial.state.name
-        failed = failure_reason(trial, attrs) not in (None, *NOT_COUNTED_FAILURES)
+    for number, state, failure in rows:
+        reason = _reason(state, number in lost, failure)
+        failed = reason not in (None, *NOT_COUNTED_FAILURES)
         done = state in FINISHED or (failed and config.sampler.type == "grid")
         result.finished += done
         result.claimed += done or state == "RUNNING"
@@ -67,11 +67,14 @@ def count_states(study: Any) -> Counter[str]:
 
 def failure_reason(trial: Any, study_attrs: dict[str, Any]) -> str | None:
     """Why a FAIL trial failed: its hpo:failure attribute, or worker_lost."""
-    if trial.state.name != "FAIL":
+    lost = trial.number in study_attrs.get(st.STUDY_ATTR_LOST, [])
+    return _reason(trial.state.name, lost, trial.user_attrs.get(st.ATTR_FAILURE))
+
+
+def _reason(state: str, lost: bool, failure: str | None) -> str | None:
+    if state != "FAIL":
         return None
-    if trial.number in study_attrs.get("hpo:lost", []):
-        return "worker_lost"
-    return trial.user_attrs.get(st.ATTR_FAILURE, "exception")
+    return "worker_lost" if lost else failure or "exception"
 
 
 @dataclass

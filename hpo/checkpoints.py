@@ -40,8 +40,8 @@ _ACTIVE = ("RUNNING", "WAITING")
 def prune_checkpoints(study: Any, config: StudyConfig) -> list[str]:
     """Delete checkpoints of trials that can no longer be among the best K; return them."""
     limit = config.checkpoint_limit
-    if limit is None:
-        return []
+    if limit is None or not study_folder(config).is_dir():
+        return []  # nothing on this machine to delete: spare the storage read
     trials = study.get_trials(deepcopy=False)
     kept = pareto_front(study, config) if config.multi_objective else None
     keep = {t.number for t in (kept if kept is not None else best_trials(trials, config, limit))}

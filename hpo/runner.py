@@ -143,8 +143,8 @@ def _recover_orphans(study: Any) -> None:
             continue
         if fail_orphan(study, trial) is not None:
             logger.warning("trial %d: created by a lost commit, never run; failed", trial.number)
-            lost = study.user_attrs.get("hpo:lost", [])
-            study.set_user_attr("hpo:lost", sorted(set(lost) | {trial.number}))
+            lost = study.user_attrs.get(st.STUDY_ATTR_LOST, [])
+            study.set_user_attr(st.STUDY_ATTR_LOST, sorted(set(lost) | {trial.number}))
 
 
 def _prune_checkpoints(study: Any, config: StudyConfig) -> None:
@@ -210,7 +210,7 @@ class _Objective:
             _record_failure(trial, e, {st.ATTR_DURATION: _duration(ctx)})
             raise
         if ctx.pruned:
-            set_trial_user_attrs(trial, {st.ATTR_DURATION: _duration(ctx)})
+            set_trial_user_attrs(trial, {st.ATTR_DURATION: _duration(ctx)}, defer=True)
             last = ctx.history[-1]["step"] if ctx.history else 0
             raise optuna.TrialPruned(f"pruned at step {last}")
         return self._objective_value(trial, metrics, _duration(ctx))
@@ -231,8 +231,9 @@ class _Objective:
         attrs[st.ATTR_WORKER] = self.worker.name
         attrs[st.ATTR_DEVICE] = self.worker.device
         attrs[st.ATTR_OUTPUT_DIR] = str(output_dir)
-        # One transaction, not one per key: status shows where a running trial runs.
-        set_trial_user_attrs(trial, attrs)
+        # No transaction of their own: they go with the trial's next heartbeat (status shows
+        # where a running trial runs within one heartbeat interval), evaluation or tell.
+        set_trial_user_attrs(trial, attrs, defer=True)
         return TrialContext(
             trial=trial,
             params={**self.config.trainer.args, **params},
@@ -254,7 +255,7 @@ class _Objective:
     ) -> float | list[float]:
         """The objective value (a list of them with several objectives) from the metrics.
 
-        The trial's closing attributes go in one transaction, before Optuna's tell; the
+        The trial's closing attributes go in the transaction of Optuna's tell; the
         constraints are set on the trial, where the samplers read them.
         """
         names = [o.metric for o in self.config.objectives]
@@ -273,7 +274,7 @@ class _Objective:
         values = [float(metrics[m]) for m in names]
         if not all(math.isfinite(v) for v in values):
             attrs[st.ATTR_FAILURE] = "nan"  # Optuna fails non-finite values
-        set_trial_user_attrs(trial, attrs)
+        set_trial_user_attrs(trial, attrs, defer=True)
         return values if self.config.multi_objective else values[0]
 
 
@@ -282,14 +283,14 @@ def _duration(ctx: TrialContext) -> float:
 
 
 def _record_failure(trial: Any, error: BaseException, extra: dict[str, Any] | None = None) -> None:
-    """Store why a trial failed; Optuna then marks it FAIL (attributes are read-only after)."""
+    """Store why a trial failed, with the FAIL Optuna then tells (read-only after that)."""
     attrs = {
         **(extra or {}),
         st.ATTR_FAILURE: _classify(error),
         st.ATTR_FAILURE_MESSAGE: f"{type(error).__name__}: {error}"[:1000],
     }
     try:
-        set_trial_user_attrs(trial, attrs)
+        set_trial_user_attrs(trial, attrs, defer=True)
     except Exception:  # the storage itself may be what failed; the original error matters
         logger.debug("could not record why trial %d failed", trial.number, exc_info=True)
 

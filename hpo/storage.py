@@ -38,6 +38,9 @@ ATTR_DURATION = "hpo:duration_s"
 ATTR_EPOCHS = "hpo:epochs"  # training epochs actually run (pruned trials run fewer)
 ATTR_RESUMED_FROM = "hpo:resumed_from"  # trial number whose checkpoint a retry resumed
 ATTR_ERROR_ANALYSIS = "hpo:error_analysis"
+# Study attribute: numbers of FAIL trials whose worker died (a finished trial's own
+# attributes are read-only, so the mark goes on the study).
+STUDY_ATTR_LOST = "hpo:lost"
 
 SUPPORTED_SCHEMES = tuple(SCHEMES)
 ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")

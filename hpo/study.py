@@ -154,8 +154,8 @@ def _retry_lost_trial(max_retries: int) -> Callable[[Any, Any], None]:
         )
         # A finished trial's attributes are read-only in Optuna, so the reason lives in
         # the study: hpo:lost lists the trial numbers whose worker died.
-        lost = study.user_attrs.get("hpo:lost", [])
-        study.set_user_attr("hpo:lost", sorted(set(lost) | {trial.number}))
+        lost = study.user_attrs.get(st.STUDY_ATTR_LOST, [])
+        study.set_user_attr(st.STUDY_ATTR_LOST, sorted(set(lost) | {trial.number}))
         retry(study, trial)
 
     return on_stale

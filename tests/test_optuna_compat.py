@@ -93,3 +93,100 @@ def test_heartbeat_ages_on_an_rdb_storage(tmp_path: Path) -> None:
     trial = study.ask()
     storage.record_heartbeat(trial._trial_id)
     assert 0.0 <= compat.heartbeat_ages(study)[trial.number] < 5.0
+
+
+def _commits() -> list[int]:
+    import sqlalchemy
+
+    counter = [0]
+
+    def on_commit(connection) -> None:
+        counter[0] += 1
+
+    sqlalchemy.event.listen(sqlalchemy.engine.Engine, "commit", on_commit)
+    return counter
+
+
+@pytest.fixture(params=["sqlite", "postgres", "mysql"])
+def rdb_url(request, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'w.db'}"
+    return str(request.getfixturevalue(f"{request.param}_url"))
+
+
+def test_write_rdb_trial_leaves_what_optunas_own_writes_leave(rdb_url: str) -> None:
+    """hpo's one-transaction trial write repeats Optuna's heartbeat and state change, and
+    upserts every attribute in one statement: the rows must come out as Optuna's own
+    methods leave them, on each database hpo accepts."""
+    from optuna.trial import TrialState
+
+    storage = optuna.storages.RDBStorage(rdb_url, heartbeat_interval=1)
+    study = optuna.create_study(storage=storage)
+    theirs, ours = study.ask(), study.ask()
+    storage.set_trial_user_attr(theirs._trial_id, "hpo:a", [1])
+    storage.set_trial_user_attr(theirs._trial_id, "hpo:b", "x")
+    storage.record_heartbeat(theirs._trial_id)
+    storage.set_trial_state_values(theirs._trial_id, TrialState.COMPLETE, [0.5])
+    assert compat.write_rdb_trial(storage, ours._trial_id, {"hpo:a": [0]}, heartbeat=True)
+    # An update of both the heartbeat and one attribute, and a new attribute beside it.
+    assert compat.write_rdb_trial(
+        storage, ours._trial_id, {"hpo:a": [1], "hpo:b": "x"}, heartbeat=True
+    )
+    assert compat.write_rdb_trial(
+        storage, ours._trial_id, {}, state=TrialState.COMPLETE, values=[0.5]
+    )
+    a, b = storage.get_trial(theirs._trial_id), storage.get_trial(ours._trial_id)
+    assert (b.state, b.values, b.user_attrs) == (a.state, a.values, a.user_attrs)
+    assert b.datetime_complete is not None and b.datetime_start is not None
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        compat.write_rdb_trial(storage, ours._trial_id, {}, state=TrialState.FAIL)
+    running = study.ask()
+    assert not storage.set_trial_state_values(running._trial_id, TrialState.RUNNING)
+    assert not compat.write_rdb_trial(storage, running._trial_id, {}, state=TrialState.RUNNING)
+    study.enqueue_trial({})
+    waiting_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, 3)
+    assert compat.write_rdb_trial(storage, waiting_id, {}, state=TrialState.RUNNING)
+    assert storage.get_trial(waiting_id).datetime_start is not None
+
+
+def test_deferred_attributes_cost_no_transaction_of_their_own(tmp_path: Path) -> None:
+    """Deferred attributes go in the tell's transaction (or the next heartbeat's): the
+    trial's end costs one commit, as in raw Optuna, and nothing is lost."""
+    from hpo.storage import open_storage
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'd.db'}", heartbeat_interval=1)
+    study = optuna.create_study(storage=storage)
+    commits = _commits()
+    trial = study.ask()
+    compat.set_trial_user_attrs(trial, {"hpo:start": "w0"}, defer=True)
+    assert storage.get_trial(trial._trial_id).user_attrs == {}  # not written yet
+    storage.record_heartbeat(trial._trial_id)  # the heartbeat carries them
+    assert storage.get_trial(trial._trial_id).user_attrs == {"hpo:start": "w0"}
+    compat.set_trial_user_attrs(trial, {"hpo:end": 1.5}, defer=True)
+    before = commits[0]
+    storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.COMPLETE, [1.0])
+    assert commits[0] - before == 1
+    assert study.trials[0].user_attrs == {"hpo:start": "w0", "hpo:end": 1.5}
+    assert study.trials[0].value == 1.0
+
+
+def test_budget_rows_match_the_trials(storage) -> None:
+    from optuna.trial import TrialState
+
+    study = optuna.create_study(storage=storage)
+    study.optimize(lambda t: 1.0, n_trials=2)
+    failed = study.ask()
+    failed.set_user_attr("hpo:failure", "oom")
+    study.tell(failed, state=TrialState.FAIL)
+    study.tell(study.ask(), state=TrialState.FAIL)
+    study.ask()  # running
+    study.set_user_attr("hpo:lost", [3])
+    rows, lost = compat.budget_rows(study, "hpo:failure", "hpo:lost")
+    assert sorted(rows) == [
+        (0, "COMPLETE", None),
+        (1, "COMPLETE", None),
+        (2, "FAIL", "oom"),
+        (3, "FAIL", None),
+        (4, "RUNNING", None),
+    ]
+    assert lost == [3]

@@ -105,37 +105,168 @@ def retry_origin(trial: Any) -> int | None:
     return None if origin is None else int(origin)
 
 
-def set_trial_user_attrs(trial: Any, attrs: dict[str, Any]) -> None:
+def set_trial_user_attrs(trial: Any, attrs: dict[str, Any], *, defer: bool = False) -> None:
     """Set several user attributes of a running trial in one transaction.
 
     Optuna's public ``Trial.set_user_attr`` commits once per key; on a database that is a
     round trip (and a disk sync) each. RDB storages get all keys in one session through
     the storage's own upsert; other storages get one call per key. The writes are keyed
     upserts, so retrying the whole batch after a lost connection sets the same values.
-    """
-    from optuna.storages import RDBStorage
 
+    ``defer=True`` (RDB storages; others write now) costs no transaction of its own: the
+    attributes ride along with the trial's next write, whichever comes first of its next
+    heartbeat, its next undeferred attribute write, and its tell (the state change).
+    """
     storage = trial.study._storage
     backend = getattr(storage, "_backend", storage)  # Optuna wraps RDB in a cache
-    if isinstance(backend, RDBStorage):
-        from hpo.backends.rdb import retrying
-
-        retrying(_set_rdb_attrs)(backend, trial._trial_id, attrs)
+    if hasattr(backend, "defer_trial_user_attrs"):
+        if defer:
+            backend.defer_trial_user_attrs(trial._trial_id, attrs)
+        else:
+            backend.set_trial_user_attrs_now(trial._trial_id, attrs)
     else:
         for key, value in attrs.items():
             storage.set_trial_user_attr(trial._trial_id, key, value)
     trial._cached_frozen_trial.user_attrs.update(attrs)
 
 
-def _set_rdb_attrs(storage: Any, trial_id: int, attrs: dict[str, Any]) -> None:
+def write_rdb_trial(
+    storage: Any,
+    trial_id: int,
+    attrs: dict[str, Any],
+    *,
+    heartbeat: bool = False,
+    state: Any = None,
+    values: Any = None,
+) -> bool:
+    """One transaction on an RDBStorage trial: user attributes, then optionally a heartbeat
+    or a state change (with values).
+
+    The heartbeat and the state change mirror ``RDBStorage.record_heartbeat`` and
+    ``RDBStorage.set_trial_state_values`` (a contract test compares the rows they leave);
+    they are repeated here because Optuna offers no way to add attributes to their
+    transactions. Returns what ``set_trial_state_values`` returns (True without a state).
+    """
+    import datetime as dt
+
+    import sqlalchemy
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+    from optuna.trial import TrialState
+
+    with _create_scoped_session(storage.scoped_session, True) as session:
+        if state is not None or attrs:
+            # Lock the row first, as Optuna does, so two workers cannot finish one trial.
+            trial = models.TrialModel.find_or_raise_by_id(
+                trial_id, session, for_update=state is not None
+            )
+            storage.check_trial_is_updatable(trial_id, trial.state)
+        if attrs:
+            _upsert_user_attrs(storage, session, trial_id, attrs)
+        if heartbeat:
+            beat = models.TrialHeartbeatModel.where_trial_id(trial_id, session, True)
+            if beat is None:
+                session.add(models.TrialHeartbeatModel(trial_id=trial_id))
+            else:
+                beat.heartbeat = session.execute(sqlalchemy.func.now()).scalar_one()
+        if state is None:
+            return True
+        if values is not None:
+            for objective, value in enumerate(values):
+                storage._set_trial_value_without_commit(session, trial, objective, value)
+        if state == TrialState.RUNNING and trial.state != TrialState.WAITING:
+            return False
+        trial.state = state
+        if state == TrialState.RUNNING:
+            trial.datetime_start = dt.datetime.now()
+        if state.is_finished():
+            trial.datetime_complete = dt.datetime.now()
+    return True
+
+
+def _upsert_user_attrs(storage: Any, session: Any, trial_id: int, attrs: dict[str, Any]) -> None:
+    """All of ``attrs`` in one statement: Optuna's per-key upsert is two statements a key
+    (a trial lookup and the upsert), a network round trip each on a database server."""
+    import json
+
+    from optuna.storages._rdb import models
+
+    model = models.TrialUserAttributeModel
+    rows = [
+        {"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()
+    ]
+    dialect = storage.engine.name
+    if dialect in ("postgresql", "sqlite"):
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        insert = (postgresql if dialect == "postgresql" else sqlite).insert(model).values(rows)
+        statement = insert.on_conflict_do_update(
+            index_elements=[model.trial_id, model.key],
+            set_={"value_json": insert.excluded.value_json},
+        )
+    elif dialect == "mysql":
+        from sqlalchemy.dialects import mysql
+
+        insert = mysql.insert(model).values(rows)
+        statement = insert.on_duplicate_key_update(value_json=insert.inserted.value_json)
+    else:  # Optuna's own path, one key at a time
+        for key, value in attrs.items():
+            storage._set_trial_attr_without_commit(session, model, trial_id, key, value)
+        return
+    session.execute(statement)
+
+
+def budget_rows(study: Any, failure_key: str, lost_key: str) -> tuple[list[Any], list[int]]:
+    """Every trial's (number, state name, ``failure_key`` user attribute) and the study's
+    ``lost_key`` list: what budget accounting reads before each claim.
+
+    RDB storages: two narrow queries in one transaction, on Optuna's tables (``trials``,
+    ``trial_user_attributes``, ``study_user_attributes``), instead of loading every
+    trial's parameters, values and attributes. Other storages: read from the trials.
+    """
+    import json
+
+    from optuna.storages import RDBStorage
+
+    storage = study._storage
+    backend = getattr(storage, "_backend", storage)
+    if not isinstance(backend, RDBStorage):
+        trials = study.get_trials(deepcopy=False)
+        failed = any(t.state.name == "FAIL" for t in trials)
+        lost = study.user_attrs.get(lost_key, []) if failed else []
+        rows = [(t.number, t.state.name, t.user_attrs.get(failure_key)) for t in trials]
+        return rows, list(lost)
+
+    import sqlalchemy
     from optuna.storages._rdb import models
     from optuna.storages._rdb.storage import _create_scoped_session
 
-    with _create_scoped_session(storage.scoped_session, True) as session:
-        for key, value in attrs.items():
-            storage._set_trial_attr_without_commit(
-                session, models.TrialUserAttributeModel, trial_id, key, value
+    from hpo.backends.rdb import retrying
+
+    def read(storage: Any) -> tuple[list[Any], list[int]]:
+        attr = models.TrialUserAttributeModel
+        with _create_scoped_session(storage.scoped_session) as session:
+            found = (
+                session.query(models.TrialModel.number, models.TrialModel.state, attr.value_json)
+                .outerjoin(
+                    attr,
+                    sqlalchemy.and_(
+                        attr.trial_id == models.TrialModel.trial_id, attr.key == failure_key
+                    ),
+                )
+                .filter(models.TrialModel.study_id == study._study_id)
+                .all()
             )
+            lost_json = (
+                session.query(models.StudyUserAttributeModel.value_json)
+                .filter(models.StudyUserAttributeModel.study_id == study._study_id)
+                .filter(models.StudyUserAttributeModel.key == lost_key)
+                .scalar()
+            )
+        rows = [(n, s.name, None if v is None else json.loads(v)) for n, s, v in found]
+        return rows, list(json.loads(lost_json)) if lost_json else []
+
+    return retrying(read)(backend)  # type: ignore[no-any-return]
 
 
 def fail_orphan(study: Any, trial: Any) -> Any:

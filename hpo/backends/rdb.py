@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from hpo.backends.base import Lock
+from hpo.backends.optuna_compat import write_rdb_trial
 
 logger = logging.getLogger(__name__)
 
@@ -168,27 +169,66 @@ def _with_retries(method: Any, retries: int, *args: Any, **kwargs: Any) -> Any:
     raise AssertionError("unreachable")
 
 
-def _idempotent_state_change(base: Any) -> Any:
-    """``set_trial_state_values`` that survives a lost commit.
+# Deferred trial attributes (``optuna_compat.set_trial_user_attrs(..., defer=True)``) per
+# storage object, by trial id. One lock for all: the heartbeat thread and the worker's own
+# thread flush them; a module-level lock keeps the storage picklable, as Optuna's is.
+_PENDING_LOCK = threading.Lock()
 
-    A retry after a commit whose answer was lost finds the trial already in the new state;
-    that is success, not the "trial already finished" error a blind repeat raises. (Under
-    hpo's claim lock no other worker can have moved the trial meanwhile.)
+
+class _TrialWrites:
+    """Trial writes of hpo's RDBStorage: hpo's attributes ride along in the transactions a
+    trial makes anyway (its heartbeats and its tell) instead of adding their own.
+
+    Methods here run on the storage object; see :func:`retrying_storage_class`.
     """
 
-    def set_trial_state_values(self: Any, trial_id: int, state: Any, values: Any = None) -> bool:
+    def defer_trial_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
+        """Keep ``attrs`` for the trial's next write (heartbeat, attributes or tell)."""
+        with _PENDING_LOCK:
+            self.__dict__.setdefault("_hpo_pending", {}).setdefault(trial_id, {}).update(attrs)
+
+    def set_trial_user_attrs_now(self, trial_id: int, attrs: dict[str, Any]) -> None:
+        """Write ``attrs`` (and any deferred ones) in one transaction."""
+        self._write_trial(trial_id, attrs)
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        self._write_trial(trial_id, {}, heartbeat=True)
+
+    def set_trial_state_values(self, trial_id: int, state: Any, values: Any = None) -> bool:
+        """Optuna's state change, with the deferred attributes, surviving a lost commit.
+
+        A retry after a commit whose answer was lost finds the trial already in the new
+        state; that is success, not the "trial already finished" error a blind repeat
+        raises. (Under hpo's claim lock no other worker can have moved the trial meanwhile.)
+        """
+        import optuna
+
         attempts = 0
 
-        def once(storage: Any) -> bool:
+        def once(storage: Any, attrs: dict[str, Any]) -> bool:
             nonlocal attempts
             attempts += 1
+            base = optuna.storages.RDBStorage
             if attempts > 1 and base.get_trial(storage, trial_id).state == state:
                 return True
-            return bool(base.set_trial_state_values(storage, trial_id, state, values))
+            return write_rdb_trial(storage, trial_id, attrs, state=state, values=values)
 
-        return bool(retrying(once)(self))
+        return bool(self._write_trial(trial_id, {}, write=once))
 
-    return set_trial_state_values
+    def _write_trial(
+        self, trial_id: int, attrs: dict[str, Any], write: Any = None, **kw: Any
+    ) -> Any:
+        with _PENDING_LOCK:
+            pending = self.__dict__.get("_hpo_pending", {}).pop(trial_id, {})
+        write = write or (lambda storage, merged: write_rdb_trial(storage, trial_id, merged, **kw))
+        try:
+            return retrying(write)(self, {**pending, **attrs})
+        except BaseException:
+            # Not written: keep the deferred ones for the next write (newer values win).
+            with _PENDING_LOCK:
+                store = self.__dict__.setdefault("_hpo_pending", {})
+                store[trial_id] = {**pending, **store.get(trial_id, {})}
+            raise
 
 
 @functools.cache
@@ -198,7 +238,9 @@ def retrying_storage_class() -> type:
     Optuna's RDBStorage raises on the first broken connection; pool pre-ping only helps
     when a connection is checked out, not when the server drops it mid-query. Retried:
     reads, and writes a repeat cannot double (attributes, values and heartbeats are keyed
-    upserts; a state change checks whether its lost commit went through). Not retried:
+    upserts; a state change checks whether its lost commit went through). Heartbeats and
+    state changes also carry the trial's deferred attributes (:class:`_TrialWrites`), so
+    hpo's attributes cost no transaction of their own. Not retried:
     ``create_new_trial`` (a repeat after a lost commit would leave a second, orphaned
     RUNNING trial); the runner's claim loop recovers from it instead
     (``hpo.runner._recover_orphans``). Never nested: see :func:`retrying`.
@@ -219,9 +261,8 @@ def retrying_storage_class() -> type:
             "get_head_version",
             "get_all_versions",
             "create_new_trial",
-            "set_trial_state_values",
+            *(name for name in vars(_TrialWrites) if not name.startswith("__")),
         )
     }
-    methods["set_trial_state_values"] = _idempotent_state_change(base)
     methods["__module__"] = "hpo.storage"
-    return type("RetryingRDBStorage", (base,), methods)
+    return type("RetryingRDBStorage", (_TrialWrites, base), methods)

@@ -13,6 +13,7 @@ from typing import Any
 
 from hpo import storage as st
 from hpo.backends.optuna_compat import budget_rows
+from hpo.backends.rdb import retrying
 from hpo.config import StudyConfig
 from hpo.space import grid_size
 
@@ -48,7 +49,8 @@ class Usage:
 def usage(study: Any, config: StudyConfig) -> Usage:
     """Count the study's trials against its budget (one narrow storage read: states and
     failure reasons, not every trial's parameters and attributes)."""
-    rows, lost = budget_rows(study, st.ATTR_FAILURE, st.STUDY_ATTR_LOST)
+    # Retried like every storage read: the claim loop must survive a database restart.
+    rows, lost = retrying(budget_rows)(study, st.ATTR_FAILURE, st.STUDY_ATTR_LOST)
     result = Usage()
     for number, state, failure in rows:
         reason = _reason(state, number in lost, failure)

@@ -168,6 +168,12 @@ def test_deferred_attributes_cost_no_transaction_of_their_own(tmp_path: Path) ->
     assert commits[0] - before == 1
     assert study.trials[0].user_attrs == {"hpo:start": "w0", "hpo:end": 1.5}
     assert study.trials[0].value == 1.0
+    # A heartbeat after another worker failed the trial still beats, dropping what it carried.
+    late = study.ask()
+    storage.set_trial_state_values(late._trial_id, optuna.trial.TrialState.FAIL)
+    compat.set_trial_user_attrs(late, {"hpo:late": 1}, defer=True)
+    storage.record_heartbeat(late._trial_id)
+    assert storage.get_trial(late._trial_id).user_attrs == {}
 
 
 def test_budget_rows_match_the_trials(storage) -> None:

@@ -223,6 +223,7 @@ def budget_rows(study: Any, failure_key: str, lost_key: str) -> tuple[list[Any],
     RDB storages: two narrow queries in one transaction, on Optuna's tables (``trials``,
     ``trial_user_attributes``, ``study_user_attributes``), instead of loading every
     trial's parameters, values and attributes. Other storages: read from the trials.
+    Not retried here (this module imports nothing of hpo's); the caller retries.
     """
     import json
 
@@ -241,32 +242,27 @@ def budget_rows(study: Any, failure_key: str, lost_key: str) -> tuple[list[Any],
     from optuna.storages._rdb import models
     from optuna.storages._rdb.storage import _create_scoped_session
 
-    from hpo.backends.rdb import retrying
-
-    def read(storage: Any) -> tuple[list[Any], list[int]]:
-        attr = models.TrialUserAttributeModel
-        with _create_scoped_session(storage.scoped_session) as session:
-            found = (
-                session.query(models.TrialModel.number, models.TrialModel.state, attr.value_json)
-                .outerjoin(
-                    attr,
-                    sqlalchemy.and_(
-                        attr.trial_id == models.TrialModel.trial_id, attr.key == failure_key
-                    ),
-                )
-                .filter(models.TrialModel.study_id == study._study_id)
-                .all()
+    attr = models.TrialUserAttributeModel
+    with _create_scoped_session(backend.scoped_session) as session:
+        found = (
+            session.query(models.TrialModel.number, models.TrialModel.state, attr.value_json)
+            .outerjoin(
+                attr,
+                sqlalchemy.and_(
+                    attr.trial_id == models.TrialModel.trial_id, attr.key == failure_key
+                ),
             )
-            lost_json = (
-                session.query(models.StudyUserAttributeModel.value_json)
-                .filter(models.StudyUserAttributeModel.study_id == study._study_id)
-                .filter(models.StudyUserAttributeModel.key == lost_key)
-                .scalar()
-            )
-        rows = [(n, s.name, None if v is None else json.loads(v)) for n, s, v in found]
-        return rows, list(json.loads(lost_json)) if lost_json else []
-
-    return retrying(read)(backend)  # type: ignore[no-any-return]
+            .filter(models.TrialModel.study_id == study._study_id)
+            .all()
+        )
+        lost_json = (
+            session.query(models.StudyUserAttributeModel.value_json)
+            .filter(models.StudyUserAttributeModel.study_id == study._study_id)
+            .filter(models.StudyUserAttributeModel.key == lost_key)
+            .scalar()
+        )
+    rows = [(n, s.name, None if v is None else json.loads(v)) for n, s, v in found]
+    return rows, list(json.loads(lost_json)) if lost_json else []
 
 
 def fail_orphan(study: Any, trial: Any) -> Any:

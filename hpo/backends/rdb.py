@@ -192,7 +192,16 @@ class _TrialWrites:
         self._write_trial(trial_id, attrs)
 
     def record_heartbeat(self, trial_id: int) -> None:
-        self._write_trial(trial_id, {}, heartbeat=True)
+        import optuna
+
+        try:
+            self._write_trial(trial_id, {}, heartbeat=True)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # Another worker already failed the trial (its heartbeat looked stale): its
+            # attributes are read-only now, but the heartbeat goes on, as in Optuna.
+            with _PENDING_LOCK:
+                self.__dict__.get("_hpo_pending", {}).pop(trial_id, None)
+            retrying(write_rdb_trial)(self, trial_id, {}, heartbeat=True)
 
     def set_trial_state_values(self, trial_id: int, state: Any, values: Any = None) -> bool:
         """Optuna's state change, with the deferred attributes, surviving a lost commit.

@@ -182,10 +182,14 @@ class _TrialWrites:
     Methods here run on the storage object; see :func:`retrying_storage_class`.
     """
 
-    def defer_trial_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
-        """Keep ``attrs`` for the trial's next write (heartbeat, attributes or tell)."""
+    def defer_trial_user_attrs(
+        self, trial_id: int, attrs: dict[str, Any], *, newer_win: bool = False
+    ) -> None:
+        """Keep ``attrs`` for the trial's next write (heartbeat, attributes or tell);
+        ``newer_win`` keeps values deferred meanwhile over these (a failed write's)."""
         with _PENDING_LOCK:
-            self.__dict__.setdefault("_hpo_pending", {}).setdefault(trial_id, {}).update(attrs)
+            kept = self.__dict__.setdefault("_hpo_pending", {}).setdefault(trial_id, {})
+            kept.update({**attrs, **kept} if newer_win else attrs)
 
     def set_trial_user_attrs_now(self, trial_id: int, attrs: dict[str, Any]) -> None:
         """Write ``attrs`` (and any deferred ones) in one transaction."""
@@ -199,8 +203,7 @@ class _TrialWrites:
         except optuna.exceptions.UpdateFinishedTrialError:
             # Another worker already failed the trial (its heartbeat looked stale): its
             # attributes are read-only now, but the heartbeat goes on, as in Optuna.
-            with _PENDING_LOCK:
-                self.__dict__.get("_hpo_pending", {}).pop(trial_id, None)
+            self._take_pending(trial_id)
             retrying(write_rdb_trial)(self, trial_id, {}, heartbeat=True)
 
     def set_trial_state_values(self, trial_id: int, state: Any, values: Any = None) -> bool:
@@ -227,17 +230,18 @@ class _TrialWrites:
     def _write_trial(
         self, trial_id: int, attrs: dict[str, Any], write: Any = None, **kw: Any
     ) -> Any:
-        with _PENDING_LOCK:
-            pending = self.__dict__.get("_hpo_pending", {}).pop(trial_id, {})
+        pending = self._take_pending(trial_id)
         write = write or (lambda storage, merged: write_rdb_trial(storage, trial_id, merged, **kw))
         try:
             return retrying(write)(self, {**pending, **attrs})
         except BaseException:
             # Not written: keep the deferred ones for the next write (newer values win).
-            with _PENDING_LOCK:
-                store = self.__dict__.setdefault("_hpo_pending", {})
-                store[trial_id] = {**pending, **store.get(trial_id, {})}
+            self.defer_trial_user_attrs(trial_id, pending, newer_win=True)
             raise
+
+    def _take_pending(self, trial_id: int) -> dict[str, Any]:
+        with _PENDING_LOCK:
+            return dict(self.__dict__.get("_hpo_pending", {}).pop(trial_id, {}))
 
 
 @functools.cache

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hpo import storage as st
-from hpo.backends.optuna_compat import budget_rows
+from hpo.backends.optuna_compat import budget_counts
 from hpo.backends.rdb import retrying
 from hpo.config import StudyConfig
 from hpo.space import grid_size
@@ -47,18 +47,19 @@ class Usage:
 
 
 def usage(study: Any, config: StudyConfig) -> Usage:
-    """Count the study's trials against its budget (one narrow storage read: states and
-    failure reasons, not every trial's parameters and attributes)."""
+    """Count the study's trials against its budget (one narrow storage read: counts by
+    state, and the failed trials' reasons, not every trial's parameters and attributes)."""
     # Retried like every storage read: the claim loop must survive a database restart.
-    rows, lost = retrying(budget_rows)(study, st.ATTR_FAILURE, st.STUDY_ATTR_LOST)
-    result = Usage()
-    for number, state, failure in rows:
-        reason = _reason(state, number in lost, failure)
-        failed = reason not in (None, *NOT_COUNTED_FAILURES)
-        done = state in FINISHED or (failed and config.sampler.type == "grid")
-        result.finished += done
-        result.claimed += done or state == "RUNNING"
-        result.failures += failed
+    counts, failed, lost = retrying(budget_counts)(study, st.ATTR_FAILURE, st.STUDY_ATTR_LOST)
+    result = Usage(finished=sum(counts.get(state, 0) for state in FINISHED))
+    result.claimed = result.finished + counts.get("RUNNING", 0)
+    for number, failure in failed:
+        if _reason("FAIL", number in lost, failure) in NOT_COUNTED_FAILURES:
+            continue
+        result.failures += 1
+        if config.sampler.type == "grid":  # a failed grid point is not drawn again
+            result.finished += 1
+            result.claimed += 1
     return result
 
 

@@ -95,6 +95,35 @@ def test_heartbeat_ages_on_an_rdb_storage(tmp_path: Path) -> None:
     assert 0.0 <= compat.heartbeat_ages(study)[trial.number] < 5.0
 
 
+def test_the_stale_trial_check_queries_once_per_heartbeat_interval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Optuna's optimize checks for stale trials before every trial; hpo's RDB storage
+    asks the database at most once per heartbeat interval and still fails a lost trial."""
+    from optuna.storages import RDBStorage
+
+    from hpo.storage import open_storage
+
+    queries = []
+    real = RDBStorage._get_stale_trial_ids
+    monkeypatch.setattr(
+        RDBStorage,
+        "_get_stale_trial_ids",
+        lambda self, study_id: queries.append(study_id) or real(self, study_id),
+    )
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}", heartbeat_interval=1, grace_period=1)
+    study = optuna.create_study(storage=storage)
+    stuck = study.ask()  # a worker that asked, beat once, then died
+    storage.record_heartbeat(stuck._trial_id)
+    study.optimize(lambda t: 1.0, n_trials=3)  # three trials, one stale-trial query
+    assert len(queries) == 1
+    assert study.trials[stuck.number].state == optuna.trial.TrialState.RUNNING
+    time.sleep(2.5)  # SQLite's clock has whole seconds: past the 1 s grace for sure
+    optuna.storages.fail_stale_trials(study)
+    assert len(queries) == 2
+    assert study.trials[stuck.number].state == optuna.trial.TrialState.FAIL
+
+
 def _commits() -> list[int]:
     import sqlalchemy
 
@@ -176,7 +205,7 @@ def test_deferred_attributes_cost_no_transaction_of_their_own(tmp_path: Path) ->
     assert storage.get_trial(late._trial_id).user_attrs == {}
 
 
-def test_budget_rows_match_the_trials(storage) -> None:
+def _check_budget_counts(storage) -> None:
     from optuna.trial import TrialState
 
     study = optuna.create_study(storage=storage)
@@ -187,12 +216,21 @@ def test_budget_rows_match_the_trials(storage) -> None:
     study.tell(study.ask(), state=TrialState.FAIL)
     study.ask()  # running
     study.set_user_attr("hpo:lost", [3])
-    rows, lost = compat.budget_rows(study, "hpo:failure", "hpo:lost")
-    assert sorted(rows) == [
-        (0, "COMPLETE", None),
-        (1, "COMPLETE", None),
-        (2, "FAIL", "oom"),
-        (3, "FAIL", None),
-        (4, "RUNNING", None),
-    ]
+    counts, failed, lost = compat.budget_counts(study, "hpo:failure", "hpo:lost")
+    assert counts == {"COMPLETE": 2, "FAIL": 2, "RUNNING": 1}
+    assert sorted(failed) == [(2, "oom"), (3, None)]
     assert lost == [3]
+
+
+def test_budget_counts_match_the_trials(storage) -> None:
+    _check_budget_counts(storage)
+
+
+def test_budget_counts_on_database_servers(rdb_url: str) -> None:
+    from hpo.storage import open_storage
+
+    _check_budget_counts(open_storage(rdb_url))
+    # No failed trial: one query, and the lost list is not read.
+    study = optuna.create_study(storage=open_storage(rdb_url))
+    study.optimize(lambda t: 1.0, n_trials=1)
+    assert compat.budget_counts(study, "hpo:failure", "hpo:lost") == ({"COMPLETE": 1}, [], [])

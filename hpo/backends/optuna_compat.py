@@ -216,43 +216,55 @@ def _upsert_user_attrs(storage: Any, session: Any, trial_id: int, attrs: dict[st
     session.execute(statement)
 
 
-def budget_rows(study: Any, failure_key: str, lost_key: str) -> tuple[list[Any], list[int]]:
-    """Every trial's (number, state name, ``failure_key`` user attribute) and the study's
-    ``lost_key`` list: what budget accounting reads before each claim.
+def budget_counts(
+    study: Any, failure_key: str, lost_key: str
+) -> tuple[dict[str, int], list[tuple[int, Any]], list[int]]:
+    """What budget accounting reads before each claim: the study's trials counted by state
+    name, each FAIL trial's (number, ``failure_key`` user attribute), and the study's
+    ``lost_key`` list (read only when a trial failed).
 
-    RDB storages: two narrow queries in one transaction, on Optuna's tables (``trials``,
-    ``trial_user_attributes``, ``study_user_attributes``), instead of loading every
-    trial's parameters, values and attributes. Other storages: read from the trials.
+    RDB storages: a ``GROUP BY`` on Optuna's ``trials`` table, then (only with failures)
+    the failed trials' reasons and the lost list, in one transaction; the answer's size
+    does not grow with the study. Other storages: counted from the trials.
     Not retried here (this module imports nothing of hpo's); the caller retries.
     """
     import json
+    from collections import Counter
 
     from optuna.storages import RDBStorage
+    from optuna.trial import TrialState
 
     storage = study._storage
     backend = getattr(storage, "_backend", storage)
     if not isinstance(backend, RDBStorage):
         trials = study.get_trials(deepcopy=False)
-        failed = any(t.state.name == "FAIL" for t in trials)
+        failed = [
+            (t.number, t.user_attrs.get(failure_key)) for t in trials if t.state.name == "FAIL"
+        ]
         lost = study.user_attrs.get(lost_key, []) if failed else []
-        rows = [(t.number, t.state.name, t.user_attrs.get(failure_key)) for t in trials]
-        return rows, list(lost)
+        return dict(Counter(t.state.name for t in trials)), failed, list(lost)
 
     import sqlalchemy
     from optuna.storages._rdb import models
     from optuna.storages._rdb.storage import _create_scoped_session
 
-    attr = models.TrialUserAttributeModel
+    trial, attr = models.TrialModel, models.TrialUserAttributeModel
     with _create_scoped_session(backend.scoped_session) as session:
+        counts = {
+            state.name: int(n)
+            for state, n in session.query(trial.state, sqlalchemy.func.count())
+            .filter(trial.study_id == study._study_id)
+            .group_by(trial.state)
+            .all()
+        }
+        if not counts.get("FAIL"):
+            return counts, [], []
         found = (
-            session.query(models.TrialModel.number, models.TrialModel.state, attr.value_json)
+            session.query(trial.number, attr.value_json)
             .outerjoin(
-                attr,
-                sqlalchemy.and_(
-                    attr.trial_id == models.TrialModel.trial_id, attr.key == failure_key
-                ),
+                attr, sqlalchemy.and_(attr.trial_id == trial.trial_id, attr.key == failure_key)
             )
-            .filter(models.TrialModel.study_id == study._study_id)
+            .filter(trial.study_id == study._study_id, trial.state == TrialState.FAIL)
             .all()
         )
         lost_json = (
@@ -261,8 +273,16 @@ def budget_rows(study: Any, failure_key: str, lost_key: str) -> tuple[list[Any],
             .filter(models.StudyUserAttributeModel.key == lost_key)
             .scalar()
         )
-    rows = [(n, s.name, None if v is None else json.loads(v)) for n, s, v in found]
-    return rows, list(json.loads(lost_json)) if lost_json else []
+    failed = [(n, None if v is None else json.loads(v)) for n, v in found]
+    return counts, failed, list(json.loads(lost_json)) if lost_json else []
+
+
+def stale_trial_ids(storage: Any, study_id: int) -> list[int]:
+    """The study's RUNNING trials whose last heartbeat is older than the grace period, as
+    Optuna's own stale-trial check finds them (``RDBStorage._get_stale_trial_ids``)."""
+    from optuna.storages import RDBStorage
+
+    return list(RDBStorage._get_stale_trial_ids(storage, study_id))
 
 
 def fail_orphan(study: Any, trial: Any) -> Any:

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import threading
 import time
 from typing import Any
 
 from hpo.backends.base import Lock
-from hpo.backends.optuna_compat import write_rdb_trial
+from hpo.backends.optuna_compat import stale_trial_ids, write_rdb_trial
 
 logger = logging.getLogger(__name__)
 
@@ -227,6 +228,23 @@ class _TrialWrites:
 
         return bool(self._write_trial(trial_id, {}, write=once))
 
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        """Optuna's stale-trial check (``fail_stale_trials``, which its optimize runs before
+        every trial), queried at most once per heartbeat interval per study.
+
+        A query a trial was, for an answer that changes on the heartbeat's time scale: a
+        lost worker's trial is now found within ``grace_period + heartbeat_interval`` of
+        its last heartbeat instead of ``grace_period`` (the README says so).
+        """
+        checked = self.__dict__.setdefault("_hpo_stale_checked", {})
+        now = time.monotonic()
+        interval = getattr(self, "heartbeat_interval", None) or 0
+        if now - checked.get(study_id, -math.inf) < interval:
+            return []
+        stale = retrying(stale_trial_ids)(self, study_id)
+        checked[study_id] = now
+        return stale
+
     def _write_trial(
         self, trial_id: int, attrs: dict[str, Any], write: Any = None, **kw: Any
     ) -> Any:
@@ -265,7 +283,7 @@ def retrying_storage_class() -> type:
         name: retrying(getattr(base, name))
         for name in dir(base)
         if callable(getattr(base, name, None))
-        and (not name.startswith("_") or name in ("_get_trials", "_get_stale_trial_ids"))
+        and (not name.startswith("_") or name == "_get_trials")
         and name
         not in (
             "remove_session",

@@ -78,6 +78,19 @@ def test_data_is_split_stratified_seeded_and_cached(tmp_path: Path, tiny_model: 
     assert len(data.validation_texts) == 240 and isinstance(data.validation_texts[0], str)
 
 
+def test_evaluation_splits_are_in_length_order_with_their_texts(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    """Validation and test are scored in length order (evaluation batches pad less); each
+    validation text still belongs to its tokenized example, for error analysis."""
+    data = tc.prepare_data(args(tiny_model), str(tiny_model), context(tmp_path))
+    for name in ("validation", "test"):
+        lengths = [len(ids) for ids in data.splits[name]["input_ids"]]
+        assert lengths == sorted(lengths) and lengths[0] < lengths[-1]
+    retokenized = data.tokenizer(data.validation_texts, truncation=True, max_length=24)
+    assert retokenized["input_ids"] == data.splits["validation"]["input_ids"]
+
+
 @pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
 def test_jsonl_and_parquet_load_like_csv(tmp_path: Path, tiny_model: Path, suffix: str) -> None:
     import pandas as pd

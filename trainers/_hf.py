@@ -461,7 +461,8 @@ def cost_metrics(model: Any, data: Datasets, metrics: dict[str, Any]) -> dict[st
     size = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
     validation = data.validation
     count = min(LATENCY_EXAMPLES + _WARMUP, len(validation)) if data.example_inputs else 0
-    examples = [validation[i] for i in range(count)]
+    # Spread over the split (a trainer may store it in length order), not its first rows.
+    examples = [validation[i * len(validation) // count] for i in range(count)]
     device = next(model.parameters()).device
     model.eval()
     times = []

@@ -2,7 +2,8 @@
 
 ``train(ctx)`` follows a practitioner's steps: load the data (local CSV / JSON lines /
 Parquet, or a hub data set), split it with the study seed when it has no splits,
-tokenize with dynamic padding, build the model with this trial's dropout, freeze the
+tokenize with dynamic padding (validation and test kept in length order, so their
+batches pad little), build the model with this trial's dropout, freeze the
 embeddings and lowest encoder layers, train with evaluation every epoch (or every N
 steps) reported to hpo so pruners act, then score validation and test.
 
@@ -214,8 +215,17 @@ def prepare_data(args: TextClassificationArgs, model_path: str, ctx: TrialContex
     def tokenize(batch: dict[str, list]) -> dict[str, list]:
         return tokenizer(batch["text"], truncation=True, max_length=max_length)
 
-    validation_texts = list(splits["validation"]["text"])
     tokenized = splits.map(tokenize, batched=True, remove_columns=["text"])
+    # An evaluation batch pads to its longest text, and the Trainer scores validation and
+    # test in dataset order: in length order they pad far less (no metric depends on the
+    # order). The validation texts follow the same order, for error analysis.
+    validation_texts = list(splits["validation"]["text"])
+    for name in ("validation", "test"):
+        lengths = [len(ids) for ids in tokenized[name]["input_ids"]]
+        order = sorted(range(len(lengths)), key=lengths.__getitem__)
+        tokenized[name] = tokenized[name].select(order)
+        if name == "validation":
+            validation_texts = [validation_texts[i] for i in order]
     prepared = PreparedData(
         tokenized, validation_texts, list(raw["train"].features["label"].names), tokenizer
     )

@@ -32,7 +32,7 @@ from hpo.config import StudyConfig, resolve_trainer
 from hpo.errors import FailureBudgetExceeded
 from hpo.events import emit
 from hpo.space import suggest
-from hpo.study import open_study
+from hpo.study import mark_lost, open_study
 from hpo.trainer import NonFiniteError, TrialContext
 from hpo.warmstart import enqueue_warm_start
 from hpo.workers import (
@@ -143,8 +143,7 @@ def _recover_orphans(study: Any) -> None:
             continue
         if fail_orphan(study, trial) is not None:
             logger.warning("trial %d: created by a lost commit, never run; failed", trial.number)
-            lost = study.user_attrs.get(st.STUDY_ATTR_LOST, [])
-            study.set_user_attr(st.STUDY_ATTR_LOST, sorted(set(lost) | {trial.number}))
+            mark_lost(study, trial.number)
 
 
 def _prune_checkpoints(study: Any, config: StudyConfig) -> None:

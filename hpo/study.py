@@ -152,10 +152,17 @@ def _retry_lost_trial(max_retries: int) -> Callable[[Any, Any], None]:
         logger.warning(
             "trial %d: worker lost (no heartbeat); retrying its parameters", trial.number
         )
-        # A finished trial's attributes are read-only in Optuna, so the reason lives in
-        # the study: hpo:lost lists the trial numbers whose worker died.
-        lost = study.user_attrs.get(st.STUDY_ATTR_LOST, [])
-        study.set_user_attr(st.STUDY_ATTR_LOST, sorted(set(lost) | {trial.number}))
+        mark_lost(study, trial.number)
         retry(study, trial)
 
     return on_stale
+
+
+def mark_lost(study: Any, number: int) -> None:
+    """Record that trial ``number`` failed because its worker died (``worker_lost``).
+
+    A finished trial's attributes are read-only in Optuna, so the mark lives in the
+    study: ``hpo:lost`` lists the trial numbers whose worker died.
+    """
+    lost = study.user_attrs.get(st.STUDY_ATTR_LOST, [])
+    study.set_user_attr(st.STUDY_ATTR_LOST, sorted(set(lost) | {number}))

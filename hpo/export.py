@@ -268,6 +268,13 @@ def _base_card(path: str) -> Any:
         return None
 
 
+_NO_TEST_SCORE = (
+    "Not scored: the test split is scored for trials that led the study when they finished "
+    "(the best trial always did), and this one did not, or the data has no test split. "
+    "`score_test: all` in the trainer args scores every trial."
+)
+
+
 def _eval_results(facts: dict[str, Any]) -> list[Any]:
     from huggingface_hub import EvalResult
 
@@ -364,7 +371,7 @@ study) by hpo: trial {facts["trial"]} of study `{facts["study"]}` ({facts["stora
 
 ## Test metrics
 
-{table(facts["test_metrics"])}
+{table(facts["test_metrics"]) if facts["test_metrics"] else _NO_TEST_SCORE}
 
 ## Data
 

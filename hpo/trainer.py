@@ -165,6 +165,24 @@ class TrialContext:
             self.pruned = True
         return self.pruned
 
+    def leads_study(self, metrics: dict[str, float]) -> bool:
+        """False only when a finished trial already beats these final ``metrics``.
+
+        Finished values never change and later trials only raise the bar, so a trial that
+        does not lead when it finishes can never be the study's best; a trainer skips work
+        only the best trial needs (the test pass). Ties lead (Optuna keeps the first of
+        equal trials, either may be shown); with several objectives every trial may join
+        the Pareto front, so all lead. The best respects constraints, as Optuna's does.
+        """
+        value = metrics.get(self.objective)
+        if not self.prunable or value is None:
+            return True
+        try:
+            best = self.trial.study.best_value
+        except ValueError:  # no finished (feasible) trial yet
+            return True
+        return bool(value >= best if self.direction == "maximize" else value <= best)
+
     def set_checkpoint(self, path: str | Path) -> None:
         """Record the newest checkpoint folder, so a retry can resume from it."""
         self.trial.set_user_attr(storage.ATTR_CHECKPOINT, str(path))

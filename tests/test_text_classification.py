@@ -196,18 +196,22 @@ def test_trials_report_each_epoch_checkpoint_and_score_test(
     summary = run_study(load_study(study_file))
     assert summary.finished == 2
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'hpo.db'}")
+    first, second = study.trials
     for trial in study.trials:
         attrs = trial.user_attrs
         assert trial.state.name == "COMPLETE"
         assert sorted(trial.intermediate_values) == [1, 2]
         assert [h["step"] for h in attrs["hpo:history"]] == [1, 2]
-        assert {"eval_accuracy", "eval_f1", "test_accuracy", "test_f1"} <= set(
-            attrs["hpo:metrics"]
-        )
+        assert {"eval_accuracy", "eval_f1"} <= set(attrs["hpo:metrics"])
+        # The test split is scored for a trial that led the study when it finished.
+        leads = trial is first or second.value >= first.value
+        assert ({"test_accuracy", "test_f1"} <= set(attrs["hpo:metrics"])) == leads
         assert trial.value == attrs["hpo:metrics"]["eval_accuracy"]
         checkpoint = Path(attrs["hpo:checkpoint"])
         assert checkpoint.parent == tmp_path / "runs" / "tiny" / f"trial-{trial.number:04d}"
         assert (checkpoint / "model.safetensors").exists()
+        # The last checkpoint is never trained on from: weights only, no optimizer state.
+        assert not (checkpoint / "optimizer.pt").exists()
         analysis = attrs["hpo:error_analysis"]
         assert analysis["labels"] == ["negative", "positive"]
         assert sum(map(sum, analysis["confusion_matrix"])) == 240
@@ -219,6 +223,8 @@ def test_trials_report_each_epoch_checkpoint_and_score_test(
 
 
 def test_resume_from_checkpoint_trains_only_the_rest(tmp_path: Path, tiny_model: Path) -> None:
+    """A worker lost after epoch 1 of 2: the retry resumes from its checkpoint, with the
+    optimizer and scheduler state that checkpoint holds, and trains epoch 2 only."""
     params = {
         "model": str(tiny_model),
         "dataset": {"path": "data/reviews.csv", "max_train_samples": 64},
@@ -226,15 +232,114 @@ def test_resume_from_checkpoint_trains_only_the_rest(tmp_path: Path, tiny_model:
         "num_train_epochs": 2,
         "error_examples": 0,
     }
-    first = context(tmp_path, **{**params, "num_train_epochs": 1})
+    first = context(tmp_path, **params)
+
+    def stop_after_epoch_1() -> bool:  # the trainer stops as it would for a lost worker
+        first.pruned = True
+        return True
+
+    first.should_prune = stop_after_epoch_1  # type: ignore[method-assign]
     tc.train(first)
     checkpoint = Path(first.trial.user_attrs["hpo:checkpoint"])
+    assert (checkpoint / "optimizer.pt").exists() and (checkpoint / "scheduler.pt").exists()
     resumed = context(tmp_path, **params)
     resumed.resume_from = checkpoint
     resumed.output_dir = checkpoint.parent
     metrics = tc.train(resumed)
     assert [h["step"] for h in resumed.history] == [2]  # epoch 1 was not trained again
     assert metrics["epoch"] == 2.0
+
+
+def test_resume_after_the_last_checkpoint_only_scores(tmp_path: Path, tiny_model: Path) -> None:
+    """A worker lost after its last save: the retry finds the weights-only checkpoint,
+    trains nothing and returns the finished model's scores."""
+    params = {
+        "model": str(tiny_model),
+        "dataset": {"path": "data/reviews.csv", "max_train_samples": 64},
+        "max_seq_length": 24,
+        "num_train_epochs": 1,
+        "error_examples": 0,
+    }
+    first = context(tmp_path, **params)
+    finished = tc.train(first)
+    checkpoint = Path(first.trial.user_attrs["hpo:checkpoint"])
+    assert not (checkpoint / "optimizer.pt").exists()
+    resumed = context(tmp_path, **params)
+    resumed.resume_from, resumed.output_dir = checkpoint, checkpoint.parent
+    metrics = tc.train(resumed)
+    assert resumed.history == []  # nothing trained, nothing evaluated during training
+    assert metrics["epoch"] == 1.0
+    assert metrics["eval_accuracy"] == finished["eval_accuracy"]  # the same model scored
+
+
+def test_test_split_is_scored_only_for_a_trial_that_leads(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    """Behind a finished trial it cannot beat, a trial skips its test pass, unless
+    ``score_test: all``; the first trial and one that beats the best are scored."""
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import create_trial
+
+    params = {
+        "model": str(tiny_model),
+        "dataset": {"path": "data/reviews.csv", "max_train_samples": 64},
+        "max_seq_length": 24,
+        "num_train_epochs": 1,
+        "error_examples": 0,
+    }
+    alone = tc.train(context(tmp_path, **params))
+    assert "test_accuracy" in alone  # nothing finished before it: it leads
+
+    def behind(best: float, **extra) -> dict[str, float]:
+        ctx = context(tmp_path, **params, **extra)
+        ctx.trial.study.add_trial(
+            create_trial(
+                value=best, params={"x": 0.5}, distributions={"x": FloatDistribution(0, 1)}
+            )
+        )
+        return tc.train(ctx)
+
+    assert "test_accuracy" not in behind(1.01)  # no accuracy beats 1.01
+    assert "test_accuracy" in behind(1.01, score_test="all")
+    assert "test_accuracy" in behind(-0.01)  # any accuracy beats it
+
+
+def test_latency_is_measured_once_per_architecture_and_split(
+    tmp_path: Path, tiny_model: Path, monkeypatch
+) -> None:
+    """Trials of one architecture on one validation split share the latency probe: a
+    forward pass costs what its shapes cost. Another split is measured anew."""
+    import torch
+
+    from trainers import _hf
+
+    # Earlier tests' trials measured this architecture already: start from no probe.
+    for key in [k for k in _hf.CACHE if k[0] == "latency"]:
+        monkeypatch.delitem(_hf.CACHE, key)
+
+    spec = args(tiny_model)
+    data = tc.prepare_data(spec, str(tiny_model), context(tmp_path))
+    splits = _hf.Datasets(
+        train=None,
+        validation=data.splits["validation"],
+        test=None,
+        label_names=data.label_names,
+        example_inputs=lambda example, device: {
+            "input_ids": torch.tensor([example["input_ids"]], device=device)
+        },
+    )
+    forwards = []
+    first, second = (tc.build_model(spec, str(tiny_model), data, seed=s) for s in (0, 1))
+    for model in (first, second):
+        model.register_forward_hook(lambda *_: forwards.append(1))
+    latency = _hf.latency_ms(first, splits)
+    assert latency is not None and latency > 0
+    probe = _hf.LATENCY_EXAMPLES + 2  # after 2 warm-up runs
+    assert len(forwards) == probe
+    assert _hf.latency_ms(second, splits) == latency and len(forwards) == probe  # reused
+    other = _hf.Datasets(**{**vars(splits), "validation": data.splits["test"]})
+    _hf.latency_ms(second, other)
+    assert len(forwards) == 2 * probe  # another split: measured
 
 
 def test_non_finite_loss_stops_training(tmp_path: Path) -> None:

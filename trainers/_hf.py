@@ -57,6 +57,11 @@ class HFTrainingArgs(BaseModel):
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     oom_retry: bool = False
     error_examples: int = Field(20, ge=0)
+    score_test: Literal["leaders", "all"] = Field(
+        "leaders",
+        description="leaders: score the test split only for a trial that leads the study "
+        "when it finishes (the best trial always does); all: every completed trial",
+    )
     # Experiment trackers and any other TrainingArguments field (see trainers/trackers.py).
     report_to: Tracker | list[Tracker] = "none"
     training_args: dict[str, Any] = Field(default_factory=dict)
@@ -303,7 +308,9 @@ def fit(
     else:  # training went on after the last evaluation (an eval_steps schedule)
         validation = trainer.predict(data.validation, metric_key_prefix="eval")
         metrics = dict(validation.metrics)
-    if len(data.test):
+    # The test score is for the model a user ships: the best trial's. One that does not
+    # lead when it finishes never becomes the best, so its test pass is skipped.
+    if len(data.test) and (args.score_test == "all" or ctx.leads_study(metrics)):
         metrics.update(trainer.predict(data.test, metric_key_prefix="test").metrics)
     metrics["epoch"] = float(trainer.state.epoch or 0)
     metrics.update(cost_metrics(trainer.model, data, metrics))
@@ -449,21 +456,45 @@ def cost_metrics(model: Any, data: Datasets, metrics: dict[str, Any]) -> dict[st
 
     ``n_parameters`` and ``model_size_mb`` (fp32 parameters and buffers, what a saved copy
     weighs); ``latency_ms``: the median time of one validation example at batch size 1 on
-    the trial's device, after warm-up; ``throughput``: validation examples per second at
-    the eval batch size, from the final evaluation.
+    the trial's device, after warm-up (see :func:`latency_ms`); ``throughput``: validation
+    examples per second at the eval batch size, from the final evaluation.
+    """
+    n_parameters = sum(p.numel() for p in model.parameters())
+    size = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    result = {"n_parameters": float(n_parameters), "model_size_mb": round(size / 2**20, 2)}
+    latency = latency_ms(model, data)
+    if latency is not None:
+        result["latency_ms"] = latency
+    if "eval_samples_per_second" in metrics:
+        result["throughput"] = float(metrics["eval_samples_per_second"])
+    return result
+
+
+def latency_ms(model: Any, data: Datasets) -> float | None:
+    """Median milliseconds of one validation example at batch size 1, after warm-up.
+
+    Measured once per worker for each architecture (class and parameter shapes), device
+    and validation split, then reused: a forward pass costs what its shapes cost, not what
+    a trial's weights learnt, and trials that differ only in hyperparameters share all
+    three. None when the trainer gives no ``example_inputs``.
     """
     import statistics
     import time
 
     import torch
 
-    n_parameters = sum(p.numel() for p in model.parameters())
-    size = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
     validation = data.validation
     count = min(LATENCY_EXAMPLES + _WARMUP, len(validation)) if data.example_inputs else 0
+    if count <= _WARMUP:
+        return None
+    device = next(model.parameters()).device
+    shapes = tuple((name, tuple(p.shape), str(p.dtype)) for name, p in model.named_parameters())
+    key = ("latency", type(model).__qualname__, shapes, str(device))
+    measured = CACHE.get(key)
+    if measured is not None and measured[0] is validation:  # the split itself, not a lookalike
+        return float(measured[1])
     # Spread over the split (a trainer may store it in length order), not its first rows.
     examples = [validation[i * len(validation) // count] for i in range(count)]
-    device = next(model.parameters()).device
     model.eval()
     times = []
     with torch.inference_mode():
@@ -477,12 +508,9 @@ def cost_metrics(model: Any, data: Datasets, metrics: dict[str, Any]) -> dict[st
                 torch.cuda.synchronize(device)
             if i >= _WARMUP:
                 times.append((time.perf_counter() - start) * 1000)
-    result = {"n_parameters": float(n_parameters), "model_size_mb": round(size / 2**20, 2)}
-    if times:
-        result["latency_ms"] = round(statistics.median(times), 3)
-    if "eval_samples_per_second" in metrics:
-        result["throughput"] = float(metrics["eval_samples_per_second"])
-    return result
+    latency = round(statistics.median(times), 3)
+    CACHE[key] = (validation, latency)  # holding the split keeps its identity unique
+    return latency
 
 
 @functools.cache
@@ -531,6 +559,15 @@ def reporter_class() -> type:
                 else:
                     self.stale += 1
                     control.should_training_stop |= self.stale >= self.patience
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            # The checkpoint after the last step is never resumed from (a retry of this
+            # trial finds nothing left to train): its weights suffice for export and
+            # retention. Saving the optimizer state too would write twice their size for
+            # nothing. Only the last step: a retry after a prune or an early stop that
+            # was not recorded yet trains on, and needs the optimizer and scheduler.
+            if state.global_step >= state.max_steps:
+                args.save_only_model = True  # read by Trainer._save_checkpoint, just after
 
         def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             self.ctx.set_checkpoint(Path(args.output_dir) / f"checkpoint-{state.global_step}")

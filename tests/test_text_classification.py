@@ -66,6 +66,17 @@ def args(model: Path | str, **extra) -> tc.TextClassificationArgs:
     )
 
 
+def trial_params(model: Path, **extra) -> dict:
+    """A trial's params for the tiny model: small data, no error analysis."""
+    return {
+        "model": str(model),
+        "dataset": {"path": "data/reviews.csv", "max_train_samples": 64},
+        "max_seq_length": 24,
+        "error_examples": 0,
+        **extra,
+    }
+
+
 def test_data_is_split_stratified_seeded_and_cached(tmp_path: Path, tiny_model: Path) -> None:
     ctx = context(tmp_path)
     data = tc.prepare_data(args(tiny_model), str(tiny_model), ctx)
@@ -225,13 +236,7 @@ def test_trials_report_each_epoch_checkpoint_and_score_test(
 def test_resume_from_checkpoint_trains_only_the_rest(tmp_path: Path, tiny_model: Path) -> None:
     """A worker lost after epoch 1 of 2: the retry resumes from its checkpoint, with the
     optimizer and scheduler state that checkpoint holds, and trains epoch 2 only."""
-    params = {
-        "model": str(tiny_model),
-        "dataset": {"path": "data/reviews.csv", "max_train_samples": 64},
-        "max_seq_length": 24,
-        "num_train_epochs": 2,
-        "error_examples": 0,
-    }
+    params = trial_params(tiny_model, num_train_epochs=2)
     first = context(tmp_path, **params)
 
     def stop_after_epoch_1() -> bool:  # the trainer stops as it would for a lost worker
@@ -253,13 +258,7 @@ def test_resume_from_checkpoint_trains_only_the_rest(tmp_path: Path, tiny_model:
 def test_resume_after_the_last_checkpoint_only_scores(tmp_path: Path, tiny_model: Path) -> None:
     """A worker lost after its last save: the retry finds the weights-only checkpoint,
     trains nothing and returns the finished model's scores."""
-    params = {
-        "model": str(tiny_model),
-        "dataset": {"path": "data/reviews.csv", "max_train_samples": 64},
-        "max_seq_length": 24,
-        "num_train_epochs": 1,
-        "error_examples": 0,
-    }
+    params = trial_params(tiny_model, num_train_epochs=1)
     first = context(tmp_path, **params)
     finished = tc.train(first)
     checkpoint = Path(first.trial.user_attrs["hpo:checkpoint"])
@@ -280,13 +279,7 @@ def test_test_split_is_scored_only_for_a_trial_that_leads(
     from optuna.distributions import FloatDistribution
     from optuna.trial import create_trial
 
-    params = {
-        "model": str(tiny_model),
-        "dataset": {"path": "data/reviews.csv", "max_train_samples": 64},
-        "max_seq_length": 24,
-        "num_train_epochs": 1,
-        "error_examples": 0,
-    }
+    params = trial_params(tiny_model, num_train_epochs=1)
     alone = tc.train(context(tmp_path, **params))
     assert "test_accuracy" in alone  # nothing finished before it: it leads
 

@@ -180,6 +180,75 @@ def test_vit_blocks_freeze_and_take_dropout(tmp_path: Path, bars: Path) -> None:
     assert any(".layers.0." in n for n in frozen) and not any(".layers.1." in n for n in frozen)
 
 
+def tiny_timm(folder: Path, num_labels: int = 3) -> Path:
+    """timm's 0.4 M-parameter ``test_resnet`` through transformers' timm wrapper, saved
+    with its image processor (16x16 input). Needs timm, which needs torchvision."""
+    from transformers import (
+        TimmWrapperConfig,
+        TimmWrapperForImageClassification,
+        TimmWrapperImageProcessor,
+    )
+
+    cfg = {"architecture": "test_resnet", "input_size": (3, SIZE, SIZE), "crop_pct": 1.0,
+           "mean": (0.5,) * 3, "std": (0.5,) * 3, "interpolation": "bilinear"}  # fmt: skip
+    config = TimmWrapperConfig(architecture="test_resnet", num_labels=num_labels,
+                               pretrained_cfg=cfg)  # fmt: skip
+    TimmWrapperForImageClassification(config).save_pretrained(folder)
+    TimmWrapperImageProcessor(pretrained_cfg=cfg, architecture="test_resnet").save_pretrained(
+        folder
+    )
+    return folder
+
+
+def test_timm_model_gets_its_backbone_a_new_head_frozen_stages_and_dropout(
+    tmp_path: Path, bars: Path
+) -> None:
+    pytest.importorskip("timm", reason="timm (and torchvision) not installed")
+    import torch
+    from transformers import AutoModelForImageClassification
+
+    folder = tiny_timm(tmp_path / "timm")  # saved with 3 classes; the data has 2
+    args = spec(folder, bars, freeze_layers=1, dropout=0.2, drop_path_rate=0.1)
+    model = ic.build_model(args, str(folder), ["a", "b"], 0)
+    assert model.timm_model.fc.out_features == 2
+    assert model.timm_model.drop_rate == 0.2
+    pretrained = AutoModelForImageClassification.from_pretrained(folder)
+    assert torch.equal(model.timm_model.layer4[0].conv1.weight,
+                       pretrained.timm_model.layer4[0].conv1.weight)  # fmt: skip
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    assert any(n.startswith("timm_model.conv1.") for n in frozen)
+    assert any(n.startswith("timm_model.layer1.") for n in frozen)
+    assert not any(n.startswith(("timm_model.layer2.", "timm_model.fc.")) for n in frozen)
+    with pytest.raises(ValueError, match="has 4 stages, not 5"):
+        ic.build_model(spec(folder, bars, freeze_layers=5), str(folder), ["a", "b"], 0)
+
+
+def test_a_timm_study_trains_scores_and_exports(tmp_path: Path, bars: Path) -> None:
+    pytest.importorskip("timm", reason="timm (and torchvision) not installed")
+    folder = tiny_timm(tmp_path / "timm")
+    study_file = tmp_path / "bars.yaml"
+    study_file.write_text(
+        STUDY.format(db=tmp_path / "hpo.db", runs=tmp_path / "runs", model=folder, data=bars)
+        + "  freeze_layers: {type: categorical, choices: [1]}\n"
+    )
+    summary = run_study(load_study(study_file))
+    assert summary.counts == {"COMPLETE": 2}
+    study = optuna.load_study(study_name="bars", storage=f"sqlite:///{tmp_path / 'hpo.db'}")
+    best = study.best_trial
+    assert sorted(best.intermediate_values) == [1, 2]
+    assert "test_accuracy" in best.user_attrs["hpo:metrics"]
+    exported = run_hpo("export", str(study_file), "--to", str(tmp_path / "model"), cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    model = AutoModelForImageClassification.from_pretrained(tmp_path / "model")
+    assert model.config.id2label == {0: "horizontal", 1: "vertical"}
+    assert model.timm_model.fc.out_features == 2
+    assert type(AutoImageProcessor.from_pretrained(tmp_path / "model")).__name__ == (
+        "TimmWrapperImageProcessor"
+    )
+
+
 STUDY = """\
 name: bars
 storage: sqlite:///{db}

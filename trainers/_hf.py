@@ -167,8 +167,10 @@ def base_weights(auto_class: str, model_path: str, **load: Any) -> tuple[Any, di
     """The pretrained config and backbone weights of ``model_path``, read once per process.
 
     The backbone is every tensor under the model's ``base_model_prefix``; the task head is
-    left out (each trial starts its own, seeded). ``auto_class`` names the transformers
-    Auto class of the family (``AutoModelForSequenceClassification``, ...).
+    left out (each trial starts its own, seeded), also where it sits inside that prefix
+    (timm models through transformers' timm wrapper: ``timm_model.fc``). ``auto_class``
+    names the transformers Auto class of the family (``AutoModelForSequenceClassification``,
+    ...).
     """
 
     def read() -> tuple[Any, dict[str, Any]]:
@@ -182,8 +184,12 @@ def base_weights(auto_class: str, model_path: str, **load: Any) -> tuple[Any, di
             model = getattr(transformers, auto_class).from_pretrained(model_path, **load)
         finally:
             hf_logging.set_verbosity(level)
-        prefix = model.base_model_prefix + "."
-        state = {k: v for k, v in model.state_dict().items() if k.startswith(prefix)}
+        prefix, head = model.base_model_prefix + ".", inner_head(model)
+        state = {
+            k: v
+            for k, v in model.state_dict().items()
+            if k.startswith(prefix) and not (head and k.startswith(head))
+        }
         return model.config, state
 
     return cached(("model", model_path, auto_class, tuple(sorted(load.items()))), read)
@@ -198,10 +204,26 @@ def model_from_base(auto_class: str, config: Any, state: dict[str, Any], seed: i
     torch.manual_seed(seed)
     model = getattr(transformers, auto_class).from_config(config)
     missing, unexpected = model.load_state_dict(state, strict=False)
-    prefix = model.base_model_prefix + "."
-    if unexpected or any(k.startswith(prefix) for k in missing):
-        raise RuntimeError(f"base weights do not fit the model: missing {missing[:3]}")
+    prefix, head = model.base_model_prefix + ".", inner_head(model)
+    untrained = [k for k in missing if k.startswith(prefix) and not (head and k.startswith(head))]
+    if unexpected or untrained:
+        raise RuntimeError(f"base weights do not fit the model: missing {untrained[:3]}")
     return model
+
+
+def inner_head(model: Any) -> str | None:
+    """The state-dict prefix of a classifier kept inside the backbone module, if any.
+
+    transformers' own models keep the head beside ``base_model_prefix``; a timm model
+    (``TimmWrapperForImageClassification``) keeps it inside ``timm_model``, and timm's
+    ``get_classifier`` names it (``fc``, ``head``, ``head.fc``, ``classifier``).
+    """
+    inner = getattr(model, model.base_model_prefix, None)
+    if not hasattr(inner, "get_classifier"):
+        return None
+    head = inner.get_classifier()
+    name = next((n for n, module in inner.named_modules() if module is head), None)
+    return f"{model.base_model_prefix}.{name}." if name else None
 
 
 def check_args(

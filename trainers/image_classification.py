@@ -4,9 +4,9 @@
 lines / Parquet file of image paths and labels, or a hub data set), splits them with the
 study seed when they have no splits, preprocesses with the model's own image processor
 (resize, normalization), augments the training split only, builds
-``AutoModelForImageClassification`` with this trial's dropout / drop-path and frozen
-stages, and hands the rest (reporting, pruning, checkpoints, test split, error analysis
-with thumbnails) to :mod:`trainers._hf`.
+``AutoModelForImageClassification`` (timm models too, through transformers' timm wrapper)
+with this trial's dropout / drop-path and frozen stages, and hands the rest (reporting,
+pruning, checkpoints, test split, error analysis with thumbnails) to :mod:`trainers._hf`.
 
 Decoded images, preprocessed evaluation tensors and the base weights stay in the worker
 process (:data:`trainers._hf.CACHE`). Augmentation uses PIL only (torchvision is not
@@ -330,6 +330,8 @@ def build_model(
     config.num_labels = len(label_names)
     config.id2label = dict(enumerate(label_names))
     config.label2id = {name: i for i, name in enumerate(label_names)}
+    if hasattr(config, "label_names"):  # timm's wrapper saves these in place of id2label
+        config.label_names = list(label_names)
     _set_regularization(config, args)
     model = _hf.model_from_base(_AUTO_CLASS, config, state, seed)
     freeze(model, args.freeze_layers)
@@ -338,6 +340,14 @@ def build_model(
 
 def _set_regularization(config: Any, args: ImageClassificationArgs) -> None:
     """Dropout and drop-path into the config fields this architecture has; refuse others."""
+    if config.model_type == "timm_wrapper":
+        # timm takes both as create_model arguments (drop_rate: dropout before the head,
+        # drop_path_rate: stochastic depth); the wrapper passes model_args through.
+        extra = {"drop_rate": args.dropout, "drop_path_rate": args.drop_path_rate}
+        extra = {k: v for k, v in extra.items() if v is not None}
+        if extra:
+            config.model_args = {**(config.model_args or {}), **extra}
+        return
     fields = {
         "dropout": ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout_rate"),
         "drop_path_rate": ("drop_path_rate",),
@@ -363,20 +373,45 @@ def freeze(model: Any, n_stages: int) -> None:
     import operator
 
     model_type = model.config.model_type
-    if model_type not in LAYOUTS:
+    if model_type == "timm_wrapper":
+        stem, stages = _timm_stages(model)
+    elif model_type in LAYOUTS:
+        stem_path, stages_path = LAYOUTS[model_type]
+        base = model.base_model
+        stem = operator.attrgetter(stem_path)(base)
+        stages = operator.attrgetter(stages_path)(base)
+    else:
         raise ValueError(
             f"freeze_layers: architecture {model_type} is not known; freeze_layers supports "
-            f"{', '.join(sorted(LAYOUTS))} (set freeze_layers: 0 for this model)"
+            f"{', '.join(sorted([*LAYOUTS, 'timm_wrapper']))} (set freeze_layers: 0 for this "
+            "model)"
         )
-    stem_path, stages_path = LAYOUTS[model_type]
-    base = model.base_model
-    stem = operator.attrgetter(stem_path)(base)
-    stages = operator.attrgetter(stages_path)(base)
     if n_stages > len(stages):
         raise ValueError(f"freeze_layers: the model has {len(stages)} stages, not {n_stages}")
     for module in [stem, *stages[:n_stages]]:
         for parameter in module.parameters():
             parameter.requires_grad = False
+
+
+def _timm_stages(model: Any) -> tuple[Any, list[Any]]:
+    """The stem and the stages (or blocks) of a timm model, as timm itself groups them.
+
+    timm's coarse ``group_matcher`` (made for layer-wise learning rates) puts the stem in
+    group 0 and one stage or block per later group; the group that holds the classifier
+    (with the final norm, where there is one) is not a stage and is never frozen.
+    """
+    import torch
+    from timm.models import group_modules
+
+    inner = model.timm_model
+    head = (_hf.inner_head(model) or "").removeprefix("timm_model.").rstrip(".")
+    groups = group_modules(inner, inner.group_matcher(coarse=True))
+    stem, *stages = (
+        torch.nn.ModuleList(inner.get_submodule(name) for name in groups[key])
+        for key in sorted(groups)
+        if head not in groups[key]
+    )
+    return stem, stages
 
 
 # --- training ---------------------------------------------------------------------------

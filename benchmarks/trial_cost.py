@@ -15,7 +15,8 @@ Set-up is everything but train, eval and test; the goal is later trials' set-up 
 of trial 1's. Throughput is training samples per second of ``Trainer.train`` less its
 evaluations and checkpoints; the goal is hpo / plain at least 0.97.
 
-    HF_HUB_OFFLINE=1 nice -n 19 python benchmarks/trial_cost.py [--behind] [--device cuda --bf16]
+    HF_HUB_OFFLINE=1 nice -n 19 python benchmarks/trial_cost.py [--behind] [--epochs 3]
+        [--device cuda --bf16]
 """
 
 from __future__ import annotations
@@ -412,6 +413,9 @@ def main() -> None:
         "--eval-fraction", type=float, default=0.2, help="validation and test share each"
     )
     parser.add_argument(
+        "--epochs", type=int, default=1, help="epochs per trial (per-trial costs spread over them)"
+    )
+    parser.add_argument(
         "--behind",
         action="store_true",
         help="later trials finish behind a better one and skip the test pass (the common case)",
@@ -426,6 +430,7 @@ def main() -> None:
             "validation_fraction": args.eval_fraction,
             "test_fraction": args.eval_fraction,
         }
+        ARGS["num_train_epochs"] = args.epochs
         worker(args.worker, args.out, args.later, args.device, args.bf16, args.behind)
         return
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
@@ -434,6 +439,7 @@ def main() -> None:
         out = Path(tmp) / "trial_cost.json"
         command = [sys.executable, __file__, "--out", str(out), "--later", str(args.later),
                    "--samples", str(args.samples), "--eval-fraction", str(args.eval_fraction),
+                   "--epochs", str(args.epochs),
                    "--device", args.device,
                    *(["--bf16"] if args.bf16 else []),
                    *(["--behind"] if args.behind else [])]  # fmt: skip
@@ -457,7 +463,7 @@ def main() -> None:
         f"throughput_ratio_cpu={figures['throughput_ratio_cpu']:.3f} "
         f"trial_cost_ratio={figures['trial_cost_ratio']:.3f} "
         f"trial_cost_ratio_same_speed={figures['trial_cost_ratio_same_speed']:.3f} "
-        f"behind={int(args.behind)} device={args.device}"
+        f"behind={int(args.behind)} epochs={args.epochs} device={args.device}"
     )
 
 

@@ -97,8 +97,9 @@ def test_optuna_internals_only_in_the_compat_module() -> None:
     assert found == []
 
 
-# Trackers a user opts into (trainer.args.report_to); each is imported only when chosen.
-OPTIONAL = {"mlflow", "wandb"}
+# Trackers a user opts into (trainer.args.report_to) and timm (a timm model in the image
+# trainer, the `timm` extra); each is imported only when chosen.
+OPTIONAL = {"mlflow", "wandb", "timm"}
 
 
 def test_every_library_the_code_imports_is_a_declared_dependency() -> None:

@@ -128,7 +128,7 @@ def open_storage(
     if read_only:
         return _guarded(url, lambda: backend.open(real_url, read_only=True, **heartbeat))
     # Workers starting together on a new database would race to create Optuna's tables.
-    creation_lock = backend.lock(real_url, "study", "__schema__")
+    creation_lock = backend.lock(real_url, "study", "__schema__", opening=True)
 
     def create() -> Any:
         creation_lock.acquire()

@@ -156,8 +156,12 @@ class Backend:
         """True when the storage holds Optuna's tables or log; never creates anything."""
         raise NotImplementedError
 
-    def lock(self, real_url: str, kind: str, name: str) -> Lock:
-        """The lock ``kind`` ("study" or "sweep") of ``name`` in this storage."""
+    def lock(self, real_url: str, kind: str, name: str, *, opening: bool = False) -> Lock:
+        """The lock ``kind`` ("study" or "sweep") of ``name`` in this storage.
+
+        ``opening``: the lock is taken while the storage opens, so an unreachable server
+        fails it as fast as the open itself (a few seconds), not after a worker's minute.
+        """
         raise NotImplementedError
 
     def missing(self, shown_url: str) -> str:

@@ -46,7 +46,7 @@ class JournalBackend(Backend):
         path = journal_path(real_url)
         return path.is_file() and path.stat().st_size > 0
 
-    def lock(self, real_url: str, kind: str, name: str) -> Lock:
+    def lock(self, real_url: str, kind: str, name: str, *, opening: bool = False) -> Lock:
         path = journal_path(real_url)
         if kind == "study":
             return FileLock(path.with_name(f"{path.name}.hpo.lock"))

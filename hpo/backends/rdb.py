@@ -16,6 +16,9 @@ from hpo.backends.optuna_compat import stale_trial_ids, write_rdb_trial
 logger = logging.getLogger(__name__)
 
 STORAGE_RETRIES = 8  # 0.5 s doubling to 10 s: about a minute for a database to come back
+# Opening retries briefly (a server restarting as workers start); a wrong host or port
+# should fail in seconds (0.5 + 1 + 2), not after the minute a running worker waits.
+OPEN_RETRIES = 3
 # Set while a retrying call runs in this thread: the calls it makes do not retry again
 # (Optuna's storage methods call each other; nested retries multiplied to 9 x 9 attempts).
 _RETRYING = threading.local()
@@ -29,8 +32,6 @@ def open_rdb(
     ``read_only`` skips table creation; the caller has checked the tables exist (so
     Optuna's version row exists too and nothing is written).
     """
-    # Opening retries briefly (a server restarting as workers start); a wrong host or
-    # port should fail in seconds, not after the minute a running worker waits.
     create = retrying(
         lambda cls: cls(
             real_url,
@@ -40,7 +41,7 @@ def open_rdb(
             grace_period=heartbeat.get("grace_period"),
             heartbeat_stale_trial_callback=heartbeat.get("stale_trial_callback"),
         ),
-        retries=3,
+        retries=OPEN_RETRIES,
     )
     return create(retrying_storage_class())
 

@@ -62,7 +62,7 @@ class SqliteBackend(Backend):
             connection.close()
         return bool(rows)
 
-    def lock(self, real_url: str, kind: str, name: str) -> Lock:
+    def lock(self, real_url: str, kind: str, name: str, *, opening: bool = False) -> Lock:
         path = _path(real_url)
         # Every study of one file shares <db>.lock: SQLite serialises their writes anyway.
         if kind == "study":

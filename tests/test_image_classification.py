@@ -280,8 +280,8 @@ def test_study_reports_each_epoch_checkpoints_scores_test_and_errors(
     summary = run_study(load_study(study_file))
     assert summary.counts == {"COMPLETE": 2}
     study = optuna.load_study(study_name="bars", storage=f"sqlite:///{tmp_path / 'hpo.db'}")
-    first, second = study.trials
-    for trial in study.trials:
+    first, second = trials = study.trials  # study.trials builds new objects on each read
+    for trial in trials:
         attrs = trial.user_attrs
         assert sorted(trial.intermediate_values) == [1, 2]
         assert {"eval_accuracy", "latency_ms"} <= set(attrs["hpo:metrics"])

@@ -207,8 +207,8 @@ def test_trials_report_each_epoch_checkpoint_and_score_test(
     summary = run_study(load_study(study_file))
     assert summary.finished == 2
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'hpo.db'}")
-    first, second = study.trials
-    for trial in study.trials:
+    first, second = trials = study.trials  # study.trials builds new objects on each read
+    for trial in trials:
         attrs = trial.user_attrs
         assert trial.state.name == "COMPLETE"
         assert sorted(trial.intermediate_values) == [1, 2]

@@ -73,8 +73,13 @@ def test_live_area_stays_below_the_log(toy_study, tmp_path: Path, width: int, wo
             if any(line.startswith("HPO-EXIT=") for line in lines):
                 final = lines
                 break
-            seen_progress |= check_screen(lines, width)
-            time.sleep(0.2)
+            # tmux can capture a frame the terminal is half-way through redrawing (the old
+            # live area scrolled up, the new one drawn below); only a screen that holds still
+            # for a moment is what a user sees.
+            time.sleep(0.05)
+            if capture(session) == lines:
+                seen_progress |= check_screen(lines, width)
+            time.sleep(0.15)
         assert final, "the study did not finish"
         assert "HPO-EXIT=0" in final
         assert seen_progress, "no screen showed a running trial's epoch"

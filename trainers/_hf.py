@@ -184,12 +184,8 @@ def base_weights(auto_class: str, model_path: str, **load: Any) -> tuple[Any, di
             model = getattr(transformers, auto_class).from_pretrained(model_path, **load)
         finally:
             hf_logging.set_verbosity(level)
-        prefix, head = model.base_model_prefix + ".", inner_head(model)
-        state = {
-            k: v
-            for k, v in model.state_dict().items()
-            if k.startswith(prefix) and not (head and k.startswith(head))
-        }
+        in_backbone = backbone_keys(model)
+        state = {k: v for k, v in model.state_dict().items() if in_backbone(k)}
         return model.config, state
 
     return cached(("model", model_path, auto_class, tuple(sorted(load.items()))), read)
@@ -204,26 +200,28 @@ def model_from_base(auto_class: str, config: Any, state: dict[str, Any], seed: i
     torch.manual_seed(seed)
     model = getattr(transformers, auto_class).from_config(config)
     missing, unexpected = model.load_state_dict(state, strict=False)
-    prefix, head = model.base_model_prefix + ".", inner_head(model)
-    untrained = [k for k in missing if k.startswith(prefix) and not (head and k.startswith(head))]
+    in_backbone = backbone_keys(model)
+    untrained = [k for k in missing if in_backbone(k)]
     if unexpected or untrained:
         raise RuntimeError(f"base weights do not fit the model: missing {untrained[:3]}")
     return model
 
 
-def inner_head(model: Any) -> str | None:
-    """The state-dict prefix of a classifier kept inside the backbone module, if any.
+def backbone_keys(model: Any) -> Callable[[str], bool]:
+    """Whether a state-dict key of ``model`` is a backbone weight (not the task head).
 
-    transformers' own models keep the head beside ``base_model_prefix``; a timm model
-    (``TimmWrapperForImageClassification``) keeps it inside ``timm_model``, and timm's
-    ``get_classifier`` names it (``fc``, ``head``, ``head.fc``, ``classifier``).
+    The backbone is what lies under ``base_model_prefix``. transformers' own models keep
+    the head beside it; a timm model (``TimmWrapperForImageClassification``) keeps it
+    inside ``timm_model``, where timm's ``get_classifier`` names it (``fc``, ``head``,
+    ``head.fc``, ``classifier``).
     """
+    prefix = model.base_model_prefix + "."
     inner = getattr(model, model.base_model_prefix, None)
-    if not hasattr(inner, "get_classifier"):
-        return None
-    head = inner.get_classifier()
-    name = next((n for n, module in inner.named_modules() if module is head), None)
-    return f"{model.base_model_prefix}.{name}." if name else None
+    heads: tuple[str, ...] = ()
+    if hasattr(inner, "get_classifier"):
+        head = inner.get_classifier()
+        heads = tuple(f"{prefix}{n}." for n, module in inner.named_modules() if module is head)
+    return lambda key: key.startswith(prefix) and not key.startswith(heads)
 
 
 def check_args(

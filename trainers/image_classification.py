@@ -404,13 +404,10 @@ def _timm_stages(model: Any) -> tuple[Any, list[Any]]:
     from timm.models import group_modules
 
     inner = model.timm_model
-    head = (_hf.inner_head(model) or "").removeprefix("timm_model.").rstrip(".")
+    head = inner.get_classifier()
     groups = group_modules(inner, inner.group_matcher(coarse=True))
-    stem, *stages = (
-        torch.nn.ModuleList(inner.get_submodule(name) for name in groups[key])
-        for key in sorted(groups)
-        if head not in groups[key]
-    )
+    modules = [[inner.get_submodule(name) for name in groups[key]] for key in sorted(groups)]
+    stem, *stages = (torch.nn.ModuleList(m) for m in modules if head not in m)
     return stem, stages
 
 

@@ -10,7 +10,7 @@ import hashlib
 from typing import Any
 
 from hpo.backends.base import Backend, Lock, redact_url
-from hpo.backends.rdb import OPEN_RETRIES, STORAGE_RETRIES, SqlLock, has_optuna_tables, open_rdb
+from hpo.backends.rdb import SqlLock, has_optuna_tables, open_rdb
 
 # GET_LOCK takes seconds; a year is "wait as long as it takes" on MySQL and MariaDB alike.
 _FOREVER_S = 365 * 24 * 3600
@@ -36,8 +36,7 @@ class MysqlBackend(Backend):
     def lock(self, real_url: str, kind: str, name: str, *, opening: bool = False) -> Lock:
         # Lock names are at most 64 characters; a digest keeps any study name within it.
         digest = hashlib.sha1(f"{kind}:{name}".encode()).hexdigest()
-        retries = OPEN_RETRIES if opening else STORAGE_RETRIES
-        return NamedLock(real_url, f"hpo:{digest}", redact_url(real_url), retries=retries)
+        return NamedLock(real_url, f"hpo:{digest}", redact_url(real_url), opening=opening)
 
     def missing(self, shown_url: str) -> str:
         return f"no Optuna tables in {shown_url}"

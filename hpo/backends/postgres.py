@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from hpo.backends.base import Backend, Lock, redact_url
-from hpo.backends.rdb import OPEN_RETRIES, STORAGE_RETRIES, SqlLock, has_optuna_tables, open_rdb
+from hpo.backends.rdb import SqlLock, has_optuna_tables, open_rdb
 
 
 class AdvisoryLock(SqlLock):
@@ -36,8 +36,7 @@ class PostgresBackend(Backend):
     def lock(self, real_url: str, kind: str, name: str, *, opening: bool = False) -> Lock:
         # "hpo:<study>" is the key every hpo version has used for the study lock.
         key = f"hpo:{name}" if kind == "study" else f"hpo:{kind}:{name}"
-        retries = OPEN_RETRIES if opening else STORAGE_RETRIES
-        return AdvisoryLock(real_url, key, redact_url(real_url), retries=retries)
+        return AdvisoryLock(real_url, key, redact_url(real_url), opening=opening)
 
     def missing(self, shown_url: str) -> str:
         return f"no Optuna tables in {shown_url}"

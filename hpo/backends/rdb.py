@@ -69,12 +69,13 @@ class SqlLock(Lock):
     try_sql = ""
     release_sql = ""
 
-    def __init__(self, real_url: str, key: str, shown_url: str, *, retries: int = STORAGE_RETRIES):
+    def __init__(self, real_url: str, key: str, shown_url: str, *, opening: bool = False):
         super().__init__()
         self._real_url = real_url
         self._shown_url = shown_url
         self._key = key
-        self._retries = retries
+        # A lock taken while the storage opens fails as fast as the open (Backend.lock).
+        self._retries = OPEN_RETRIES if opening else STORAGE_RETRIES
         self._connection: Any = None
 
     def _take(self, *, block: bool) -> str | None:

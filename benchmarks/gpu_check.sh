@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# GPU check for the benchmarks (issues 6 and 14), in one run of under 10 minutes
-# (step timeouts 240 + 120 + 90 + 45 + 75 s):
+# GPU check for the benchmarks (issues 6 and 14), in one run: 5 minutes on an H200 before
+# step 2b was added, about 6 with it (step timeouts 240 + 120 + 120 + 90 + 45 + 75 s):
 #   1. trial start-up and trainer samples/s against plain transformers.Trainer on the same
 #      device (benchmarks/trial_cost.py), bf16 on where the card has it;
 #   2. GPU utilization sampled every 0.5 s (nvidia-smi, else NVML through pynvml) during a
-#      4-trial quickstart study, mixed precision on (bf16, else fp16);
+#      4-trial quickstart study, mixed precision on (bf16, else fp16): read inside the
+#      trials' Trainer.train windows, over the whole study, and over step 3;
+#  2b. the same study with 2 CPU threads (a lone worker takes all the cores by default);
 #   3. the `hpo run --workers 2 --devices 0,0` path: two worker processes on one GPU;
 #   4. images: the digits study (studies/data/make_digits.py first) with mixed precision
 #      and `--workers 2 --devices 0,0`.
 # It prints one `RESULT` line, last (the steps' own figures show as `step result:` lines).
 # Files land in $OUT (or ./gpu_check_out): figures.txt, trial_cost.*, gpu_study.*,
-# gpu_util.csv, workers.txt, env.txt.
+# gpu_study_threads2.txt, gpu_util.csv, workers.txt, images.txt, env.txt.
 #
 # It installs nothing: the repo runs from source (PYTHONPATH), and the Python packages it
 # needs (torch with CUDA, transformers, datasets, optuna, scikit-learn, pydantic, PyYAML,
@@ -76,7 +78,7 @@ if [[ $dry == 1 ]]; then
         while true; do echo "$(date +%s.%N), 0, 0"; sleep 0.5; done
     }
 else
-    device=cuda:0; later=3; study_size=(); cost_size=(--samples 200); devices=0,0
+    device=cuda:0; later=3; study_size=(); cost_size=(--samples 640); devices=0,0
     # bf16 where the card has it (Ampere and later), else fp16.
     if $python -c "import torch, sys; sys.exit(not torch.cuda.is_bf16_supported())"; then
         precision=(--bf16); cost_precision=(--bf16)
@@ -85,14 +87,14 @@ else
     fi
     if [[ $has_smi == 1 ]]; then
         util_source=nvidia-smi
-        sample_gpu() {
-            nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used \
+        sample_gpu() {  # exec: $! is nvidia-smi itself, so `kill` stops it
+            exec nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used \
                 --format=csv,noheader,nounits -lms 500
         }
     elif $python -c "import pynvml" 2>/dev/null; then
         util_source=nvml
         sample_gpu() {
-            $python -u -c '
+            exec $python -u -c '
 import time
 import pynvml
 pynvml.nvmlInit()
@@ -124,32 +126,24 @@ timeout 240 $python benchmarks/trial_cost.py --device "$device" "${cost_precisio
 grep '^RESULT' "$out_dir/trial_cost.txt" | sed 's/^RESULT /figure /' >>"$out_dir/figures.txt" \
     || echo "figure trial_cost=failed" >>"$out_dir/figures.txt"
 
-# 2. GPU utilization while a 4-trial study runs.
+# 2. GPU utilization while a 4-trial study runs (the sampler runs on through step 3).
 sample_gpu >"$out_dir/gpu_util.csv" 2>&1 &
 sampler=$!
+step2_started=$(date +%s.%N)
 timeout 120 $python benchmarks/gpu_study.py --device "$device" "${precision[@]}" --trials 4 \
     "${study_size[@]}" --json "$out_dir/gpu_study.json" 2>&1 \
     | tee "$out_dir/gpu_study.txt" | show
-kill "$sampler" 2>/dev/null
-wait "$sampler" 2>/dev/null
+step2_ended=$(date +%s.%N)
 grep '^RESULT' "$out_dir/gpu_study.txt" | sed 's/^RESULT /figure /' >>"$out_dir/figures.txt" \
     || echo "figure gpu_study=failed" >>"$out_dir/figures.txt"
-$python -c '
-import statistics, sys
-rows = []
-for line in open(sys.argv[1]):
-    parts = [p.strip() for p in line.split(",")]
-    if len(parts) == 3 and parts[1].replace(".", "").isdigit():
-        rows.append((float(parts[1]), float(parts[2])))
-if not rows:
-    print(f"figure gpu_util=unavailable util_source={sys.argv[2]}")
-else:
-    util = [u for u, _ in rows]
-    busy = sum(u >= 50 for u in util) / len(util)
-    print(f"figure gpu_util_mean={statistics.fmean(util):.1f} "
-          f"gpu_util_median={statistics.median(util):.1f} busy_share={busy:.2f} "
-          f"gpu_mem_max_mib={max(m for _, m in rows):.0f} util_samples={len(rows)}")
-' "$out_dir/gpu_util.csv" "$util_source" >>"$out_dir/figures.txt"
+# 2b. The same study with 2 CPU threads in place of all the cores. On the first H200 run
+# a lone worker with all 16 threads ran its trials ~3x slower while the sampler ran than
+# the same trials in step 3's workers (8 threads each): thread oversubscription is the lead.
+timeout 120 $python benchmarks/gpu_study.py --device "$device" "${precision[@]}" --trials 4 \
+    --threads 2 "${study_size[@]}" 2>&1 | tee "$out_dir/gpu_study_threads2.txt" | show
+grep '^RESULT' "$out_dir/gpu_study_threads2.txt" \
+    | sed 's/^RESULT study_wall_s=/figure study_wall_threads2_s=/; s/ trials=.*//' \
+    >>"$out_dir/figures.txt" || echo "figure gpu_study_threads2=failed" >>"$out_dir/figures.txt"
 
 # 3. Two worker processes sharing one GPU through the CLI, as a user starts them.
 work=$(mktemp -d)
@@ -159,16 +153,70 @@ small=()
 [[ $dry == 1 ]] && small=(--set trainer.args.dataset.max_train_samples=50
                           --set search_space.num_train_epochs.high=1)
 workers_started=$(date +%s)
+step3_started=$(date +%s.%N)
 timeout 90 $python -m hpo run studies/quickstart.yaml --workers 2 --devices "$devices" \
     "${where[@]}" "${small[@]}" >"$out_dir/workers.txt" 2>&1
 workers_rc=$?
 workers_wall=$(($(date +%s) - workers_started))
 finished=$($python -m hpo status studies/quickstart.yaml "${where[@]}" "${small[@]}" --json \
     2>/dev/null | $python -c "import json, sys; print(json.load(sys.stdin)['finished'])")
+step3_ended=$(date +%s.%N)
+kill "$sampler" 2>/dev/null
+wait "$sampler" 2>/dev/null
 tail -n 3 "$out_dir/workers.txt"
 echo "figure workers2_rc=$workers_rc workers2_finished=${finished:-0}/4" \
     "workers2_devices=$devices workers2_wall_s=$workers_wall" >>"$out_dir/figures.txt"
 [[ -n "$work" && -d "$work" ]] && rm -rf "$work"
+
+# Utilization: inside the one-worker study's Trainer.train windows (what "busy during
+# training" means), over that whole study, and over the two-worker run of step 3.
+$python - "$out_dir/gpu_util.csv" "$util_source" "$out_dir/gpu_study.json" \
+    "$step2_started" "$step2_ended" "$step3_started" "$step3_ended" \
+    >>"$out_dir/figures.txt" <<'EOF'
+import json, statistics, sys, time
+path, source, study_json = sys.argv[1:4]
+step2 = (float(sys.argv[4]), float(sys.argv[5]))
+step3 = (float(sys.argv[6]), float(sys.argv[7]))
+
+
+def when(stamp):  # nvidia-smi prints local time; the stand-in and NVML print epoch seconds
+    try:
+        return float(stamp)
+    except ValueError:
+        whole, _, fraction = stamp.partition(".")
+        local = time.mktime(time.strptime(whole, "%Y/%m/%d %H:%M:%S"))
+        return local + float("0." + (fraction or "0"))
+
+
+rows = []
+for line in open(path):
+    parts = [p.strip() for p in line.split(",")]
+    if len(parts) == 3 and parts[1].replace(".", "").isdigit():
+        rows.append((when(parts[0]), float(parts[1]), float(parts[2])))
+if not rows:
+    print(f"figure gpu_util=unavailable util_source={source}")
+    sys.exit()
+try:
+    windows = json.load(open(study_json))["train_windows"]
+except (OSError, ValueError, KeyError):
+    windows = []
+
+
+def figures(name, inside):
+    util = [u for t, u, _ in rows if inside(t)]
+    if not util:
+        return f"{name}_samples=0"
+    busy = sum(u >= 50 for u in util) / len(util)
+    return (f"{name}_mean={statistics.fmean(util):.1f} {name}_median={statistics.median(util):.1f}"
+            f" {name}_busy_share={busy:.2f} {name}_samples={len(util)}")
+
+
+print("figure " + figures("gpu_util_train", lambda t: any(a <= t <= b for a, b in windows))
+      + f" train_windows={len(windows)}")
+print("figure " + figures("gpu_util_study", lambda t: step2[0] <= t <= step2[1])
+      + f" gpu_mem_max_mib={max(m for _, _, m in rows):.0f}")
+print("figure " + figures("gpu_util_workers2", lambda t: step3[0] <= t <= step3[1]))
+EOF
 
 # 4. Images: the digits study's ResNet on the GPU, mixed precision, two workers.
 work=$(mktemp -d)
@@ -204,8 +252,10 @@ if pairs.get("workers2_rc") != "0" or not pairs.get("workers2_finished", "").sta
 if pairs.get("images_rc") != "0":
     failed.append("images")
 state = "failed:" + ",".join(failed) if failed else "ok"
-keep = ("mode", "precision", "throughput_ratio", "setup_ratio", "gpu_util_mean", "busy_share",
-        "gpu_util", "util_source", "study_wall_s", "workers2_finished", "workers2_devices",
-        "images_rc", "images_precision", "gpu_check_wall_s")
+keep = ("mode", "precision", "throughput_ratio", "setup_ratio", "trial_cost_ratio",
+        "study_wall_threads2_s",
+        "gpu_util_train_mean", "gpu_util_train_busy_share", "gpu_util_study_mean",
+        "gpu_util_workers2_mean", "gpu_util", "util_source", "study_wall_s",
+        "workers2_finished", "workers2_devices", "images_rc", "images_precision", "gpu_check_wall_s")
 print(f"RESULT gpu_check={state} " + " ".join(f"{k}={pairs[k]}" for k in keep if k in pairs))
 ' "$out_dir/figures.txt"

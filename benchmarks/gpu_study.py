@@ -17,12 +17,35 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+def record_train_windows() -> list[tuple[float, float]]:
+    """Wall-clock (start, end) of each ``Trainer.train`` call, filled in as trials run.
+
+    gpu_check.sh reads the GPU utilization inside these windows: a study's wall also holds
+    imports, CUDA start-up, data preparation and checkpoints, when no GPU work is due.
+    """
+    import transformers
+
+    windows: list[tuple[float, float]] = []
+    original = transformers.Trainer.train
+
+    def train(self: Any, *args: Any, **kwargs: Any) -> Any:
+        started = time.time()
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            windows.append((started, time.time()))
+
+    transformers.Trainer.train = train
+    return windows
 
 
 def main() -> None:
@@ -32,6 +55,7 @@ def main() -> None:
     parser.add_argument("--fp16", action="store_true", help="for GPUs without bf16")
     parser.add_argument("--trials", type=int, default=4)
     parser.add_argument("--small", action="store_true", help="50 samples, 1 epoch (dry run)")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: the cores, as hpo run)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -57,8 +81,9 @@ def main() -> None:
             "search_space.num_train_epochs.high=1",
         ]
     config = load_study(ROOT / "studies" / "quickstart.yaml", overrides)
+    train_windows = record_train_windows()
     started = time.monotonic()
-    run_worker(config, worker=Worker(device=args.device))
+    run_worker(config, worker=Worker(device=args.device, threads=args.threads))
     wall = time.monotonic() - started
     study = optuna.load_study(study_name=config.name, storage=config.storage)
     trials = [
@@ -75,8 +100,13 @@ def main() -> None:
     for t in trials:
         print(json.dumps(t))
     if args.json:
-        args.json.write_text(json.dumps({"wall_s": wall, "trials": trials}, indent=1))
-    print(f"RESULT study_wall_s={wall:.1f} trials={len(trials)} device={args.device}")
+        args.json.write_text(
+            json.dumps(
+                {"wall_s": wall, "trials": trials, "train_windows": train_windows}, indent=1
+            )
+        )
+    threads = f" threads={args.threads}" if args.threads else ""
+    print(f"RESULT study_wall_s={wall:.1f} trials={len(trials)} device={args.device}{threads}")
 
 
 if __name__ == "__main__":

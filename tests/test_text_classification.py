@@ -396,9 +396,11 @@ def test_end_to_end_real_minilm(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "study 'quickstart': 2/2 trials finished (2 complete)" in result.stdout
     study_data = optuna.load_study(study_name="quickstart", storage=f"sqlite:///{tmp_path}/hpo.db")
+    # score_test: leaders: the best trial always has its test score (the other may not).
+    assert "test_accuracy" in study_data.best_trial.user_attrs["hpo:metrics"]
     for trial in study_data.trials:
         metrics = trial.user_attrs["hpo:metrics"]
-        assert 0.0 <= metrics["eval_accuracy"] <= 1.0 and "test_accuracy" in metrics
+        assert 0.0 <= metrics["eval_accuracy"] <= 1.0
         assert trial.user_attrs["hpo:device"] == "cpu"
         assert json.dumps(trial.user_attrs["hpo:error_analysis"])
 
@@ -426,3 +428,58 @@ def test_optimizer_scheduler_smoothing_and_balanced_weights_reach_the_trainer(
     assert "eval_accuracy" in tc.train(ctx)
     with pytest.raises(ValueError, match="'adam' is not a transformers OptimizerNames name"):
         tc.TextClassificationArgs.model_validate({**params, "optim": "adam"})
+
+
+def test_training_batches_hold_texts_of_similar_length(
+    tmp_path: Path, tiny_model: Path, monkeypatch
+) -> None:
+    """group_by_length (the default) trains on batches that pad far less than random ones
+    (each batch pads to its longest text); false gives a plain Trainer's random batches."""
+    import functools
+    import statistics
+
+    from transformers import BertForSequenceClassification
+
+    padding: list[float] = []
+    forward = BertForSequenceClassification.forward
+
+    @functools.wraps(forward)  # the Trainer keeps the dataset columns forward's signature names
+    def spy(self, *args, attention_mask=None, **kwargs):
+        if self.training:
+            padding.append(1 - attention_mask.sum().item() / attention_mask.numel())
+        return forward(self, *args, attention_mask=attention_mask, **kwargs)
+
+    monkeypatch.setattr(BertForSequenceClassification, "forward", spy)
+    share = {}
+    for grouped in (True, False):
+        padding.clear()
+        params = trial_params(
+            tiny_model,
+            dataset={"path": "data/reviews.csv", "max_train_samples": 256},
+            max_seq_length=64,
+            per_device_train_batch_size=8,
+            num_train_epochs=1,
+            save_checkpoints=False,
+            group_by_length=grouped,
+        )
+        tc.train(context(tmp_path / str(grouped), **params))
+        assert len(padding) == 32  # every training batch seen
+        share[grouped] = statistics.fmean(padding)
+    assert share[True] < share[False] / 2, share
+
+
+def test_training_args_cannot_set_the_batch_order(tmp_path: Path, tiny_model: Path) -> None:
+    """hpo sets the sampling itself (trainer.args.group_by_length): training_args may not."""
+    from trainers import _hf, trackers
+
+    name = (
+        "train_sampling_strategy"
+        if "train_sampling_strategy" in trackers.training_argument_fields()
+        else "group_by_length"  # transformers 5.0
+    )
+    value = "random" if name == "train_sampling_strategy" else False
+    args_ = tc.TextClassificationArgs.model_validate(
+        trial_params(tiny_model, training_args={name: value})
+    )
+    field, message = _hf.check_args(tc.TextClassificationArgs, args_, {})
+    assert field == f"training_args.{name}" and "trainer.args.group_by_length" in message

@@ -47,6 +47,8 @@ OWNED = {
     "dataloader_pin_memory": "hpo pins memory on CUDA",
     "warmup_steps": "set trainer.args.warmup_ratio",
     "warmup_ratio": "set trainer.args.warmup_ratio",
+    "train_sampling_strategy": "set trainer.args.group_by_length (text trainers)",
+    "group_by_length": "set trainer.args.group_by_length (text trainers)",
 }
 
 

@@ -433,8 +433,8 @@ def test_optimizer_scheduler_smoothing_and_balanced_weights_reach_the_trainer(
 def test_training_batches_hold_texts_of_similar_length(
     tmp_path: Path, tiny_model: Path, monkeypatch
 ) -> None:
-    """group_by_length (the default) trains on batches that pad far less than random ones
-    (each batch pads to its longest text); false gives a plain Trainer's random batches."""
+    """group_by_length: true trains on batches that pad far less than random ones (each
+    batch pads to its longest text); false, the default, gives a plain Trainer's batches."""
     import functools
     import statistics
 
@@ -460,7 +460,7 @@ def test_training_batches_hold_texts_of_similar_length(
             per_device_train_batch_size=8,
             num_train_epochs=1,
             save_checkpoints=False,
-            group_by_length=grouped,
+            **({"group_by_length": True} if grouped else {}),  # false: the default
         )
         tc.train(context(tmp_path / str(grouped), **params))
         assert len(padding) == 32  # every training batch seen

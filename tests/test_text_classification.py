@@ -433,26 +433,30 @@ def test_optimizer_scheduler_smoothing_and_balanced_weights_reach_the_trainer(
 def test_training_batches_hold_texts_of_similar_length(
     tmp_path: Path, tiny_model: Path, monkeypatch
 ) -> None:
-    """group_by_length: true trains on batches that pad far less than random ones (each
-    batch pads to its longest text); false, the default, gives a plain Trainer's batches."""
+    """group_by_length (the default) trains on batches that pad far less than random ones
+    (each batch pads to its longest text), in random order; false gives a plain Trainer's
+    random batches."""
     import functools
     import statistics
 
     from transformers import BertForSequenceClassification
 
     padding: list[float] = []
+    longest: list[int] = []
     forward = BertForSequenceClassification.forward
 
     @functools.wraps(forward)  # the Trainer keeps the dataset columns forward's signature names
     def spy(self, *args, attention_mask=None, **kwargs):
         if self.training:
             padding.append(1 - attention_mask.sum().item() / attention_mask.numel())
+            longest.append(attention_mask.shape[1])
         return forward(self, *args, attention_mask=attention_mask, **kwargs)
 
     monkeypatch.setattr(BertForSequenceClassification, "forward", spy)
     share = {}
     for grouped in (True, False):
         padding.clear()
+        longest.clear()
         params = trial_params(
             tiny_model,
             dataset={"path": "data/reviews.csv", "max_train_samples": 256},
@@ -460,11 +464,15 @@ def test_training_batches_hold_texts_of_similar_length(
             per_device_train_batch_size=8,
             num_train_epochs=1,
             save_checkpoints=False,
-            **({"group_by_length": True} if grouped else {}),  # false: the default
+            **({} if grouped else {"group_by_length": False}),
         )
         tc.train(context(tmp_path / str(grouped), **params))
         assert len(padding) == 32  # every training batch seen
         share[grouped] = statistics.fmean(padding)
+        if grouped:
+            # Random order, not longest first (HF's LengthGroupedSampler's order, which
+            # cost accuracy): the 32 batches (one group) are not sorted by length.
+            assert longest != sorted(longest, reverse=True) and longest != sorted(longest)
     assert share[True] < share[False] / 2, share
 
 

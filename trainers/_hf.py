@@ -145,8 +145,9 @@ class Datasets:
     # Validation index -> how an error-analysis entry shows that example ({"text": ...}).
     show_example: Callable[[int], dict[str, Any]] = field(default=lambda i: {})
     train_labels: list[int] | None = None  # for class_weights: balanced
-    # Training batches of similar length (token sequences padded per batch; not images).
-    group_by_length: bool = False
+    # Token lengths of the training examples: batches of similar length (see
+    # LengthBucketSampler); None for random batches (images, or group_by_length off).
+    train_lengths: list[int] | None = None
 
 
 def set_up(ctx: TrialContext) -> None:
@@ -285,7 +286,7 @@ def fit(
     Returns the final metrics (``eval_*``, ``test_*``, ``epoch`` and the cost metrics);
     a pruned trial returns its last evaluation.
     """
-    from transformers import PrinterCallback, Trainer
+    from transformers import PrinterCallback
 
     reporter = reporter_class()(ctx, args.early_stopping_patience)
     last_eval: dict[str, Any] = {}
@@ -294,9 +295,9 @@ def fit(
         last_eval["prediction"] = prediction
         return compute_metrics(prediction)
 
-    trainer = Trainer(
+    trainer = trainer_class(data.train_lengths)(
         model=model,
-        args=training_arguments(args, ctx, group_by_length=data.group_by_length),
+        args=training_arguments(args, ctx),
         train_dataset=data.train,
         eval_dataset=data.validation,
         data_collator=data.collator,
@@ -380,9 +381,7 @@ def weighted_loss(args: HFTrainingArgs, data: Datasets) -> Callable[..., Any] | 
     return loss
 
 
-def training_arguments(
-    args: HFTrainingArgs, ctx: TrialContext, group_by_length: bool = False
-) -> Any:
+def training_arguments(args: HFTrainingArgs, ctx: TrialContext) -> Any:
     """HF ``TrainingArguments`` for this trial: evaluation and saving on the same schedule."""
     import torch
     from transformers import TrainingArguments
@@ -420,24 +419,61 @@ def training_arguments(
         run_name=trackers.run_name(ctx),
         disable_tqdm=True,
         dataloader_pin_memory=cuda,
-        **(length_grouped_batches() if group_by_length else {}),
         **args.training_args,  # checked before the study ran: none of the above
     )
 
 
-def length_grouped_batches() -> dict[str, Any]:
-    """``TrainingArguments`` for batches of similar length (HF's ``LengthGroupedSampler``).
+class LengthBucketSampler:
+    """Batches of similar length in random order: groups of 50 batches drawn from a shuffled
+    order, each sorted by length and cut into batches, then all batches shuffled.
 
-    Each batch pads to its longest text, so random batches of short texts are much
-    padding (on the shipped reviews a third of the tokens, on the held-out docstring
-    topics over half); grouping cut training time by 23-43 % there (RESULTS.md section 5).
-    The groups are drawn from a shuffled order each epoch, seeded like the Trainer.
-    transformers 5.0 spells it ``group_by_length=True``; later 5.x
-    ``train_sampling_strategy="group_by_length"``.
+    Each batch pads to its longest text, so random batches of short texts are much padding
+    (a third of the tokens on the shipped reviews, over half on the held-out docstring
+    topics). HF's ``LengthGroupedSampler`` cuts that too, but keeps each group's batches
+    longest first, and that fixed order cost the reviews accuracy in 3 of 3 seeds (mean
+    -0.031); shuffling the batches kept it (+0.020 on the reviews, -0.005 on the topics)
+    with the same 23-43 % less training time (benchmarks/RESULTS.md section 5).
+    Draws from torch's global generator like HF's samplers, so the Trainer's seed and its
+    RNG state restored on resume decide the order.
     """
-    if "train_sampling_strategy" in trackers.training_argument_fields():
-        return {"train_sampling_strategy": "group_by_length"}
-    return {"group_by_length": True}
+
+    def __init__(self, lengths: list[int], batch_size: int, batches_per_group: int = 50):
+        self.lengths, self.batch_size = lengths, batch_size
+        self.group_size = batch_size * batches_per_group
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self) -> Any:
+        import torch
+
+        order = torch.randperm(len(self.lengths)).tolist()
+        batches = []
+        for start in range(0, len(order), self.group_size):
+            group = sorted(order[start : start + self.group_size], key=self.lengths.__getitem__)
+            batches += [
+                group[i : i + self.batch_size] for i in range(0, len(group), self.batch_size)
+            ]
+        shuffled = [batches[i] for i in torch.randperm(len(batches)).tolist()]
+        # The DataLoader cuts this stream every batch_size indices: a short batch (the
+        # last of the last group) goes last so that every batch stays one bucket.
+        shuffled.sort(key=lambda batch: len(batch) < self.batch_size)
+        return iter([i for batch in shuffled for i in batch])
+
+
+def trainer_class(train_lengths: list[int] | None) -> Any:
+    """``transformers.Trainer``, or one whose training batches come from LengthBucketSampler."""
+    from transformers import Trainer
+
+    if train_lengths is None:
+        return Trainer
+
+    class LengthBucketedTrainer(Trainer):
+        # The Trainer's hook for its training sampler (HF subclasses it for the same end).
+        def _get_train_sampler(self, *args: Any, **kwargs: Any) -> Any:
+            return LengthBucketSampler(train_lengths, self.args.train_batch_size)
+
+    return LengthBucketedTrainer
 
 
 def compute_metrics(prediction: Any) -> dict[str, float]:

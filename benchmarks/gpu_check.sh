@@ -192,7 +192,8 @@ rows = []
 for line in open(path):
     parts = [p.strip() for p in line.split(",")]
     if len(parts) == 3 and parts[1].replace(".", "").isdigit():
-        rows.append((when(parts[0]), float(parts[1]), float(parts[2])))
+        memory = float(parts[2]) if parts[2].replace(".", "").isdigit() else 0.0  # [N/A]
+        rows.append((when(parts[0]), float(parts[1]), memory))
 if not rows:
     print(f"figure gpu_util=unavailable util_source={source}")
     sys.exit()

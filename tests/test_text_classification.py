@@ -491,3 +491,30 @@ def test_training_args_cannot_set_the_batch_order(tmp_path: Path, tiny_model: Pa
     )
     field, message = _hf.check_args(tc.TextClassificationArgs, args_, {})
     assert field == f"training_args.{name}" and "trainer.args.group_by_length" in message
+
+
+def test_bucketed_batch_order_depends_only_on_seed_and_epoch(
+    tmp_path: Path, tiny_model: Path, monkeypatch
+) -> None:
+    """Each epoch's batch order is a function of (seed, epoch), not of torch's global RNG,
+    so a resume in the middle of an epoch skips the batches the lost run trained on."""
+    import torch
+
+    from trainers._hf import LengthBucketSampler
+
+    lengths = [i % 17 + 1 for i in range(301)]
+
+    def order(epoch: int, global_seed: int) -> list[int]:
+        torch.manual_seed(global_seed)
+        sampler = LengthBucketSampler(lengths, 8, seed=0)
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    first = order(1, global_seed=1)
+    assert first == order(1, global_seed=2) and sorted(first) == list(range(301))
+    assert order(2, global_seed=1) != first
+    epochs: list[int] = []
+    monkeypatch.setattr(LengthBucketSampler, "set_epoch", lambda self, e: epochs.append(e))
+    tc.train(context(tmp_path, **trial_params(tiny_model, num_train_epochs=2)))
+    # The Trainer moves the sampler on each epoch (accelerate and the Trainer both call it).
+    assert sorted(set(epochs)) == [0, 1] and epochs == sorted(epochs)

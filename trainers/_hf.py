@@ -433,13 +433,20 @@ class LengthBucketSampler:
     longest first, and that fixed order cost the reviews accuracy in 3 of 3 seeds (mean
     -0.031); shuffling the batches kept it (+0.020 on the reviews, -0.005 on the topics)
     with the same 23-43 % less training time (benchmarks/RESULTS.md section 5).
-    Draws from torch's global generator like HF's samplers, so the Trainer's seed and its
-    RNG state restored on resume decide the order.
+    The order depends only on (seed, epoch), as with accelerate's seedable sampler that
+    a plain Trainer uses: the Trainer calls ``set_epoch``, and a resume in the middle of
+    an epoch skips exactly the batches the lost run had trained on.
     """
 
-    def __init__(self, lengths: list[int], batch_size: int, batches_per_group: int = 50):
-        self.lengths, self.batch_size = lengths, batch_size
+    def __init__(
+        self, lengths: list[int], batch_size: int, seed: int, batches_per_group: int = 50
+    ):
+        self.lengths, self.batch_size, self.seed = lengths, batch_size, seed
         self.group_size = batch_size * batches_per_group
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -447,14 +454,15 @@ class LengthBucketSampler:
     def __iter__(self) -> Any:
         import torch
 
-        order = torch.randperm(len(self.lengths)).tolist()
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=generator).tolist()
         batches = []
         for start in range(0, len(order), self.group_size):
             group = sorted(order[start : start + self.group_size], key=self.lengths.__getitem__)
             batches += [
                 group[i : i + self.batch_size] for i in range(0, len(group), self.batch_size)
             ]
-        shuffled = [batches[i] for i in torch.randperm(len(batches)).tolist()]
+        shuffled = [batches[i] for i in torch.randperm(len(batches), generator=generator)]
         # The DataLoader cuts this stream every batch_size indices: a short batch (the
         # last of the last group) goes last so that every batch stays one bucket.
         shuffled.sort(key=lambda batch: len(batch) < self.batch_size)
@@ -471,7 +479,9 @@ def trainer_class(train_lengths: list[int] | None) -> Any:
     class LengthBucketedTrainer(Trainer):
         # The Trainer's hook for its training sampler (HF subclasses it for the same end).
         def _get_train_sampler(self, *args: Any, **kwargs: Any) -> Any:
-            return LengthBucketSampler(train_lengths, self.args.train_batch_size)
+            # _train_batch_size: the DataLoader's (auto_find_batch_size may lower it).
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            return LengthBucketSampler(train_lengths, self._train_batch_size, seed)
 
     return LengthBucketedTrainer
 

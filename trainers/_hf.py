@@ -479,9 +479,9 @@ def trainer_class(train_lengths: list[int] | None) -> Any:
     class LengthBucketedTrainer(Trainer):
         # The Trainer's hook for its training sampler (HF subclasses it for the same end).
         def _get_train_sampler(self, *args: Any, **kwargs: Any) -> Any:
-            # _train_batch_size: the DataLoader's (auto_find_batch_size may lower it).
-            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-            return LengthBucketSampler(train_lengths, self._train_batch_size, seed)
+            # _train_batch_size: the DataLoader's (auto_find_batch_size may lower it);
+            # data_seed: training_arguments always sets it.
+            return LengthBucketSampler(train_lengths, self._train_batch_size, self.args.data_seed)
 
     return LengthBucketedTrainer
 

@@ -223,13 +223,14 @@ def prepare_data(args: TextClassificationArgs, model_path: str, ctx: TrialContex
         return tokenizer(batch["text"], truncation=True, max_length=max_length)
 
     tokenized = splits.map(tokenize, batched=True, remove_columns=["text"])
+    lengths = {name: [len(ids) for ids in split["input_ids"]] for name, split in tokenized.items()}
     # An evaluation batch pads to its longest text, and the Trainer scores validation and
     # test in dataset order: in length order they pad far less (no metric depends on the
-    # order). The validation texts follow the same order, for error analysis.
+    # order). The validation texts follow the same order, for error analysis. Training
+    # batches use the train lengths (LengthBucketSampler).
     validation_texts = list(splits["validation"]["text"])
     for name in ("validation", "test"):
-        lengths = [len(ids) for ids in tokenized[name]["input_ids"]]
-        order = sorted(range(len(lengths)), key=lengths.__getitem__)
+        order = sorted(range(len(lengths[name])), key=lengths[name].__getitem__)
         tokenized[name] = tokenized[name].select(order)
         if name == "validation":
             validation_texts = [validation_texts[i] for i in order]
@@ -238,7 +239,7 @@ def prepare_data(args: TextClassificationArgs, model_path: str, ctx: TrialContex
         validation_texts,
         list(raw["train"].features["label"].names),
         tokenizer,
-        [len(ids) for ids in tokenized["train"]["input_ids"]],
+        lengths["train"],
     )
     _CACHE[key] = prepared
     return prepared

@@ -336,12 +336,21 @@ def test_latency_is_measured_once_per_architecture_and_split(
 
 
 def test_non_finite_loss_stops_training(tmp_path: Path) -> None:
-    from transformers import TrainerControl
+    from transformers import TrainerControl, TrainerState, TrainingArguments
 
     reporter = tc._reporter_class()(context(tmp_path), patience=None)
     control = TrainerControl()
     reporter.on_log(None, None, control, logs={"loss": float("nan")})
-    assert control.should_training_stop and reporter.non_finite == "nan"
+    assert control.should_training_stop
+    assert reporter.non_finite == "training loss became nan"
+    # A model whose validation loss is not finite stops too, and reports nothing.
+    ctx = context(tmp_path)
+    reporter, control = tc._reporter_class()(ctx, patience=None), TrainerControl()
+    state = TrainerState(global_step=4, max_steps=8, epoch=1.0)
+    metrics = {"eval_loss": float("inf"), "eval_accuracy": 0.5}
+    reporter.on_evaluate(TrainingArguments(output_dir=str(tmp_path)), state, control, metrics)
+    assert control.should_training_stop and ctx.history == []
+    assert reporter.non_finite == "validation loss became inf"
 
 
 def test_oom_retries_once_with_half_batch_same_effective_batch(
@@ -518,3 +527,17 @@ def test_bucketed_batch_order_depends_only_on_seed_and_epoch(
     tc.train(context(tmp_path, **trial_params(tiny_model, num_train_epochs=2)))
     # The Trainer moves the sampler on each epoch (accelerate and the Trainer both call it).
     assert sorted(set(epochs)) == [0, 1] and epochs == sorted(epochs)
+
+
+def test_a_diverging_trial_fails_as_non_finite(tmp_path: Path, tiny_model: Path) -> None:
+    """A loss that turns NaN fails the trial (the runner records ``hpo:failure: nan``) at
+    the first epoch's log instead of completing with a broken model's scores. The HF
+    Trainer's default ``logging_nan_inf_filter`` logs the running mean in place of a
+    non-finite step loss, which hid every NaN from the reporter."""
+    from hpo.trainer import NonFiniteError
+
+    params = trial_params(tiny_model, num_train_epochs=3, learning_rate=1e30, optim="sgd")
+    ctx = context(tmp_path, **params)
+    with pytest.raises(NonFiniteError, match="training loss became nan at step 4"):
+        tc.train(ctx)  # 64 examples at batch 16: the first epoch's log is at step 4
+    assert len(ctx.history) <= 1  # stopped at the first epoch, not trained to the end

@@ -316,8 +316,7 @@ def fit(
         raise
     if reporter.non_finite:
         raise NonFiniteError(
-            f"training loss became {reporter.non_finite} at step "
-            f"{trainer.state.global_step}; lower learning_rate"
+            f"{reporter.non_finite} at step {trainer.state.global_step}; lower learning_rate"
         )
     if ctx.pruned:
         last = dict(ctx.history[-1]) if ctx.history else {}
@@ -418,6 +417,11 @@ def training_arguments(args: HFTrainingArgs, ctx: TrialContext) -> Any:
         report_to=trackers.trackers(args.report_to) or "none",
         run_name=trackers.run_name(ctx),
         disable_tqdm=True,
+        # The Trainer's filter logs the running mean in place of a NaN or inf step loss, so
+        # a diverged trial would complete with a broken model's scores; unfiltered, the
+        # reporter sees the NaN at the next log and fails the trial (hpo:failure nan). The
+        # filter also syncs with the GPU every step (a bool of a CUDA tensor).
+        logging_nan_inf_filter=False,
         dataloader_pin_memory=cuda,
         **args.training_args,  # checked before the study ran: none of the above
     )
@@ -616,20 +620,27 @@ def reporter_class() -> type:
             self.patience = patience
             self.best: float | None = None
             self.stale = 0
-            self.non_finite: str | None = None
+            self.non_finite: str | None = None  # "training loss became nan", ...
             self.last_step = -1
             self.last_metrics: dict[str, float] = {}
 
         def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kw):
-            loss = (logs or {}).get("loss")
-            if loss is not None and not math.isfinite(loss):
-                self.non_finite = str(loss)
-                control.should_training_stop = True
+            self._check_finite("training", (logs or {}).get("loss"), control)
+
+        def _check_finite(self, split: str, loss: float | None, control: Any) -> bool:
+            if loss is None or math.isfinite(loss):
+                return True
+            self.non_finite = self.non_finite or f"{split} loss became {loss}"
+            control.should_training_stop = True
+            return False
 
         def on_evaluate(
             self, args: Any, state: Any, control: Any, metrics: dict | None = None, **kw: Any
         ) -> None:
             metrics = metrics or {}
+            # A model whose outputs are no longer finite: the trial fails, nothing to report.
+            if not self._check_finite("validation", metrics.get("eval_loss"), control):
+                return
             self.last_step, self.last_metrics = state.global_step, dict(metrics)
             by_steps = args.eval_strategy == "steps"
             step = state.global_step if by_steps else int(round(state.epoch or 0))

@@ -41,6 +41,7 @@ OWNED = {
     "report_to": "set trainer.args.report_to",
     "run_name": "hpo names each run <study>/trial-NNNN",
     "disable_tqdm": "hpo shows progress itself",
+    "logging_nan_inf_filter": "hpo fails a trial whose loss is NaN or inf (hpo:failure nan)",
     "fp16": "set trainer.args.mixed_precision",
     "bf16": "set trainer.args.mixed_precision",
     "use_cpu": "hpo picks the device per worker",

@@ -439,6 +439,33 @@ def test_optimizer_scheduler_smoothing_and_balanced_weights_reach_the_trainer(
         tc.TextClassificationArgs.model_validate({**params, "optim": "adam"})
 
 
+def test_batches_go_to_a_gpu_without_blocking_unless_the_user_says(tmp_path: Path) -> None:
+    """On CUDA the pinned batches are copied with accelerate's non_blocking (a blocking
+    copy syncs with the GPU every step); a user's own accelerator_config keeps its say."""
+    from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
+
+    from trainers import _hf
+
+    extra = {"accelerator_config": {"even_batches": False}, "max_grad_norm": 0.5}
+    assert _hf.gpu_copies(extra, cuda=False) == extra
+    merged = _hf.gpu_copies(extra, cuda=True)
+    assert merged == {
+        "accelerator_config": {"non_blocking": True, "even_batches": False},
+        "max_grad_norm": 0.5,
+    }
+    own = {"accelerator_config": {"non_blocking": False}}
+    assert _hf.gpu_copies(own, cuda=True) == own
+    assert _hf.gpu_copies({}, cuda=True) == {"accelerator_config": {"non_blocking": True}}
+    # The Trainer of the installed transformers takes it (here on the CPU).
+    config = BertConfig(vocab_size=64, hidden_size=8, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=8)  # fmt: skip
+    trainer = Trainer(
+        model=BertForSequenceClassification(config),
+        args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True, **merged),
+    )
+    assert trainer.accelerator.non_blocking and not trainer.accelerator.even_batches
+
+
 def test_training_batches_hold_texts_of_similar_length(
     tmp_path: Path, tiny_model: Path, monkeypatch
 ) -> None:

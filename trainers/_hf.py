@@ -423,8 +423,24 @@ def training_arguments(args: HFTrainingArgs, ctx: TrialContext) -> Any:
         # filter also syncs with the GPU every step (a bool of a CUDA tensor).
         logging_nan_inf_filter=False,
         dataloader_pin_memory=cuda,
-        **args.training_args,  # checked before the study ran: none of the above
+        **gpu_copies(args.training_args, cuda),  # checked before the study ran
     )
+
+
+def gpu_copies(training_args: dict[str, Any], cuda: bool) -> dict[str, Any]:
+    """``training_args`` with batches copied to the GPU without blocking, unless the user's
+    ``accelerator_config`` says otherwise.
+
+    The batches are pinned (``dataloader_pin_memory``), and a blocking copy from pinned
+    memory waits for the GPU to finish all the work queued before it: one sync per step,
+    so the CPU cannot queue the next step while the GPU runs this one. accelerate's
+    ``non_blocking`` is the Trainer's switch for it; PyTorch keeps a pinned buffer until
+    its copy is done.
+    """
+    user = training_args.get("accelerator_config", {})
+    if not cuda or not isinstance(user, dict):  # a JSON file's path is the user's whole say
+        return training_args
+    return {**training_args, "accelerator_config": {"non_blocking": True, **user}}
 
 
 class LengthBucketSampler:

@@ -102,6 +102,14 @@ def test_evaluation_splits_are_in_length_order_with_their_texts(
     assert retokenized["input_ids"] == data.splits["validation"]["input_ids"]
 
 
+def test_no_test_split_with_test_fraction_zero(tmp_path: Path, tiny_model: Path) -> None:
+    """``test_fraction: 0`` (all but validation trains) trains and scores validation only."""
+    dataset = {"path": "data/reviews.csv", "max_train_samples": 64, "test_fraction": 0.0}
+    ctx = context(tmp_path, **trial_params(tiny_model, num_train_epochs=1, dataset=dataset))
+    metrics = tc.train(ctx)
+    assert "eval_accuracy" in metrics and not any(k.startswith("test_") for k in metrics)
+
+
 @pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
 def test_jsonl_and_parquet_load_like_csv(tmp_path: Path, tiny_model: Path, suffix: str) -> None:
     import pandas as pd

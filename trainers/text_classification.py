@@ -223,7 +223,11 @@ def prepare_data(args: TextClassificationArgs, model_path: str, ctx: TrialContex
         return tokenizer(batch["text"], truncation=True, max_length=max_length)
 
     tokenized = splits.map(tokenize, batched=True, remove_columns=["text"])
-    lengths = {name: [len(ids) for ids in split["input_ids"]] for name, split in tokenized.items()}
+    # An empty split (test_fraction: 0) has no input_ids column: map never ran on it.
+    lengths = {
+        name: [len(ids) for ids in split["input_ids"]] if len(split) else []
+        for name, split in tokenized.items()
+    }
     # An evaluation batch pads to its longest text, and the Trainer scores validation and
     # test in dataset order: in length order they pad far less (no metric depends on the
     # order). The validation texts follow the same order, for error analysis. Training

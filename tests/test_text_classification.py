@@ -172,6 +172,31 @@ def test_model_gets_dropout_frozen_layers_and_base_weights(
         tc.build_model(args(tiny_model, freeze_layers=3), str(tiny_model), data, seed=0)
 
 
+def test_a_half_precision_checkpoint_with_another_head_trains_in_fp32(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    """A base model stored in fp16 whose head was trained for 3 labels (a fine-tuned
+    classifier, as on the hub) trains in fp32 with a fresh 2-label head."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    folder = tmp_path / "fp16-3-labels"
+    model = AutoModelForSequenceClassification.from_pretrained(
+        tiny_model, num_labels=3, ignore_mismatched_sizes=True
+    )
+    model.to(torch.float16).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(folder)
+    spec = args(folder)
+    data = tc.prepare_data(spec, str(folder), context(tmp_path))
+    built = tc.build_model(spec, str(folder), data, seed=0)
+    assert {p.dtype for p in built.parameters()} == {torch.float32}
+    assert built.config.num_labels == 2
+    metrics = tc.train(context(tmp_path, **trial_params(folder, num_train_epochs=1)))
+    assert metrics["eval_accuracy"] >= 0
+    fp32_mb = 4 * metrics["n_parameters"] / 2**20  # fp16 would weigh half of it
+    assert metrics["model_size_mb"] == pytest.approx(fp32_mb, abs=0.1)
+
+
 def test_base_weights_are_read_once_per_process(tiny_model: Path, monkeypatch) -> None:
     tc.base_weights(str(tiny_model), 2)
     from transformers import AutoModelForSequenceClassification

@@ -177,6 +177,7 @@ def base_weights(auto_class: str, model_path: str, **load: Any) -> tuple[Any, di
     """
 
     def read() -> tuple[Any, dict[str, Any]]:
+        import torch
         import transformers
         from transformers.utils import logging as hf_logging
 
@@ -184,7 +185,16 @@ def base_weights(auto_class: str, model_path: str, **load: Any) -> tuple[Any, di
         level = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
         try:
-            model = getattr(transformers, auto_class).from_pretrained(model_path, **load)
+            model = getattr(transformers, auto_class).from_pretrained(
+                model_path,
+                # fp32 whatever the checkpoint stores: transformers 5 keeps a checkpoint's
+                # fp16 or bf16, which would train in half precision (mixed precision is
+                # trainer.args.mixed_precision's to choose).
+                dtype=torch.float32,
+                # A head trained for another number of labels is dropped below anyway.
+                ignore_mismatched_sizes=True,
+                **load,
+            )
         finally:
             hf_logging.set_verbosity(level)
         in_backbone = backbone_keys(model)
@@ -201,7 +211,8 @@ def model_from_base(auto_class: str, config: Any, state: dict[str, Any], seed: i
     import transformers
 
     torch.manual_seed(seed)
-    model = getattr(transformers, auto_class).from_config(config)
+    # fp32 like the base weights (from_config would follow the config's stored dtype).
+    model = getattr(transformers, auto_class).from_config(config, dtype=torch.float32)
     missing, unexpected = model.load_state_dict(state, strict=False)
     in_backbone = backbone_keys(model)
     untrained = [k for k in missing if in_backbone(k)]

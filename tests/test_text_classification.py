@@ -197,6 +197,42 @@ def test_a_half_precision_checkpoint_with_another_head_trains_in_fp32(
     assert metrics["model_size_mb"] == pytest.approx(fp32_mb, abs=0.1)
 
 
+def test_a_decoder_model_without_a_padding_token_trains_and_exports(tmp_path: Path) -> None:
+    """A GPT-2 style model whose tokenizer has no padding token (like GPT-2's own) trains
+    on padded batches, its end-of-text token padding, and exports loadable with it."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        GPT2Config,
+        GPT2ForSequenceClassification,
+        GPT2TokenizerFast,
+    )
+
+    texts = [line.split(",", 1)[-1] for line in REVIEWS.read_text().splitlines()[1:]]
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=300, special_tokens=["<|endoftext|>"])
+    end = "<|endoftext|>"
+    tokenizer = GPT2TokenizerFast(
+        tokenizer_object=bpe._tokenizer, bos_token=end, eos_token=end, unk_token=end
+    )
+    assert tokenizer.pad_token is None
+    folder = tmp_path / "tiny-gpt2"
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2,
+                        n_positions=64, bos_token_id=0, eos_token_id=0)  # fmt: skip
+    GPT2ForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    ctx = context(tmp_path, **trial_params(folder, num_train_epochs=1))
+    assert "eval_accuracy" in tc.train(ctx)  # failed: "Asking to pad but ... no padding token"
+    target = tmp_path / "export"
+    target.mkdir()
+    tc.save_model(Path(ctx.trial.user_attrs["hpo:checkpoint"]), target, ctx.params, STUDIES)
+    exported = AutoTokenizer.from_pretrained(target)
+    model = AutoModelForSequenceClassification.from_pretrained(target)
+    batch = exported(["great", "not what I wanted at all"], padding=True, return_tensors="pt")
+    assert model(**batch).logits.shape == (2, 2)  # a padded batch of two, as a user sends it
+
+
 def test_base_weights_are_read_once_per_process(tiny_model: Path, monkeypatch) -> None:
     tc.base_weights(str(tiny_model), 2)
     from transformers import AutoModelForSequenceClassification

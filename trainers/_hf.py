@@ -204,6 +204,29 @@ def base_weights(auto_class: str, model_path: str, **load: Any) -> tuple[Any, di
     return cached(("model", model_path, auto_class, tuple(sorted(load.items()))), read)
 
 
+def load_tokenizer(model_path: str) -> Any:
+    """The model's tokenizer, with a padding token.
+
+    Decoder models (GPT-2, Llama, ...) ship without one, so batches of several texts
+    could not be padded; their end-of-text token pads instead, as in transformers' own
+    classification examples (the model's ``pad_token_id`` must then name it too).
+
+    Raises:
+        ValueError: the tokenizer has neither a padding nor an end-of-text token.
+    """
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError(
+                f"the tokenizer of {model_path} has no padding and no end-of-text token to pad "
+                "with; add a pad_token to its tokenizer_config.json"
+            )
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def model_from_base(auto_class: str, config: Any, state: dict[str, Any], seed: int) -> Any:
     """A fresh model of ``config`` with the cached backbone weights and a head seeded by
     ``seed``; it refuses weights that leave part of the backbone untrained."""

@@ -39,7 +39,9 @@ def save_hf_model(
     Raises:
         ValueError: the checkpoint holds no model weights.
     """
-    from transformers import AutoImageProcessor, AutoTokenizer
+    from transformers import AutoImageProcessor
+
+    from trainers._hf import load_tokenizer
 
     names = {n for n in MODEL_FILES if (checkpoint / n).is_file()}
     for pattern in MODEL_PATTERNS:
@@ -51,7 +53,7 @@ def save_hf_model(
     if preprocessor == "image":
         AutoImageProcessor.from_pretrained(base_model).save_pretrained(str(target))
         return
-    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    tokenizer = load_tokenizer(base_model)  # with the padding token training used
     if max_seq_length:
         tokenizer.model_max_length = int(max_seq_length)
     tokenizer.save_pretrained(str(target))

@@ -195,7 +195,6 @@ def prepare_data(args: TextClassificationArgs, model_path: str, ctx: TrialContex
     if key in _CACHE:
         return _CACHE[key]
     import datasets
-    from transformers import AutoTokenizer
 
     datasets.disable_progress_bars()  # hpo logs each trial; the loading bars are noise
 
@@ -217,7 +216,7 @@ def prepare_data(args: TextClassificationArgs, model_path: str, ctx: TrialContex
     if spec.max_train_samples:
         n = min(spec.max_train_samples, len(splits["train"]))
         splits["train"] = splits["train"].shuffle(seed=ctx.seed).select(range(n))
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    tokenizer = _hf.load_tokenizer(model_path)
 
     def tokenize(batch: dict[str, list]) -> dict[str, list]:
         return tokenizer(batch["text"], truncation=True, max_length=max_length)
@@ -298,6 +297,8 @@ def build_model(
     config = copy.deepcopy(config)
     config.id2label = dict(enumerate(data.label_names))
     config.label2id = {name: i for i, name in enumerate(data.label_names)}
+    if getattr(config, "pad_token_id", None) is None:  # a decoder: eos pads (load_tokenizer)
+        config.pad_token_id = data.tokenizer.pad_token_id
     hidden = _first(args.hidden_dropout, args.dropout)
     attention = _first(args.attention_dropout, args.dropout)
     classifier = _first(args.classifier_dropout, args.dropout)

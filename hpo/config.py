@@ -500,8 +500,8 @@ def describe_models(config: StudyConfig, trainer: Any = None, *, path: str | Non
     """Each candidate's facts from the trainer's ``describe_model`` hook ([] without one).
 
     Raises:
-        ConfigError: a candidate is missing or unusable, or fails ``model_filter``; the
-            message names the candidate and the reason.
+        ConfigError: candidates are missing or unusable, or fail ``model_filter``; one
+            problem per candidate, naming it and the reason.
     """
     if trainer is None:
         trainer = resolve_trainer(config.trainer.ref, config.study_dir, path=path)
@@ -513,12 +513,14 @@ def describe_models(config: StudyConfig, trainer: Any = None, *, path: str | Non
     field, names = model_candidates(config)
     if not names:
         names = [str(args.model)] if hasattr(args, "model") else []
-    facts = []
+    facts, problems = [], []
     for name in names:
         try:
             facts.append(describe(args, config.study_dir, name))
         except ValueError as e:
-            raise ConfigError(f"{name}: {e}", path=path or _source(config), field=field) from e
+            problems.append(ConfigError(f"{name}: {e}", path=path or _source(config), field=field))
+    if problems:
+        raise ConfigError.join(problems)
     return facts
 
 

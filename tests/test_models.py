@@ -154,6 +154,44 @@ def test_freeze_and_dropout_refuse_a_non_bert_architecture(tmp_path: Path) -> No
     assert "architecture gpt2 is not BERT-like" in result.stderr and "bert" in result.stderr
 
 
+def test_every_refused_candidate_is_named_at_once(tmp_path: Path, minilm_l3: Path) -> None:
+    """A filter or a fixed freeze_layers that rules out several candidates names each of
+    them in one run of validate; architecture names match whatever their case."""
+    extra = "    model_filter: {max_parameters: 10M, architectures: [BERT]}\n"
+    result = run_hpo("validate", str(study_file(tmp_path, ["minilm-l6", str(minilm_l3)], extra)))
+    assert result.returncode == 2
+    assert "minilm-l6: 22.7M parameters > max_parameters 10.0M" in result.stderr
+    assert f"{minilm_l3}: 17.4M parameters > max_parameters 10.0M" in result.stderr
+    extra = "    freeze_layers: 4\n"
+    result = run_hpo("validate", str(study_file(tmp_path, ["minilm-l6", str(minilm_l3)], extra)))
+    assert result.returncode == 2 and "minilm-l6" not in result.stderr  # 6 layers: fine
+    assert f"{minilm_l3}: freeze_layers 4 is more than its 3 layers" in result.stderr
+
+
+def test_facts_read_each_layout_and_weigh_the_weights_that_load(
+    tmp_path: Path, minilm_l3: Path
+) -> None:
+    """RoBERTa-like models lose pad_token_id + 1 positions; GPT-2 names its n_positions;
+    a folder with both weight formats loads (and weighs) only its safetensors."""
+    from trainers.model_facts import describe_folder
+
+    layouts = {
+        "roberta": {"model_type": "roberta", "max_position_embeddings": 514, "pad_token_id": 1},
+        "gpt2": {"model_type": "gpt2", "n_positions": 64, "n_layer": 2},
+    }
+    for name, config in layouts.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps(config))
+    assert describe_folder("r", tmp_path / "roberta", "local").max_seq_length == 512
+    gpt2 = describe_folder("g", tmp_path / "gpt2", "local")
+    assert (gpt2.max_seq_length, gpt2.layers) == (64, 2)
+    both = tmp_path / "both"
+    shutil.copytree(minilm_l3, both)
+    (both / "pytorch_model.bin").write_bytes(b"\0" * 2**20)  # the same weights, pickled
+    alone, together = (describe_folder("m", f, "local") for f in (minilm_l3, both))
+    assert together.size_mb == alone.size_mb and together.layers == 3
+
+
 def test_max_parameters_takes_suffixes() -> None:
     from trainers.model_facts import ModelFilter
 

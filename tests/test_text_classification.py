@@ -233,6 +233,28 @@ def test_a_decoder_model_without_a_padding_token_trains_and_exports(tmp_path: Pa
     assert model(**batch).logits.shape == (2, 2)  # a padded batch of two, as a user sends it
 
 
+def test_max_seq_length_is_capped_at_a_roberta_models_usable_positions(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    """RoBERTa's positions start after its padding index: 26 position embeddings hold 25
+    tokens with pad_token_id 0, and a longer max_seq_length is cut to that instead of
+    failing every trial."""
+    from transformers import AutoTokenizer, RobertaConfig, RobertaForSequenceClassification
+
+    folder = tmp_path / "tiny-roberta"
+    config = RobertaConfig(vocab_size=AutoTokenizer.from_pretrained(tiny_model).vocab_size,
+                           hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=2, max_position_embeddings=26,
+                           pad_token_id=0)  # fmt: skip
+    RobertaForSequenceClassification(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(folder)
+    params = trial_params(folder, num_train_epochs=1, max_seq_length=64)
+    data = tc.prepare_data(tc.TextClassificationArgs.model_validate(params), str(folder),
+                           context(tmp_path))  # fmt: skip
+    assert max(len(ids) for ids in data.splits["train"]["input_ids"]) <= 25  # 26 - (0 + 1)
+    assert "eval_accuracy" in tc.train(context(tmp_path, **params))  # was an IndexError
+
+
 def test_base_weights_are_read_once_per_process(tiny_model: Path, monkeypatch) -> None:
     tc.base_weights(str(tiny_model), 2)
     from transformers import AutoModelForSequenceClassification

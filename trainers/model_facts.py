@@ -28,7 +28,14 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validat
 BERT_LIKE = frozenset(
     {"bert", "roberta", "xlm-roberta", "camembert", "electra", "distilbert", "mpnet"}
 )
+# Weight files in the order transformers prefers them: a folder with both formats loads
+# (and weighs) only the first one found.
 _WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
+# Architectures whose position ids start after the padding index (RoBERTa's layout): of
+# max_position_embeddings, pad_token_id + 1 positions are never used by a token.
+_POSITIONS_AFTER_PADDING = frozenset(
+    {"roberta", "xlm-roberta", "camembert", "mpnet", "longformer", "data2vec-text"}
+)
 _COUNT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMbB]?)\s*$")
 _SCALE = {"": 1, "k": 1e3, "m": 1e6, "b": 1e9}
 
@@ -44,6 +51,7 @@ class ModelFacts:
     n_parameters: int | None = None
     size_mb: float | None = None  # weight files on disk
     max_seq_length: int | None = None
+    layers: int | None = None  # transformer layers (blocks), from config.json
     license: str | None = None
     datasets: list[str] = field(default_factory=list)
     checked: bool = True  # False: a hub id not looked up (offline)
@@ -95,7 +103,7 @@ class ModelFilter(BaseModel):
             if facts.license.lower() not in {x.lower() for x in self.licenses}:
                 return f"license {facts.license} not in [{', '.join(self.licenses)}]"
         if self.architectures is not None:
-            if facts.architecture not in self.architectures:
+            if (facts.architecture or "").lower() not in {x.lower() for x in self.architectures}:
                 return (
                     f"architecture {facts.architecture or 'unknown'} not in "
                     f"[{', '.join(self.architectures)}]"
@@ -141,7 +149,9 @@ def describe_folder(name: str, folder: Path, source: str) -> ModelFacts:
         raise ValueError(f"{folder} has no config.json; it is not a model folder") from None
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"{config_file} cannot be read ({e}); re-save the model") from None
-    weights = [p for pattern in _WEIGHT_FILES for p in sorted(folder.glob(pattern))]
+    weights = next(
+        (found for pattern in _WEIGHT_FILES if (found := sorted(folder.glob(pattern)))), []
+    )
     facts = ModelFacts(
         name=name,
         source=source,
@@ -150,6 +160,7 @@ def describe_folder(name: str, folder: Path, source: str) -> ModelFacts:
         n_parameters=_count_parameters(weights),
         size_mb=round(sum(p.stat().st_size for p in weights) / 2**20, 1) if weights else None,
         max_seq_length=_max_length(config, folder),
+        layers=_first_int(config, "num_hidden_layers", "n_layers", "n_layer", "num_layers"),
     )
     _read_card(facts, folder / "README.md")
     return facts
@@ -196,9 +207,17 @@ def _count_parameters(weights: list[Path]) -> int | None:
     return total
 
 
+def _first_int(config: dict[str, Any], *names: str) -> int | None:
+    """The first of ``names`` that ``config`` sets to an integer (fields differ by family)."""
+    return next((v for n in names if isinstance(v := config.get(n), int)), None)
+
+
 def _max_length(config: dict[str, Any], folder: Path) -> int | None:
-    """The smaller of the position embeddings and the tokenizer's ``model_max_length``."""
-    limits = [config.get("max_position_embeddings")]
+    """The smaller of the usable positions and the tokenizer's ``model_max_length``."""
+    positions = _first_int(config, "max_position_embeddings", "n_positions")
+    if positions is not None and config.get("model_type") in _POSITIONS_AFTER_PADDING:
+        positions -= (_first_int(config, "pad_token_id") or 0) + 1  # RoBERTa's 514 -> 512
+    limits: list[Any] = [positions]
     tokenizer_config = folder / "tokenizer_config.json"
     if tokenizer_config.is_file():
         try:

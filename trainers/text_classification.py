@@ -153,6 +153,11 @@ def describe_model(args: TextClassificationArgs, study_dir: Path, name: str) -> 
         raise ValueError(reason)
     if facts.checked and not facts.bert_like and _needs_bert_layout(args):
         raise ValueError(_not_bert_like(facts.architecture))
+    if facts.layers is not None and args.freeze_layers > facts.layers:
+        raise ValueError(
+            f"freeze_layers {args.freeze_layers} is more than its {facts.layers} layers; "
+            f"freeze at most {facts.layers}, or leave this model out"
+        )
     return facts.as_dict()
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import logging
 import shutil
 from importlib import metadata
 from pathlib import Path
@@ -35,6 +36,8 @@ from hpo import DISTRIBUTION
 from hpo import storage as st
 from hpo.config import StudyConfig, resolve_trainer
 from hpo.errors import ConfigError, StudyStateError
+
+logger = logging.getLogger(__name__)
 
 _PACKAGES = (DISTRIBUTION, "optuna", "transformers", "torch", "datasets", "tokenizers")
 
@@ -54,17 +57,19 @@ def export_best(
             f"{target} is not empty; choose a new folder or pass --force to replace it",
             field="--to",
         )
-    trial = _pick_trial(config, trial_number)
+    study = _load(config)
+    trial = _pick_trial(study, config, trial_number)
     checkpoint = _checkpoint(trial, config)
-    facts = model_facts(config, trial, checkpoint)
+    trained_with = trained_args(study, config)
+    facts = model_facts(config, trial, checkpoint, trained_with)
     staging = target.with_name(f".{target.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
         save_model = _trainer_hook(config, "save_model")
-        # The trial's own arguments: fixed ones, what it searched (a max_seq_length...), and
-        # the base model it trained.
-        args = {**config.trainer.args, **trial.params, "model": base_model_name(config, trial)}
+        # The trial's own arguments: those the study ran with, what it searched (a
+        # max_seq_length...), and the base model it trained.
+        args = {**trained_with, **trial.params, "model": base_model_name(config, trial)}
         try:
             save_model(checkpoint, staging, args, config.study_dir)
         except ValueError as e:  # the trainer's word on a checkpoint it cannot export
@@ -78,13 +83,36 @@ def export_best(
     return facts
 
 
-def _pick_trial(config: StudyConfig, number: int | None) -> Any:
+def _load(config: StudyConfig) -> Any:
     import optuna
 
     from hpo.study import load_existing_study
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = load_existing_study(config)
+    return load_existing_study(config)
+
+
+def trained_args(study: Any, config: StudyConfig) -> dict[str, Any]:
+    """The trainer args the study last ran with (its stored ``hpo:config``), not the study
+    file's now: a file edited, or a ``--set`` left out, after the run must not change what
+    the export says or how its tokenizer truncates. ``${VAR}`` templates stay as stored; a
+    study that stores no config (not run by hpo) falls back on the file's."""
+    current = config.stored_form()["trainer"]["args"]
+    stored = (study.user_attrs.get(st.ATTR_CONFIG) or {}).get("trainer", {}).get("args")
+    if stored is None:
+        return current
+    if stored != current:
+        changed = sorted(k for k in {*stored, *current} if stored.get(k) != current.get(k))
+        logger.warning(
+            "trainer.args differ from those study %r ran with (%s); exporting with the "
+            "study's",
+            config.name,
+            ", ".join(changed),
+        )
+    return stored
+
+
+def _pick_trial(study: Any, config: StudyConfig, number: int | None) -> Any:
     completed = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
     if number is None:
         if not completed:
@@ -160,11 +188,12 @@ def base_model_path(config: StudyConfig, trial: Any) -> str:
     return str(resolve_model(base_model_name(config, trial), config.study_dir))
 
 
-def model_facts(config: StudyConfig, trial: Any, checkpoint: Path) -> dict[str, Any]:
-    """Everything the model card says, as JSON data."""
+def model_facts(
+    config: StudyConfig, trial: Any, checkpoint: Path, args: dict[str, Any]
+) -> dict[str, Any]:
+    """Everything the model card says, as JSON data; ``args``: the trainer args the study ran
+    with, as stored (``${VAR}`` templates, not the secrets they expanded to)."""
     metrics = dict(trial.user_attrs.get(st.ATTR_METRICS, {}))
-    # As stored in the study: ${VAR} templates, not the secrets they expanded to.
-    args = config.stored_form()["trainer"]["args"]
     return {
         "study": config.name,
         "storage": st.redact_url(config.storage),
@@ -192,7 +221,7 @@ def model_facts(config: StudyConfig, trial: Any, checkpoint: Path) -> dict[str, 
             "name": base_model_name(config, trial),
             "path": base_model_path(config, trial),
         },
-        "data": _data_facts(config),
+        "data": _data_facts(config, args),
         "checkpoint": str(checkpoint),
         "seed": config.seed,
         "packages": {name: _version(name) for name in _PACKAGES},
@@ -200,9 +229,11 @@ def model_facts(config: StudyConfig, trial: Any, checkpoint: Path) -> dict[str, 
     }
 
 
-def _data_facts(config: StudyConfig) -> dict[str, Any]:
-    dataset = dict(config.trainer.args.get("dataset") or {})
+def _data_facts(config: StudyConfig, args: dict[str, Any]) -> dict[str, Any]:
+    dataset = dict(args.get("dataset") or {})
     path = dataset.get("path")
+    if path and "${" in path:  # a template: the file as this command expands it
+        path = (config.trainer.args.get("dataset") or {}).get("path")
     if path:
         file = Path(path) if Path(path).is_absolute() else config.study_dir / path
         if file.is_file():

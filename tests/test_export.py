@@ -291,6 +291,29 @@ def test_export_reloads_and_reproduces_the_validation_metric(
     assert accuracy == pytest.approx(facts["validation_metrics"]["eval_accuracy"], abs=1e-9)
 
 
+@pytest.mark.slow
+def test_export_follows_the_args_the_study_ran_with(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A study run with --set, exported without it (or after the file changed): the
+    tokenizer truncates and the card says what training used, and a warning says so."""
+    from transformers import AutoTokenizer
+
+    monkeypatch.setenv("HPO_TEST_HUB_TOKEN", "hf_secret_value")
+    study_file = tmp_path / "tiny.yaml"
+    study_file.write_text(TINY.format(data=STUDIES / "data" / "reviews.csv"))
+    ran_with = ["--set", "trainer.args.dataset.max_train_samples=32",
+                "--set", "search_space.max_seq_length.choices=[12]"]  # fmt: skip
+    assert main(["run", str(study_file), *ran_with]) == 0
+    capsys.readouterr()
+    assert main(["export", str(study_file), "--to", str(tmp_path / "model"),
+                 "--set", "search_space.max_seq_length.choices=[12]"]) == 0  # fmt: skip
+    facts = json.loads((tmp_path / "model" / "hpo_export.json").read_text())
+    assert facts["trainer"]["args"]["dataset"]["max_train_samples"] == 32  # the file says 64
+    assert AutoTokenizer.from_pretrained(tmp_path / "model").model_max_length == 12
+    assert "differ from those study 'tiny' ran with (dataset)" in capsys.readouterr().err
+
+
 def _facts(name: str, path: str) -> dict:
     return {
         "study": "tiny",

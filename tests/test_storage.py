@@ -78,6 +78,34 @@ def test_password_never_reaches_logs_or_stored_attrs(
     )
 
 
+def test_a_postgres_url_without_a_driver_runs_through_psycopg2(
+    toy_study, postgres_url, unique_name
+) -> None:
+    """``postgresql://`` is psycopg 3 to SQLAlchemy 2.1; hpo ships psycopg2 and uses it."""
+    import optuna
+
+    url = postgres_url.replace("postgresql+psycopg2://", "postgresql://", 1)
+    assert url.startswith("postgresql://")
+    study = toy_study(name=unique_name, storage=url, n_trials=2)
+    for command in ("run", "status", "best"):
+        result = run_hpo(command, str(study))
+        assert result.returncode == 0, f"hpo {command}: {result.stderr}"
+    stored = optuna.load_study(study_name=unique_name, storage=postgres_url)
+    assert len(stored.trials) == 2
+    assert stored.user_attrs["hpo:config"]["storage"] == url  # as the user wrote it
+
+
+def test_a_mysql_url_without_a_driver_is_refused_at_validation(toy_study) -> None:
+    """``mysql://`` is mysqlclient to SQLAlchemy, which hpo does not ship: refused up front
+    (exit 2, naming the scheme to write), never accepted and then failing to open."""
+    study = toy_study(storage="mysql://root@127.0.0.1:3306/test")
+    for command in ("validate", "status"):
+        result = run_hpo(command, str(study))
+        assert result.returncode == 2, result.stderr
+        assert "unsupported storage scheme 'mysql'" in result.stderr
+        assert "mysql+pymysql" in result.stderr
+
+
 def test_study_lock_is_exclusive_across_processes(tmp_path: Path) -> None:
     import subprocess
     import sys

@@ -1,8 +1,8 @@
 """PostgreSQL (``postgresql://`` and ``postgresql+psycopg2://``): many workers, many machines.
 
-Storage calls retry a lost connection, so a restarted server costs a reconnect, not a
-failed trial. Trials are claimed under a session advisory lock, which works across
-machines and dies with the worker's connection.
+Both schemes connect through psycopg2. Storage calls retry a lost connection, so a
+restarted server costs a reconnect, not a failed trial. Trials are claimed under a session
+advisory lock, which works across machines and dies with the worker's connection.
 """
 
 from __future__ import annotations
@@ -11,6 +11,20 @@ from typing import Any
 
 from hpo.backends.base import Backend, Lock, redact_url
 from hpo.backends.rdb import SqlLock, has_optuna_tables, open_rdb
+
+
+def _driver_url(real_url: str) -> str:
+    """``real_url`` with psycopg2 named as its driver when it names none.
+
+    SQLAlchemy 2.1 reads a bare ``postgresql://`` as psycopg 3, which hpo does not depend
+    on (it ships psycopg2-binary): such a URL passed validation and then failed to open
+    with "No module named 'psycopg'". Always psycopg2, even where psycopg 3 happens to be
+    installed, so one URL means the same driver on every machine of a study, and the one
+    hpo is tested with. Only the connection uses this form; messages and the stored config
+    keep the URL as written.
+    """
+    scheme, _, rest = real_url.partition("://")
+    return f"postgresql+psycopg2://{rest}" if scheme == "postgresql" else real_url
 
 
 class AdvisoryLock(SqlLock):
@@ -28,15 +42,17 @@ class PostgresBackend(Backend):
         # (SQLAlchemy then discards the pool's older connections too). pool_recycle renews
         # connections older than 5 minutes at checkout, so one left idle through a long
         # trial is not dropped under us by a firewall or proxy.
-        return open_rdb(real_url, {"pool_recycle": 300}, read_only=read_only, **heartbeat)
+        kwargs = {"pool_recycle": 300}
+        return open_rdb(_driver_url(real_url), kwargs, read_only=read_only, **heartbeat)
 
     def exists(self, real_url: str) -> bool:
-        return has_optuna_tables(real_url)
+        return has_optuna_tables(_driver_url(real_url))
 
     def lock(self, real_url: str, kind: str, name: str, *, opening: bool = False) -> Lock:
         # "hpo:<study>" is the key every hpo version has used for the study lock.
         key = f"hpo:{name}" if kind == "study" else f"hpo:{kind}:{name}"
-        return AdvisoryLock(real_url, key, redact_url(real_url), opening=opening)
+        shown = redact_url(real_url)
+        return AdvisoryLock(_driver_url(real_url), key, shown, opening=opening)
 
     def missing(self, shown_url: str) -> str:
         return f"no Optuna tables in {shown_url}"

@@ -20,30 +20,16 @@ import yaml
 
 from hpo.config import StudyConfig, read_yaml
 from hpo.errors import ConfigError, StudyStateError
-from hpo.pareto import feasible_trials, non_dominated
+from hpo.pareto import best_trials, feasible_trials
 from hpo.space import CategoricalParam, FloatParam, IntParam
 
 MARGIN = 0.1  # of the top trials' span on each side (of the old range when they agree)
 
 
 def top_trials(study: Any, config: StudyConfig, k: int) -> list[Any]:
-    """The ``k`` best feasible completed trials.
-
-    One objective: by value. Several: the Pareto front, then the front of the rest, and so
-    on (oldest first within a front) until ``k`` trials are taken.
-    """
-    trials = feasible_trials(study, config)
-    if not config.multi_objective:
-        sign = -1.0 if config.objectives[0].direction == "maximize" else 1.0
-        return sorted(trials, key=lambda t: (sign * t.values[0], t.number))[:k]
+    """The ``k`` best feasible completed trials (:func:`hpo.pareto.best_trials`)."""
     directions = [o.direction for o in config.objectives]
-    taken: list[Any] = []
-    while trials and len(taken) < k:
-        front = non_dominated(trials, directions)
-        taken += front[: k - len(taken)]
-        numbers = {t.number for t in front}
-        trials = [t for t in trials if t.number not in numbers]
-    return taken
+    return best_trials(feasible_trials(study, config), directions, k)
 
 
 def narrowed_space(config: StudyConfig, trials: list[Any]) -> dict[str, dict[str, Any]]:

@@ -49,6 +49,27 @@ def best_trial(trials: Sequence[Any], config: StudyConfig) -> Any | None:
     return min(candidates, key=lambda t: (sign * t.values[0], t.number))
 
 
+def best_trials(trials: Sequence[Any], directions: Sequence[str], k: int) -> list[Any]:
+    """The ``k`` best of ``trials`` (completed, feasible ones), best first.
+
+    One objective: by value (ties: the earlier trial). Several: the Pareto front, then the
+    front of the rest, and so on (oldest first within a front) until ``k`` are taken.
+    ``hpo narrow`` and warm start both rank with this, so a narrowed study's warm start
+    seeds the very trials its space was narrowed around.
+    """
+    if len(directions) == 1:
+        sign = -1.0 if directions[0].lower() == "maximize" else 1.0
+        return sorted(trials, key=lambda t: (sign * t.values[0], t.number))[:k]
+    rest = list(trials)
+    taken: list[Any] = []
+    while rest and len(taken) < k:
+        front = non_dominated(rest, directions)
+        taken += front[: k - len(taken)]
+        numbers = {t.number for t in front}
+        rest = [t for t in rest if t.number not in numbers]
+    return taken
+
+
 def pareto_front(study: Any, config: StudyConfig) -> list[Any]:
     """The non-dominated feasible trials, by trial number."""
     directions: list[str] = [o.direction for o in config.objectives]

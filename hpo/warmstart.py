@@ -1,7 +1,8 @@
 """Warm start: enqueue the best configurations of an earlier study (``warm_start:``).
 
 ``warm_start: {from: STUDY, top_k: 5, storage: URL}`` takes the ``top_k`` best completed
-trials of ``STUDY`` (in this study's storage unless ``storage`` says otherwise), keeps the
+trials of ``STUDY`` (in this study's storage unless ``storage`` says otherwise) among those
+that meet this study's constraints, ranked as ``hpo narrow`` ranks them, keeps the
 parameters that exist in this study's search space and fit its distributions, and
 enqueues each resulting point unless this study already holds a trial (of any state,
 waiting ones included) that agrees with it on every one of those parameters.
@@ -70,6 +71,7 @@ def best_points(study: Any, config: StudyConfig) -> list[tuple[int, dict[str, An
 
     Returns None (and logs why) when the source study does not exist or cannot be ranked.
     """
+    from hpo.pareto import ATTR_METRICS, best_trials
     from hpo.space import to_distributions
 
     spec = config.warm_start
@@ -97,17 +99,22 @@ def best_points(study: Any, config: StudyConfig) -> list[tuple[int, dict[str, An
         and t.values is not None
         and all(math.isfinite(v) for v in t.values)
     ]
-    if len(directions) > 1:
-        # Several objectives have no single ranking: seed with the source's Pareto front
-        # (every trade-off it found), oldest first.
-        from hpo.pareto import non_dominated
-
-        completed = non_dominated(completed, [d.name for d in directions])
-    else:
-        sign = -1.0 if directions[0].name == "MAXIMIZE" else 1.0
-        completed.sort(key=lambda t: (sign * t.values[0], t.number))
+    # Only points that meet this study's constraints (on the metrics each source trial
+    # returned): an infeasible one would spend a trial off this study's front. When fewer
+    # than top_k are feasible, only those are seeded, as hpo narrow takes only those.
+    feasible = [t for t in completed if config.feasible(t.user_attrs.get(ATTR_METRICS, {}))]
+    if len(feasible) < len(completed):
+        logger.info(
+            "warm start: %d of the %d completed trials of %r meet the constraints",
+            len(feasible),
+            len(completed),
+            spec.from_study,
+        )
+    # Ranked in the source's own objectives; several have no single ranking: its Pareto
+    # front (every trade-off it found), then the next front, as hpo narrow ranks them.
+    top = best_trials(feasible, [d.name for d in directions], spec.top_k)
     distributions = to_distributions(config.search_space)
-    return [(t.number, _fitting(t.params, distributions)) for t in completed[: spec.top_k]]
+    return [(t.number, _fitting(t.params, distributions)) for t in top]
 
 
 def _fitting(params: dict[str, Any], distributions: dict[str, Any]) -> dict[str, Any]:

@@ -137,3 +137,49 @@ def test_another_storage_and_a_missing_source(tmp_path: Path, caplog) -> None:
     with caplog.at_level(logging.WARNING, logger="hpo.warmstart"):
         assert enqueue_warm_start(open_study(config), config) == 0
     assert "no study 'nope'" in caplog.text and "without warm start" in caplog.text
+
+
+# Bigger toy models learn better but serve slower (latency_ms = 4 * size): the best values
+# tend to be the infeasible sizes 2 and 4.
+CONSTRAINED = """\
+name: {name}
+storage: sqlite:///{db}
+seed: 5
+objective: {objective}
+constraints: [{{metric: latency_ms, max: 5}}]
+sampler: {{type: random}}
+budget: {{n_trials: {n_trials}}}
+trainer: {{ref: trainers.toy:train, args: {{num_train_epochs: 2}}}}
+search_space:
+  learning_rate: {{type: float, low: 1.0e-5, high: 1.0e-3, log: true}}
+  size: {{type: categorical, choices: [0.5, 1.0, 2.0, 4.0]}}
+"""
+SINGLE = "{metric: eval_accuracy, direction: maximize}"
+SEVERAL = (
+    "[{metric: eval_accuracy, direction: maximize}, {metric: latency_ms, direction: minimize}]"
+)
+
+
+@pytest.mark.parametrize("objective", [SINGLE, SEVERAL], ids=["single", "several"])
+def test_seeds_only_feasible_points_the_ones_narrow_ranks_top(tmp_path: Path, objective) -> None:
+    from hpo.narrow import top_trials
+    from hpo.study import load_existing_study
+
+    def study_file(name: str, n_trials: int, extra: str = "") -> Path:
+        text = CONSTRAINED.format(
+            name=name, db=tmp_path / "hpo.db", objective=objective, n_trials=n_trials
+        )
+        (tmp_path / f"{name}.yaml").write_text(text + extra)
+        return tmp_path / f"{name}.yaml"
+
+    source = load_study(study_file("broad", 16))
+    run_study(source)
+    trials = load_existing_study(source).trials
+    assert any(t.params["size"] > 1.0 for t in trials)  # infeasible points exist to skip
+    top = top_trials(load_existing_study(source), source, 4)
+    assert len(top) == 4 and all(t.params["size"] <= 1.0 for t in top)
+    # What hpo narrow writes: a warm start from the source with top_k = its top K.
+    config = load_study(study_file("narrow", 8, "warm_start: {from: broad, top_k: 4}\n"))
+    study = open_study(config)
+    assert enqueue_warm_start(study, config) == 4
+    assert waiting_points(study) == [t.params for t in top]

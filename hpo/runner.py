@@ -258,11 +258,16 @@ class _Objective:
         constraints are set on the trial, where the samplers read them.
         """
         names = [o.metric for o in self.config.objectives]
-        missing = [m for m in names if m not in metrics]
+        # A constraint on a metric the trainer never returns (a typo of its name) would
+        # make every trial infeasible without a word; it fails the trial as a missing
+        # objective does, so the first trial says which name is wrong.
+        wanted = [("objective.metric", m) for m in names] + [
+            ("constraints.metric", c.metric) for c in self.config.constraints
+        ]
+        missing = [(field, m) for field, m in wanted if m not in metrics]
         if missing:
-            error = KeyError(
-                f"trainer returned {sorted(metrics)} without objective.metric {missing[0]!r}"
-            )
+            field, metric = missing[0]
+            error = KeyError(f"trainer returned {sorted(metrics)} without {field} {metric!r}")
             _record_failure(trial, error, {st.ATTR_DURATION: duration})
             raise error
         clean = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}

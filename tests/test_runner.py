@@ -146,6 +146,36 @@ def test_failure_budget_stops_with_exit_1(
     assert "Traceback" not in result.stderr
 
 
+def test_a_constraint_on_a_metric_never_returned_fails_the_trial_naming_it(
+    toy_study, tmp_path: Path
+) -> None:
+    """A typo (latency for latency_ms) would leave every trial silently infeasible."""
+    study_file = toy_study(n_trials=5)
+    study_file.write_text(
+        study_file.read_text().replace(
+            "budget:", "constraints: [{metric: latency, max: 1000}]\nbudget:"
+        )
+    )
+    result = run_hpo("run", str(study_file))
+    assert result.returncode == 1
+    trials = stored(tmp_path / "hpo.db").trials
+    assert len(trials) == 3 and {t.state.name for t in trials} == {"FAIL"}
+    message = trials[0].user_attrs["hpo:failure_message"]
+    assert "without constraints.metric 'latency'" in message
+    assert "'latency_ms'" in message  # what the trainer did return
+    assert "without constraints.metric 'latency'" in result.stdout + result.stderr
+    # Spelled right, the same constraint holds for every toy trial.
+    fixed = toy_study(name="fixed", n_trials=2)
+    fixed.write_text(
+        fixed.read_text().replace(
+            "budget:", "constraints: [{metric: latency_ms, max: 1000}]\nbudget:"
+        )
+    )
+    assert run_hpo("run", str(fixed)).returncode == 0
+    best = run_hpo("best", str(fixed))
+    assert best.returncode == 0, best.stderr
+
+
 def test_hyperband_prunes_and_records_epochs(toy_study, tmp_path: Path) -> None:
     study_file = toy_study(n_trials=30, sampler="random")
     study_file.write_text(

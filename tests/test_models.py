@@ -190,6 +190,15 @@ def test_facts_read_each_layout_and_weigh_the_weights_that_load(
     (both / "pytorch_model.bin").write_bytes(b"\0" * 2**20)  # the same weights, pickled
     alone, together = (describe_folder("m", f, "local") for f in (minilm_l3, both))
     assert together.size_mb == alone.size_mb and together.layers == 3
+    # An older checkpoint with .bin weights only: counted too (memory-mapped, not read).
+    import torch
+    from safetensors.torch import load_file
+
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    shutil.copy(minilm_l3 / "config.json", pickled)
+    torch.save(load_file(minilm_l3 / "model.safetensors"), pickled / "pytorch_model.bin")
+    assert describe_folder("p", pickled, "local").n_parameters == alone.n_parameters
 
 
 def test_max_parameters_takes_suffixes() -> None:

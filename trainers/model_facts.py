@@ -2,8 +2,9 @@
 
 A practitioner chooses a base model by its licence, its size and what it was trained on;
 these come from the model's own files, not from a list kept here: ``config.json``
-(architecture, maximum sequence length), the weight files (parameter count from the
-safetensors header, which is read without loading a tensor; size on disk) and the model
+(architecture, maximum sequence length, layers), the weight files (parameter count from
+the safetensors header, or a memory-mapped .bin, without reading a tensor; size on disk)
+and the model
 card's front matter (``license:``, ``datasets:``), parsed with huggingface_hub's
 ``ModelCard``. A hub id is looked up only when the machine is online
 (``HF_HUB_OFFLINE=1`` means it is not checked, and its facts are unknown).
@@ -194,16 +195,23 @@ def describe_hub(name: str, offline: bool) -> ModelFacts:
 
 
 def _count_parameters(weights: list[Path]) -> int | None:
-    """Parameters from the safetensors headers (no tensor is loaded); None for .bin files."""
-    safetensors = [p for p in weights if p.suffix == ".safetensors"]
-    if not safetensors:
-        return None
-    from safetensors import safe_open
-
+    """Parameters from the safetensors headers, or from .bin files memory-mapped (no tensor
+    data is read either way); None when a file cannot be read."""
     total = 0
-    for path in safetensors:
-        with safe_open(str(path), "np") as f:
-            total += sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118
+    for path in weights:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), "np") as f:
+                total += sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118
+            continue
+        try:  # older checkpoints: a pickled state dict (weights_only refuses any code)
+            import torch
+
+            state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        except Exception:
+            return None
+        total += sum(t.numel() for t in state.values() if hasattr(t, "numel"))
     return total
 
 

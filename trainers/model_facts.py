@@ -4,9 +4,8 @@ A practitioner chooses a base model by its licence, its size and what it was tra
 these come from the model's own files, not from a list kept here: ``config.json``
 (architecture, maximum sequence length, layers), the weight files (parameter count from
 the safetensors header, or a memory-mapped .bin, without reading a tensor; size on disk)
-and the model
-card's front matter (``license:``, ``datasets:``), parsed with huggingface_hub's
-``ModelCard``. A hub id is looked up only when the machine is online
+and the model card's front matter (``license:``, ``datasets:``), parsed with
+huggingface_hub's ``ModelCard``. A hub id is looked up only when the machine is online
 (``HF_HUB_OFFLINE=1`` means it is not checked, and its facts are unknown).
 
 Shared by the Hugging Face trainers; the core reaches it only through a trainer's

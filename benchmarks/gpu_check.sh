@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
 # GPU check for the benchmarks (issues 6 and 14), in one run: 5 minutes on an H200 before
-# step 2b was added, about 6 with it (step timeouts 240 + 120 + 120 + 90 + 45 + 75 s):
+# step 2b was added, about 6 with it (step timeouts 240 + 120 + 150 + 90 + 45 + 75 s):
 #   1. trial start-up and trainer samples/s against plain transformers.Trainer on the same
 #      device (benchmarks/trial_cost.py), bf16 on where the card has it;
 #   2. GPU utilization sampled every 0.5 s (nvidia-smi, else NVML through pynvml) during a
 #      4-trial quickstart study, mixed precision on (bf16, else fp16): read inside the
 #      trials' Trainer.train windows, over the whole study, and over step 3;
-#  2b. the same study with 2 CPU threads (a lone worker takes all the cores by default);
+#  2b. steady training steps (benchmarks/gpu_steady.py): hpo's trainer against plain
+#      Trainer at the quickstart's batch and at a GPU-sized one, and hpo with 2 CPU
+#      threads; samples/s, GPU syncs per step, and utilization sampled every 0.1 s inside
+#      each run's steady window;
 #   3. the `hpo run --workers 2 --devices 0,0` path: two worker processes on one GPU;
 #   4. images: the digits study (studies/data/make_digits.py first) with mixed precision
 #      and `--workers 2 --devices 0,0`.
 # It prints one `RESULT` line, last (the steps' own figures show as `step result:` lines).
 # Files land in $OUT (or ./gpu_check_out): figures.txt, trial_cost.*, gpu_study.*,
-# gpu_study_threads2.txt, gpu_util.csv, workers.txt, images.txt, env.txt.
+# gpu_steady.*, gpu_util.csv, gpu_util_steady.csv, workers.txt, images.txt, env.txt.
 #
 # It installs nothing: the repo runs from source (PYTHONPATH), and the Python packages it
 # needs (torch with CUDA, transformers, datasets, optuna, scikit-learn, pydantic, PyYAML,
@@ -74,8 +77,8 @@ cat "$out_dir/env.txt"
 if [[ $dry == 1 ]]; then
     device=cpu; precision=(); cost_precision=(); later=1; study_size=(--small)
     cost_size=(--samples 40 --eval-fraction 0.05); devices=none; util_source=stand-in
-    sample_gpu() {  # a stand-in with nvidia-smi's CSV shape, so the parsing is exercised
-        while true; do echo "$(date +%s.%N), 0, 0"; sleep 0.5; done
+    sample_gpu() {  # $1: ms between samples; a stand-in with nvidia-smi's CSV shape
+        while true; do echo "$(date +%s.%N), 0, 0"; sleep "$(awk "BEGIN {print $1 / 1000}")"; done
     }
 else
     device=cuda:0; later=3; study_size=(); cost_size=(--samples 640); devices=0,0
@@ -87,15 +90,15 @@ else
     fi
     if [[ $has_smi == 1 ]]; then
         util_source=nvidia-smi
-        sample_gpu() {  # exec: $! is nvidia-smi itself, so `kill` stops it
+        sample_gpu() {  # $1: ms between samples; exec: $! is nvidia-smi, so `kill` stops it
             exec nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used \
-                --format=csv,noheader,nounits -lms 500
+                --format=csv,noheader,nounits -lms "$1"
         }
     elif $python -c "import pynvml" 2>/dev/null; then
         util_source=nvml
-        sample_gpu() {
+        sample_gpu() {  # $1: ms between samples
             exec $python -u -c '
-import time
+import sys, time
 import pynvml
 pynvml.nvmlInit()
 handle = pynvml.nvmlDeviceGetHandleByIndex(0)
@@ -103,8 +106,8 @@ while True:
     util = pynvml.nvmlDeviceGetUtilizationRates(handle).gpu
     mem = pynvml.nvmlDeviceGetMemoryInfo(handle).used / 2**20
     print(f"{time.time()}, {util}, {mem:.0f}", flush=True)
-    time.sleep(0.5)
-'
+    time.sleep(int(sys.argv[1]) / 1000)
+' "$1"
         }
     else
         util_source=none
@@ -127,7 +130,7 @@ grep '^RESULT' "$out_dir/trial_cost.txt" | sed 's/^RESULT /figure /' >>"$out_dir
     || echo "figure trial_cost=failed" >>"$out_dir/figures.txt"
 
 # 2. GPU utilization while a 4-trial study runs (the sampler runs on through step 3).
-sample_gpu >"$out_dir/gpu_util.csv" 2>&1 &
+sample_gpu 500 >"$out_dir/gpu_util.csv" 2>&1 &
 sampler=$!
 step2_started=$(date +%s.%N)
 timeout 120 $python benchmarks/gpu_study.py --device "$device" "${precision[@]}" --trials 4 \
@@ -136,14 +139,22 @@ timeout 120 $python benchmarks/gpu_study.py --device "$device" "${precision[@]}"
 step2_ended=$(date +%s.%N)
 grep '^RESULT' "$out_dir/gpu_study.txt" | sed 's/^RESULT /figure /' >>"$out_dir/figures.txt" \
     || echo "figure gpu_study=failed" >>"$out_dir/figures.txt"
-# 2b. The same study with 2 CPU threads in place of all the cores. On the first H200 run
-# a lone worker with all 16 threads ran its trials ~3x slower while the sampler ran than
-# the same trials in step 3's workers (8 threads each): thread oversubscription is the lead.
-timeout 120 $python benchmarks/gpu_study.py --device "$device" "${precision[@]}" --trials 4 \
-    --threads 2 "${study_size[@]}" 2>&1 | tee "$out_dir/gpu_study_threads2.txt" | show
-grep '^RESULT' "$out_dir/gpu_study_threads2.txt" \
-    | sed 's/^RESULT study_wall_s=/figure study_wall_threads2_s=/; s/ trials=.*//' \
-    >>"$out_dir/figures.txt" || echo "figure gpu_study_threads2=failed" >>"$out_dir/figures.txt"
+# 2b. Steady training steps: where does a step's time go, and is the GPU busy while hpo
+# trains? hpo's trainer and plain Trainer on the same data, at the quickstart's batch and
+# at a GPU-sized one (batch 128, 128 tokens), then hpo with 2 CPU threads (the first H200
+# run hinted that a lone worker's 16 threads oversubscribe the cores). Its own sampler
+# (every 0.1 s) covers each run's steady window, which gpu_steady.json records.
+steady_size=()
+[[ $dry == 1 ]] && steady_size=(--small --window 1)
+sample_gpu 100 >"$out_dir/gpu_util_steady.csv" 2>&1 &
+steady_sampler=$!
+timeout 150 $python benchmarks/gpu_steady.py --device "$device" "${precision[@]}" \
+    "${steady_size[@]}" --json "$out_dir/gpu_steady.json" 2>&1 \
+    | tee "$out_dir/gpu_steady.txt" | show
+kill "$steady_sampler" 2>/dev/null
+wait "$steady_sampler" 2>/dev/null
+grep '^RESULT' "$out_dir/gpu_steady.txt" | sed 's/^RESULT /figure /; s/ device=.*//' \
+    >>"$out_dir/figures.txt" || echo "figure gpu_steady=failed" >>"$out_dir/figures.txt"
 
 # 3. Two worker processes sharing one GPU through the CLI, as a user starts them.
 work=$(mktemp -d)
@@ -172,11 +183,13 @@ echo "figure workers2_rc=$workers_rc workers2_finished=${finished:-0}/4" \
 # training" means), over that whole study, and over the two-worker run of step 3.
 $python - "$out_dir/gpu_util.csv" "$util_source" "$out_dir/gpu_study.json" \
     "$step2_started" "$step2_ended" "$step3_started" "$step3_ended" \
+    "$out_dir/gpu_util_steady.csv" "$out_dir/gpu_steady.json" \
     >>"$out_dir/figures.txt" <<'EOF'
 import json, statistics, sys, time
 path, source, study_json = sys.argv[1:4]
 step2 = (float(sys.argv[4]), float(sys.argv[5]))
 step3 = (float(sys.argv[6]), float(sys.argv[7]))
+steady_path, steady_json = sys.argv[8:10]
 
 
 def when(stamp):  # nvidia-smi prints local time; the stand-in and NVML print epoch seconds
@@ -188,12 +201,17 @@ def when(stamp):  # nvidia-smi prints local time; the stand-in and NVML print ep
         return local + float("0." + (fraction or "0"))
 
 
-rows = []
-for line in open(path):
-    parts = [p.strip() for p in line.split(",")]
-    if len(parts) == 3 and parts[1].replace(".", "").isdigit():
-        memory = float(parts[2]) if parts[2].replace(".", "").isdigit() else 0.0  # [N/A]
-        rows.append((when(parts[0]), float(parts[1]), memory))
+def samples(path):
+    found = []
+    for line in open(path):
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == 3 and parts[1].replace(".", "").isdigit():
+            memory = float(parts[2]) if parts[2].replace(".", "").isdigit() else 0.0  # [N/A]
+            found.append((when(parts[0]), float(parts[1]), memory))
+    return found
+
+
+rows = samples(path)
 if not rows:
     print(f"figure gpu_util=unavailable util_source={source}")
     sys.exit()
@@ -203,7 +221,7 @@ except (OSError, ValueError, KeyError):
     windows = []
 
 
-def figures(name, inside):
+def figures(name, inside, rows=rows):
     util = [u for t, u, _ in rows if inside(t)]
     if not util:
         return f"{name}_samples=0"
@@ -217,6 +235,15 @@ print("figure " + figures("gpu_util_train", lambda t: any(a <= t <= b for a, b i
 print("figure " + figures("gpu_util_study", lambda t: step2[0] <= t <= step2[1])
       + f" gpu_mem_max_mib={max(m for _, _, m in rows):.0f}")
 print("figure " + figures("gpu_util_workers2", lambda t: step3[0] <= t <= step3[1]))
+# Each steady run's window (gpu_steady.py): hpo and plain Trainer side by side.
+try:
+    runs = json.load(open(steady_json))["runs"]
+    steady_rows = samples(steady_path)
+except (OSError, ValueError, KeyError):
+    runs, steady_rows = {}, []
+for run, r in runs.items():
+    start, end = r["window"]
+    print("figure " + figures(f"util_{run}", lambda t: start <= t <= end, steady_rows))
 EOF
 
 # 4. Images: the digits study's ResNet on the GPU, mixed precision, two workers.
@@ -254,7 +281,10 @@ if pairs.get("images_rc") != "0":
     failed.append("images")
 state = "failed:" + ",".join(failed) if failed else "ok"
 keep = ("mode", "precision", "throughput_ratio", "setup_ratio", "trial_cost_ratio",
-        "study_wall_threads2_s",
+        "steady_small_ratio", "steady_large_ratio", "steady_threads2_ratio",
+        "syncs_per_step_hpo", "syncs_per_step_plain",
+        "util_small_hpo_mean", "util_small_plain_mean", "util_large_hpo_mean",
+        "util_large_plain_mean",
         "gpu_util_train_mean", "gpu_util_train_busy_share", "gpu_util_study_mean",
         "gpu_util_workers2_mean", "gpu_util", "util_source", "study_wall_s",
         "workers2_finished", "workers2_devices", "images_rc", "images_precision", "gpu_check_wall_s")

@@ -110,22 +110,22 @@ class StepWindow:
         return time.time()
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-        if not self.cuda:
-            return
-        import torch
+        if self.cuda and state.global_step == SYNC_STEPS[0]:
+            import torch
 
-        if state.global_step == SYNC_STEPS[0]:
             self._catcher = warnings.catch_warnings(record=True)
             self.syncs = self._catcher.__enter__()
             warnings.simplefilter("always")
             torch.cuda.set_sync_debug_mode("warn")
-        elif state.global_step == SYNC_STEPS[1] and self._catcher is not None:
-            torch.cuda.set_sync_debug_mode("default")
-            self._catcher.__exit__(None, None, None)
-            self._catcher = None
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         if state.global_step == SYNC_STEPS[1]:
+            if self._catcher is not None:  # stop counting before the window's own sync
+                import torch
+
+                torch.cuda.set_sync_debug_mode("default")
+                self._catcher.__exit__(None, None, None)
+                self._catcher = None
             self.start = (self._now(), state.global_step)
         elif self.start and self.end is None and time.time() - self.start[0] >= self.seconds:
             self.end = (self._now(), state.global_step)

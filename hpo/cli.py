@@ -31,25 +31,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except HpoError as e:
-        if args.debug:
-            raise
+        # --debug adds the traceback; the exit code stays, so a script sees the same code.
+        _print_traceback(args.debug)
         for line in str(e).splitlines():  # a study file's problems come all at once
             print(f"hpo: error: {line}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
+        _print_traceback(args.debug)
         print("hpo: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `hpo validate f | head`: the reader left, nothing is wrong
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
         return 0
     except Exception as e:  # a bug or an unexpected library error: one line unless --debug
-        if args.debug:
-            raise
-        print(
-            f"hpo: error: {type(e).__name__}: {e} (run with --debug for a traceback)",
-            file=sys.stderr,
-        )
+        _print_traceback(args.debug)
+        hint = "" if args.debug else " (run with --debug for a traceback)"
+        print(f"hpo: error: {type(e).__name__}: {e}{hint}", file=sys.stderr)
         return 1
+
+
+def _print_traceback(debug: bool) -> None:
+    """With ``--debug``, the traceback of the exception being handled, on stderr."""
+    if debug:
+        import traceback
+
+        traceback.print_exc()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -46,6 +46,25 @@ def test_debug_before_the_command_shows_the_traceback(tmp_path: Path) -> None:
     assert "Traceback" in debug.stderr
 
 
+def test_debug_keeps_the_exit_code(toy_study, tmp_path: Path) -> None:
+    """--debug adds the traceback; scripts still see 2 for bad input, 1 for a runtime failure."""
+    study_file = str(toy_study())
+    (tmp_path / "bad.yaml").write_text(Path(study_file).read_text() + "colour: blue\n")
+    crash = str(toy_study(name="crash", n_trials=3))  # max_failures: 3
+    cases = {
+        ("validate", "bad.yaml"): 2,  # unknown key
+        ("validate", study_file, "--storage", "redis://x"): 2,  # bad storage scheme
+        ("status", study_file, "--storage", f"sqlite:///{tmp_path / 'none.db'}"): 2,  # no study
+        ("validate", study_file, "--set", "budget.n_trials=many"): 2,  # bad --set
+        ("run", crash, "--set", "trainer.ref=tests.fake_trainers:always_fail"): 1,
+    }
+    for command, code in cases.items():
+        plain, debug = run_hpo(*command), run_hpo(*command, "--debug")
+        assert plain.returncode == debug.returncode == code, (command, debug.stderr)
+        assert "Traceback" not in plain.stderr and "Traceback" in debug.stderr, command
+        assert debug.stderr.rstrip().splitlines()[-1].startswith("hpo: error: "), command
+
+
 def test_validate_json(toy_study) -> None:
     result = run_hpo("validate", str(toy_study()), "--json")
     data = json.loads(result.stdout)

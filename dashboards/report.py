@@ -27,7 +27,7 @@ from dashboards.page import (
     render_page,
     table_html,
 )
-from dashboards.study import load_stored_study, require_completed, strategy
+from dashboards.study import load_stored_study, require_trials, strategy
 from hpo.status import attention
 from hpo.storage import ATTR_ERROR_ANALYSIS, redact_url
 
@@ -71,49 +71,58 @@ def build_report(
     ``save_to_study`` also stores the figures in the study for optuna-dashboard (``hpo
     report --attach``); without it the report only reads the storage.
 
+    A study whose trials all failed (or still run) gets a report too: its summary has no
+    best trial, its table of trials needing attention says why, and only the figures that
+    draw completed trials are left out.
+
     Raises:
         StudyStateError: no such study in the storage.
-        HpoError: the study has no completed trial; nothing is written.
+        HpoError: the study has no trials at all; nothing is written.
     """
     study = load_stored_study(config)
     trials = study.get_trials(deepcopy=False)
     records = d.trial_records(trials, study.user_attrs)
     counts = d.count_by_state(records)
-    require_completed(study, config, counts)
+    require_trials(config, counts)
     how = strategy(study, config)
     if config.multi_objective:
         return _build_front_report(config, study, records, counts, how, output, save_to_study)
     metric = how["objective"]["metric"]
     direction = how["objective"]["direction"]
     best = d.best_record(records, direction)
-    assert best is not None  # require_completed guarantees a completed trial
 
     from dashboards import figures as f
     from dashboards.importance import param_importances
     from dashboards.study import sample_study
 
     completed = [t for t in trials if t.state.name == "COMPLETE"]
-    importances, importance_how = param_importances(study, completed, best.number)
-    best_trial = next(t for t in trials if t.number == best.number)
-    analysis = d.error_analysis(best_trial.user_attrs.get(ATTR_ERROR_ANALYSIS))
-    compute = d.compute_totals(records)
-    drawn = {
-        name: sample_study(study, completed, limit, best.number)
-        for name, limit in DRAW_SAMPLE.items()
-    }
     figures: dict[str, Any] = {
-        "history": f.history_figure(d.best_so_far(records, direction), metric),
+        # A failed trial's epochs before it failed are a curve too.
         "learning_curves": f.learning_curves_figure(
-            d.learning_curves(records, best.number), metric
+            d.learning_curves(records, best.number if best else None), metric
         ),
+        "timeline": f.timeline_figure(d.worker_timeline(records, _now(records))),
     }
-    if importances:
-        figures["importances"] = f.importance_figure(importances, "fANOVA")
-    figures.update(f.optuna_figures({k: s for k, (s, _) in drawn.items()}, list(importances)))
-    figures["timeline"] = f.timeline_figure(d.worker_timeline(records, _now(records)))
-    if analysis is not None:
-        figures["confusion"] = f.confusion_figure(analysis)
+    importances: dict[str, float] = {}
+    importance_how = "needs completed trials"
+    analysis = None
+    drawn: dict[str, tuple[Any, int]] = {}
+    if best is not None:  # the figures of objective values need a completed trial
+        importances, importance_how = param_importances(study, completed, best.number)
+        best_trial = next(t for t in trials if t.number == best.number)
+        analysis = d.error_analysis(best_trial.user_attrs.get(ATTR_ERROR_ANALYSIS))
+        drawn = {
+            name: sample_study(study, completed, limit, best.number)
+            for name, limit in DRAW_SAMPLE.items()
+        }
+        figures["history"] = f.history_figure(d.best_so_far(records, direction), metric)
+        if importances:
+            figures["importances"] = f.importance_figure(importances, "fANOVA")
+        figures.update(f.optuna_figures({k: s for k, (s, _) in drawn.items()}, list(importances)))
+        if analysis is not None:
+            figures["confusion"] = f.confusion_figure(analysis)
 
+    compute = d.compute_totals(records)
     summary = _summary(config, how, records, best, compute, importances, importance_how)
     summary["attention"] = [line.as_dict() for line in attention(study)]
     summary["error_analysis"] = asdict(analysis) if analysis else None
@@ -319,12 +328,11 @@ def _summary(
     config: Any,
     how: dict[str, Any],
     records: list[d.TrialRecord],
-    best: d.TrialRecord,
+    best: d.TrialRecord | None,
     compute: d.Compute,
     importances: dict[str, float],
     importance_how: str,
 ) -> dict[str, Any]:
-    validation, test = d.split_metrics(best.metrics)
     failed = [
         {"number": r.number, "reason": r.failure, "message": r.failure_message}
         for r in records
@@ -337,20 +345,28 @@ def _summary(
         "sampler": how["sampler"],
         "pruner": how["pruner"],
         "trials_by_state": d.count_by_state(records),
-        "best": {
-            "number": best.number,
-            "value": best.value,
-            "params": best.params,
-            "validation_metrics": validation,
-            "test_metrics": test,
-            "epochs": best.epochs,
-            "train_seconds": best.duration_s,
-        },
+        "best": _best_summary(best),
         "compute": asdict(compute),
         "importances": importances,
         "importance_method": importance_how,
         "failures": failed,
         "generated_at": datetime.now().isoformat(timespec="seconds"),
+    }
+
+
+def _best_summary(best: d.TrialRecord | None) -> dict[str, Any] | None:
+    """The best trial as summary.json holds it; None while no trial has completed."""
+    if best is None:
+        return None
+    validation, test = d.split_metrics(best.metrics)
+    return {
+        "number": best.number,
+        "value": best.value,
+        "params": best.params,
+        "validation_metrics": validation,
+        "test_metrics": test,
+        "epochs": best.epochs,
+        "train_seconds": best.duration_s,
     }
 
 
@@ -365,24 +381,9 @@ def _sections(
     compute = summary["compute"]
     overview = "".join(
         [
-            '<div class="grid"><div><h3>Best trial</h3>',
-            key_values(
-                {
-                    "trial": best["number"],
-                    summary["objective"]["metric"]: best["value"],
-                    "epochs trained": best["epochs"],
-                    "train seconds": best["train_seconds"],
-                }
-            ),
-            "<h3>Parameters</h3>",
-            key_values(best["params"]),
-            "</div><div><h3>Validation metrics</h3>",
-            key_values(best["validation_metrics"]) or "<p class='note'>none stored</p>",
-            "<h3>Test metrics</h3>",
-            key_values(best["test_metrics"])
-            if best["test_metrics"]
-            else "<p class='note'>none stored (no test split)</p>",
-            "</div><div><h3>Trials by state</h3>",
+            '<div class="grid">',
+            _best_html(best, summary["objective"]["metric"]),
+            "<div><h3>Trials by state</h3>",
             key_values({s.lower(): n for s, n in summary["trials_by_state"].items()}),
             "<h3>Compute (finished trials)</h3>",
             key_values(
@@ -410,6 +411,13 @@ def _sections(
     attention_section = _attention_section(summary["attention"])
     if attention_section is not None:
         sections.append(attention_section)
+    if best is None:  # nothing completed: no values to draw, only where time went
+        if any(r.intermediate for r in records):
+            sections.append(
+                Section("Learning curves", _fig(figures, "learning_curves"), anchor="curves")
+            )
+        sections.append(Section("Timeline", _fig(figures, "timeline"), anchor="timeline"))
+        return sections
     sections.append(Section("Optimization history", _fig(figures, "history"), anchor="history"))
     n_pruned = sum(r.state == "PRUNED" for r in records)
     sections.append(
@@ -446,6 +454,38 @@ def _sections(
     sections.append(Section("Timeline", _fig(figures, "timeline"), anchor="timeline"))
     sections.append(_error_section(analysis, figures))
     return sections
+
+
+def _best_html(best: dict[str, Any] | None, metric: str) -> str:
+    """The summary's best-trial columns: trial, value, params, validation and test metrics."""
+    if best is None:
+        return (
+            "<div><h3>Best trial</h3><p class='note'>No trial has completed yet, so there is "
+            "no best trial and no figure of objective values; the trials needing attention "
+            "say why.</p></div>"
+        )
+    return "".join(
+        [
+            "<div><h3>Best trial</h3>",
+            key_values(
+                {
+                    "trial": best["number"],
+                    metric: best["value"],
+                    "epochs trained": best["epochs"],
+                    "train seconds": best["train_seconds"],
+                }
+            ),
+            "<h3>Parameters</h3>",
+            key_values(best["params"]),
+            "</div><div><h3>Validation metrics</h3>",
+            key_values(best["validation_metrics"]) or "<p class='note'>none stored</p>",
+            "<h3>Test metrics</h3>",
+            key_values(best["test_metrics"])
+            if best["test_metrics"]
+            else "<p class='note'>none stored (no test split)</p>",
+            "</div>",
+        ]
+    )
 
 
 def _attention_section(lines: list[dict[str, Any]]) -> Section | None:

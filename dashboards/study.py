@@ -31,8 +31,23 @@ def strategy(study: Any, config: Any) -> dict[str, Any]:
     }
 
 
+def require_trials(config: Any, counts: dict[str, int]) -> None:
+    """Stop a report of a study that has no trials at all (one whose trials all failed
+    still gets its report: the failures are what it shows).
+
+    Raises:
+        HpoError: the study has no trials (exit 1); nothing is written.
+    """
+    if counts:
+        return
+    raise HpoError(
+        f"study {config.name!r} has no trials yet; nothing to report. "
+        f"Run it first: hpo run {config.source or 'FILE'}"
+    )
+
+
 def require_completed(study: Any, config: Any, counts: dict[str, int]) -> None:
-    """Stop a report or comparison of a study with nothing to show.
+    """Stop a comparison of a study without a completed trial: it has no value to compare.
 
     Raises:
         HpoError: the study has no completed trial (exit 1); nothing is written.
@@ -41,7 +56,7 @@ def require_completed(study: Any, config: Any, counts: dict[str, int]) -> None:
         return
     states = ", ".join(f"{n} {s.lower()}" for s, n in counts.items()) or "no trials"
     raise HpoError(
-        f"study {config.name!r} has no completed trial yet ({states}); nothing to report. "
+        f"study {config.name!r} has no completed trial yet ({states}); nothing to compare. "
         f"Run it first: hpo run {config.source or 'FILE'}"
     )
 

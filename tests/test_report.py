@@ -280,17 +280,65 @@ def test_report_of_a_single_trial_study(toy_study, tmp_path: Path) -> None:
     assert "No contour" in page
 
 
-def test_report_without_completed_trials_is_one_line_and_writes_nothing(
+def test_report_of_a_study_whose_trials_all_failed_says_why(toy_study, tmp_path: Path) -> None:
+    """The report a user needs most: every trial failed, and the table says why."""
+    study_file = toy_study(n_trials=3)
+    study_file.write_text(
+        study_file.read_text().replace("trainers.toy:train", "tests.fake_trainers:disk_quota")
+    )
+    assert run_hpo("run", str(study_file)).returncode == 1  # max_failures: 3
+    result = run_hpo("report", str(study_file))
+    assert result.returncode == 0, result.stderr
+    assert "report of study 'toy' (3 fail)" in result.stdout
+    for number in range(3):
+        line = f"trial {number} FAILED (exception): RuntimeError: disk quota exceeded on /scratch"
+        assert line in result.stdout
+    folder = tmp_path / "dashboards" / "toy"
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["trials_by_state"] == {"FAIL": 3} and summary["best"] is None
+    assert [a["reason"] for a in summary["attention"]] == ["exception"] * 3
+    assert [f["number"] for f in summary["failures"]] == [0, 1, 2]
+    with (folder / "trials.csv").open() as handle:
+        assert [row["state"] for row in csv.DictReader(handle)] == ["FAIL"] * 3
+    page = (folder / "report.html").read_text()
+    assert "Trials needing attention" in page and "disk quota exceeded on /scratch" in page
+    assert "No trial has completed yet" in page
+    assert 'id="fig-timeline"' in page  # figures that need completed trials are left out
+    for div in ("fig-history", "fig-parallel", "fig-slice", "fig-importances"):
+        assert f'id="{div}"' not in page
+
+
+def test_report_of_several_objectives_whose_trials_all_failed(tmp_path: Path) -> None:
+    from tests.test_pareto import multi
+
+    path = multi(tmp_path, sampler="{type: random}", n_trials=2)
+    path.write_text(
+        path.read_text().replace("trainers.toy:train", "tests.fake_trainers:always_fail")
+    )
+    assert run_hpo("run", str(path), "--set", "budget.max_failures=2").returncode == 1
+    result = run_hpo("report", str(path))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "dashboards" / "multi" / "summary.json").read_text())
+    assert summary["pareto_front"] == [] and len(summary["attention"]) == 2
+    assert "trial 1 FAILED (exception): ValueError: simulated bug" in result.stdout
+
+
+def test_report_of_a_study_without_trials_is_one_line_and_writes_nothing(
     toy_study, tmp_path: Path, capsys
 ) -> None:
     study_file = toy_study()
     study = optuna.create_study(study_name="toy", storage=f"sqlite:///{tmp_path / 'hpo.db'}")
-    study.ask()
     assert main(["report", str(study_file)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "hpo: error: study 'toy' has no trials yet; nothing to report. "
+        f"Run it first: hpo run {study_file}"
+    )
+    study.ask()  # a running trial: the report shows it, a comparison has nothing to compare
+    assert main(["compare", str(study_file)]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("hpo: error: study 'toy' has no completed trial yet (1 running)")
     assert len(err.splitlines()) == 1
-    assert main(["compare", str(study_file)]) == 1
     assert not (tmp_path / "dashboards").exists()
 
 

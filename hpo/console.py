@@ -113,9 +113,9 @@ class LiveView(logging.Handler):
 
     As a logging handler it formats nothing; it reads ``trial_started``, ``evaluation``
     and ``trial_finished`` events (from this process or forwarded from workers) to know
-    what runs where. ``update(study)`` refreshes the finished count and best value from
-    storage after each finished trial. Without a console (off a terminal) it does
-    nothing visible.
+    what runs where. ``read(study)`` takes the finished count and best value from storage
+    before the run starts, ``update(study)`` again after each finished trial. Without a
+    console (off a terminal) it does nothing visible.
     """
 
     def __init__(
@@ -195,14 +195,7 @@ class LiveView(logging.Handler):
 
     def update(self, study: Any) -> None:
         """Refresh finished trials and the best value from the stored study."""
-        trials = study.get_trials(deepcopy=False)
-        self.finished = sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
-        if self.finished_at_start is None:
-            self.finished_at_start = self.finished
-        # With several objectives the line shows the best of the first one.
-        best = self.best_of(trials)
-        if best is not None:
-            self.best, self.best_trial = best.values[0], best.number
+        self.read(study)
         if self._live is None and self.finished != self._logged:
             # Off a terminal the progress is one more event, once per finished trial.
             self._logged = self.finished
@@ -215,6 +208,21 @@ class LiveView(logging.Handler):
                 budget=self.budget,
                 best=self.best,
             )
+
+    def read(self, study: Any) -> None:
+        """Take the finished count and best value from the stored study, logging nothing.
+
+        Called before a run starts too: a resumed study's area shows what is stored, not
+        0 finished until the first trial of this run ends.
+        """
+        trials = study.get_trials(deepcopy=False)
+        self.finished = sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
+        if self.finished_at_start is None:
+            self.finished_at_start = self.finished
+        # With several objectives the line shows the best of the first one.
+        best = self.best_of(trials)
+        if best is not None:
+            self.best, self.best_trial = best.values[0], best.number
 
     def study_line(self) -> str:
         elapsed = time.monotonic() - self.started

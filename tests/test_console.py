@@ -15,9 +15,10 @@ import time
 import uuid
 from pathlib import Path
 
+import optuna
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_hpo
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
 
@@ -87,5 +88,44 @@ def test_live_area_stays_below_the_log(toy_study, tmp_path: Path, width: int, wo
         assert "study 'toy': 4/4 trials finished" in text
         assert not any(TRIAL_ROW.match(line) for line in final)  # the live area is gone
         assert re.search(r"trial \d+ COMPLETE", text)  # the log stays
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+
+
+def test_live_area_of_a_resumed_run_starts_from_the_stored_study(toy_study, tmp_path: Path):
+    """One worker resuming a study shows its finished count and best before a trial ends."""
+    study_file = toy_study(n_trials=4)
+    study_file.write_text(
+        study_file.read_text().replace("trainers.toy:train", "tests.fake_trainers:slow_epochs")
+    )
+    first = run_hpo("run", study_file.name, "--n-trials", "2", env={"HPO_TEST_EPOCH_S": "0"})
+    assert first.returncode == 0, first.stderr
+    best = optuna.load_study(study_name="toy", storage=f"sqlite:///{tmp_path / 'hpo.db'}")
+    expected = (
+        f"study toy: 2/4 finished · best {best.best_value:.4f} (trial {best.best_trial.number})"
+    )
+    session = f"hpo-{uuid.uuid4().hex[:8]}"
+    command = (
+        f"cd {shlex.quote(str(tmp_path))} && PYTHONPATH={shlex.quote(str(ROOT))} "
+        f"HPO_TEST_EPOCH_S=0.4 HF_HUB_OFFLINE=1 {shlex.quote(os.sys.executable)} -m hpo run "
+        f"{study_file.name}; echo HPO-EXIT=$?; sleep 60"
+    )
+    subprocess.run(
+        ["tmux", "new-session", "-d", "-s", session, "-x", "200", "-y", "30", command],
+        check=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            lines = capture(session)
+            # The run's first trial (2) is in its epochs: nothing of this run has finished.
+            if any(re.match(r"  trial 2( w\d)?: epoch", line) for line in lines):
+                study_line = next(line for line in lines if line.startswith("study toy: "))
+                assert study_line.startswith(expected), lines
+                break
+            assert not any(line.startswith("HPO-EXIT=") for line in lines), lines
+            time.sleep(0.05)
+        else:
+            raise AssertionError("no screen showed the run's first trial in its epochs")
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)

@@ -42,7 +42,7 @@ def require_trials(config: Any, counts: dict[str, int]) -> None:
         return
     raise HpoError(
         f"study {config.name!r} has no trials yet; nothing to report. "
-        f"Run it first: hpo run {config.source or 'FILE'}"
+        f"Run it first: {config.run_command()}"
     )
 
 
@@ -57,7 +57,7 @@ def require_completed(study: Any, config: Any, counts: dict[str, int]) -> None:
     states = ", ".join(f"{n} {s.lower()}" for s, n in counts.items()) or "no trials"
     raise HpoError(
         f"study {config.name!r} has no completed trial yet ({states}); nothing to compare. "
-        f"Run it first: hpo run {config.source or 'FILE'}"
+        f"Run it first: {config.run_command()}"
     )
 
 

@@ -22,6 +22,7 @@ from pydantic import (
     Field,
     NonNegativeInt,
     PositiveInt,
+    PrivateAttr,
     ValidationError,
     WithJsonSchema,
     field_validator,
@@ -184,6 +185,8 @@ class StudyConfig(_Model):
     source: Path | None = Field(None, exclude=True)
     # Fields that held ${VAR}: the stored config shows the template, never the value.
     env_templates: dict[str, str] = Field(default_factory=dict, exclude=True)
+    # The --set overrides it was loaded with (not a YAML key): see run_command.
+    _overrides: tuple[str, ...] = PrivateAttr(default=())
 
     @field_validator("storage")
     @classmethod
@@ -273,6 +276,20 @@ class StudyConfig(_Model):
         """Folder of the study file (the working directory when there is none)."""
         return self.source.parent if self.source else Path.cwd()
 
+    def run_command(self) -> str:
+        """The ``hpo run`` command that runs this study as loaded, ``--set`` overrides included.
+
+        Read-only commands suggest it when the study does not exist yet: without the
+        overrides (``--set storage=...`` above all), pasting it would create the study
+        somewhere else. Shell-quoted; a password in a URL is redacted.
+        """
+        import shlex
+
+        parts = ["hpo", "run", str(self.source or "STUDY.yaml")]
+        for override in self._overrides:
+            parts += ["--set", redact_url(override)]
+        return " ".join(shlex.quote(part) for part in parts)
+
     def stored_form(self) -> dict[str, Any]:
         """The resolved config as JSON data, safe to store in the study (no secrets)."""
         data = self.model_dump(mode="json")
@@ -313,7 +330,9 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyCon
     source = read_source(path)
     for override in overrides or []:
         apply_override(source, override)
-    return validate_source(source)
+    config = validate_source(source)
+    config._overrides = tuple(overrides or ())
+    return config
 
 
 def validate_source(source: Source) -> StudyConfig:

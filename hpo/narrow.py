@@ -94,7 +94,7 @@ def narrow_study(
         feasible = " feasible" if config.constraints else ""
         raise StudyStateError(
             f"study {config.name!r} has no completed{feasible} trial to narrow around; "
-            f"run it first (hpo run {config.source})"
+            f"run it first ({config.run_command()})"
         )
     raw = read_yaml(Path(config.source))
     raw["name"] = name or f"{config.name}-narrow"

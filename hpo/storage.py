@@ -150,8 +150,11 @@ def storage_exists(url: str) -> bool:
     return bool(_guarded(url, lambda: backend.exists(expand_url(url))))
 
 
-def require_storage(url: str, study_name: str, source: str | None) -> None:
+def require_storage(url: str, study_name: str, run_command: str) -> None:
     """Stop a read-only command on a storage that does not exist yet (creating nothing).
+
+    Args:
+        run_command: the ``hpo run`` command that creates the study (in the message).
 
     Raises:
         StudyStateError: the storage does not exist (exit 2); the message names where it
@@ -159,10 +162,20 @@ def require_storage(url: str, study_name: str, source: str | None) -> None:
     """
     if not storage_exists(url):
         raise StudyStateError(
-            f"no study {study_name!r}: {backend_of(url).missing(redact_url(url))}; "
-            "nothing was created. "
-            f"Run the study first: hpo run {source or 'STUDY.yaml'}"
+            f"no study {study_name!r}: {_missing(url)}; nothing was created. "
+            f"Run the study first: {run_command}"
         )
+
+
+def _missing(url: str) -> str:
+    """Where the storage was looked for, and what is there instead."""
+    path = sqlite_path(expand_url(url))
+    if path is not None and path.is_file():  # the backend's words are for a missing file
+        return (
+            f"no hpo study database at {path.resolve()} (the file exists but has no Optuna "
+            "tables: it is empty or not a study database)"
+        )
+    return backend_of(url).missing(redact_url(url))
 
 
 def study_lock(url: str, study_name: str) -> Lock:

@@ -97,12 +97,12 @@ def load_existing_study(config: StudyConfig) -> Any:
     """
     import optuna
 
-    st.require_storage(config.storage, config.name, str(config.source or "") or None)
+    st.require_storage(config.storage, config.name, config.run_command())
     storage = st.open_storage(config.storage, read_only=True)
     if config.name not in optuna.get_all_study_names(storage):
         raise StudyStateError(
             f"no study {config.name!r} in {st.redact_url(config.storage)}; "
-            f"run it first (hpo run {config.source or 'FILE'})"
+            f"run it first ({config.run_command()})"
         )
     # A sampler is required to load; RandomSampler is the one that costs nothing to build.
     return optuna.load_study(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 from hpo.cli import main
@@ -97,3 +98,29 @@ def test_sweep_dry_run_json(tmp_path: Path, toy_study, capsys) -> None:
     assert first["budget"] == first["remaining"] == 3 and first["exists"] is False
     assert "hpo run toy.yaml --set name=toy-1" in first["command"]
     assert not (tmp_path / "hpo.db").exists()
+
+
+def test_no_study_yet_names_the_run_that_creates_it_where_asked(toy_study, tmp_path: Path) -> None:
+    """The suggested `hpo run` keeps the user's --set/--storage: pasted, it creates the study
+    the failed command looked for."""
+    toy_study(n_trials=1)
+    missing = run_hpo("status", "toy.yaml", "--set", "storage=sqlite:///ro db.db")
+    assert missing.returncode == 2
+    assert "(the file does not exist); nothing was created" in missing.stderr
+    fix = "hpo run toy.yaml --set 'storage=sqlite:///ro db.db'"
+    assert missing.stderr.rstrip().endswith(f"Run the study first: {fix}")
+    assert run_hpo(*shlex.split(fix)[1:]).returncode == 0
+    assert run_hpo("status", "toy.yaml", "--set", "storage=sqlite:///ro db.db").returncode == 0
+    assert not (tmp_path / "hpo.db").exists()  # nothing went to the file's own storage
+    # An existing but empty file is not "a file that does not exist".
+    (tmp_path / "empty.db").touch()
+    empty = run_hpo("best", "toy.yaml", "--storage", "sqlite:///empty.db")
+    assert empty.returncode == 2 and "does not exist" not in empty.stderr
+    assert f"{tmp_path / 'empty.db'} (the file exists but has no Optuna tables" in empty.stderr
+    assert "hpo run toy.yaml --set storage=sqlite:///empty.db" in empty.stderr
+    # A storage that exists without the study: the same hint.
+    other = run_hpo("status", "toy.yaml", "--set", "storage=sqlite:///ro db.db", "--set", "name=b")
+    assert other.returncode == 2
+    assert other.stderr.rstrip().endswith(
+        "run it first (hpo run toy.yaml --set 'storage=sqlite:///ro db.db' --set name=b)"
+    )

@@ -94,6 +94,30 @@ def test_init_bad_input_is_exit_2_and_writes_nothing(tmp_path: Path) -> None:
     assert (tmp_path / "study.yaml").read_text() == "mine\n"
 
 
+def test_init_on_a_semicolon_separated_csv_is_one_line_exit_2(tmp_path: Path) -> None:
+    """The text trainer reads commas (.csv) and tabs (.tsv): another separator says so."""
+    data = tmp_path / "data.csv"
+    rows = [f"{i};Good, really {i};positive" for i in range(10)]
+    rows += [f"{i};Bad, sadly {i};negative" for i in range(10, 20)]
+    data.write_text("id;review_body;sentiment\n" + "\n".join(rows) + "\n")
+    (tmp_path / "plain.csv").write_text(data.read_text().replace(",", ""))  # one column
+    for name in ("data.csv", "plain.csv"):
+        result = init(tmp_path, tmp_path / name)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip() == (
+            f"hpo: error: {tmp_path / name}: its columns are separated by ';', not ','; save "
+            "it comma-separated (.csv) or tab-separated (.tsv)"
+        )
+        assert not (tmp_path / "study.yaml").exists()
+    # Commas, but a text holding an unquoted one: the line says where.
+    (tmp_path / "loose.csv").write_text("text,label\nfine,positive\nGood, really,positive\n")
+    result = init(tmp_path, tmp_path / "loose.csv")
+    assert result.returncode == 2
+    assert result.stderr.strip().endswith(
+        "loose.csv: line 3 has more fields than the header; quote the texts that hold ','"
+    )
+
+
 # --- image folders -----------------------------------------------------------------------
 
 

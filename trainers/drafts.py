@@ -53,9 +53,7 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
         raise ValueError(f"{path} does not exist; give a CSV, JSON lines or Parquet file")
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
-        with path.open(encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
-            rows = list(itertools.islice(reader, MAX_ROWS))
+        rows = _read_delimited(path, "\t" if suffix == ".tsv" else ",")
     elif suffix == ".jsonl":
         with path.open(encoding="utf-8") as f:
             lines = itertools.islice(f, MAX_ROWS)
@@ -75,6 +73,47 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     if not rows:
         raise ValueError(f"{path} holds no rows of named columns")
     return rows
+
+
+def _read_delimited(path: Path, delimiter: str) -> list[dict[str, Any]]:
+    """The rows of a CSV (commas) or TSV (tabs): the two separators the text trainer reads.
+
+    Raises:
+        ValueError: the file is separated by something else (a semicolon, say), or a row
+            has more fields than the header (a text holding an unquoted separator).
+    """
+    rows, long_line = [], None
+    with path.open(encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f, delimiter=delimiter)
+        for row in itertools.islice(reader, MAX_ROWS):
+            if None in row and long_line is None:  # DictReader keeps the extra fields there
+                long_line = reader.line_num
+            rows.append(row)
+        header = reader.fieldnames or []
+    if len(header) > 1 and long_line is None:
+        return rows
+    found = _sniff_separator(path)
+    if found is not None and found != delimiter:
+        raise ValueError(
+            f"its columns are separated by {found!r}, not {delimiter!r}; save it "
+            "comma-separated (.csv) or tab-separated (.tsv)"
+        )
+    if long_line is not None:
+        raise ValueError(
+            f"line {long_line} has more fields than the header; quote the texts that "
+            f"hold {delimiter!r}"
+        )
+    return rows  # one column: the column checks say what is missing
+
+
+def _sniff_separator(path: Path) -> str | None:
+    """The separator ``csv.Sniffer`` finds in the first lines of ``path``, or None."""
+    with path.open(encoding="utf-8", newline="") as f:
+        head = "".join(itertools.islice(f, 20))
+    try:
+        return csv.Sniffer().sniff(head, delimiters=",;\t|").delimiter
+    except csv.Error:
+        return None
 
 
 def draft_text_classification(

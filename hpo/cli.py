@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
         "from the data)",
     )
     init.add_argument("--force", action="store_true", help="replace an existing FILE")
-    _add_global_options(init, "unused", prefix="")
+    _add_global_options(init, "not taken: edit the written file instead", prefix="")
     init.set_defaults(handler=cmd_init)
     schema = commands.add_parser(
         "schema",
@@ -198,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Save it and start a study file with '# yaml-language-server: $schema=PATH'.",
     )
     schema.add_argument("--sweep", action="store_true", help="the schema of sweep files")
-    _add_global_options(schema, "unused", prefix="")
+    _add_global_options(schema, "not taken: the schema is the same for every file", prefix="")
     schema.set_defaults(handler=cmd_schema)
     parser.add_argument("--version", action="version", version=f"hpo {_version()}")
     _add_global_options(parser, "override a study field (repeatable)", prefix="global_")
@@ -793,6 +793,12 @@ def cmd_init(args: argparse.Namespace) -> int:
     from hpo.draft import render_study, study_name
 
     output, data = Path(args.output), Path(args.data_file)
+    if args.overrides:  # it writes a file, it reads none: a --set would do nothing
+        keys = ", ".join(dict.fromkeys(o.split("=", 1)[0] for o in args.overrides))
+        raise ConfigError(
+            f"hpo init takes no --set; run it without, then edit {keys} in {output} "
+            "(or give --set to the commands that read it)"
+        )
     if output.exists() and not args.force:
         raise ConfigError(f"{output} exists; choose another -o FILE or pass --force", field="-o")
     if not data.exists():
@@ -871,6 +877,10 @@ def _path_from(output: Path, path: Path) -> str:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
+    if args.overrides or args.storage:
+        raise ConfigError(
+            "hpo schema takes no --set or --storage: the schema is the same for every file"
+        )
     if args.sweep:
         from hpo.sweep import SweepFile
 

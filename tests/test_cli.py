@@ -7,7 +7,7 @@ import shlex
 from pathlib import Path
 
 from hpo.cli import main
-from tests.conftest import run_hpo
+from tests.conftest import STUDIES, run_hpo
 
 
 def test_version() -> None:
@@ -124,3 +124,24 @@ def test_no_study_yet_names_the_run_that_creates_it_where_asked(toy_study, tmp_p
     assert other.stderr.rstrip().endswith(
         "run it first (hpo run toy.yaml --set 'storage=sqlite:///ro db.db' --set name=b)"
     )
+
+
+def test_init_and_schema_refuse_overrides_they_would_ignore(tmp_path: Path) -> None:
+    """init writes a file and schema describes every file: a --set would silently do nothing."""
+    data = str(STUDIES / "data" / "reviews.csv")
+    for command in (
+        ("init", data, "--set", "budget.n_trials=3"),
+        ("--set", "budget.n_trials=3", "init", data),
+        ("schema", "--set", "budget.n_trials=3"),
+        ("schema", "--storage", "sqlite:///x.db"),
+    ):
+        result = run_hpo(*command)
+        assert result.returncode == 2, command
+        assert len(result.stderr.splitlines()) == 1, result.stderr
+        assert result.stdout == "", command
+        if "init" in command:  # says what to do instead
+            assert result.stderr.strip() == (
+                "hpo: error: hpo init takes no --set; run it without, then edit "
+                "budget.n_trials in study.yaml (or give --set to the commands that read it)"
+            )
+    assert list(tmp_path.iterdir()) == []  # no study.yaml written

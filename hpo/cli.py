@@ -495,8 +495,12 @@ def cmd_best(args: argparse.Namespace) -> int:
 def _print_front(config: Any, study: Any, *, as_json: bool) -> int:
     """``hpo best`` of a study with several objectives: its (feasible) Pareto front."""
     from hpo.pareto import front_rows
+    from hpo.status import quality_metrics
 
-    rows = front_rows(study, config)
+    # As for one objective: the metrics shown leave out runtimes, speeds and epochs.
+    rows = [
+        {**row, "metrics": quality_metrics(row["metrics"])} for row in front_rows(study, config)
+    ]
     if not rows:
         feasible = " feasible" if config.constraints else ""
         raise HpoError(f"study {config.name!r} has no completed{feasible} trial yet")
@@ -540,7 +544,7 @@ def front_table(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def _best_data(config: Any, summary: Any) -> dict[str, Any] | None:
-    """The best trial as ``hpo best --json`` prints it (model-quality metrics only)."""
+    """The best trial as ``hpo best --json`` prints it (quality and serving-cost metrics)."""
     from hpo.status import quality_metrics
 
     if summary.best_number is None:

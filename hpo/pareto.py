@@ -92,8 +92,8 @@ def non_dominated(trials: list[Any], directions: Sequence[str]) -> list[Any]:
 
 
 def front_rows(study: Any, config: StudyConfig) -> list[dict[str, Any]]:
-    """The front as ``hpo best --json`` prints it: number, model, values by metric, params,
-    metrics."""
+    """The front's rows: number, model, values by metric, params and every stored metric
+    (``hpo best`` leaves out the bookkeeping ones, see hpo.status.quality_metrics)."""
     metrics_of = [o.metric for o in config.objectives]
     return [
         {

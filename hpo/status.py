@@ -15,13 +15,17 @@ from typing import Any
 
 from hpo import storage as st
 
-# Bookkeeping the HF Trainer returns beside the metrics: stored, never shown as quality.
-_NOT_QUALITY = re.compile(r"(^|_)(runtime|samples_per_second|steps_per_second|total_flos)$")
-_NOT_QUALITY_NAMES = {"epoch", "step", "total_flos", "train_runtime"}
+# Bookkeeping the HF Trainer returns beside the metrics (its speed_metrics: *_runtime and
+# every *_per_second; model preparation time, FLOPs, the epoch): stored, never shown. The
+# serving costs the HF trainers add (n_parameters, model_size_mb, latency_ms, throughput)
+# are shown: they matter when choosing a base model.
+_NOT_QUALITY = re.compile(r"(^|_)(runtime|model_preparation_time|total_flos|epoch)$|_per_second$")
+_NOT_QUALITY_NAMES = {"step"}
 
 
 def quality_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
-    """Model-quality metrics only: no runtimes, throughputs, epochs or FLOP counts."""
+    """Model-quality and serving-cost metrics: no training runtimes, per-second speeds,
+    epochs or FLOP counts."""
     return {
         k: v
         for k, v in metrics.items()

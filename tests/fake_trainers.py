@@ -49,14 +49,20 @@ def disk_quota(ctx: TrialContext) -> dict[str, float]:
 
 
 def with_throughput(ctx: TrialContext) -> dict[str, float]:
-    """Toy metrics plus the bookkeeping the HF Trainer returns beside them."""
+    """Toy metrics plus the bookkeeping the HF Trainer returns beside them, and the serving
+    costs the HF trainers add (trainers/_hf.py cost_metrics)."""
     metrics = toy.train(ctx)
     return {
         **metrics,
         "eval_runtime": 1.5,
         "eval_samples_per_second": 400.0,
         "eval_steps_per_second": 20.0,
+        "eval_tokens_per_second": 9000.0,
+        "eval_model_preparation_time": 0.01,
         "test_samples_per_second": 380.0,
         "train_runtime": 12.0,
         "total_flos": 1e12,
+        "n_parameters": 22_700_000.0,
+        "model_size_mb": 86.6,
+        "throughput": 400.0,
     }

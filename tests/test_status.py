@@ -14,6 +14,8 @@ from hpo.status import attention, quality_metrics
 from hpo.study import open_study
 from tests.conftest import run_hpo
 
+SERVING_COSTS = ("n_parameters", "model_size_mb", "latency_ms", "throughput")
+
 
 def _with_trainer(study_file: Path, ref: str) -> Path:
     study_file.write_text(study_file.read_text().replace("trainers.toy:train", ref))
@@ -82,11 +84,27 @@ def test_summaries_and_best_show_model_quality_only(toy_study) -> None:
     best_json = json.loads(run_hpo("best", str(study_file), "--json").stdout)
     for shown in (run.stdout, best_text, json.dumps(best_json)):
         assert "eval_accuracy" in shown and "test_accuracy" in shown
-        for noise in ("runtime", "per_second", "total_flos", "epoch="):
+        for cost in SERVING_COSTS:  # they matter when choosing a base model
+            assert cost in shown
+        for noise in ("runtime", "per_second", "preparation_time", "total_flos", "epoch"):
             assert noise not in shown
     # Everything is still stored.
     study = optuna.load_study(study_name="toy", storage=f"sqlite:///{study_file.parent}/hpo.db")
     assert "eval_samples_per_second" in study.best_trial.user_attrs[st.ATTR_METRICS]
+
+
+def test_best_of_several_objectives_shows_the_same_metrics(tmp_path: Path) -> None:
+    """The Pareto front's entries in `hpo best --json` leave out bookkeeping too."""
+    from tests.test_pareto import multi
+
+    path = _with_trainer(multi(tmp_path, n_trials=4), "tests.fake_trainers:with_throughput")
+    assert run_hpo("run", str(path)).returncode == 0
+    front = json.loads(run_hpo("best", str(path), "--json").stdout)["pareto_front"]
+    assert front
+    for row in front:
+        assert {"eval_accuracy", "test_accuracy", *SERVING_COSTS} <= set(row["metrics"])
+        for noise in ("runtime", "per_second", "preparation_time", "total_flos", "epoch"):
+            assert not [name for name in row["metrics"] if noise in name], row["metrics"]
 
 
 def test_quality_metrics() -> None:

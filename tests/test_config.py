@@ -208,3 +208,21 @@ def test_schema_accepts_the_shipped_studies_and_checks_trainer_args() -> None:
     sweep_validator = jsonschema.Draft202012Validator(json.loads(sweep.stdout))
     assert sweep_validator.is_valid(yaml.safe_load((ROOT / "studies" / "sweep.yaml").read_text()))
     assert not sweep_validator.is_valid({"base": "x.yaml", "matrixx": {}})
+
+
+def test_readme_describes_the_strategy_studies_as_they_are() -> None:
+    import re
+
+    from tests.conftest import ROOT, STUDIES
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    said = re.search(
+        r"`studies/\{grid,random,tpe,hyperband\}\.yaml` search the\s+quickstart's space four "
+        r"ways \((\d+) trials on (\d+) (?:training )?examples each",
+        readme,
+    )
+    assert said, "the README's sentence on the four strategy studies moved"
+    for name in ("grid", "random", "tpe", "hyperband"):
+        config = load_study(STUDIES / f"{name}.yaml")
+        assert config.budget.n_trials == int(said[1]), name
+        assert config.trainer.args["dataset"]["max_train_samples"] == int(said[2]), name

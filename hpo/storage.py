@@ -162,20 +162,10 @@ def require_storage(url: str, study_name: str, run_command: str) -> None:
     """
     if not storage_exists(url):
         raise StudyStateError(
-            f"no study {study_name!r}: {_missing(url)}; nothing was created. "
+            f"no study {study_name!r}: {backend_of(url).missing(redact_url(url))}; "
+            "nothing was created. "
             f"Run the study first: {run_command}"
         )
-
-
-def _missing(url: str) -> str:
-    """Where the storage was looked for, and what is there instead."""
-    path = sqlite_path(expand_url(url))
-    if path is not None and path.is_file():  # the backend's words are for a missing file
-        return (
-            f"no hpo study database at {path.resolve()} (the file exists but has no Optuna "
-            "tables: it is empty or not a study database)"
-        )
-    return backend_of(url).missing(redact_url(url))
 
 
 def study_lock(url: str, study_name: str) -> Lock:

@@ -71,8 +71,14 @@ class SqliteBackend(Backend):
 
     def missing(self, shown_url: str) -> str:
         path = sqlite_path(shown_url)
-        where = path.resolve() if path is not None else shown_url
-        return f"no hpo study database at {where} (the file does not exist)"
+        if path is None:
+            return f"no hpo study database at {shown_url}"
+        why = (
+            "the file exists but has no Optuna tables: it is empty or not a study database"
+            if path.is_file()
+            else "the file does not exist"
+        )
+        return f"no hpo study database at {path.resolve()} ({why})"
 
 
 def _path(real_url: str) -> Path:

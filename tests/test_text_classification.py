@@ -110,6 +110,39 @@ def test_no_test_split_with_test_fraction_zero(tmp_path: Path, tiny_model: Path)
     assert "eval_accuracy" in metrics and not any(k.startswith("test_") for k in metrics)
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_a_column_the_data_lacks_is_refused_before_anything_runs(
+    tmp_path: Path, suffix: str
+) -> None:
+    """validate and run read the data file's columns: a misspelt text_column or
+    label_column is exit 2 naming the field and the columns, and nothing is written (a
+    trial found it before, once per trial, until the failure budget ran out)."""
+    import pandas as pd
+
+    from tests.conftest import run_hpo
+
+    frame = pd.read_csv(REVIEWS).rename(columns={"text": "texts"})
+    data = tmp_path / f"reviews{suffix}"
+    {".csv": lambda: frame.to_csv(data, index=False),
+     ".jsonl": lambda: frame.to_json(data, orient="records", lines=True),
+     ".parquet": lambda: frame.to_parquet(data)}[suffix]()  # fmt: skip
+    study = tmp_path / "study.yaml"
+    study.write_text(
+        (STUDIES / "quickstart.yaml").read_text().replace("data/reviews.csv", str(data))
+    )
+    where = ["--set", f"storage=sqlite:///{tmp_path / 'hpo.db'}"]
+    for command in ("validate", "run"):
+        result = run_hpo(command, str(study), *where)
+        assert result.returncode == 2, result.stderr
+        assert "trainer.args.dataset.text_column: " in result.stderr
+        assert f"reviews{suffix} has no column 'text'; did you mean 'texts'?" in result.stderr
+        assert "Traceback" not in result.stderr and not (tmp_path / "hpo.db").exists()
+    fixed = run_hpo(
+        "validate", str(study), *where, "--set", "trainer.args.dataset.text_column=texts"
+    )
+    assert fixed.returncode == 0, fixed.stderr
+
+
 @pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
 def test_jsonl_and_parquet_load_like_csv(tmp_path: Path, tiny_model: Path, suffix: str) -> None:
     import pandas as pd

@@ -13,6 +13,7 @@ kind (an image folder, say) without ``--trainer``.
 from __future__ import annotations
 
 import csv
+import difflib
 import itertools
 import json
 import math
@@ -41,8 +42,8 @@ class Draft:
     notes: dict[str, str] = field(default_factory=dict)  # args key -> a comment beside it
 
 
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    """The rows of a CSV, TSV, JSON lines, JSON (a list) or Parquet file.
+def read_rows(path: Path, limit: int = MAX_ROWS) -> list[dict[str, Any]]:
+    """The first ``limit`` rows of a CSV, TSV, JSON lines, JSON (a list) or Parquet file.
 
     Raises:
         ValueError: the file is missing, of another format, or holds no rows.
@@ -53,18 +54,19 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
         raise ValueError(f"{path} does not exist; give a CSV, JSON lines or Parquet file")
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
-        rows = _read_delimited(path, "\t" if suffix == ".tsv" else ",")
+        rows = _read_delimited(path, "\t" if suffix == ".tsv" else ",", limit)
     elif suffix == ".jsonl":
         with path.open(encoding="utf-8") as f:
-            lines = itertools.islice(f, MAX_ROWS)
+            lines = itertools.islice(f, limit)
             rows = [json.loads(line) for line in lines if line.strip()]
     elif suffix == ".json":
         data = json.loads(path.read_text(encoding="utf-8"))
-        rows = data if isinstance(data, list) else []
+        rows = data[:limit] if isinstance(data, list) else []
     elif suffix == ".parquet":
         import pyarrow.parquet as pq  # installed with datasets
 
-        rows = pq.read_table(path).slice(0, MAX_ROWS).to_pylist()
+        first = next(pq.ParquetFile(path).iter_batches(batch_size=limit), None)
+        rows = first.to_pylist() if first is not None else []
     else:
         raise ValueError(
             f"{path.suffix} files are not supported; use .csv, .tsv, .jsonl or .parquet"
@@ -75,7 +77,27 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _read_delimited(path: Path, delimiter: str) -> list[dict[str, Any]]:
+def check_columns(path: Path, columns: dict[str, str]) -> tuple[str, str] | None:
+    """Whether the table at ``path`` has the columns a study names (``{field: column}``),
+    read from its first rows before anything runs; ``(field, why not)`` for the first
+    missing one, or for a table that cannot be read.
+    """
+    try:
+        found = list(read_rows(path, limit=20)[0])
+    except (ValueError, UnicodeDecodeError) as e:
+        return "dataset.path", f"{path.name}: {e}"
+    for field_name, column in columns.items():
+        if column not in found:
+            close = difflib.get_close_matches(column, found, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            return (
+                f"dataset.{field_name}",
+                f"{path.name} has no column {column!r}; {hint}its columns: {', '.join(found)}",
+            )
+    return None
+
+
+def _read_delimited(path: Path, delimiter: str, limit: int) -> list[dict[str, Any]]:
     """The rows of a CSV (commas) or TSV (tabs): the two separators the text trainer reads.
 
     Raises:
@@ -85,7 +107,7 @@ def _read_delimited(path: Path, delimiter: str) -> list[dict[str, Any]]:
     rows, long_line = [], None
     with path.open(encoding="utf-8", newline="") as f:
         reader = csv.DictReader(f, delimiter=delimiter)
-        for row in itertools.islice(reader, MAX_ROWS):
+        for row in itertools.islice(reader, limit):
             if None in row and long_line is None:  # DictReader keeps the extra fields there
                 long_line = reader.line_num
             rows.append(row)

@@ -33,7 +33,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from hpo.trainer import TrialContext
 from trainers import _hf
 from trainers._hf import HFTrainingArgs, relative_to
-from trainers.drafts import SEARCH_SAMPLE, Draft, detect_label_column, read_rows
+from trainers.drafts import (
+    SEARCH_SAMPLE,
+    Draft,
+    check_columns,
+    detect_label_column,
+    read_rows,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -799,6 +805,11 @@ def check_files(args: ImageClassificationArgs, study_dir: Path) -> tuple[str, st
                 f"{path.suffix} files are not supported; give an image folder (one sub-folder "
                 f"per class) or a {', '.join(sorted(TABLE_FORMATS))} file",
             )
+        if path.is_file():
+            wanted = {"image_column": args.dataset.image_column}
+            problem = check_columns(path, wanted | {"label_column": args.dataset.label_column})
+            if problem:
+                return problem
     if args.model.startswith((".", "/", "~")):
         path = relative_to(args.model, study_dir)
         if not (path / "config.json").is_file():

@@ -27,7 +27,7 @@ from trainers import _hf
 from trainers._hf import CACHE as _CACHE
 from trainers._hf import HFTrainingArgs, reporter_class
 from trainers._hf import relative_to as _relative_to
-from trainers.drafts import draft_text_classification
+from trainers.drafts import check_columns, draft_text_classification
 from trainers.model_facts import (
     BERT_LIKE,
     ModelFacts,
@@ -383,6 +383,11 @@ def check_files(args: TextClassificationArgs, study_dir: Path) -> tuple[str, str
                 "dataset.path",
                 f"{path.suffix} files are not supported; use {', '.join(sorted(DATA_FORMATS))}",
             )
+        wanted = {"text_column": args.dataset.text_column}
+        wanted["label_column"] = args.dataset.label_column
+        problem = check_columns(path, wanted)
+        if problem:
+            return problem
     if args.model not in PACKAGED_MODELS and args.model.startswith((".", "/", "~")):
         path = _relative_to(args.model, study_dir)
         if not (path / "config.json").is_file():

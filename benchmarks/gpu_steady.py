@@ -16,7 +16,7 @@ Per run it records:
 
 - samples/s over the steady window: from the end of step 10 to the step that passes
   ``--window`` seconds, the device synchronised at both ends;
-- GPU syncs per step, counted with ``torch.cuda.set_sync_debug_mode`` over steps 5-9
+- GPU syncs per step, counted with ``torch.cuda.set_sync_debug_mode`` over steps 5-10
   (before the window, since counting slows them), and the code lines that caused them;
 - the window's wall-clock span, inside which ``gpu_check.sh`` reads the GPU utilization
   it samples with ``nvidia-smi``.
@@ -51,7 +51,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SYNC_STEPS = (5, 10)  # syncs are counted over steps [5, 10); the window starts at step 10
+SYNC_STEPS = (4, 10)  # syncs are counted over steps 5-10; the window starts after step 10
 
 
 @dataclass(frozen=True)
@@ -91,18 +91,24 @@ def write_texts(workload: Workload, folder: Path, seed: int = 0) -> Path:
 
 class StepWindow:
     """Counts syncs over SYNC_STEPS, then times a steady window of ``seconds`` and stops
-    training at its end (a TrainerCallback's hooks, added to every Trainer made here)."""
+    training at its end (a TrainerCallback's hook, added to every Trainer made here).
+
+    The Trainer fetches a step's batch (and copies it to the device) before
+    ``on_step_begin``, so counting runs from the end of one step to the end of another.
+    """
 
     def __init__(self, seconds: float, cuda: bool) -> None:
         self.cuda = cuda
+        self._catcher: Any = None
         self.reset(seconds)
 
     def reset(self, seconds: float) -> None:
+        self._stop_counting()  # a run that ended inside the counted steps
         self.seconds = seconds
         self.syncs: list[Any] = []
         self.start: tuple[float, int] | None = None  # (wall time, global step)
         self.end: tuple[float, int] | None = None
-        self._catcher: Any = None
+        self.cut_short = False
 
     def _now(self) -> float:
         if self.cuda:
@@ -111,31 +117,37 @@ class StepWindow:
             torch.cuda.synchronize()
         return time.time()
 
-    def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-        if self.cuda and state.global_step == SYNC_STEPS[0]:
+    def _stop_counting(self) -> None:
+        if self._catcher is not None:
+            import torch
+
+            torch.cuda.set_sync_debug_mode("default")
+            self._catcher.__exit__(None, None, None)
+            self._catcher = None
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        step = state.global_step
+        if self.cuda and step == SYNC_STEPS[0]:
             import torch
 
             self._catcher = warnings.catch_warnings(record=True)
             self.syncs = self._catcher.__enter__()
             warnings.simplefilter("always")
             torch.cuda.set_sync_debug_mode("warn")
-
-    def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-        if state.global_step == SYNC_STEPS[1]:
-            if self._catcher is not None:  # stop counting before the window's own sync
-                import torch
-
-                torch.cuda.set_sync_debug_mode("default")
-                self._catcher.__exit__(None, None, None)
-                self._catcher = None
-            self.start = (self._now(), state.global_step)
-        elif self.start and self.end is None and time.time() - self.start[0] >= self.seconds:
-            self.end = (self._now(), state.global_step)
-            control.should_training_stop = True
+        elif step == SYNC_STEPS[1]:
+            self._stop_counting()  # before the window's own synchronize
+            self.start = (self._now(), step)
+        elif self.start and self.end is None:
+            # The data may end first on a fast GPU: then the window ends a step before it
+            # (the last step can be a short batch).
+            last = step >= state.max_steps - 1
+            if time.time() - self.start[0] >= self.seconds or last:
+                self.end, self.cut_short = (self._now(), step), last
+                control.should_training_stop = True
 
     def figures(self, batch: int) -> dict[str, Any]:
         if not (self.start and self.end):
-            raise RuntimeError("the run ended before its window did: give it more rows")
+            raise RuntimeError("the run ended before its window began: give it more rows")
         steps = self.end[1] - self.start[1]
         wall = self.end[0] - self.start[0]
         messages = [w for w in self.syncs if "synchroniz" in str(w.message)]
@@ -146,6 +158,7 @@ class StepWindow:
             "ms_per_step": 1000 * wall / steps,
             "steps": steps,
             "window": [self.start[0], self.end[0]],
+            "cut_short": self.cut_short,
             "syncs_per_step": len(messages) / count if self.cuda else None,
             "sync_sources": dict(where.most_common(5)),
         }
@@ -155,9 +168,6 @@ def add_window_to_every_trainer(window: StepWindow) -> None:
     import transformers
 
     class Callback(transformers.TrainerCallback):
-        def on_step_begin(self, *args: Any, **kwargs: Any) -> None:
-            window.on_step_begin(*args, **kwargs)
-
         def on_step_end(self, *args: Any, **kwargs: Any) -> None:
             window.on_step_end(*args, **kwargs)
 
@@ -316,10 +326,12 @@ def main() -> None:
         syncs = "n/a" if r["syncs_per_step"] is None else f"{r['syncs_per_step']:.1f}"
         print(
             f"{name}: {r['samples_per_s']:.1f} samples/s, {r['ms_per_step']:.1f} ms/step over "
-            f"{r['steps']} steps, threads {run_threads}, syncs/step {syncs} "
-            f"{r['sync_sources']}",
+            f"{r['steps']} steps{' (data ran out)' if r['cut_short'] else ''}, threads "
+            f"{run_threads}, syncs/step {syncs} {r['sync_sources']}",
             flush=True,
         )
+        if args.json:  # after every run: a timeout keeps what was measured
+            args.json.write_text(json.dumps({"figures": {}, "runs": results}, indent=1))
     figures = {
         "steady_small_ratio": results["small_hpo"]["samples_per_s"]
         / results["small_plain"]["samples_per_s"],

@@ -272,3 +272,18 @@ def test_init_refuses_flags_of_the_other_family_and_missing_data(tmp_path: Path)
     result = init(tmp_path, tmp_path / "nowhere")
     assert result.returncode == 2 and "nowhere does not exist; give a table" in result.stderr
     assert not (tmp_path / "study.yaml").exists()
+
+
+def test_column_check_reads_what_the_trainers_read(tmp_path: Path) -> None:
+    """A byte-order mark (Excel's "CSV UTF-8") and a text longer than the csv module's
+    default field limit are fine for the trainers (pandas), so the check accepts them."""
+    from trainers.drafts import check_columns
+
+    table = tmp_path / "excel.csv"
+    long_text = "word " * 40_000  # 200 KB in one cell
+    table.write_bytes(f'\ufefftext,label\n"{long_text}",pos\nshort,neg\n'.encode())
+    assert check_columns(table, {"text_column": "text", "label_column": "label"}) is None
+    assert check_columns(table, {"text_column": "txt"}) == (
+        "dataset.text_column",
+        "excel.csv has no column 'txt'; did you mean 'text'? its columns: text, label",
+    )

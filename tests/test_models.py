@@ -197,8 +197,13 @@ def test_facts_read_each_layout_and_weigh_the_weights_that_load(
     pickled = tmp_path / "pickled"
     pickled.mkdir()
     shutil.copy(minilm_l3 / "config.json", pickled)
-    torch.save(load_file(minilm_l3 / "model.safetensors"), pickled / "pytorch_model.bin")
+    state = load_file(minilm_l3 / "model.safetensors")
+    embeddings = state["embeddings.word_embeddings.weight"]
+    state["decoder.weight"] = embeddings  # a tied output layer: one storage, saved twice
+    torch.save(state, pickled / "pytorch_model.bin")
     assert describe_folder("p", pickled, "local").n_parameters == alone.n_parameters
+    torch.save({"state_dict": state}, pickled / "pytorch_model.bin")  # not a flat state dict
+    assert describe_folder("p", pickled, "local").n_parameters is None
 
 
 def test_max_parameters_takes_suffixes() -> None:

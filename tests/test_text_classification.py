@@ -230,6 +230,19 @@ def test_a_half_precision_checkpoint_with_another_head_trains_in_fp32(
     assert metrics["model_size_mb"] == pytest.approx(fp32_mb, abs=0.1)
 
 
+def test_weights_that_do_not_fit_their_config_are_refused(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    """A config.json edited after saving (more positions than the weights hold) would
+    train those tensors from random weights; the trial fails naming one instead."""
+    folder = tmp_path / "edited"
+    shutil.copytree(tiny_model, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 128}))
+    with pytest.raises(ValueError, match="position_embeddings.weight have other shapes"):
+        tc.base_weights(str(folder), 2)
+
+
 def test_a_decoder_model_without_a_padding_token_trains_and_exports(tmp_path: Path) -> None:
     """A GPT-2 style model whose tokenizer has no padding token (like GPT-2's own) trains
     on padded batches, its end-of-text token padding, and exports loadable with it."""
@@ -251,8 +264,9 @@ def test_a_decoder_model_without_a_padding_token_trains_and_exports(tmp_path: Pa
     )
     assert tokenizer.pad_token is None
     folder = tmp_path / "tiny-gpt2"
+    # A pad id in the config that names no padding token of the tokenizer's (eos pads).
     config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2,
-                        n_positions=64, bos_token_id=0, eos_token_id=0)  # fmt: skip
+                        n_positions=64, eos_token_id=0, pad_token_id=7)  # fmt: skip
     GPT2ForSequenceClassification(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     ctx = context(tmp_path, **trial_params(folder, num_train_epochs=1))
@@ -264,6 +278,7 @@ def test_a_decoder_model_without_a_padding_token_trains_and_exports(tmp_path: Pa
     model = AutoModelForSequenceClassification.from_pretrained(target)
     batch = exported(["great", "not what I wanted at all"], padding=True, return_tensors="pt")
     assert model(**batch).logits.shape == (2, 2)  # a padded batch of two, as a user sends it
+    assert model.config.pad_token_id == exported.pad_token_id == exported.eos_token_id
 
 
 def test_max_seq_length_is_capped_at_a_roberta_models_usable_positions(
@@ -563,7 +578,9 @@ def test_optimizer_scheduler_smoothing_and_balanced_weights_reach_the_trainer(
         tc.TextClassificationArgs.model_validate({**params, "optim": "adam"})
 
 
-def test_batches_go_to_a_gpu_without_blocking_unless_the_user_says(tmp_path: Path) -> None:
+def test_batches_go_to_a_gpu_without_blocking_unless_the_user_says(
+    tmp_path: Path, monkeypatch
+) -> None:
     """On CUDA the pinned batches are copied with accelerate's non_blocking (a blocking
     copy syncs with the GPU every step); a user's own accelerator_config keeps its say."""
     from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
@@ -588,6 +605,14 @@ def test_batches_go_to_a_gpu_without_blocking_unless_the_user_says(tmp_path: Pat
         args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True, **merged),
     )
     assert trainer.accelerator.non_blocking and not trainer.accelerator.even_batches
+    # Every trial's TrainingArguments pass the user's training_args through it (this
+    # machine has no GPU to see the copies themselves: benchmarks/gpu_steady.py counts
+    # a step's GPU syncs).
+    seen = []
+    monkeypatch.setattr(_hf, "gpu_copies", lambda args, cuda: seen.append(cuda) or args)
+    spec = args("minilm-l6", training_args={"max_grad_norm": 0.5})
+    assert _hf.training_arguments(spec, context(tmp_path)).max_grad_norm == 0.5
+    assert seen == [False]
 
 
 def test_training_batches_hold_texts_of_similar_length(

@@ -185,19 +185,32 @@ def base_weights(auto_class: str, model_path: str, **load: Any) -> tuple[Any, di
         level = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
         try:
-            model = getattr(transformers, auto_class).from_pretrained(
+            model, loading = getattr(transformers, auto_class).from_pretrained(
                 model_path,
                 # fp32 whatever the checkpoint stores: transformers 5 keeps a checkpoint's
                 # fp16 or bf16, which would train in half precision (mixed precision is
                 # trainer.args.mixed_precision's to choose).
                 dtype=torch.float32,
-                # A head trained for another number of labels is dropped below anyway.
+                # A head trained for another number of labels is dropped below anyway;
+                # a mismatch inside the backbone is refused below.
                 ignore_mismatched_sizes=True,
+                output_loading_info=True,
                 **load,
             )
         finally:
             hf_logging.set_verbosity(level)
         in_backbone = backbone_keys(model)
+        # Each entry: (key, shape in the checkpoint, shape the config asks for).
+        keys = (
+            entry[0] if isinstance(entry, tuple) else entry for entry in loading["mismatched_keys"]
+        )
+        misfits = sorted(key for key in keys if in_backbone(key))
+        if misfits:  # left alone, they would train from random weights
+            raise ValueError(
+                f"{model_path}: the weights do not fit its config.json ({misfits[0]}"
+                f"{f' and {len(misfits) - 1} more' if len(misfits) > 1 else ''} have "
+                "other shapes); re-save the model with save_pretrained"
+            )
         state = {k: v for k, v in model.state_dict().items() if in_backbone(k)}
         return model.config, state
 
@@ -399,17 +412,23 @@ def weighted_loss(args: HFTrainingArgs, data: Datasets) -> Callable[..., Any] | 
         compute_class_weight("balanced", classes=np.array(present), y=labels),
         dtype=torch.float32,
     )
+    # Copied to the model's device once: a copy each step would sync with the GPU.
+    on_device: dict[Any, Any] = {}
 
     def loss(outputs: Any, labels: Any, num_items_in_batch: Any = None) -> Any:
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        if logits.device not in on_device:
+            on_device[logits.device] = weights.to(logits.device)
+        # `is not None`: the truth of a count on the GPU would sync with it every step.
+        count = num_items_in_batch is not None
         total = torch.nn.functional.cross_entropy(
             logits.float(),
             labels,
-            weight=weights.to(logits.device),
+            weight=on_device[logits.device],
             label_smoothing=args.label_smoothing_factor,
-            reduction="sum" if num_items_in_batch else "mean",
+            reduction="sum" if count else "mean",
         )
-        return total / num_items_in_batch if num_items_in_batch else total
+        return total / num_items_in_batch if count else total
 
     return loss
 
@@ -454,8 +473,11 @@ def training_arguments(args: HFTrainingArgs, ctx: TrialContext) -> Any:
         # The Trainer's filter logs the running mean in place of a NaN or inf step loss, so
         # a diverged trial would complete with a broken model's scores; unfiltered, the
         # reporter sees the NaN at the next log and fails the trial (hpo:failure nan). The
-        # filter also syncs with the GPU every step (a bool of a CUDA tensor).
-        logging_nan_inf_filter=False,
+        # filter also syncs with the GPU every step (a bool of a CUDA tensor). Under fp16
+        # it stays: the loss scaler skips a step that overflowed, and that one inf would
+        # fail a healthy trial (the scaler syncs every step anyway); a diverged fp16 run
+        # shows in its validation loss instead (the reporter checks it too).
+        logging_nan_inf_filter=precision == "fp16",
         dataloader_pin_memory=cuda,
         **gpu_copies(args.training_args, cuda),  # checked before the study ran
     )

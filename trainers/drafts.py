@@ -78,13 +78,14 @@ def read_rows(path: Path, limit: int = MAX_ROWS) -> list[dict[str, Any]]:
 
 
 def check_columns(path: Path, columns: dict[str, str]) -> tuple[str, str] | None:
-    """Whether the table at ``path`` has the columns a study names (``{field: column}``),
-    read from its first rows before anything runs; ``(field, why not)`` for the first
-    missing one, or for a table that cannot be read.
+    """The first of ``columns`` (``{field: column}``) the table at ``path`` lacks.
+
+    Read from the table's first rows before anything runs. Returns ``(field, why)`` for
+    that column, or for a table that cannot be read; None when all are there.
     """
     try:
         found = list(read_rows(path, limit=20)[0])
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, csv.Error) as e:  # UnicodeDecodeError is a ValueError
         return "dataset.path", f"{path.name}: {e}"
     for field_name, column in columns.items():
         if column not in found:
@@ -105,7 +106,12 @@ def _read_delimited(path: Path, delimiter: str, limit: int) -> list[dict[str, An
             has more fields than the header (a text holding an unquoted separator).
     """
     rows, long_line = [], None
-    with path.open(encoding="utf-8", newline="") as f:
+    # The csv module's 128 KiB field limit is not pandas' (which the trainers read with):
+    # a long text is no reason to refuse a file.
+    csv.field_size_limit(2**31 - 1)
+    # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first column's
+    # name, as pandas reads it.
+    with path.open(encoding="utf-8-sig", newline="") as f:
         reader = csv.DictReader(f, delimiter=delimiter)
         for row in itertools.islice(reader, limit):
             if None in row and long_line is None:  # DictReader keeps the extra fields there

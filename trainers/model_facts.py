@@ -210,8 +210,11 @@ def _count_parameters(weights: list[Path]) -> int | None:
             state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
         except Exception:
             return None
-        total += sum(t.numel() for t in state.values() if hasattr(t, "numel"))
-    return total
+        tensors = [t for t in state.values() if isinstance(t, torch.Tensor)]
+        # Tied weights (an embedding and its output layer) are one storage saved twice.
+        views = {(t.untyped_storage().data_ptr(), t.storage_offset(), t.shape): t for t in tensors}
+        total += sum(t.numel() for t in views.values())
+    return total or None  # nothing counted: not a flat state dict (a wrapped checkpoint)
 
 
 def _first_int(config: dict[str, Any], *names: str) -> int | None:

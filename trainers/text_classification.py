@@ -302,8 +302,11 @@ def build_model(
     config = copy.deepcopy(config)
     config.id2label = dict(enumerate(data.label_names))
     config.label2id = {name: i for i, name in enumerate(data.label_names)}
-    if getattr(config, "pad_token_id", None) is None:  # a decoder: eos pads (load_tokenizer)
-        config.pad_token_id = data.tokenizer.pad_token_id
+    tokenizer = data.tokenizer
+    # A decoder pads with its eos (_hf.load_tokenizer); its config must name that token,
+    # whatever pad id it held, or the classifier reads a padding position as the last token.
+    if getattr(config, "pad_token_id", None) is None or tokenizer.pad_token == tokenizer.eos_token:
+        config.pad_token_id = tokenizer.pad_token_id
     hidden = _first(args.hidden_dropout, args.dropout)
     attention = _first(args.attention_dropout, args.dropout)
     classifier = _first(args.classifier_dropout, args.dropout)

@@ -104,8 +104,7 @@ def trained_args(study: Any, config: StudyConfig) -> dict[str, Any]:
     if stored != current:
         changed = sorted(k for k in {*stored, *current} if stored.get(k) != current.get(k))
         logger.warning(
-            "trainer.args differ from those study %r ran with (%s); exporting with the "
-            "study's",
+            "trainer.args differ from those study %r ran with (%s); exporting with the study's",
             config.name,
             ", ".join(changed),
         )

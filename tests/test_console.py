@@ -107,7 +107,7 @@ def test_live_area_of_a_resumed_run_starts_from_the_stored_study(toy_study, tmp_
     session = f"hpo-{uuid.uuid4().hex[:8]}"
     command = (
         f"cd {shlex.quote(str(tmp_path))} && PYTHONPATH={shlex.quote(str(ROOT))} "
-        f"HPO_TEST_EPOCH_S=0.4 HF_HUB_OFFLINE=1 {shlex.quote(os.sys.executable)} -m hpo run "
+        f"HPO_TEST_EPOCH_S=1.5 HF_HUB_OFFLINE=1 {shlex.quote(os.sys.executable)} -m hpo run "
         f"{study_file.name}; echo HPO-EXIT=$?; sleep 60"
     )
     subprocess.run(
@@ -118,13 +118,15 @@ def test_live_area_of_a_resumed_run_starts_from_the_stored_study(toy_study, tmp_
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             lines = capture(session)
+            time.sleep(0.05)
+            if capture(session) != lines:  # caught mid-redraw: look again
+                continue
             # The run's first trial (2) is in its epochs: nothing of this run has finished.
             if any(re.match(r"  trial 2( w\d)?: epoch", line) for line in lines):
                 study_line = next(line for line in lines if line.startswith("study toy: "))
                 assert study_line.startswith(expected), lines
                 break
             assert not any(line.startswith("HPO-EXIT=") for line in lines), lines
-            time.sleep(0.05)
         else:
             raise AssertionError("no screen showed the run's first trial in its epochs")
     finally:

@@ -495,12 +495,10 @@ def cmd_best(args: argparse.Namespace) -> int:
 def _print_front(config: Any, study: Any, *, as_json: bool) -> int:
     """``hpo best`` of a study with several objectives: its (feasible) Pareto front."""
     from hpo.pareto import front_rows
-    from hpo.status import quality_metrics
+    from hpo.status import shown_metrics
 
     # As for one objective: the metrics shown leave out runtimes, speeds and epochs.
-    rows = [
-        {**row, "metrics": quality_metrics(row["metrics"])} for row in front_rows(study, config)
-    ]
+    rows = [{**row, "metrics": shown_metrics(row["metrics"])} for row in front_rows(study, config)]
     if not rows:
         feasible = " feasible" if config.constraints else ""
         raise HpoError(f"study {config.name!r} has no completed{feasible} trial yet")
@@ -545,7 +543,7 @@ def front_table(rows: list[dict[str, Any]]) -> list[str]:
 
 def _best_data(config: Any, summary: Any) -> dict[str, Any] | None:
     """The best trial as ``hpo best --json`` prints it (quality and serving-cost metrics)."""
-    from hpo.status import quality_metrics
+    from hpo.status import shown_metrics
 
     if summary.best_number is None:
         return None
@@ -554,7 +552,7 @@ def _best_data(config: Any, summary: Any) -> dict[str, Any] | None:
         "trial": summary.best_number,
         "value": summary.best_value,
         "params": summary.best_params,
-        "metrics": quality_metrics(summary.best_metrics),
+        "metrics": shown_metrics(summary.best_metrics),
     }
 
 
@@ -916,7 +914,7 @@ def shipped_trainer_args() -> dict[str, Any]:
 
 
 def _print_summary(summary: Any) -> None:
-    from hpo.status import quality_metrics
+    from hpo.status import shown_metrics
 
     states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(summary.counts.items())) or "none"
     print(
@@ -936,7 +934,7 @@ def _print_summary(summary: Any) -> None:
         return
     print(f"best: trial {summary.best_number}, value {summary.best_value:.4f}")
     print("best params: " + ", ".join(f"{k}={v}" for k, v in summary.best_params.items()))
-    shown = quality_metrics(summary.best_metrics)
+    shown = shown_metrics(summary.best_metrics)
     if shown:
         print("best metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in shown.items()))
 

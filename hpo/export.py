@@ -308,7 +308,7 @@ _NO_TEST_SCORE = (
 def _eval_results(facts: dict[str, Any]) -> list[Any]:
     from huggingface_hub import EvalResult
 
-    from hpo.status import quality_metrics
+    from hpo.status import shown_metrics
 
     data = facts["data"]
     dataset = Path(str(data.get("path") or "data")).name
@@ -317,7 +317,7 @@ def _eval_results(facts: dict[str, Any]) -> list[Any]:
         ("validation", "validation_metrics", "eval_"),
         ("test", "test_metrics", "test_"),
     ):
-        for name, value in quality_metrics(facts[key]).items():
+        for name, value in shown_metrics(facts[key]).items():
             results.append(
                 EvalResult(
                     task_type=_task(facts),

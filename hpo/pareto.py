@@ -93,7 +93,7 @@ def non_dominated(trials: list[Any], directions: Sequence[str]) -> list[Any]:
 
 def front_rows(study: Any, config: StudyConfig) -> list[dict[str, Any]]:
     """The front's rows: number, model, values by metric, params and every stored metric
-    (``hpo best`` leaves out the bookkeeping ones, see hpo.status.quality_metrics)."""
+    (``hpo best`` leaves out the bookkeeping ones, see hpo.status.shown_metrics)."""
     metrics_of = [o.metric for o in config.objectives]
     return [
         {

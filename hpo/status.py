@@ -19,17 +19,19 @@ from hpo import storage as st
 # every *_per_second; model preparation time, FLOPs, the epoch): stored, never shown. The
 # serving costs the HF trainers add (n_parameters, model_size_mb, latency_ms, throughput)
 # are shown: they matter when choosing a base model.
-_NOT_QUALITY = re.compile(r"(^|_)(runtime|model_preparation_time|total_flos|epoch)$|_per_second$")
-_NOT_QUALITY_NAMES = {"step"}
+_BOOKKEEPING = re.compile(r"(^|_)(runtime|model_preparation_time|total_flos|epoch)$|_per_second$")
+_BOOKKEEPING_NAMES = {"step"}
 
 
-def quality_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
-    """Model-quality and serving-cost metrics: no training runtimes, per-second speeds,
-    epochs or FLOP counts."""
+def shown_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The metrics a user is shown: model quality and serving costs, no bookkeeping.
+
+    Training runtimes, per-second speeds, epochs and FLOP counts stay stored, unshown.
+    """
     return {
         k: v
         for k, v in metrics.items()
-        if k not in _NOT_QUALITY_NAMES and not _NOT_QUALITY.search(k)
+        if k not in _BOOKKEEPING_NAMES and not _BOOKKEEPING.search(k)
     }
 
 

@@ -10,7 +10,7 @@ import optuna
 
 from hpo import storage as st
 from hpo.config import load_study
-from hpo.status import attention, quality_metrics
+from hpo.status import attention, shown_metrics
 from hpo.study import open_study
 from tests.conftest import run_hpo
 
@@ -76,7 +76,7 @@ def test_lost_interrupted_and_running_trials(toy_study, tmp_path: Path) -> None:
     )
 
 
-def test_summaries_and_best_show_model_quality_only(toy_study) -> None:
+def test_summaries_and_best_show_quality_and_serving_costs_only(toy_study) -> None:
     study_file = _with_trainer(toy_study(n_trials=2), "tests.fake_trainers:with_throughput")
     run = run_hpo("run", str(study_file))
     assert run.returncode == 0, run.stderr
@@ -119,7 +119,7 @@ def test_quality_metrics() -> None:
         "epoch": 3.0,
         "total_flos": 1e9,
     }
-    assert quality_metrics(metrics) == {
+    assert shown_metrics(metrics) == {
         "eval_accuracy": 0.9,
         "eval_f1": 0.8,
         "eval_loss": 0.3,

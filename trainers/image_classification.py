@@ -805,11 +805,10 @@ def check_files(args: ImageClassificationArgs, study_dir: Path) -> tuple[str, st
                 f"{path.suffix} files are not supported; give an image folder (one sub-folder "
                 f"per class) or a {', '.join(sorted(TABLE_FORMATS))} file",
             )
-        if path.is_file():
-            wanted = {"image_column": args.dataset.image_column}
-            problem = check_columns(path, wanted | {"label_column": args.dataset.label_column})
-            if problem:
-                return problem
+        spec = args.dataset
+        columns = {"image_column": spec.image_column, "label_column": spec.label_column}
+        if path.is_file() and (problem := check_columns(path, columns)):
+            return problem
     if args.model.startswith((".", "/", "~")):
         path = relative_to(args.model, study_dir)
         if not (path / "config.json").is_file():

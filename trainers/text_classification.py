@@ -386,10 +386,9 @@ def check_files(args: TextClassificationArgs, study_dir: Path) -> tuple[str, str
                 "dataset.path",
                 f"{path.suffix} files are not supported; use {', '.join(sorted(DATA_FORMATS))}",
             )
-        wanted = {"text_column": args.dataset.text_column}
-        wanted["label_column"] = args.dataset.label_column
-        problem = check_columns(path, wanted)
-        if problem:
+        spec = args.dataset
+        columns = {"text_column": spec.text_column, "label_column": spec.label_column}
+        if problem := check_columns(path, columns):
             return problem
     if args.model not in PACKAGED_MODELS and args.model.startswith((".", "/", "~")):
         path = _relative_to(args.model, study_dir)

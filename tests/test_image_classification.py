@@ -110,6 +110,14 @@ def test_table_with_relative_paths_loads_like_the_folder(tmp_path: Path, bars: P
     from_folder = ic.load_images(ic.ImageDatasetArgs(path=str(bars)), ctx)
     assert from_table.label_names == from_folder.label_names
     assert from_table.splits["validation"][1] == from_folder.splits["validation"][1]
+    # Before anything runs, validate reads the table's columns (default: image, label).
+    checked = spec(Path("m"), bars).model_copy(
+        update={"dataset": ic.ImageDatasetArgs(path=str(table), label_column="kind")}
+    )
+    assert ic.check_files(checked, tmp_path) == (
+        "dataset.image_column",
+        "index.jsonl has no column 'image'; its columns: file, kind",
+    )
     table.unlink()
     with pytest.raises(KeyError, match=r"no column 'image' in index.csv"):
         (bars.parent / "index.csv").write_text("file,label\nx.png,a\n")

@@ -222,6 +222,17 @@ def _first_int(config: dict[str, Any], *names: str) -> int | None:
     return next((v for n in names if isinstance(v := config.get(n), int)), None)
 
 
+def max_input_length(folder: Path) -> int | None:
+    """The longest input a model folder takes (its config and tokenizer), read alone: what
+    capping ``max_seq_length`` needs, without the weights and card ``describe_folder`` reads.
+    None when the folder has no readable ``config.json``."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return _max_length(config, folder)
+
+
 def _max_length(config: dict[str, Any], folder: Path) -> int | None:
     """The smaller of the usable positions and the tokenizer's ``model_max_length``."""
     positions = _first_int(config, "max_position_embeddings", "n_positions")

@@ -34,6 +34,7 @@ from trainers.model_facts import (
     ModelFilter,
     describe_folder,
     describe_hub,
+    max_input_length,
 )
 
 logger = logging.getLogger(__name__)
@@ -255,10 +256,7 @@ def prepare_data(args: TextClassificationArgs, model_path: str, ctx: TrialContex
 
 def _model_limit(model_path: str) -> int | None:
     """The model's own maximum sequence length (positions, tokenizer); None when unknown."""
-    folder = Path(model_path)
-    if not (folder / "config.json").is_file():
-        return None
-    return describe_folder(model_path, folder, "local").max_seq_length
+    return max_input_length(Path(model_path))
 
 
 def _split(raw: Any, spec: DatasetArgs, seed: int) -> Any:

@@ -115,9 +115,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dashboard = command("dashboard", cmd_dashboard, "browse the study live in optuna-dashboard")
     dashboard.add_argument(
-        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine)"
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1: this machine; any other address lets "
+        "whoever reaches the port read the study, and warns)",
     )
     dashboard.add_argument("--port", type=int, default=8080, help="port (default 8080; 0: any)")
+    dashboard.add_argument(
+        "--allow-writes",
+        action="store_true",
+        help="let the dashboard write to the storage: notes and artifact uploads (into "
+        "<output_dir>/artifacts, if it exists) are legitimate for a human in the loop and "
+        "need this flag; it also lets whoever reaches the port rename or delete the study. "
+        "Without it the dashboard is read-only: every request that could write is refused "
+        "(403)",
+    )
     compare = commands.add_parser(
         "compare",
         help="compare search strategies: best value against compute",
@@ -639,7 +651,9 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         print(f"optuna-dashboard for study {config.name!r}: {url}  (Ctrl-C stops it)", flush=True)
 
     try:
-        serve_dashboard(config, args.host, args.port, on_ready=ready)
+        serve_dashboard(
+            config, args.host, args.port, on_ready=ready, allow_writes=args.allow_writes
+        )
     except KeyboardInterrupt:
         print("dashboard stopped", file=sys.stderr)
     return 0

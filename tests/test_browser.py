@@ -133,6 +133,14 @@ class Browser:
             if e.get("method") == "Network.requestWillBeSent"
         ]
 
+    def statuses(self) -> list[tuple[int, str]]:
+        """The HTTP status and URL of every response since the last ``open``."""
+        return [
+            (e["params"]["response"]["status"], e["params"]["response"]["url"])
+            for e in self.events
+            if e.get("method") == "Network.responseReceived"
+        ]
+
     def screenshot(self, path: Path) -> bytes:
         data = self.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
         png = __import__("base64").b64decode(data["data"])
@@ -315,6 +323,24 @@ def test_optuna_dashboard_serves_the_study(browser: Browser, tmp_path: Path) -> 
             urllib.request.urlopen(url.replace("/dashboard/studies/", "/api/studies/"))
         )
         assert "hpo-report-history" in json.dumps(study)
+        # Read-only (the default) costs the pages nothing: none of their requests is
+        # refused, and the trial list shows every trial.
+        assert [s for s in browser.statuses() if s[0] >= 400] == []
+        browser.open(url + "/trials")
+        browser.wait_for("document.body.innerText.includes('Trial 5')")
+        assert browser.errors() == []
+        assert [s for s in browser.statuses() if s[0] >= 400] == []
+        # A write the page would send (saving the study's note) is refused with a reason
+        # the page can show.
+        study_id = url.rsplit("/", 1)[1]
+        browser.evaluate(
+            f"fetch('/api/studies/{study_id}/note', {{method: 'PUT', "
+            "headers: {'Content-Type': 'application/json'}, "
+            "body: JSON.stringify({version: 1, body: 'rewritten'})})"
+            ".then(r => r.json().then(j => { window.refused = [r.status, j.reason]; }))"
+        )
+        refused = browser.wait_for("window.refused")
+        assert refused[0] == 403 and "--allow-writes" in refused[1]
     finally:
         server.terminate()
         server.wait(timeout=10)

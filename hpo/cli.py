@@ -261,7 +261,7 @@ def _load(args: argparse.Namespace, *, import_trainer: bool = True) -> Any:
     """The study file of ``args``, with its --set/--storage/--n-trials overrides.
 
     ``import_trainer=False`` for commands that only read the stored study: they never
-    run the trainer's code (README: Trust; SECURITY.md).
+    run the trainer's code (SECURITY.md).
     """
     import optuna
 
@@ -908,8 +908,9 @@ def shipped_trainer_args() -> dict[str, Any]:
     import importlib
     import pkgutil
 
-    import trainers
+    from hpo.config import import_shipped
 
+    trainers = import_shipped("trainers")  # hpo's own, whatever the working dir holds
     found = {}
     for module in pkgutil.iter_modules(trainers.__path__):
         function = getattr(importlib.import_module(f"trainers.{module.name}"), "train", None)

@@ -511,7 +511,7 @@ def resolve_trainer(ref: str, study_dir: Path, *, path: str | None = None) -> An
     those folders (see :func:`shadowed_trainers`).
     """
     module_name, _, function_name = ref.partition(":")
-    _import_shipped(module_name.partition(".")[0])
+    import_shipped(module_name.partition(".")[0])
     for folder in (str(Path.cwd()), str(study_dir)):
         if folder not in sys.path:
             sys.path.append(folder)
@@ -546,14 +546,17 @@ def _shipped_folder(package: str) -> Path | None:
     return folder if package in SHIPPED_PACKAGES and (folder / "__init__.py").is_file() else None
 
 
-def _import_shipped(package: str) -> None:
-    """Import the shipped ``package`` from beside ``hpo``, not from the first folder on
-    sys.path that has one: the study's folder, added to sys.path for its own trainer
-    modules, must not replace hpo's trainers (an editable install's finder runs after
-    sys.path, and ``python -m`` puts the working dir first)."""
+def import_shipped(package: str) -> Any:
+    """The shipped ``package`` (e.g. ``trainers``), imported from beside ``hpo``.
+
+    Not from the first folder on sys.path that has one: the study's folder, added to
+    sys.path for its own trainer modules, must not replace hpo's trainers (an editable
+    install's finder runs after sys.path, and ``python -m`` puts the working dir first).
+    Returns None for a package hpo does not ship.
+    """
     folder = _shipped_folder(package)
     if folder is None or package in sys.modules:
-        return
+        return sys.modules.get(package)
     spec = importlib.util.spec_from_file_location(
         package, folder / "__init__.py", submodule_search_locations=[str(folder)]
     )
@@ -565,6 +568,7 @@ def _import_shipped(package: str) -> None:
     except BaseException:
         del sys.modules[package]
         raise
+    return module
 
 
 def shadowed_trainers(ref: str, study_dir: Path) -> list[Path]:

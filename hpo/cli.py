@@ -269,7 +269,12 @@ def _version() -> str:
         return __version__
 
 
-def _load(args: argparse.Namespace) -> Any:
+def _load(args: argparse.Namespace, *, import_trainer: bool = True) -> Any:
+    """The study file of ``args``, with its --set/--storage/--n-trials overrides.
+
+    ``import_trainer=False`` for commands that only read the stored study: they never
+    run the trainer's code (SECURITY.md).
+    """
     import optuna
 
     from hpo.config import load_study
@@ -283,7 +288,7 @@ def _load(args: argparse.Namespace) -> Any:
         overrides.append(f"storage={args.storage}")
     if getattr(args, "n_trials", None) is not None:
         overrides.append(f"budget.n_trials={args.n_trials}")
-    return load_study(args.study_file, overrides)
+    return load_study(args.study_file, overrides, import_trainer=import_trainer)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -437,7 +442,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from hpo.status import attention
     from hpo.study import load_existing_study
 
-    config = _load(args)
+    config = _load(args, import_trainer=False)
     study = load_existing_study(config)
     summary = summarize(study, config)
     lines = attention(study)
@@ -487,7 +492,7 @@ def cmd_best(args: argparse.Namespace) -> int:
     from hpo.budget import summarize
     from hpo.study import load_existing_study
 
-    config = _load(args)
+    config = _load(args, import_trainer=False)
     if config.multi_objective:
         return _print_front(config, load_existing_study(config), as_json=args.json)
     summary = summarize(load_existing_study(config), config)
@@ -598,7 +603,7 @@ def _print_failed_since(config: Any, started: dt.datetime) -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     from dashboards.report import build_report
 
-    config = _load(args)
+    config = _load(args, import_trainer=False)
     report = build_report(
         config, Path(args.output) if args.output else None, save_to_study=args.attach
     )
@@ -617,7 +622,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     configs: list[Any] = []
     for path in args.study_files:
         args.study_file = path
-        config = _load(args)
+        config = _load(args, import_trainer=False)
         twin = next((c for c in configs if c.name == config.name), None)
         if twin is not None:
             raise ConfigError(
@@ -645,7 +650,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from dashboards.server import serve_dashboard
 
-    config = _load(args)
+    config = _load(args, import_trainer=False)
 
     def ready(url: str) -> None:
         print(f"optuna-dashboard for study {config.name!r}: {url}  (Ctrl-C stops it)", flush=True)
@@ -917,8 +922,9 @@ def shipped_trainer_args() -> dict[str, Any]:
     import importlib
     import pkgutil
 
-    import trainers
+    from hpo.config import import_shipped
 
+    trainers = import_shipped("trainers")  # hpo's own, whatever the working dir holds
     found = {}
     for module in pkgutil.iter_modules(trainers.__path__):
         function = getattr(importlib.import_module(f"trainers.{module.name}"), "train", None)

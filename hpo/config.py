@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.util
+import logging
 import math
 import os
 import re
@@ -42,7 +44,11 @@ from hpo.source import (
 from hpo.space import SearchSpace
 from hpo.storage import ENV_VAR, check_url, redact_url
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_STORAGE = "sqlite:///hpo.db"
+# Top-level packages shipped beside hpo that trainer.ref may name (pyproject's packages).
+SHIPPED_PACKAGES = ("trainers",)
 DEFAULT_KEEP_CHECKPOINTS = 3  # trials whose checkpoints stay (README: The study file)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*$")
 _DURATION_SCHEMA = {
@@ -315,13 +321,19 @@ def _put(data: Any, key: list[str], value: Any) -> None:
             return
 
 
-def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyConfig:
+def load_study(
+    path: str | Path, overrides: list[str] | None = None, *, import_trainer: bool = True
+) -> StudyConfig:
     """Read, override and validate a study file.
 
     Args:
         path: the YAML study file.
         overrides: ``key.path=value`` strings; values are parsed as YAML, so a whole
             mapping can be given (``sampler={type: random}``).
+        import_trainer: also import ``trainer.ref`` and check ``trainer.args`` against it
+            (what ``validate`` and ``run`` need). Off, no trainer code runs: for commands
+            that only read the stored study (``status``, ``best``, ``report`` ...), since
+            importing a module runs it (SECURITY.md).
 
     Raises:
         ConfigError: the file is missing, is not valid YAML, or fails validation; it
@@ -330,13 +342,17 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyCon
     source = read_source(path)
     for override in overrides or []:
         apply_override(source, override)
-    config = validate_source(source)
+    config = validate_source(source, import_trainer=import_trainer)
     config._overrides = tuple(overrides or ())
     return config
 
 
-def validate_source(source: Source) -> StudyConfig:
-    """Validate a read (and overridden) study file: every problem at once, with lines."""
+def validate_source(source: Source, *, import_trainer: bool = True) -> StudyConfig:
+    """Validate a read (and overridden) study file: every problem at once, with lines.
+
+    ``import_trainer``: as in :func:`load_study`; off, ``trainer.ref`` is checked for its
+    shape only, and ``trainer.args`` not at all.
+    """
     expand_env(source, keep=KEEP_UNEXPANDED)
     name_as_written(source, ("name",))
     problems = list(source.problems)
@@ -349,7 +365,8 @@ def validate_source(source: Source) -> StudyConfig:
         problems += validation_problems(
             e, source.data, model=StudyConfig, path=source.path, source=source
         )
-        problems += _trainer_args_problems(source)
+        if import_trainer:
+            problems += _trainer_args_problems(source)
     if (
         problems
         and {"base", "matrix", "studies"} & set(source.data)
@@ -363,6 +380,8 @@ def validate_source(source: Source) -> StudyConfig:
     if problems:
         raise ConfigError.join(_unique(problems))
     assert config is not None  # no problems means it validated
+    if not import_trainer:
+        return config
     try:
         check_trainer(config, path=source.path)
     except ConfigError as e:
@@ -439,6 +458,14 @@ def config_error(
 def check_trainer(config: StudyConfig, *, path: str) -> None:
     """Import ``trainer.ref`` and check its args, so a typo fails before anything runs."""
     trainer = resolve_trainer(config.trainer.ref, config.study_dir, path=path)
+    for local in shadowed_trainers(config.trainer.ref, config.study_dir):
+        logger.warning(
+            "%s: trainer.ref: %s is ignored: %s names hpo's shipped trainers; rename the "
+            "local module to use it",
+            path,
+            local,
+            config.trainer.ref,
+        )
     args_model = getattr(trainer, "args_model", None)
     if args_model is None:
         return
@@ -478,16 +505,28 @@ def check_trainer(config: StudyConfig, *, path: str) -> None:
 
 
 def resolve_trainer(ref: str, study_dir: Path, *, path: str | None = None) -> Any:
-    """Import ``module:function``; the study's folder and the working dir are importable."""
+    """Import ``module:function``; the study's folder and the working dir are importable.
+
+    ``trainers.*`` is always hpo's own shipped package, never a ``trainers`` module in
+    those folders (see :func:`shadowed_trainers`).
+    """
     module_name, _, function_name = ref.partition(":")
+    import_shipped(module_name.partition(".")[0])
     for folder in (str(Path.cwd()), str(study_dir)):
         if folder not in sys.path:
             sys.path.append(folder)
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
+        local = shadowed_trainers(ref, study_dir)
+        fix = (
+            f"{local[0]} is ignored, since {module_name.partition('.')[0]} is hpo's own "
+            "package: rename it and the ref"
+            if local
+            else "check the name or install it"
+        )
         raise ConfigError(
-            f"cannot import module {module_name!r} ({e}); check the name or install it",
+            f"cannot import module {module_name!r} ({e}); {fix}",
             path=path,
             field="trainer.ref",
         ) from e
@@ -499,6 +538,51 @@ def resolve_trainer(ref: str, study_dir: Path, *, path: str | None = None) -> An
             field="trainer.ref",
         )
     return function
+
+
+def _shipped_folder(package: str) -> Path | None:
+    """Where a package hpo ships (pyproject installs them beside ``hpo``) is, if it is one."""
+    folder = Path(__file__).resolve().parents[1] / package
+    return folder if package in SHIPPED_PACKAGES and (folder / "__init__.py").is_file() else None
+
+
+def import_shipped(package: str) -> Any:
+    """The shipped ``package`` (e.g. ``trainers``), imported from beside ``hpo``.
+
+    Not from the first folder on sys.path that has one: the study's folder, added to
+    sys.path for its own trainer modules, must not replace hpo's trainers (an editable
+    install's finder runs after sys.path, and ``python -m`` puts the working dir first).
+    Returns None for a package hpo does not ship.
+    """
+    folder = _shipped_folder(package)
+    if folder is None or package in sys.modules:
+        return sys.modules.get(package)
+    spec = importlib.util.spec_from_file_location(
+        package, folder / "__init__.py", submodule_search_locations=[str(folder)]
+    )
+    assert spec is not None and spec.loader is not None  # a file location always has both
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[package] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[package]
+        raise
+    return module
+
+
+def shadowed_trainers(ref: str, study_dir: Path) -> list[Path]:
+    """Local modules named like the shipped package ``ref`` imports from, which hpo ignores
+    (a ``trainers.py`` or ``trainers/`` beside the study file or in the working dir)."""
+    package = ref.partition(":")[0].partition(".")[0]
+    if _shipped_folder(package) is None:
+        return []
+    found = []
+    for folder in dict.fromkeys((study_dir.resolve(), Path.cwd().resolve())):
+        for local in (folder / package, folder / f"{package}.py"):
+            if local.exists() and local.resolve() != _shipped_folder(package):
+                found.append(local)
+    return found
 
 
 def model_candidates(config: StudyConfig) -> tuple[str, list[str]]:

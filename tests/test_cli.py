@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 from hpo.cli import main
-from tests.conftest import STUDIES, run_hpo
+from tests.conftest import ROOT, STUDIES, run_hpo
 
 
 def test_version() -> None:
@@ -84,6 +87,54 @@ def test_status_and_best_json(toy_study) -> None:
     best = json.loads(run_hpo("best", study_file, "--json").stdout)
     assert set(best) == {"study", "trial", "value", "params", "metrics"}
     assert status["best"] == best
+
+
+# A trainer module whose import leaves a mark: any command that imports it runs its code.
+MARKING_TRAINER = """\
+from pathlib import Path
+
+Path(__file__).with_name("imported").touch()
+
+from trainers.toy import train
+"""
+
+
+def test_read_only_commands_never_import_the_trainer(toy_study, tmp_path: Path, capsys) -> None:
+    """status, best, report, compare and dashboard read the stored study: the trainer's code
+    (`trainer.ref`, a module beside the study file) never runs for them."""
+    module = f"marking_{tmp_path.name.replace('-', '_')}"  # fresh: not in sys.modules yet
+    (tmp_path / f"{module}.py").write_text(MARKING_TRAINER)
+    study_file = toy_study(n_trials=2)
+    study_file.write_text(study_file.read_text().replace("trainers.toy:train", f"{module}:train"))
+    marker = tmp_path / "imported"
+    ran = run_hpo("run", str(study_file))
+    assert ran.returncode == 0, ran.stderr
+    assert marker.exists()  # running it is running its code
+    marker.unlink()
+    for command in (
+        ["status", str(study_file)],
+        ["best", str(study_file)],
+        ["report", str(study_file)],
+        ["compare", str(study_file)],
+    ):
+        assert main(command) == 0, capsys.readouterr().err
+        assert not marker.exists(), command
+    server = subprocess.Popen(
+        [sys.executable, "-m", "hpo", "dashboard", str(study_file), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        line = server.stdout.readline()  # printed once the study is loaded and the port bound
+        assert "optuna-dashboard for study 'toy'" in line, server.stderr.read()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert not marker.exists()
+    assert main(["validate", str(study_file)]) == 0  # validate still checks the trainer
+    assert marker.exists()
 
 
 def test_sweep_dry_run_json(tmp_path: Path, toy_study, capsys) -> None:

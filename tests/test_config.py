@@ -184,6 +184,48 @@ def test_names_are_taken_as_written(written: str, tmp_path: Path) -> None:
     assert load_study(DATA / "valid" / "minimal.yaml", [f"name={written}"]).name == written
 
 
+# hpo as installed: `trainers` is found beside `hpo`, not on sys.path (an editable install's
+# finder runs after sys.path, so the study's folder that resolve_trainer adds came first).
+AS_INSTALLED = """\
+import sys
+from pathlib import Path
+
+import hpo.cli
+
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path({root!r})]
+sys.exit(hpo.cli.main(["validate", {study!r}]))
+"""
+
+
+def test_a_local_trainers_package_does_not_replace_the_shipped_trainers(tmp_path: Path) -> None:
+    """`trainers.toy:train` names hpo's shipped trainer even with a `trainers` folder beside
+    the study file; validate says the local one is ignored."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    project = tmp_path / "project"
+    (project / "trainers").mkdir(parents=True)
+    marker = tmp_path / "imported"
+    (project / "trainers" / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    (project / "trainers" / "toy.py").write_text("def train(params, ctx):\n    return {}\n")
+    study = project / "study.yaml"
+    study.write_text((DATA / "valid" / "minimal.yaml").read_text())
+    script = AS_INSTALLED.format(root=str(ROOT), study=str(study))
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert not marker.exists()
+    assert f"{project / 'trainers'} is ignored" in result.stderr
+
+
 def test_schema_accepts_the_shipped_studies_and_checks_trainer_args() -> None:
     import json
 

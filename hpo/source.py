@@ -171,8 +171,9 @@ class _BoundedLoader(yaml.SafeLoader):
     counted as it is composed, and the running total includes every alias at that size.
     """
 
-    def __init__(self, text: str):
+    def __init__(self, text: str, *, what: str = "the file"):
         super().__init__(text)
+        self._what = what
         self._sizes: dict[yaml.Node, int] = {}  # node -> values in it, aliases expanded
         self._total = 0
         self._depth = 0
@@ -217,12 +218,12 @@ class _BoundedLoader(yaml.SafeLoader):
             return
         if alias is None:
             message = (
-                f"the file holds more than {MAX_NODES} YAML values; study files are small: "
+                f"{self._what} holds more than {MAX_NODES} YAML values; study files are small: "
                 "check that this is the right file"
             )
         else:
             message = (
-                f"alias *{alias} expands the file beyond {MAX_NODES} YAML values; "
+                f"alias *{alias} expands {self._what} beyond {MAX_NODES} YAML values; "
                 "study files are small: remove the nested aliases"
             )
         raise _TooLarge(message, mark)
@@ -257,6 +258,15 @@ def _walk(node: yaml.Node, key: Key, source: Source) -> None:
         source.texts[key] = node.value
 
 
+def _load_value(text: str) -> Any:
+    """A ``--set`` value as YAML, bounded like a file (an alias bomb fits in one argument)."""
+    loader = _BoundedLoader(text, what="the value")
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def apply_override(source: Source, override: str, *, what: str = "--set") -> None:
     """Set ``a.b.c=VALUE`` in place; VALUE is YAML, so ``sampler={type: random}`` works.
 
@@ -267,7 +277,9 @@ def apply_override(source: Source, override: str, *, what: str = "--set") -> Non
     if not sep or not key.strip():
         raise ConfigError(f"{what} expects key.path=value, but got {override!r}", path=source.path)
     try:
-        value = yaml.safe_load(text) if text.strip() else None
+        value = _load_value(text) if text.strip() else None
+    except _TooLarge as e:
+        raise ConfigError(f"{what} {key.strip()}: {e.message}", path=source.path) from e
     except yaml.YAMLError:
         value = text
     parts = key.strip().split(".")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from hpo.source import MAX_DEPTH, MAX_FILE_BYTES, MAX_NODES
-from tests.conftest import ROOT, run_hpo
+from tests.conftest import DATA, ROOT, run_hpo
 
 # A YAML document 1 kB long that expands to 10**9 values: each level lists ten aliases
 # of the level above ("billion laughs").
@@ -36,7 +36,7 @@ def run_measured(*args: str, cwd: Path) -> tuple[subprocess.CompletedProcess, in
     """
     wrapper = (
         "import json, resource, subprocess, sys\n"
-        "r = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+        "r = subprocess.run(sys.argv[1:], capture_output=True, text=True, timeout=100)\n"
         "peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
         "print(json.dumps([r.returncode, r.stdout, r.stderr, peak]))\n"
     )
@@ -46,7 +46,8 @@ def run_measured(*args: str, cwd: Path) -> tuple[subprocess.CompletedProcess, in
 
 
 def run_wrapper(code: str, argv: list[str], *, cwd: Path) -> subprocess.CompletedProcess:
-    # A generous timeout stops a hang (today's code runs the bomb for minutes); not a timing test.
+    # Generous timeouts stop a hang (today's code runs a bomb for minutes), killing hpo
+    # itself (the wrapper's timeout) and not only the wrapper; they are not timing tests.
     return subprocess.run(
         [sys.executable, "-c", code, *argv],
         cwd=cwd,
@@ -218,3 +219,20 @@ def test_too_many_values_without_aliases_are_refused(tmp_path: Path) -> None:
         f"{path}:2: the file holds more than {MAX_NODES} YAML values; study files are small: "
         "check that this is the right file"
     )
+
+
+def test_alias_bomb_in_a_set_value_is_refused(tmp_path: Path) -> None:
+    study = DATA / "valid" / "grid.yaml"
+    levels = ["&a [x, x, x, x, x, x, x, x, x, x]"] + [
+        f"&{level} [{', '.join([f'*{above}'] * 10)}]"
+        for above, level in zip("abcdefgh", "bcdefghi", strict=True)
+    ]
+    bomb = "[" + ", ".join(levels) + "]"
+    result, peak_kb = run_measured(
+        "validate", str(study), "--set", f"trainer.args.x={bomb}", cwd=tmp_path
+    )
+    assert one_error_line(result) == (
+        f"{study}: --set trainer.args.x: alias *d expands the value beyond {MAX_NODES} "
+        "YAML values; study files are small: remove the nested aliases"
+    )
+    assert peak_kb < MEMORY_BOUND_KB, f"peak {peak_kb} kB"

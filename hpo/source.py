@@ -6,6 +6,9 @@ a matrix replaced, and the ``${VAR}`` templates that were expanded. With it, eve
 of a file is reported at once, one line each: ``file:line: field.path: message``.
 
 Duplicate keys are problems here, not silently "the last one wins" as in ``safe_load``.
+Every file (and ``--set`` value) is read with the safe loader within bounds: at most
+``MAX_FILE_BYTES``, UTF-8, at most ``MAX_NODES`` values once aliases are expanded and
+``MAX_DEPTH`` levels; anything beyond is one line naming the file, the line and the limit.
 """
 
 from __future__ import annotations

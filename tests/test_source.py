@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from hpo.source import MAX_DEPTH, MAX_FILE_BYTES, MAX_NODES
+from hpo.sweep import MAX_STUDIES
 from tests.conftest import DATA, ROOT, run_hpo
 
 # A YAML document 1 kB long that expands to 10**9 values: each level lists ten aliases
@@ -236,3 +237,11 @@ def test_alias_bomb_in_a_set_value_is_refused(tmp_path: Path) -> None:
         "YAML values; study files are small: remove the nested aliases"
     )
     assert peak_kb < MEMORY_BOUND_KB, f"peak {peak_kb} kB"
+
+
+def test_readme_states_the_limits_in_force() -> None:
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    assert f"study or sweep file over {MAX_FILE_BYTES // 2**20} MB" in readme
+    assert f"values nested beyond {MAX_DEPTH} levels" in readme
+    assert f"value beyond {MAX_NODES:,} values" in readme
+    assert f"A sweep of more than {MAX_STUDIES} studies" in readme

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from hpo.source import MAX_DEPTH, MAX_FILE_BYTES, MAX_NODES
+from hpo.errors import ConfigError
+from hpo.source import MAX_DEPTH, MAX_FILE_BYTES, MAX_NODES, read_source
 from hpo.sweep import MAX_STUDIES
 from tests.conftest import DATA, ROOT, run_hpo
 
@@ -245,3 +246,22 @@ def test_readme_states_the_limits_in_force() -> None:
     assert f"values nested beyond {MAX_DEPTH} levels" in readme
     assert f"value beyond {MAX_NODES:,} values" in readme
     assert f"A sweep of more than {MAX_STUDIES} studies" in readme
+
+
+def test_utf8_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "minimal.yaml"
+    path.write_bytes(b"\xef\xbb\xbf" + (DATA / "valid" / "minimal.yaml").read_bytes())
+    assert read_source(path).data["name"] == "minimal"
+
+
+def test_unreadable_file_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "locked.yaml"
+    path.write_text("name: locked\n", encoding="utf-8")
+
+    def refuse(self: Path, *args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "open", refuse)  # root reads any file, whatever its mode
+    with pytest.raises(ConfigError) as info:
+        read_source(path)
+    assert str(info.value) == f"{path}: cannot read the file: Permission denied"

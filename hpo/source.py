@@ -6,6 +6,9 @@ a matrix replaced, and the ``${VAR}`` templates that were expanded. With it, eve
 of a file is reported at once, one line each: ``file:line: field.path: message``.
 
 Duplicate keys are problems here, not silently "the last one wins" as in ``safe_load``.
+Every file (and ``--set`` value) is read with the safe loader within bounds: at most
+``MAX_FILE_BYTES``, UTF-8, at most ``MAX_NODES`` values once aliases are expanded and
+``MAX_DEPTH`` levels; anything beyond is one line naming the file, the line and the limit.
 """
 
 from __future__ import annotations
@@ -27,6 +30,13 @@ from hpo.errors import ConfigError, FieldValueError
 Key = tuple[str, ...]
 # ``$${`` is a literal ``${``; ``${NAME}`` is an environment variable.
 _ENV = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+# Study and sweep files are a few kB. These limits refuse hostile or mistaken files (an
+# alias "billion laughs", a dataset given as the study) before they cost minutes and GBs,
+# far above anything a real file reaches.
+MAX_FILE_BYTES = 4 * 2**20
+MAX_NODES = 100_000  # values (mappings, lists, scalars) once every alias is expanded
+MAX_DEPTH = 100  # mappings and lists inside each other
 
 
 @dataclass
@@ -69,15 +79,26 @@ def read_source(path: str | Path) -> Source:
     """Read a YAML file's top-level mapping with the line of every key.
 
     Raises:
-        ConfigError: the file is missing, is not YAML, or is not a mapping.
+        ConfigError: the file is missing, a folder, over ``MAX_FILE_BYTES``, not UTF-8, not
+            YAML, not a mapping, or expands (aliases) or nests beyond ``MAX_NODES`` or
+            ``MAX_DEPTH``.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError("file not found; check the path", path=str(path))
-    loader = yaml.SafeLoader(path.read_text(encoding="utf-8"))
+    text = _read_text(path)
+    loader: _BoundedLoader | None = None
     try:
+        loader = _BoundedLoader(text)
         node = loader.get_single_node()
         data = loader.construct_document(node) if node is not None else None
+    except _TooLarge as e:
+        raise ConfigError(e.message, path=str(path), line=e.mark.line + 1) from e
+    except yaml.reader.ReaderError as e:  # a control character (a code point), before parsing
+        line, at = _line_column(text, e.position)
+        raise ConfigError(
+            f"invalid YAML: control character #x{e.character:04x} (column {at}); remove it",
+            path=str(path),
+            line=line,
+        ) from e
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
@@ -88,12 +109,127 @@ def read_source(path: str | Path) -> Source:
             line=mark.line + 1 if mark else None,
         ) from e
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if not isinstance(data, dict):
         raise ConfigError("expected a mapping of study fields at the top level", path=str(path))
     source = Source(str(path), data)
     _walk(node, (), source)
     return source
+
+
+def _read_text(path: Path) -> str:
+    """The text of a study or sweep file, refused if it is no small UTF-8 file."""
+    if path.is_dir():
+        raise ConfigError("is a folder, not a file; name the YAML file in it", path=str(path))
+    if not path.is_file():  # also a pipe or device, which could block or never end
+        raise ConfigError("file not found; check the path", path=str(path))
+    try:
+        with path.open("rb") as file:
+            data = file.read(MAX_FILE_BYTES + 1)
+            size = os.fstat(file.fileno()).st_size
+    except OSError as e:
+        raise ConfigError(f"cannot read the file: {e.strerror}", path=str(path)) from e
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError(
+            f"the file is over {MAX_FILE_BYTES // 2**20} MB ({size / 2**20:.1f} MB); "
+            "study and sweep files are small: check that this is the right file",
+            path=str(path),
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        line_start = data.rfind(b"\n", 0, e.start) + 1
+        column = len(data[line_start : e.start].decode("utf-8")) + 1
+        raise ConfigError(
+            f"not UTF-8 text: byte 0x{data[e.start]:02x} at column {column} "
+            f"(file offset {e.start}); save it as UTF-8",
+            path=str(path),
+            line=line,
+        ) from e
+
+
+def _line_column(text: str, position: int) -> tuple[int, int]:
+    """1-based line and column of the character at ``position`` of ``text``."""
+    line_start = text.rfind("\n", 0, position) + 1
+    return text.count("\n", 0, position) + 1, position - line_start + 1
+
+
+class _TooLarge(Exception):
+    """A document that would expand or nest beyond the limits, at ``mark``."""
+
+    def __init__(self, message: str, mark: yaml.Mark):
+        self.message = message
+        self.mark = mark
+        super().__init__(message)
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """The safe loader, refusing a document beyond ``MAX_NODES`` values or ``MAX_DEPTH`` levels.
+
+    An alias is one node in the composed graph, but everything that walks the data (the
+    line-number walk, ``${VAR}`` expansion, validation) visits its value once per alias:
+    ten levels of ten aliases are 10**10 values. So each node's size once expanded is
+    counted as it is composed, and the running total includes every alias at that size.
+    """
+
+    def __init__(self, text: str, *, what: str = "the file"):
+        super().__init__(text)
+        self._what = what
+        self._sizes: dict[yaml.Node, int] = {}  # node -> values in it, aliases expanded
+        self._total = 0
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node:
+        """Compose one node as the safe loader does, counting and limiting as it goes."""
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            node = super().compose_node(parent, index)
+            if node not in self._sizes:  # its anchor is still being composed
+                raise _TooLarge(
+                    f"alias *{event.anchor} refers to a value that contains it; "
+                    "study files are small: remove the recursive alias",
+                    event.start_mark,
+                )
+            self._count(self._sizes[node], event.start_mark, alias=event.anchor)
+            return node
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            raise _TooLarge(
+                f"values nested deeper than {MAX_DEPTH} levels "
+                f"(column {event.start_mark.column + 1}); study files are small: flatten it",
+                event.start_mark,
+            )
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [child for pair in node.value for child in pair]
+        else:
+            children = []
+        self._sizes[node] = 1 + sum(self._sizes[child] for child in children)
+        self._count(1, event.start_mark)
+        return node
+
+    def _count(self, values: int, mark: yaml.Mark, alias: str | None = None) -> None:
+        self._total += values
+        if self._total <= MAX_NODES:
+            return
+        if alias is None:
+            message = (
+                f"{self._what} holds more than {MAX_NODES} YAML values; study files are small: "
+                "check that this is the right file"
+            )
+        else:
+            message = (
+                f"alias *{alias} expands {self._what} beyond {MAX_NODES} YAML values; "
+                "study files are small: remove the nested aliases"
+            )
+        raise _TooLarge(message, mark)
 
 
 def _walk(node: yaml.Node, key: Key, source: Source) -> None:
@@ -125,6 +261,15 @@ def _walk(node: yaml.Node, key: Key, source: Source) -> None:
         source.texts[key] = node.value
 
 
+def _load_value(text: str) -> Any:
+    """A ``--set`` value as YAML, bounded like a file (an alias bomb fits in one argument)."""
+    loader = _BoundedLoader(text, what="the value")
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def apply_override(source: Source, override: str, *, what: str = "--set") -> None:
     """Set ``a.b.c=VALUE`` in place; VALUE is YAML, so ``sampler={type: random}`` works.
 
@@ -135,7 +280,9 @@ def apply_override(source: Source, override: str, *, what: str = "--set") -> Non
     if not sep or not key.strip():
         raise ConfigError(f"{what} expects key.path=value, but got {override!r}", path=source.path)
     try:
-        value = yaml.safe_load(text) if text.strip() else None
+        value = _load_value(text) if text.strip() else None
+    except _TooLarge as e:
+        raise ConfigError(f"{what} {key.strip()}: {e.message}", path=source.path) from e
     except yaml.YAMLError:
         value = text
     parts = key.strip().split(".")

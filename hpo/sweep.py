@@ -20,7 +20,8 @@ from last night's (``from: "{base}-{n}-{yesterday}"``). Explicit study files kee
 own names. ``--set`` applies to every study, after the matrix.
 
 Every study is validated before any runs: one bad combination is reported by name and
-nothing is written anywhere.
+nothing is written anywhere. More than ``MAX_STUDIES`` studies (the matrix's product plus
+``studies``) are refused before any is expanded.
 
 Resuming and idempotence come from the runner: a study's budget is its total, so a
 finished study runs nothing and a killed one continues (its lost trial is retried once
@@ -49,6 +50,7 @@ import copy
 import datetime as dt
 import itertools
 import logging
+import math
 import multiprocessing
 import os
 import re
@@ -67,6 +69,7 @@ from hpo.source import Source, apply_override, name_as_written, read_source
 logger = logging.getLogger(__name__)
 
 DEFAULT_NAME_TEMPLATE = "{base}-{n}"
+MAX_STUDIES = 1000  # each is validated up front (and later run): a matrix grows as a product
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 _DOTTED = re.compile(r"^[A-Za-z_][\w-]*(\.[A-Za-z_0-9][\w-]*)*$")
@@ -200,6 +203,7 @@ def _plan(
             path=str(path),
             field="matrix",
         )
+    _check_count(spec, path)
     today = today or dt.datetime.now(dt.timezone.utc).date()
     studies: list[PlannedStudy] = []
     if spec.base is not None:
@@ -208,6 +212,21 @@ def _plan(
         studies.append(_explicit(path, i, file, overrides))
     _check_unique(studies, path)
     return studies
+
+
+def _check_count(spec: SweepFile, path: Path) -> None:
+    """Refuse more than ``MAX_STUDIES`` before expanding: ten keys of ten values are 10**10."""
+    expanded = math.prod(len(values) for values in spec.matrix.values()) if spec.matrix else 0
+    if expanded + len(spec.studies) <= MAX_STUDIES:
+        return
+    limit = f"over the limit of {MAX_STUDIES} per sweep; split it into several sweeps"
+    if not spec.matrix:
+        message = f"lists {len(spec.studies)} study files, {limit}"
+        raise ConfigError(message, path=str(path), field="studies")
+    sizes = " x ".join(str(len(values)) for values in spec.matrix.values())
+    listed = f" and `studies` lists {len(spec.studies)} more" if spec.studies else ""
+    message = f"makes {expanded} studies ({sizes}){listed}, {limit}"
+    raise ConfigError(message, path=str(path), field="matrix")
 
 
 def _expand(spec: SweepFile, path: Path, overrides: list[str], today: dt.date) -> list[Any]:

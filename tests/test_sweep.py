@@ -16,7 +16,7 @@ import pytest
 
 from hpo.cli import main
 from hpo.errors import ConfigError
-from hpo.sweep import load_sweep
+from hpo.sweep import MAX_STUDIES, load_sweep
 from tests.conftest import ROOT, run_hpo
 
 BASE = """\
@@ -188,6 +188,32 @@ def test_malformed_sweep_files_get_one_line(
     assert main(["sweep", "sweep.yaml"]) == 2
     assert capsys.readouterr().err.strip() == f"hpo: error: {expected}"
     assert not (tmp_path / "hpo.db").exists()
+
+
+def test_a_matrix_of_too_many_studies_is_refused_before_expanding(tmp_path: Path) -> None:
+    values = list(range(1, 21))
+    path = write_sweep(
+        tmp_path,
+        f"base: base.yaml\nstudies: [base.yaml]\nmatrix:\n  seed: {values}\n"
+        f"  budget.n_trials: {values}\n  trainer.args.num_train_epochs: {values}\n",
+    )
+    result = run_hpo("sweep", str(path), "--dry-run", timeout=120)  # stops a hang
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == (
+        f"hpo: error: {path}:3: matrix: makes 8000 studies (20 x 20 x 20) and `studies` "
+        f"lists 1 more, over the limit of {MAX_STUDIES} per sweep; split it into several sweeps"
+    )
+
+
+def test_a_list_of_too_many_studies_is_refused(tmp_path: Path) -> None:
+    files = [f"s{i}.yaml" for i in range(MAX_STUDIES + 1)]
+    path = write_sweep(tmp_path, f"studies: [{', '.join(files)}]\n")
+    with pytest.raises(ConfigError) as info:
+        load_sweep(path)
+    assert str(info.value) == (
+        f"{path}:1: studies: lists {MAX_STUDIES + 1} study files, over the limit of "
+        f"{MAX_STUDIES} per sweep; split it into several sweeps"
+    )
 
 
 # --- plan, idempotence, failures, parallel ----------------------------------------------

@@ -131,7 +131,8 @@ def check_classes(
         return f"holds one class ({', '.join(map(repr, counts))}); a classifier needs two", []
     n_rows = sum(counts.values())
     sizes = split_sizes(n_rows, validation_fraction, test_fraction)
-    for split, size in sizes.items():
+    for split in ("test", "validation", "train"):  # the order the splits are made in
+        size = sizes[split]
         if (split != "test" or test_fraction > 0) and size < len(counts):
             fix = {"train": "lower the fractions", "validation": "raise validation_fraction",
                    "test": "raise test_fraction"}[split]  # fmt: skip

@@ -20,9 +20,7 @@ def splits(counts: dict[str, int], validation: float, test: float, seed: int) ->
 
     names = [name for name, n in counts.items() for _ in range(n)]
     index = {name: i for i, name in enumerate(counts)}
-    image_spec = ic.ImageDatasetArgs(
-        path="x", validation_fraction=validation, test_fraction=test
-    )
+    image_spec = ic.ImageDatasetArgs(path="x", validation_fraction=validation, test_fraction=test)
     ic._split(list(range(len(names))), [index[n] for n in names], image_spec, seed)
     text_spec = tc.DatasetArgs(path="x", validation_fraction=validation, test_fraction=test)
     table = datasets.Dataset.from_dict({"label": names}).class_encode_column("label")

@@ -120,13 +120,16 @@ def min_per_class(n_rows: int, validation_fraction: float, test_fraction: float)
 
 
 def check_classes(
-    counts: dict[str, int], validation_fraction: float, test_fraction: float
+    counts: dict[str, int], validation_fraction: float, test_fraction: float, noun: str = "rows"
 ) -> tuple[str, list[str]] | None:
     """Why these class sizes cannot be split, and the classes to blame (user's names).
 
-    Returns ``(why, classes)``: ``why`` completes a sentence about the data ("holds one
-    class ...", "... too few ..."); None when the splits will take every class.
+    Returns ``(why, classes)``: with no classes to blame, ``why`` completes a sentence
+    about the data ("holds one class ..."), else it says what each class needs; None when
+    the splits will take every class. ``noun`` is what the data holds (rows, images).
     """
+    if not counts:
+        return f"holds no {noun}", []
     if len(counts) < 2:
         return f"holds one class ({', '.join(map(repr, counts))}); a classifier needs two", []
     n_rows = sum(counts.values())
@@ -137,9 +140,9 @@ def check_classes(
             fix = {"train": "lower the fractions", "validation": "raise validation_fraction",
                    "test": "raise test_fraction"}[split]  # fmt: skip
             return (
-                f"has {n_rows} rows in {len(counts)} classes: its {split} split would hold "
-                f"{size}, fewer than the classes (a stratified split takes a row of each); "
-                f"add rows or {fix}",
+                f"has {n_rows} {noun} in {len(counts)} classes: its {split} split would hold "
+                f"{size}, fewer than the classes (a stratified split takes one of each); "
+                f"add {noun} or {fix}",
                 [],
             )
     need = min_per_class(n_rows, validation_fraction, test_fraction)
@@ -148,7 +151,7 @@ def check_classes(
         return None
     return (
         f"each class needs {need} or more for the stratified splits (validation_fraction "
-        f"{validation_fraction}, test_fraction {test_fraction}): add rows of "
+        f"{validation_fraction}, test_fraction {test_fraction}): add {noun} to "
         f"{'it' if len(small) == 1 else 'them'} or remove {'it' if len(small) == 1 else 'them'}",
         small,
     )
@@ -173,7 +176,8 @@ def check_label_column(
     rows: dict[str, list[int]] = {}
     for i, value in enumerate(labels.values):
         rows.setdefault(str(value), []).append(i)
-    problem = check_classes({c: len(r) for c, r in rows.items()}, validation_fraction, test_fraction)
+    counts = {c: len(r) for c, r in rows.items()}
+    problem = check_classes(counts, validation_fraction, test_fraction)
     if problem is None:
         return None
     why, small = problem

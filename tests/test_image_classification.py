@@ -443,7 +443,7 @@ def test_a_table_of_images_has_its_labels_files_and_images_checked(
     assert check([*rows[:3], "vertical/00.png,", *rows[3:]]) == (
         "dataset.label_column",
         "index.csv: 'label' is empty or NaN on line 4; give every row a label or remove "
-        "those rows",
+        "those rows (in a CSV, NA, N/A, null and None are NaN too)",
     )
     assert check([*rows, "vertical/gone.png,vertical"]) == (
         "dataset.image_column",

@@ -91,5 +91,10 @@ def test_empty_labels_are_named_by_line_or_row(tmp_path: Path, suffix: str, wher
     assert labels.check_label_column(path, "label", 0.2, 0.2) == (
         "dataset.label_column",
         f"data{suffix}: 'label' is empty or NaN on {where}; give every row a label or "
-        "remove those rows",
+        "remove those rows"
+        + (
+            " (in a CSV, NA, N/A, null and None are NaN too)"
+            if where.startswith("lines 4")
+            else ""
+        ),
     )

@@ -169,9 +169,12 @@ def check_label_column(
     field = "dataset.label_column"
     empty = [i for i, value in enumerate(labels.values) if is_empty(value)]
     if empty:
+        # The trainers read a CSV with pandas, which takes these texts for a missing value.
+        is_csv = path.suffix.lower() in (".csv", ".tsv")
+        csv_na = " (in a CSV, NA, N/A, null and None are NaN too)" if is_csv else ""
         return field, (
             f"{path.name}: {column!r} is empty or NaN on {count(empty, labels)}; give every "
-            "row a label or remove those rows"
+            f"row a label or remove those rows{csv_na}"
         )
     rows: dict[str, list[int]] = {}
     for i, value in enumerate(labels.values):

@@ -12,9 +12,11 @@ out; here they are found by reading the label column (one column of the whole ta
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,15 +49,16 @@ def read_column(path: Path, column: str) -> Column:
         delimiter = "\t" if suffix == ".tsv" else ","
         # dtype=str: labels as the user wrote them (a column with an empty cell would read
         # 1 as 1.0); pandas still turns its NA spellings into NaN.
-        frame = pd.read_csv(path, sep=delimiter, usecols=[column], dtype=str)
-        values = [None if pd.isna(v) else v for v in frame[column]]
+        cells = pd.read_csv(path, sep=delimiter, usecols=[column], dtype=str)[column]
+        values = cells.astype(object).where(cells.notna(), None).tolist()
         return Column(values, "line", lambda rows: _csv_lines(path, delimiter, rows))
     if suffix == ".jsonl":
         values, lines = [], []
         with path.open(encoding="utf-8") as f:
             for number, line in enumerate(f, start=1):
                 if line.strip():
-                    values.append(json.loads(line).get(column))
+                    row = json.loads(line)
+                    values.append(row.get(column) if isinstance(row, dict) else None)
                     lines.append(number)
         return Column(values, "line", lambda rows: [lines[i] for i in rows])
     if suffix == ".parquet":
@@ -167,38 +170,54 @@ def check_label_column(
     except (ValueError, OSError, csv.Error) as e:  # UnicodeDecodeError is a ValueError
         return "dataset.path", f"{path.name}: {e}"
     field = "dataset.label_column"
-    empty = [i for i, value in enumerate(labels.values) if is_empty(value)]
+    try:
+        tally = Counter(labels.values)  # counted in C: a million rows in a fraction of a second
+    except TypeError:  # a list or a mapping is no label
+        return field, f"{path.name}: {column!r} holds lists or objects; give one label a row"
+    empty = {value for value in tally if is_empty(value)}
     if empty:
+        rows = (i for i, value in enumerate(labels.values) if value in empty)
         # The trainers read a CSV with pandas, which takes these texts for a missing value.
         is_csv = path.suffix.lower() in (".csv", ".tsv")
         csv_na = " (in a CSV, NA, N/A, null and None are NaN too)" if is_csv else ""
+        where = count(list(itertools.islice(rows, SHOWN)), sum(tally[v] for v in empty), labels)
         return field, (
-            f"{path.name}: {column!r} is empty or NaN on {count(empty, labels)}; give every "
-            f"row a label or remove those rows{csv_na}"
+            f"{path.name}: {column!r} is empty or NaN on {where}; give every row a label or "
+            f"remove those rows{csv_na}"
         )
-    rows: dict[str, list[int]] = {}
-    for i, value in enumerate(labels.values):
-        rows.setdefault(str(value), []).append(i)
-    counts = {c: len(r) for c, r in rows.items()}
-    problem = check_classes(counts, validation_fraction, test_fraction)
+    counts: Counter[str] = Counter()
+    for value, n in tally.items():
+        counts[str(value)] += n
+    problem = check_classes(dict(counts), validation_fraction, test_fraction)
     if problem is None:
         return None
     why, small = problem
     if not small:
         return field, f"{path.name}: {column!r} {why}"
     named = "; ".join(
-        f"{c!r} has {plural(len(rows[c]), 'row')} ({count(rows[c], labels)})"
-        for c in small[:SHOWN]
+        f"{c!r} has {plural(counts[c], 'row')} ({count(rows, counts[c], labels)})"
+        for c, rows in _rows_of(labels, small[:SHOWN]).items()
     )
     more = f"; {len(small) - SHOWN} more classes too" if len(small) > SHOWN else ""
     return field, f"{path.name}: too few rows of a class in {column!r}: {named}{more}; {why}"
 
 
-def count(rows: Sequence[int], column: Column) -> str:
+def _rows_of(labels: Column, classes: list[str]) -> dict[str, list[int]]:
+    """The first rows of each class (in ``classes``' order); one pass over the column."""
+    rows: dict[str, list[int]] = {c: [] for c in classes}
+    # A class is the text of a value (1 and "1" are one class): look the values up as read.
+    values = {value: rows[str(value)] for value in set(labels.values) if str(value) in rows}
+    for i, value in enumerate(labels.values):
+        if (found := values.get(value)) is not None and len(found) < SHOWN:
+            found.append(i)
+    return rows
+
+
+def count(first: list[int], total: int, column: Column) -> str:
     """``line 7`` or ``lines 3, 8, 12 and 4 more``: the first rows as a user counts them."""
-    shown = column.numbers(list(rows[:SHOWN]))
-    more = f" and {len(rows) - SHOWN} more" if len(rows) > SHOWN else ""
-    unit = column.unit + ("s" if len(rows) > 1 else "")
+    shown = column.numbers(first[:SHOWN])
+    more = f" and {total - len(shown)} more" if total > len(shown) else ""
+    unit = column.unit + ("s" if total > 1 else "")
     return f"{unit} {', '.join(map(str, shown))}{more}"
 
 

@@ -369,6 +369,119 @@ def test_validate_refuses_a_missing_image_folder(tmp_path: Path, resnet: Path) -
     assert not (tmp_path / "hpo.db").exists()
 
 
+def bars_with(tmp_path: Path, bars: Path, extra: dict[str, bytes | None]) -> Path:
+    """A copy of ``bars`` with ``extra`` files (relative path -> bytes; None: a bars image)."""
+    import shutil
+
+    folder = tmp_path / "images"
+    shutil.copytree(bars, folder)
+    for name, content in extra.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(content or (bars / "vertical" / "00.png").read_bytes())
+    return folder
+
+
+def test_a_class_folder_too_small_for_the_splits_is_refused_before_any_trial(
+    tmp_path: Path, resnet: Path, bars: Path
+) -> None:
+    """A class folder ``7`` of one image: validate and run name the folder as the user
+    wrote it and the count it needs (each trial failed in its split before)."""
+    folder = bars_with(tmp_path, bars, {"7/only.png": None})
+    study_file = tmp_path / "s.yaml"
+    study_file.write_text(
+        STUDY.format(db=tmp_path / "hpo.db", runs="runs", model=resnet, data=folder)
+    )
+    for command in ("validate", "run"):
+        result = run_hpo(command, str(study_file), cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        assert (
+            f"trainer.args.dataset.path: {folder}: too few images in a class folder: '7' has "
+            "1 image; each class needs 3 or more for the stratified splits "
+            "(validation_fraction 0.2, test_fraction 0.2): add images to it or remove it"
+        ) in result.stderr
+        assert "Traceback" not in result.stderr and not (tmp_path / "hpo.db").exists()
+
+
+def test_an_image_that_cannot_be_read_is_named_at_validation(
+    tmp_path: Path, resnet: Path, bars: Path
+) -> None:
+    """A .png of random bytes is exit 2 naming it, before any trial (each trial failed on
+    it before, in decoding the whole folder)."""
+    folder = bars_with(tmp_path, bars, {"vertical/broken.png": random.Random(0).randbytes(300)})
+    study_file = tmp_path / "s.yaml"
+    study_file.write_text(
+        STUDY.format(db=tmp_path / "hpo.db", runs="runs", model=resnet, data=folder)
+    )
+    result = run_hpo("validate", str(study_file), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert (
+        f"trainer.args.dataset.path: {folder}: 1 image cannot be read: vertical/broken.png "
+        "(cannot identify image file"
+    ) in result.stderr
+    assert "replace or remove it" in result.stderr and not (tmp_path / "hpo.db").exists()
+
+
+def test_a_table_of_images_has_its_labels_files_and_images_checked(
+    tmp_path: Path, bars: Path
+) -> None:
+    """A table's empty label, a path to no file and an unreadable image are named with
+    their line before any trial."""
+    folder = bars_with(tmp_path, bars, {"vertical/broken.png": b"not an image"})
+    rows = ["image,label"] + [
+        f"{p.parent.name}/{p.name},{p.parent.name}"
+        for p in sorted(folder.rglob("*.png"))
+        if p.name != "broken.png"
+    ]
+    table = folder / "index.csv"
+    args = spec(Path("m"), table)
+
+    def check(lines: list[str]) -> tuple[str, str] | None:
+        table.write_text("\n".join(lines) + "\n")
+        return ic.check_files(args, tmp_path)
+
+    assert check(rows) is None
+    assert check([*rows[:3], "vertical/00.png,", *rows[3:]]) == (
+        "dataset.label_column",
+        "index.csv: 'label' is empty or NaN on line 4; give every row a label or remove "
+        "those rows (in a CSV, NA, N/A, null and None are NaN too)",
+    )
+    assert check([*rows, "vertical/gone.png,vertical"]) == (
+        "dataset.image_column",
+        "index.csv: 'image' names 1 file that does not exist: vertical/gone.png (line 42); "
+        "image paths start at the table's folder",
+    )
+    problem = check([*rows, "vertical/broken.png,vertical"])
+    assert problem is not None and problem[0] == "dataset.image_column"
+    assert problem[1].startswith(
+        "index.csv: 1 image cannot be read: vertical/broken.png (line 42: cannot identify"
+    )
+
+
+def test_an_image_that_passes_the_check_but_cannot_be_decoded_is_skipped(
+    tmp_path: Path, bars: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A PNG whose chunks are whole (verify passes) but whose pixels are noise: loading
+    skips it with a warning naming it, and the trial goes on without it."""
+    import logging
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        checksum = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + checksum
+
+    header = struct.pack(">IIBBBBB", SIZE, SIZE, 8, 2, 0, 0, 0)
+    noise = random.Random(0).randbytes(64)
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", noise)
+    png += chunk(b"IEND", b"")
+    folder = bars_with(tmp_path, bars, {"vertical/noise.png": png})
+    assert ic.check_files(spec(Path("m"), folder), tmp_path) is None
+    with caplog.at_level(logging.WARNING, logger="trainers.image_classification"):
+        images = ic.load_images(spec(Path("m"), folder).dataset, context(tmp_path))
+    assert sum(len(labels) for _, labels in images.splits.values()) == 40
+    assert f"skipped {folder / 'vertical' / 'noise.png'}: it cannot be decoded" in caplog.text
+
+
 OPTIM_STUDY = """\
 name: optim
 storage: sqlite:///hpo.db

@@ -143,6 +143,51 @@ def test_a_column_the_data_lacks_is_refused_before_anything_runs(
     assert fixed.returncode == 0, fixed.stderr
 
 
+BAD_LABELS = {
+    # case: (labels of reviews.csv rows 2 and 7, or all rows; what the error names)
+    "empty": ({2: "", 7: ""}, "'label' is empty or NaN on lines 4, 9; give every row a label"),
+    "nan": ({2: "NaN"}, "'label' is empty or NaN on line 4; give every row a label"),
+    "one class": ("positive", "'label' holds one class ('positive'); a classifier needs two"),
+    "a class of 1 row": (
+        {7: "neutral"},
+        "too few rows of a class in 'label': 'neutral' has 1 row (line 9); each class needs 3 or "
+        "more for the stratified splits (validation_fraction 0.2, test_fraction 0.2)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_LABELS)
+def test_labels_the_splits_cannot_take_are_refused_before_any_trial(
+    tmp_path: Path, case: str
+) -> None:
+    """validate and run read the whole label column: an empty or NaN label, one class, or
+    a class too small for the stratified splits is exit 2 naming the file, the column, the
+    rows (CSV line numbers) and the class, and no trial is created (each trial failed in
+    its data split before, until the failure budget ran out)."""
+    import pandas as pd
+
+    from tests.conftest import run_hpo
+
+    labels, expected = BAD_LABELS[case]
+    frame = pd.read_csv(REVIEWS)
+    if isinstance(labels, str):
+        frame["label"] = labels
+    for row, label in dict(labels if isinstance(labels, dict) else {}).items():
+        frame.loc[row, "label"] = label
+    data = tmp_path / "reviews.csv"
+    frame.to_csv(data, index=False)
+    study = tmp_path / "study.yaml"
+    study.write_text(
+        (STUDIES / "quickstart.yaml").read_text().replace("data/reviews.csv", str(data))
+    )
+    where = ["--set", f"storage=sqlite:///{tmp_path / 'hpo.db'}"]
+    for command in ("validate", "run"):
+        result = run_hpo(command, str(study), *where)
+        assert result.returncode == 2, result.stderr
+        assert f"trainer.args.dataset.label_column: reviews.csv: {expected}" in result.stderr
+        assert "Traceback" not in result.stderr and not (tmp_path / "hpo.db").exists()
+
+
 @pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
 def test_jsonl_and_parquet_load_like_csv(tmp_path: Path, tiny_model: Path, suffix: str) -> None:
     import pandas as pd

@@ -40,6 +40,7 @@ from trainers.drafts import (
     detect_label_column,
     read_rows,
 )
+from trainers.labels import SHOWN, check_classes, check_label_column, plural, read_column
 
 logger = logging.getLogger(__name__)
 
@@ -126,9 +127,11 @@ def _load_images(spec: ImageDatasetArgs, study_dir: Path, seed: int) -> Images:
         return _hub_images(spec, seed)  # needs internet: not exercised by the tests
     path = relative_to(spec.path or "", study_dir)
     files, labels = _folder_files(path) if path.is_dir() else _table_files(path, spec)
+    decoded = _decode_all(files)
+    files, labels = [files[i] for i in decoded], [labels[i] for i in decoded]
+    images = list(decoded.values())
     label_names = sorted(set(labels))
     index = {name: i for i, name in enumerate(label_names)}
-    images = [_decode(f) for f in files]
     names = [str(f.relative_to(path) if path.is_dir() else f.name) for f in files]
     parts = _split(list(range(len(files))), [index[label] for label in labels], spec, seed)
     splits = {k: ([images[i] for i in v], [index[labels[i]] for i in v]) for k, v in parts.items()}
@@ -217,6 +220,41 @@ def _decode(file: Path) -> Any:
 
     with Image.open(file) as image:
         return image.convert("RGB")
+
+
+def _decode_all(files: list[Path]) -> dict[int, Any]:
+    """Each file's index -> its decoded image; one that cannot be decoded is skipped with a
+    warning naming it.
+
+    validate reads every image's header (:func:`unreadable_images`), but the pixels of a
+    file with sound headers can still be broken (a truncated JPEG, a corrupt PNG stream):
+    one such file must not fail every trial.
+    """
+    decoded = {}
+    for i, file in enumerate(files):
+        try:
+            decoded[i] = _decode(file)
+        except (OSError, SyntaxError, ValueError) as e:  # what PIL raises for broken data
+            logger.warning("skipped %s: it cannot be decoded (%s); replace or remove it", file, e)
+    return decoded
+
+
+def unreadable_images(files: list[Path]) -> list[tuple[int, str]]:
+    """``(index, why)`` for each file PIL cannot identify or whose structure is broken.
+
+    ``Image.verify`` reads the headers (and checks a PNG's chunk checksums) without
+    decoding pixels: 27 microseconds an image on the shipped digits (1797 PNGs in 0.05 s).
+    """
+    from PIL import Image
+
+    bad = []
+    for i, file in enumerate(files):
+        try:
+            with Image.open(file) as image:
+                image.verify()
+        except Exception as e:  # PIL raises many kinds for a broken file; each is a finding
+            bad.append((i, str(e) or type(e).__name__))
+    return bad
 
 
 def _split(
@@ -791,7 +829,12 @@ def check_args(
 
 
 def check_files(args: ImageClassificationArgs, study_dir: Path) -> tuple[str, str] | None:
-    """The local files the args name, checked before a study starts (hub names are not)."""
+    """The local files the args name, checked before a study starts (hub names are not).
+
+    Each class must be large enough for the stratified splits (:mod:`trainers.labels`)
+    and every image readable (its headers; see :func:`unreadable_images`); a table's
+    labels and image paths are read too.
+    """
     if args.dataset.path:
         path = relative_to(args.dataset.path, study_dir)
         if not path.exists():
@@ -805,15 +848,75 @@ def check_files(args: ImageClassificationArgs, study_dir: Path) -> tuple[str, st
                 f"{path.suffix} files are not supported; give an image folder (one sub-folder "
                 f"per class) or a {', '.join(sorted(TABLE_FORMATS))} file",
             )
-        spec = args.dataset
-        columns = {"image_column": spec.image_column, "label_column": spec.label_column}
-        if path.is_file() and (problem := check_columns(path, columns)):
+        check = _check_folder if path.is_dir() else _check_table
+        if problem := check(path, args.dataset):
             return problem
     if args.model.startswith((".", "/", "~")):
         path = relative_to(args.model, study_dir)
         if not (path / "config.json").is_file():
             return ("model", f"{path} is not a model folder (no config.json)")
     return None
+
+
+def _check_folder(folder: Path, spec: ImageDatasetArgs) -> tuple[str, str] | None:
+    """An image folder's classes (its sub-folders) and images, before any trial."""
+    by_class = {label: files for label, files in class_images(folder).items() if files}
+    counts = {label: len(files) for label, files in by_class.items()}
+    problem = check_classes(counts, spec.validation_fraction, spec.test_fraction, "images")
+    if problem is not None:
+        why, small = problem
+        if not small:
+            return "dataset.path", f"{folder}: {why} (one sub-folder of images per class)"
+        named = "; ".join(f"{c!r} has {plural(counts[c], 'image')}" for c in small[:SHOWN])
+        more = f"; {len(small) - SHOWN} more folders too" if len(small) > SHOWN else ""
+        return "dataset.path", f"{folder}: too few images in a class folder: {named}{more}; {why}"
+    files = [file for group in by_class.values() for file in group]
+    bad = unreadable_images(files)
+    if bad:
+        shown = "; ".join(f"{files[i].relative_to(folder)} ({why})" for i, why in bad[:SHOWN])
+        return "dataset.path", f"{folder}: {_cannot_be_read(bad, shown)}"
+    return None
+
+
+def _check_table(table: Path, spec: ImageDatasetArgs) -> tuple[str, str] | None:
+    """A table's columns, labels, image paths and images, before any trial."""
+    columns = {"image_column": spec.image_column, "label_column": spec.label_column}
+    problem = check_columns(table, columns) or check_label_column(
+        table, spec.label_column, spec.validation_fraction, spec.test_fraction
+    )
+    if problem:
+        return problem
+    paths = read_column(table, spec.image_column)
+    files = [relative_to(str(p), table.parent) for p in paths.values]
+    field = "dataset.image_column"
+    missing = [i for i, file in enumerate(files) if not file.is_file()]
+    if missing:
+        first = missing[:SHOWN]
+        shown = "; ".join(
+            f"{paths.values[i]} ({paths.unit} {n})"
+            for i, n in zip(first, paths.numbers(first), strict=True)
+        )
+        more = f"; {len(missing) - SHOWN} more" if len(missing) > SHOWN else ""
+        return field, (
+            f"{table.name}: {spec.image_column!r} names {plural(len(missing), 'file')} that "
+            f"{'does' if len(missing) == 1 else 'do'} not exist: {shown}{more}; image paths "
+            "start at the table's folder"
+        )
+    bad = unreadable_images(files)
+    if bad:
+        lines = paths.numbers([i for i, _ in bad[:SHOWN]])
+        shown = "; ".join(
+            f"{paths.values[i]} ({paths.unit} {n}: {why})"
+            for (i, why), n in zip(bad[:SHOWN], lines, strict=True)
+        )
+        return field, f"{table.name}: {_cannot_be_read(bad, shown)}"
+    return None
+
+
+def _cannot_be_read(bad: list[tuple[int, str]], shown: str) -> str:
+    more = f"; {len(bad) - SHOWN} more" if len(bad) > SHOWN else ""
+    them = "it" if len(bad) == 1 else "them"
+    return f"{plural(len(bad), 'image')} cannot be read: {shown}{more}; replace or remove {them}"
 
 
 def save_model(checkpoint: Path, target: Path, args: dict[str, Any], study_dir: Path) -> None:

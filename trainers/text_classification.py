@@ -28,6 +28,7 @@ from trainers._hf import CACHE as _CACHE
 from trainers._hf import HFTrainingArgs, reporter_class
 from trainers._hf import relative_to as _relative_to
 from trainers.drafts import check_columns, draft_text_classification
+from trainers.labels import check_label_column
 from trainers.model_facts import (
     BERT_LIKE,
     ModelFacts,
@@ -371,7 +372,10 @@ def check_args(
 
 
 def check_files(args: TextClassificationArgs, study_dir: Path) -> tuple[str, str] | None:
-    """The local files the args name, checked before a study starts (hub names are not)."""
+    """The local files the args name, checked before a study starts (hub names are not).
+
+    A data file's columns are read, and its whole label column (:mod:`trainers.labels`).
+    """
     if args.dataset.path:
         path = _relative_to(args.dataset.path, study_dir)
         if not path.is_file():
@@ -386,7 +390,9 @@ def check_files(args: TextClassificationArgs, study_dir: Path) -> tuple[str, str
             )
         spec = args.dataset
         columns = {"text_column": spec.text_column, "label_column": spec.label_column}
-        if problem := check_columns(path, columns):
+        if problem := check_columns(path, columns) or check_label_column(
+            path, spec.label_column, spec.validation_fraction, spec.test_fraction
+        ):
             return problem
     if args.model not in PACKAGED_MODELS and args.model.startswith((".", "/", "~")):
         path = _relative_to(args.model, study_dir)

@@ -27,7 +27,7 @@ from hpo.backends.optuna_compat import (
 )
 from hpo.backends.rdb import is_connection_error
 from hpo.budget import Summary, effective_budget, summarize, usage
-from hpo.checkpoints import prune_checkpoints
+from hpo.checkpoints import prune_checkpoints, study_folder
 from hpo.config import StudyConfig, resolve_trainer
 from hpo.errors import FailureBudgetExceeded
 from hpo.events import emit
@@ -215,7 +215,7 @@ class _Objective:
         return self._objective_value(trial, metrics, _duration(ctx))
 
     def _context(self, trial: Any, params: dict[str, Any]) -> TrialContext:
-        output_dir = Path(self.config.output_dir) / self.config.name / f"trial-{trial.number:04d}"
+        output_dir = study_folder(self.config) / f"trial-{trial.number:04d}"
         resume_from, history = None, []
         attrs: dict[str, Any] = {}
         retried = retry_origin(trial)

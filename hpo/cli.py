@@ -163,7 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     export = command("export", cmd_export, "write the best trial's model with a model card")
     export.add_argument("--to", required=True, metavar="DIR", help="the folder to write")
     export.add_argument("--trial", type=int, metavar="N", help="export trial N, not the best")
-    export.add_argument("--force", action="store_true", help="replace a non-empty folder")
+    export.add_argument(
+        "--force", action="store_true", help="replace a previous export in DIR (only that)"
+    )
     init = commands.add_parser(
         "init",
         help="write a commented study file for your own data (texts or images)",

@@ -755,12 +755,17 @@ def _quiet_optuna(debug: bool) -> None:
 
 
 def cmd_narrow(args: argparse.Namespace) -> int:
-    from hpo.config import load_study
+    from hpo.config import check_folder_name, load_study
     from hpo.narrow import narrow_study
     from hpo.space import describe
     from hpo.study import load_existing_study
 
     config = _load(args)
+    if args.name is not None:
+        try:
+            check_folder_name(args.name)
+        except ValueError as e:  # said now: the file's own error would blame -o
+            raise ConfigError(str(e), field="--name") from None
     output = Path(args.output)
     raw = narrow_study(config, load_existing_study(config), args.top, output, args.name)
     try:

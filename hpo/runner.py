@@ -222,7 +222,7 @@ class _Objective:
         if retried is not None:
             # The retry copied the lost trial's attributes: its checkpoint and evaluations.
             checkpoint = trial.user_attrs.get(st.ATTR_CHECKPOINT)
-            if checkpoint and Path(checkpoint).exists():
+            if checkpoint and _resumable(Path(checkpoint), output_dir.parent, trial.number):
                 resume_from = Path(checkpoint)
                 history = list(trial.user_attrs.get(st.ATTR_HISTORY, []))
                 output_dir = resume_from.parent
@@ -284,6 +284,25 @@ class _Objective:
 
 def _duration(ctx: TrialContext) -> float:
     return round(time.monotonic() - ctx.started, 3)
+
+
+def _resumable(checkpoint: Path, study_folder: Path, number: int) -> bool:
+    """Whether a retry resumes from (and so writes beside) ``checkpoint``.
+
+    The path comes from storage, not from the user: one outside the study's own folder is
+    not followed (the trial starts over), so a retry writes nowhere the user did not name.
+    """
+    if not checkpoint.exists():
+        return False
+    if checkpoint.resolve().is_relative_to(study_folder.resolve()):
+        return True
+    logger.warning(
+        "trial %d: not resuming from %s, which is outside %s; it starts over",
+        number,
+        checkpoint,
+        study_folder,
+    )
+    return False
 
 
 def _record_failure(trial: Any, error: BaseException, extra: dict[str, Any] | None = None) -> None:

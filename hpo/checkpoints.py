@@ -125,7 +125,11 @@ def _deletable(path: Path, root: Path, protected: list[Path]) -> bool:
 
 def study_folder(config: StudyConfig) -> Path:
     """``<output_dir>/<study name>``: where the study's trial folders are (relative paths
-    are relative to the working directory)."""
+    are relative to the working directory).
+
+    The one place a study name becomes a checkpoint path; the name is one folder name
+    inside ``output_dir`` (``hpo.config.check_folder_name`` refused any other at
+    validation)."""
     return Path(config.output_dir) / config.name
 
 

@@ -175,7 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     export = command("export", cmd_export, "write the best trial's model with a model card")
     export.add_argument("--to", required=True, metavar="DIR", help="the folder to write")
     export.add_argument("--trial", type=int, metavar="N", help="export trial N, not the best")
-    export.add_argument("--force", action="store_true", help="replace a non-empty folder")
+    export.add_argument(
+        "--force", action="store_true", help="replace a previous export in DIR (only that)"
+    )
     init = commands.add_parser(
         "init",
         help="write a commented study file for your own data (texts or images)",
@@ -772,12 +774,17 @@ def _quiet_optuna(debug: bool) -> None:
 
 
 def cmd_narrow(args: argparse.Namespace) -> int:
-    from hpo.config import load_study
+    from hpo.config import check_folder_name, load_study
     from hpo.narrow import narrow_study
     from hpo.space import describe
     from hpo.study import load_existing_study
 
     config = _load(args)
+    if args.name is not None:
+        try:
+            check_folder_name(args.name)
+        except ValueError as e:  # said now: the file's own error would blame -o
+            raise ConfigError(str(e), field="--name") from None
     output = Path(args.output)
     raw = narrow_study(config, load_existing_study(config), args.top, output, args.name)
     try:

@@ -61,11 +61,20 @@ _DURATION_SCHEMA = {
 # `name: 2026` is taken as written (see hpo.source.name_as_written): editors should agree.
 _NAME_SCHEMA = {
     "anyOf": [
-        {"type": "string", "minLength": 1, "maxLength": 200},
+        # One folder name (see check_folder_name): no separator or NUL, no leading dot.
+        {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 200,
+            "pattern": r"^[^./\\\x00][^/\\\x00]*$",
+        },
         {"type": ["number", "boolean"]},
     ]
 }
 _REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+# A study name is a folder (output_dir/<name>/): a separator, or a NUL, would make it a path.
+_NOT_IN_A_FOLDER_NAME = re.compile(r"[/\\\x00]+")
+MAX_FOLDER_NAME_BYTES = 255  # NAME_MAX of the usual Linux and macOS file systems
 # Storage URLs may hold a password: they keep ${VAR} and are expanded only when opened.
 KEEP_UNEXPANDED = {("storage",), ("warm_start", "storage")}
 
@@ -194,6 +203,11 @@ class StudyConfig(_Model):
     # The --set overrides it was loaded with (not a YAML key): see run_command.
     _overrides: tuple[str, ...] = PrivateAttr(default=())
 
+    @field_validator("name")
+    @classmethod
+    def _one_folder_name(cls, value: str) -> str:
+        return check_folder_name(value)
+
     @field_validator("storage")
     @classmethod
     def _storage_url(cls, value: str) -> str:
@@ -303,6 +317,31 @@ class StudyConfig(_Model):
             _put(data, dotted.split("."), template)
         data["storage"] = redact_url(self.storage)
         return data
+
+
+def check_folder_name(name: str) -> str:
+    """``name`` when it can be one folder inside another; else ValueError saying the fix.
+
+    Study names become folders (``output_dir/<name>/`` for checkpoints, which ``hpo
+    status`` measures and retention deletes in; ``dashboards/<name>/`` for reports), so
+    this is the one gate every name passes at validation. A name that is a path (``/``,
+    ``\\``, ``..``, absolute), hidden (a leading ``.``), holds a NUL or is too long for a
+    folder is refused, not rewritten: the name stays the Optuna study name as written, and
+    two names never share one folder.
+    """
+    if _NOT_IN_A_FOLDER_NAME.search(name) or name.startswith("."):
+        fix = _NOT_IN_A_FOLDER_NAME.sub("-", name).lstrip(".-") or "study"
+        raise ValueError(
+            f"{name!r} becomes a folder under output_dir, so it may not contain '/' or "
+            f"'\\', start with '.' or hold a NUL character; rename it, e.g. {fix!r}"
+        )
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if size > MAX_FOLDER_NAME_BYTES:
+        raise ValueError(
+            f"is {size} bytes in UTF-8, but it becomes a folder under output_dir and a folder "
+            f"name holds at most {MAX_FOLDER_NAME_BYTES}; rename it shorter"
+        )
+    return name
 
 
 def _put(data: Any, key: list[str], value: Any) -> None:

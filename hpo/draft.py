@@ -17,8 +17,11 @@ from hpo.config import DEFAULT_STORAGE
 
 
 def study_name(stem: str) -> str:
-    """A study name from a file name: letters, digits, ``-``, ``_`` and ``.`` only."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-") or "study"
+    """A study name from a file name: letters, digits, ``-``, ``_`` and ``.`` only.
+
+    No leading ``.``: the name is a folder under output_dir (``config.check_folder_name``).
+    """
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).lstrip(".-").rstrip("-") or "study"
 
 
 def render_study(

@@ -6,7 +6,9 @@ copies the model files of its last checkpoint (``hpo:checkpoint``: a Hugging Fac
 trainer state stay behind), adds the tokenizer of the base model the trainer started
 from (the trainer saves none: it never changes it), and writes ``README.md`` (a model
 card: study, trial, params, validation and test metrics, data, package versions) and
-``hpo_export.json`` (the same facts for machines). The folder loads with
+``hpo_export.json`` (the same facts for machines, and the mark of an export: ``--force``
+replaces a folder holding it and no other; never one that holds the working folder, the
+study file, its storage file or its output_dir). The folder loads with
 ``AutoModelForSequenceClassification.from_pretrained(DIR)`` and
 ``AutoTokenizer.from_pretrained(DIR)``; the tokenizer's ``model_max_length`` is the
 study's ``max_seq_length``, so ``tokenizer(text, truncation=True)`` tokenizes as
@@ -27,7 +29,10 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import os
 import shutil
+import tempfile
+import uuid
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -40,6 +45,9 @@ from hpo.errors import ConfigError, StudyStateError
 logger = logging.getLogger(__name__)
 
 _PACKAGES = (DISTRIBUTION, "optuna", "transformers", "torch", "datasets", "tokenizers")
+# Every export writes it: how --force tells a previous export (which it may replace) from
+# any other folder (which it never deletes).
+FACTS_FILE = "hpo_export.json"
 
 
 def export_best(
@@ -51,20 +59,17 @@ def export_best(
         ConfigError: ``to`` is a non-empty folder and ``force`` is off.
         StudyStateError: no such study, no completed trial, or its checkpoint is gone.
     """
-    target = Path(to)
-    if target.exists() and any(target.iterdir()) and not force:
-        raise ConfigError(
-            f"{target} is not empty; choose a new folder or pass --force to replace it",
-            field="--to",
-        )
+    target = export_target(config, to, force=force)
     study = _load(config)
     trial = _pick_trial(study, config, trial_number)
     checkpoint = _checkpoint(trial, config)
     trained_with = trained_args(study, config)
     facts = model_facts(config, trial, checkpoint, trained_with)
-    staging = target.with_name(f".{target.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # A name of its own beside the target: a rename into place is atomic on one file system.
+    staging = Path(
+        tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+    )
     try:
         save_model = _trainer_hook(config, "save_model")
         # The trial's own arguments: those the study ran with, what it searched (a
@@ -74,13 +79,91 @@ def export_best(
             save_model(checkpoint, staging, args, config.study_dir)
         except ValueError as e:  # the trainer's word on a checkpoint it cannot export
             raise StudyStateError(f"trial {trial.number}: {e}") from None
-        (staging / "hpo_export.json").write_text(json.dumps(facts, indent=2) + "\n")
+        (staging / FACTS_FILE).write_text(json.dumps(facts, indent=2) + "\n")
         (staging / "README.md").write_text(model_card(facts), encoding="utf-8")
-        shutil.rmtree(target, ignore_errors=True)
-        staging.rename(target)  # readers never see a half-written export
+        _replace(target, staging)  # readers never see a half-written export
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return facts
+
+
+def export_target(config: StudyConfig, to: str | Path, *, force: bool = False) -> Path:
+    """The absolute folder to export to, checked before anything is read or written.
+
+    Raises:
+        ConfigError: ``to`` holds the working folder, the study file, its storage file or
+            its output_dir (never replaced, even with ``force``); is a file or a link; or
+            is a non-empty folder that is not a previous export (never replaced), or is
+            one and ``force`` is off.
+    """
+    shown = Path(to)
+    target = Path(os.path.abspath(to))  # "." and ".." have no name to stage beside
+    for what, path in _study_paths(config):
+        if path.resolve().is_relative_to(target.resolve()):
+            raise ConfigError(
+                f"{shown} holds {what} ({path}); choose a new folder for the export",
+                field="--to",
+            )
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        kind = "a symbolic link" if target.is_symlink() else "a file"
+        raise ConfigError(f"{shown} is {kind}; choose a new folder", field="--to")
+    held = sorted(p.name for p in target.iterdir()) if target.exists() else []
+    if not held:
+        return target
+    previous = _previous_export(target)
+    if previous is None:
+        listing = ", ".join(held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
+        raise ConfigError(
+            f"{shown} is not an hpo export (it holds {listing}); choose an empty or new folder",
+            field="--to",
+        )
+    if not force:
+        raise ConfigError(
+            f"{shown} is not empty ({previous}); choose a new folder or pass --force to "
+            "replace it",
+            field="--to",
+        )
+    return target
+
+
+def _study_paths(config: StudyConfig) -> list[tuple[str, Path]]:
+    """What an export must never replace: where the study runs and what it keeps."""
+    paths = [("the working folder", Path.cwd()), ("output_dir", Path(config.output_dir))]
+    if config.source is not None:
+        paths.append(("the study file", Path(config.source)))
+    url = st.expand_url(config.storage)
+    storage_file = st.sqlite_path(url)
+    if url.startswith("journal:///"):
+        storage_file = st.journal_path(url)
+    if storage_file is not None:
+        paths.append(("the storage file", storage_file))
+    return paths
+
+
+def _previous_export(folder: Path) -> str | None:
+    """``the export of trial N of study S`` when ``folder`` holds one, else None."""
+    try:
+        facts = json.loads((folder / FACTS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(facts, dict) or not {"study", "trial"} <= facts.keys():
+        return None
+    return f"the export of trial {facts['trial']} of study {facts['study']!r}"
+
+
+def _replace(target: Path, staging: Path) -> None:
+    """Move ``staging`` to ``target``; a previous export there goes once the new one is in."""
+    if not target.exists():
+        staging.rename(target)
+        return
+    old = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.old")
+    target.rename(old)
+    try:
+        staging.rename(target)
+    except OSError:
+        old.rename(target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _load(config: StudyConfig) -> Any:

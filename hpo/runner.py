@@ -27,7 +27,7 @@ from hpo.backends.optuna_compat import (
 )
 from hpo.backends.rdb import is_connection_error
 from hpo.budget import Summary, effective_budget, summarize, usage
-from hpo.checkpoints import prune_checkpoints
+from hpo.checkpoints import prune_checkpoints, study_folder
 from hpo.config import StudyConfig, resolve_trainer
 from hpo.errors import FailureBudgetExceeded
 from hpo.events import emit
@@ -215,14 +215,14 @@ class _Objective:
         return self._objective_value(trial, metrics, _duration(ctx))
 
     def _context(self, trial: Any, params: dict[str, Any]) -> TrialContext:
-        output_dir = Path(self.config.output_dir) / self.config.name / f"trial-{trial.number:04d}"
+        output_dir = study_folder(self.config) / f"trial-{trial.number:04d}"
         resume_from, history = None, []
         attrs: dict[str, Any] = {}
         retried = retry_origin(trial)
         if retried is not None:
             # The retry copied the lost trial's attributes: its checkpoint and evaluations.
             checkpoint = trial.user_attrs.get(st.ATTR_CHECKPOINT)
-            if checkpoint and Path(checkpoint).exists():
+            if checkpoint and _resumable(Path(checkpoint), output_dir.parent, trial.number):
                 resume_from = Path(checkpoint)
                 history = list(trial.user_attrs.get(st.ATTR_HISTORY, []))
                 output_dir = resume_from.parent
@@ -284,6 +284,25 @@ class _Objective:
 
 def _duration(ctx: TrialContext) -> float:
     return round(time.monotonic() - ctx.started, 3)
+
+
+def _resumable(checkpoint: Path, study_folder: Path, number: int) -> bool:
+    """Whether a retry resumes from (and so writes beside) ``checkpoint``.
+
+    The path comes from storage, not from the user: one outside the study's own folder is
+    not followed (the trial starts over), so a retry writes nowhere the user did not name.
+    """
+    if not checkpoint.exists():
+        return False
+    if checkpoint.resolve().is_relative_to(study_folder.resolve()):
+        return True
+    logger.warning(
+        "trial %d: not resuming from %s, which is outside %s; it starts over",
+        number,
+        checkpoint,
+        study_folder,
+    )
+    return False
 
 
 def _record_failure(trial: Any, error: BaseException, extra: dict[str, Any] | None = None) -> None:

@@ -268,3 +268,47 @@ def test_readme_describes_the_strategy_studies_as_they_are() -> None:
         config = load_study(STUDIES / f"{name}.yaml")
         assert config.budget.n_trials == int(said[1]), name
         assert config.trainer.args["dataset"]["max_train_samples"] == int(said[2]), name
+
+
+@pytest.mark.parametrize(
+    "written",
+    ["../../escaped", "{outside}/x", "a/b", "..", ".hidden", "a\\\\b", "a\\0b", "é" * 130],
+    ids=["parent", "absolute", "slash", "dotdot", "dot", "backslash", "nul", "too_long"],
+)
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_a_name_that_is_no_single_folder_is_exit_2_and_nothing_is_written(
+    written: str, command: str, tmp_path: Path
+) -> None:
+    """A study name becomes output_dir/<name>/: one that would leave output_dir (or is
+    not one folder name) is refused at validation, and nothing is written anywhere."""
+    outside, here = tmp_path / "outside", tmp_path / "a" / "b" / "c"
+    outside.mkdir()
+    here.mkdir(parents=True)
+    text = (
+        (DATA / "valid" / "minimal.yaml")
+        .read_text()
+        .replace("trainers.toy:train}", "trainers.toy:train, args: {save_checkpoints: true}}")
+    )
+    name = written.format(outside=outside)
+    study = here / "study.yaml"
+    study.write_text(text.replace("name: minimal", f'name: "{name}"'), encoding="utf-8")
+    result = run_hpo(command, str(study), cwd=here)
+    assert result.returncode == 2, result.stdout + result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"hpo: error: {study}:1: name: ") and "rename it" in line
+    assert "Traceback" not in result.stderr
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == [
+        Path(p) for p in ("a", "a/b", "a/b/c", "a/b/c/study.yaml", "outside")
+    ]
+
+
+@pytest.mark.parametrize("written", ["with space", "v1.5", "2026", "ünïcode-名前", "a..b"])
+def test_names_that_are_one_folder_name_stay_as_written(written: str) -> None:
+    config = load_study(DATA / "valid" / "minimal.yaml", [f"name={written}"])
+    assert config.name == written
+
+
+def test_a_name_override_that_escapes_is_refused() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_study(DATA / "valid" / "minimal.yaml", ["name=../x"])
+    assert info.value.field == "name" and "rename it, e.g. 'x'" in str(info.value)

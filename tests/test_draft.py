@@ -287,3 +287,13 @@ def test_column_check_reads_what_the_trainers_read(tmp_path: Path) -> None:
         "dataset.text_column",
         "excel.csv has no column 'txt'; did you mean 'text'? its columns: text, label",
     )
+
+
+@pytest.mark.parametrize(
+    ("stem", "name"), [("reviews v2", "reviews-v2"), (".hidden", "hidden"), ("..", "study")]
+)
+def test_a_drafted_name_is_one_folder_name(stem: str, name: str) -> None:
+    from hpo.config import check_folder_name
+    from hpo.draft import study_name
+
+    assert check_folder_name(study_name(stem)) == name

@@ -383,3 +383,103 @@ def test_model_card_names_a_local_folder_or_a_hub_id(tmp_path: Path) -> None:
     assert (local.base_model, local.license, local.datasets) == ("my-bert", "mit", ["imdb"])
     hub = ModelCard(model_card(_facts("org/some-bert", "org/some-bert"))).data
     assert (hub.base_model, hub.license, hub.datasets) == ("org/some-bert", None, None)
+
+
+# --- export: --force replaces only a previous export -------------------------------------
+
+EXPORTABLE_TRAINER = """\
+from pathlib import Path
+
+from trainers import toy
+
+
+def train(ctx):
+    folder = ctx.output_dir / "checkpoint-1"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    ctx.set_checkpoint(folder)
+    return toy.train(ctx)
+
+
+def save_model(checkpoint, target, args, study_dir):
+    (Path(target) / "config.json").write_text((Path(checkpoint) / "config.json").read_text())
+
+
+train.save_model = save_model
+train.resolve_model = lambda name, study_dir: name
+"""
+
+
+@pytest.fixture
+def exportable(tmp_path: Path, capsys) -> Path:
+    """A finished toy study (SQLite in the working folder) whose trials export in a blink."""
+    (tmp_path / "export_trainer.py").write_text(EXPORTABLE_TRAINER)
+    study_file = tmp_path / "study.yaml"
+    study_file.write_text(
+        "name: exportable\nseed: 1\nbudget: {n_trials: 2}\n"
+        "trainer: {ref: export_trainer:train, args: {num_train_epochs: 1}}\n"
+        "search_space: {learning_rate: {type: float, low: 1.0e-5, high: 1.0e-3, log: true}}\n"
+    )
+    assert main(["run", str(study_file)]) == 0
+    capsys.readouterr()
+    return study_file
+
+
+def _tree(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def test_export_force_onto_a_folder_that_is_no_export_is_exit_2_and_deletes_nothing(
+    exportable: Path, tmp_path: Path, capsys
+) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in ("hpo.db", "study.yaml", "data.csv"):
+        (project / name).write_text("precious")
+    before = _tree(tmp_path)
+    assert main(["export", str(exportable), "--to", str(project), "--force"]) == 2
+    err = capsys.readouterr().err
+    assert f"{project} is not an hpo export (it holds data.csv, hpo.db, study.yaml)" in err
+    assert "choose an empty or new folder" in err
+    assert _tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("where", ["cwd", "dot", "above", "output_dir", "storage"])
+def test_export_to_a_folder_holding_the_study_is_exit_2_even_with_force(
+    where: str, exportable: Path, tmp_path: Path, capsys
+) -> None:
+    """The working folder, or one holding the study file, its storage or its checkpoints,
+    is never replaced (it once deleted the study's own database, file and checkpoints)."""
+    to = {
+        "cwd": str(tmp_path),
+        "dot": ".",
+        "above": "..",
+        "output_dir": "runs",
+        "storage": str(tmp_path),
+    }[where]
+    if where == "storage":  # a database in a folder of its own
+        (tmp_path / "db").mkdir()
+        exportable.write_text(
+            exportable.read_text() + f"storage: sqlite:///{tmp_path / 'db' / 'hpo.db'}\n"
+        )
+        assert main(["run", str(exportable)]) == 0
+        to = str(tmp_path / "db")
+    before = _tree(tmp_path)
+    assert main(["export", str(exportable), "--to", to, "--force"]) == 2
+    err = capsys.readouterr().err
+    assert f"--to: {to} holds " in err and "choose a new folder" in err
+    assert _tree(tmp_path) == before
+
+
+def test_export_force_replaces_a_previous_export(exportable: Path, capsys) -> None:
+    assert main(["export", str(exportable), "--to", "model", "--trial", "0"]) == 0
+    assert json.loads(Path("model/hpo_export.json").read_text())["trial"] == 0
+    assert main(["export", str(exportable), "--to", "model", "--trial", "1"]) == 2  # no --force
+    assert main(["export", str(exportable), "--to", "model", "--trial", "1", "--force"]) == 0
+    assert json.loads(Path("model/hpo_export.json").read_text())["trial"] == 1
+    assert sorted(p.name for p in Path("model").iterdir()) == [
+        "README.md",
+        "config.json",
+        "hpo_export.json",
+    ]
+    assert [p.name for p in Path.cwd().iterdir() if ".partial" in p.name] == []

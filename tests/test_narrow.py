@@ -100,3 +100,15 @@ def test_narrow_refuses_an_existing_output_and_an_unrun_study(tmp_path: Path) ->
     assert run_hpo("run", str(path), "--n-trials", "2").returncode == 0
     result = run_hpo("narrow", str(path), "-o", str(tmp_path / "taken.yaml"))
     assert result.returncode == 2 and "taken.yaml exists" in result.stderr
+
+
+def test_a_new_name_that_leaves_output_dir_is_exit_2_naming_the_option(tmp_path: Path) -> None:
+    source = broad(tmp_path)
+    out = tmp_path / "narrow.yaml"
+    result = run_hpo("narrow", str(source), "-o", str(out), "--name", "../up")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "hpo: error: --name: '../up' becomes a folder under output_dir, so it may not contain "
+        "'/' or '\\', start with '.' or hold a NUL character; rename it, e.g. 'up'"
+    )
+    assert not out.exists()

@@ -310,3 +310,33 @@ def test_a_lost_commit_of_a_new_trial_leaves_no_orphan(toy_study, monkeypatch) -
     assert count_states(study) == {"COMPLETE": 3, "FAIL": 1}
     orphan = next(t for t in study.get_trials() if t.state.name == "FAIL")
     assert orphan.number in study.user_attrs["hpo:lost"]
+
+
+def test_a_retry_writes_only_inside_its_study_folder(toy_study, tmp_path: Path) -> None:
+    """A retry resumes from the lost trial's checkpoint, a path read from storage: one
+    outside ``<output_dir>/<name>/`` is neither resumed from nor written into."""
+    study_file = toy_study(n_trials=1)
+    study_file.write_text(
+        study_file.read_text().replace(
+            "args: {num_train_epochs: 3}", "args: {num_train_epochs: 3, save_checkpoints: true}"
+        )
+    )
+    config = load_study(study_file)
+    study = open_study(config)
+    outside = tmp_path / "elsewhere" / "trial-0000"
+    (outside / "checkpoint-1").mkdir(parents=True)
+    (outside / "checkpoint-1" / "state.json").write_text('{"epoch": 1}')
+    lost = study.ask()
+    lost.suggest_float("dropout", 0.0, 0.3)
+    lost.set_user_attr("hpo:checkpoint", str(outside / "checkpoint-1"))
+    lost.set_user_attr("hpo:output_dir", str(outside))
+    study.tell(lost, state=optuna.trial.TrialState.FAIL)
+    optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)(study, study.trials[0])
+
+    run_study(config)
+
+    retry = optuna.load_study(study_name="toy", storage=config.storage).trials[1]
+    assert retry.state.name == "COMPLETE" and retry.user_attrs["hpo:resumed_from"] == 0
+    assert "hpo:resumed_at_epoch" not in retry.user_attrs  # trained from the start
+    assert Path(retry.user_attrs["hpo:output_dir"]) == Path("runs") / "toy" / "trial-0001"
+    assert sorted(p.name for p in outside.iterdir()) == ["checkpoint-1"]

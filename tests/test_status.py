@@ -125,3 +125,28 @@ def test_quality_metrics() -> None:
         "eval_loss": 0.3,
         "train_loss": 0.2,
     }
+
+
+def test_status_of_a_study_named_like_a_path_is_exit_2_and_measures_nothing(
+    toy_study, tmp_path: Path
+) -> None:
+    """``name: /usr`` once made status sum /usr's files as the study's checkpoints."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "not-a-checkpoint.bin").write_bytes(b"x" * 1000)
+    study_file = toy_study(text=TOY_STUDY_NAMED.format(name=elsewhere, db=tmp_path / "hpo.db"))
+    optuna.create_study(study_name=str(elsewhere), storage=f"sqlite:///{tmp_path / 'hpo.db'}")
+    result = run_hpo("status", str(study_file), "--json")
+    assert result.returncode == 2, result.stdout
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"hpo: error: {study_file}:1: name: '{elsewhere}' becomes")
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["not-a-checkpoint.bin"]
+
+
+TOY_STUDY_NAMED = """\
+name: {name}
+storage: sqlite:///{db}
+budget: {{n_trials: 1}}
+trainer: {{ref: trainers.toy:train}}
+search_space: {{dropout: {{type: float, low: 0.0, high: 0.3}}}}
+"""

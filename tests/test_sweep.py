@@ -407,3 +407,22 @@ def test_validate_on_a_sweep_file_points_to_sweep_dry_run() -> None:
     result = run_hpo("validate", str(ROOT / "studies" / "sweep.yaml"))
     assert result.returncode == 2
     assert "this is a sweep file" in result.stderr and "hpo sweep FILE --dry-run" in result.stderr
+
+
+def test_a_name_template_that_leaves_output_dir_is_exit_2_before_anything_runs(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "base.yaml").write_text(
+        "name: base\nbudget: {n_trials: 1}\ntrainer: {ref: trainers.toy:train}\n"
+        "search_space: {dropout: {type: float, low: 0.0, high: 0.3}}\n"
+    )
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text('base: base.yaml\nname_template: "../{base}-{n}"\nmatrix: {seed: [1, 2]}\n')
+    result = run_hpo("sweep", str(sweep))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(
+        f"hpo: error: {sweep}: base-1 (seed=1): name: '../base-1' becomes a folder under "
+        "output_dir"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base.yaml", "sweep.yaml"]
+    assert not (tmp_path.parent / "base-1").exists()

@@ -13,10 +13,10 @@ import logging
 import os
 import re
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, quote_plus, unquote, urlsplit, urlunsplit
 
 from hpo.backends import SCHEMES, Backend, Lock
-from hpo.backends.base import redact_url
+from hpo.backends.base import is_secret_key, redact_url, split_userinfo
 from hpo.backends.journal import journal_path
 from hpo.backends.sqlite import sqlite_path
 from hpo.errors import ConfigError, StorageError, StudyStateError
@@ -61,8 +61,70 @@ __all__ = [
 
 
 def expand_url(url: str) -> str:
-    """Expand ``${ENV_VAR}`` references; the result may hold secrets, never log it."""
-    return ENV_VAR.sub(lambda m: os.environ.get(m[1], ""), url)
+    """The URL to connect with: ``${ENV_VAR}`` references filled in. It holds secrets:
+    never log it.
+
+    A server URL is built with SQLAlchemy's ``URL``: the user, password, database and
+    query values are filled into its parsed fields, so a value needs no escaping (a
+    password holding "@", "/" or "#" stays a password), and a password written into the
+    URL may hold "@" (the last "@" ends it, as urllib reads it; "/", "?" and "#" must be
+    percent-encoded there, as in any URL). The host and port hold no secrets and are filled
+    in as text, so ``${PORT}`` reads as a number. A file URL (``sqlite:///``,
+    ``journal:///``) has no credentials: its path is filled in as text.
+
+    Raises:
+        ConfigError: a server URL SQLAlchemy cannot read (the message shows it redacted).
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    parts = urlsplit(url)
+    if not parts.netloc:
+        return ENV_VAR.sub(_env_value, url)
+    userinfo, hostport = split_userinfo(parts)
+    try:
+        written = make_url(urlunsplit(parts._replace(netloc=ENV_VAR.sub(_env_value, hostport))))
+    except (ArgumentError, ValueError) as e:
+        raise ConfigError(
+            f"cannot read the storage URL {redact_url(url)} ({e}); write it as "
+            "scheme://user:password@host:port/database",
+            field="storage",
+        ) from None
+    user, colon, password = (userinfo or "").partition(":")
+    real = written.set(
+        username=_fill(unquote(user)) if userinfo is not None else None,
+        password=_fill(unquote(password)) if colon else None,
+        database=_fill(written.database),
+        query={
+            _fill(key): [_fill(v) for v in ([values] if isinstance(values, str) else values)]
+            for key, values in written.query.items()
+        },
+    )
+    return real.render_as_string(hide_password=False)
+
+
+def _env_value(match: re.Match[str]) -> str:
+    return os.environ.get(match[1], "")
+
+
+def _fill(text: str | None) -> Any:
+    """``text`` with its ``${VAR}`` references replaced by their values (None stays None)."""
+    return None if text is None else ENV_VAR.sub(_env_value, text)
+
+
+def _url_secrets(url: str) -> list[str]:
+    """The credentials ``url`` connects with (password, credential query values), longest
+    first: what a driver's message must never show, even outside a URL."""
+    from sqlalchemy.engine import make_url
+
+    if not urlsplit(url).netloc:
+        return []
+    real = make_url(expand_url(url))
+    found = [real.password or ""]
+    for key, values in real.query.items():
+        if is_secret_key(key):
+            found += [values] if isinstance(values, str) else list(values)
+    return sorted({str(s) for s in found if s}, key=len, reverse=True)
 
 
 def check_url(url: str) -> None:
@@ -192,5 +254,8 @@ def _guarded(url: str, call: Any) -> Any:
         raise
     except Exception as e:  # SQLAlchemy and driver errors vary by backend
         reason = redact_url(str(e).splitlines()[0] if str(e) else type(e).__name__)
-        reason = reason.replace(expand_url(url), redact_url(url))
+        # A driver may echo a credential outside any URL (or in a URL split oddly).
+        for secret in _url_secrets(url):
+            for form in (secret, quote(secret, safe=""), quote_plus(secret)):
+                reason = reason.replace(form, "***")
         raise StorageError(f"cannot open storage {redact_url(url)}: {reason}") from None

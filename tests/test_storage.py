@@ -30,6 +30,8 @@ from tests.conftest import run_hpo
         ),
         ("postgresql://h/d?sslpassword=s3cret&user=u", "postgresql://h/d?sslpassword=***&user=u"),
         ("mysql+pymysql://root@h/d?passwd=s3cret", "mysql+pymysql://root@h/d?passwd=***"),
+        # No host: a Unix socket in the query.
+        ("postgresql:///d?host=/tmp&password=s3cret", "postgresql:///d?host=/tmp&password=***"),
         ("postgresql://u:a%40b@h/d?password=${PW}", "postgresql://u:***@h/d?password=***"),
         # ${VAR} references outside the credentials are shown as written.
         (
@@ -66,6 +68,8 @@ def test_a_password_from_env_needs_no_escaping_in_any_url_part(monkeypatch) -> N
     assert real.query == {"sslmode": "require"}
     real = make_url(expand_url("mysql+pymysql://root@h/x?password=${HPO_PW}"))
     assert real.query == {"password": AWKWARD}
+    real = make_url(expand_url("postgresql:///x?host=/tmp&password=${HPO_PW}"))
+    assert real.query == {"host": "/tmp", "password": AWKWARD}
 
 
 def test_a_literal_at_in_the_password_splits_at_the_last_at() -> None:
@@ -119,6 +123,36 @@ def test_password_never_reaches_logs_or_stored_attrs(
         "postgres:***@" in stored.user_attrs["hpo:config"]["storage"]
         or "${HPO_DB_PASSWORD}" not in stored.user_attrs["hpo:config"]["storage"]
     )
+
+
+def test_an_at_in_the_query_or_database_is_not_read_as_credentials() -> None:
+    from sqlalchemy.engine import make_url
+
+    real = make_url(expand_url("postgresql://db:5432/x?user=me@corp&sslmode=require"))
+    assert (real.username, real.password, real.host, real.port) == (None, None, "db", 5432)
+    assert real.query == {"user": "me@corp", "sslmode": "require"}
+    assert make_url(expand_url("postgresql://u:pw@db/team@x")).database == "team@x"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg2://u:pw4sec/ret@h/d",  # "/" ends the host part early
+        "postgresql+psycopg2://u:pw5sec?ret@h/d",
+        "postgresql+psycopg2://u:pw6sec#ret@h/d",
+        "postgresql:/u:pw7secret@h/d",  # not a URL at all
+        "u:pw8secret@h/d",
+    ],
+)
+def test_a_url_whose_password_breaks_it_is_refused_without_showing_it(toy_study, url) -> None:
+    """A password written into the URL with "/", "?" or "#" unescaped moves the host;
+    validation refuses it (exit 2) and the message shows no part of the password."""
+    study = toy_study(storage=f"'{url}'")
+    for command in ("validate", "status"):
+        result = run_hpo(command, str(study))
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "storage" in result.stderr
+        assert "sec" not in result.stdout + result.stderr.replace(str(study), "")
 
 
 def _leaks(text: str, secret: str) -> list[str]:

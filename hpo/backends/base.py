@@ -16,7 +16,7 @@ import re
 import socket
 from pathlib import Path
 from typing import Any
-from urllib.parse import SplitResult, unquote_plus, urlsplit, urlunsplit
+from urllib.parse import SplitResult, unquote_plus, urlsplit
 
 from hpo.errors import StorageError
 
@@ -62,14 +62,17 @@ def _redact_one(url: str) -> str:
         parts = urlsplit(url)
     except ValueError:  # e.g. an unbalanced "[" of an IPv6 host: show no part of it
         return url.partition("://")[0] + "://***"
-    if not parts.netloc:  # sqlite:///path, journal:///path: a file, no credentials
+    if not parts.netloc and not parts.query:  # sqlite:///path, journal:///path: a file
         return url
     userinfo, hostport = split_userinfo(parts)
     netloc = parts.netloc
     if userinfo is not None and ":" in userinfo:
         netloc = f"{userinfo.partition(':')[0]}:***@{hostport}"
+    # Rebuilt by hand: urlunsplit drops the "//" of a URL without a host.
+    head = url[: url.index("://") + 3] + netloc + parts.path
     query = "&".join(_redact_pair(pair) for pair in parts.query.split("&"))
-    return urlunsplit(parts._replace(netloc=netloc, query=query if parts.query else ""))
+    fragment = f"#{parts.fragment}" if parts.fragment else ""
+    return head + (f"?{query}" if parts.query else "") + fragment
 
 
 def _redact_pair(pair: str) -> str:
@@ -187,6 +190,9 @@ class Backend:
 
     #: URL schemes this backend opens.
     schemes: tuple[str, ...] = ()
+    #: False where the URL names a file (no user, password or host): ``${VAR}`` fills
+    #: its path in as text, not into the fields of a server URL.
+    credentials: bool = True
 
     def refusal(self, real_url: str) -> str | None:
         """Why hpo cannot use this URL (e.g. no lock across processes), or None."""

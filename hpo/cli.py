@@ -681,6 +681,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         plan_sweep,
         run_command,
         run_sweep,
+        shown_overrides,
     )
 
     try:
@@ -697,7 +698,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 "studies": [
                     {
                         "name": row.study.name,
-                        "overrides": row.study.overrides,
+                        "overrides": shown_overrides(row.study),
                         "budget": row.budget,
                         "remaining": row.remaining,
                         "exists": row.exists,
@@ -713,7 +714,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(f"sweep {sweep.name!r}: {len(sweep.studies)} studies (dry run; nothing runs)")
         for row in plan_sweep(sweep):
-            changes = ", ".join(f"{k}={v}" for k, v in row.study.overrides.items())
+            changes = ", ".join(f"{k}={v}" for k, v in shown_overrides(row.study).items())
             print(
                 f"{row.study.name}: {row.remaining} of {row.budget} trials remaining"
                 f"{'' if row.exists else ' (new study)'}; overrides: {changes or 'none'}"

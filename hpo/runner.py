@@ -245,6 +245,7 @@ class _Objective:
             device=self.worker.device,
             threads=self.worker.threads,
             resume_from=resume_from,
+            templates=_param_templates(self.config.env_templates, params),
             history=history,
             reported_steps=set(frozen_trial(trial).intermediate_values),
         )
@@ -280,6 +281,17 @@ class _Objective:
             attrs[st.ATTR_FAILURE] = "nan"  # Optuna fails non-finite values
         set_trial_user_attrs(trial, attrs, defer=True)
         return values if self.config.multi_objective else values[0]
+
+
+def _param_templates(env_templates: dict[str, str], searched: dict[str, Any]) -> dict[str, str]:
+    """The ``trainer.args`` that held ``${VAR}``, keyed by their path in a trial's params
+    (a searched hyperparameter replaces the arg of its name, and its template with it)."""
+    prefix = "trainer.args."
+    return {
+        path.removeprefix(prefix): template
+        for path, template in env_templates.items()
+        if path.startswith(prefix) and path.removeprefix(prefix).split(".")[0] not in searched
+    }
 
 
 def _duration(ctx: TrialContext) -> float:

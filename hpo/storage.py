@@ -13,10 +13,10 @@ import logging
 import os
 import re
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, parse_qsl, quote, quote_plus, unquote, urlsplit
 
 from hpo.backends import SCHEMES, Backend, Lock
-from hpo.backends.base import redact_url
+from hpo.backends.base import is_secret_key, redact_url, split_userinfo
 from hpo.backends.journal import journal_path
 from hpo.backends.sqlite import sqlite_path
 from hpo.errors import ConfigError, StorageError, StudyStateError
@@ -61,8 +61,79 @@ __all__ = [
 
 
 def expand_url(url: str) -> str:
-    """Expand ``${ENV_VAR}`` references; the result may hold secrets, never log it."""
-    return ENV_VAR.sub(lambda m: os.environ.get(m[1], ""), url)
+    """The URL to connect with: ``${ENV_VAR}`` references filled in. It holds secrets:
+    never log it.
+
+    A server URL is split as urllib splits it (as :func:`redact_url` does, so what is
+    hidden is what connects) and built with SQLAlchemy's ``URL.create``: user, password,
+    database and query values are filled into their fields, so a value needs no escaping
+    (a password holding "@", "/" or "#" stays a password). A password written into the
+    URL may hold "@" (the last "@" ends it); "/", "?" and "#" must be percent-encoded
+    there, as in any URL (:func:`check_url` refuses them). SQLAlchemy's own parser is not
+    used on the text: it ends a password at its first "@" and reads an "@" in the query
+    as the end of a password. A file URL (``sqlite:///``, ``journal:///``) has no
+    credentials: its path is filled in as text.
+
+    Raises:
+        ConfigError: the host part, filled in, is not ``host:port`` (the message shows the
+            URL as written, redacted).
+    """
+    from sqlalchemy.engine import URL
+
+    parts = urlsplit(url)
+    if _names_a_file(url):
+        return ENV_VAR.sub(_env_value, url)
+    userinfo, hostport = split_userinfo(parts)
+    try:
+        host = urlsplit("//" + ENV_VAR.sub(_env_value, hostport))
+        port = host.port
+    except ValueError as e:
+        raise ConfigError(
+            f"cannot read host:port of the storage URL {redact_url(url)}: {e}", field="storage"
+        ) from None
+    user, colon, password = (userinfo or "").partition(":")
+    query: dict[str, list[str]] = {}
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        query.setdefault(_fill(key), []).append(_fill(value))
+    real = URL.create(
+        parts.scheme,
+        username=_fill(unquote(user)) if userinfo is not None else None,
+        password=_fill(unquote(password)) if colon else None,
+        host=host.hostname,
+        port=port,
+        database=_fill(unquote(parts.path.removeprefix("/"))) or None,
+        query=query,
+    )
+    return real.render_as_string(hide_password=False)
+
+
+def _names_a_file(url: str) -> bool:
+    backend = SCHEMES.get(urlsplit(url).scheme)
+    return backend is not None and not backend.credentials
+
+
+def _env_value(match: re.Match[str]) -> str:
+    return os.environ.get(match[1], "")
+
+
+def _fill(text: str | None) -> Any:
+    """``text`` with its ``${VAR}`` references replaced by their values (None stays None)."""
+    return None if text is None else ENV_VAR.sub(_env_value, text)
+
+
+def _url_secrets(url: str) -> list[str]:
+    """The credentials ``url`` connects with (password, credential query values), longest
+    first: what a driver's message must never show, even outside a URL."""
+    from sqlalchemy.engine import make_url
+
+    if _names_a_file(url):
+        return []
+    real = make_url(expand_url(url))
+    found = [real.password or ""]
+    for key, values in real.query.items():
+        if is_secret_key(key):
+            found += [values] if isinstance(values, str) else list(values)
+    return sorted({str(s) for s in found if s}, key=len, reverse=True)
 
 
 def check_url(url: str) -> None:
@@ -72,19 +143,39 @@ def check_url(url: str) -> None:
         ValueError: unsupported scheme, a file path where a URL belongs, or a storage
             hpo cannot lock across worker processes (in-memory SQLite).
     """
-    scheme = urlsplit(url).scheme
+    parts = urlsplit(url)
+    scheme = parts.scheme
     if not scheme or "://" not in url:
         hint = f"sqlite:///{url}" if url.endswith((".db", ".sqlite", ".sqlite3")) else None
         fix = f"; for a SQLite file write {hint}" if hint else ""
-        raise ValueError(f"expected a storage URL such as sqlite:///hpo.db, got {url!r}{fix}")
+        # Not a URL, so its password cannot be found: nothing before an "@" is shown.
+        shown = f"***@{url.rpartition('@')[2]}" if "@" in url else url
+        raise ValueError(f"expected a storage URL such as sqlite:///hpo.db, got {shown!r}{fix}")
     if scheme not in SUPPORTED_SCHEMES:
         raise ValueError(
             f"unsupported storage scheme {scheme!r}; use one of {', '.join(SUPPORTED_SCHEMES)}"
+        )
+    if parts.netloc and _host_moved(parts):
+        raise ValueError(
+            "cannot find host:port in the storage URL: a password written into it must "
+            "percent-encode '/', '?' and '#' (%2F, %3F, %23), or come from ${VAR}"
         )
     # Checked on the URL as written: ${VAR} references never hide the file part.
     refusal = SCHEMES[scheme].refusal(url)
     if refusal:
         raise ValueError(refusal)
+
+
+def _host_moved(parts: SplitResult) -> bool:
+    """True when a "/", "?" or "#" in a written password ended the host part early, so
+    urllib would read part of the password as the host or port (and never hide it)."""
+    _, hostport = split_userinfo(parts)
+    try:
+        # Reading the port checks it is a number; a ${PORT} counts as one.
+        urlsplit("//" + ENV_VAR.sub("1", hostport)).port  # noqa: B018
+    except ValueError:
+        return True
+    return "@" not in parts.netloc and "@" in parts.path + parts.fragment
 
 
 def backend_of(url: str) -> Backend:
@@ -192,5 +283,8 @@ def _guarded(url: str, call: Any) -> Any:
         raise
     except Exception as e:  # SQLAlchemy and driver errors vary by backend
         reason = redact_url(str(e).splitlines()[0] if str(e) else type(e).__name__)
-        reason = reason.replace(expand_url(url), redact_url(url))
+        # A driver may echo a credential outside any URL (or in a URL split oddly).
+        for secret in _url_secrets(url):
+            for form in (secret, quote(secret, safe=""), quote_plus(secret)):
+                reason = reason.replace(form, "***")
         raise StorageError(f"cannot open storage {redact_url(url)}: {reason}") from None

@@ -65,6 +65,7 @@ from hpo.config import StudyConfig, config_error, validate_source
 from hpo.errors import ConfigError, StorageError
 from hpo.events import forward_to_queue, start_relay, stop_relay
 from hpo.source import Source, apply_override, name_as_written, read_source
+from hpo.storage import redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -403,7 +404,11 @@ def _finished_trials(config: StudyConfig) -> tuple[int, bool]:
 
 
 def run_command(sweep: Sweep, study: PlannedStudy) -> str:
-    """The ``hpo run`` command that runs (or joins) this study of the sweep by hand."""
+    """The ``hpo run`` command that runs (or joins) this study of the sweep by hand.
+
+    For printing: a password in a storage URL shows as ``***`` (put it back, or better,
+    write ``${VAR}`` in the URL).
+    """
     import shlex
 
     parts = ["hpo", "run", study.origin]
@@ -411,13 +416,18 @@ def run_command(sweep: Sweep, study: PlannedStudy) -> str:
         parts += ["--set", f"name={study.name}"]
         for key, value in study.overrides.items():
             if key != "warm_start.from":  # a template; the rendered name follows
-                parts += ["--set", f"{key}={_yaml_text(value)}"]
+                parts += ["--set", redact_url(f"{key}={_yaml_text(value)}")]
         warm = study.config.warm_start
         if warm is not None:
             parts += ["--set", f"warm_start.from={warm.from_study}"]
     for override in sweep.set_overrides:
-        parts += ["--set", override]
+        parts += ["--set", redact_url(override)]
     return " ".join(shlex.quote(p) for p in parts)
+
+
+def shown_overrides(study: PlannedStudy) -> dict[str, Any]:
+    """The study's matrix values for printing: a storage URL's password shows as ``***``."""
+    return {k: redact_url(v) if isinstance(v, str) else v for k, v in study.overrides.items()}
 
 
 # --- running ----------------------------------------------------------------------------

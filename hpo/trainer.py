@@ -70,6 +70,9 @@ class TrialContext:
         device: ``"cuda:N"`` or ``"cpu"``, chosen by the worker.
         threads: CPU threads this worker may use (workers split the machine's cores).
         resume_from: a checkpoint folder of an earlier attempt at these parameters.
+        templates: the params that held ``${VAR}``, as written: dotted path in ``params``
+            -> the text with ``${VAR}``. What a trainer saves to disk (its arguments in a
+            checkpoint) holds these in place of the values, which may be secrets.
     """
 
     trial: Any
@@ -82,6 +85,7 @@ class TrialContext:
     device: str = "cpu"
     threads: int | None = None
     resume_from: Path | None = None
+    templates: dict[str, str] = field(default_factory=dict)
     # False in a study with several objectives: Optuna prunes (and takes intermediate
     # values) only with one, so evaluations are recorded but not reported to a pruner.
     prunable: bool = True

@@ -22,6 +22,25 @@ from tests.conftest import run_hpo
             "error talking to postgresql://u:pw@h/d: refused",
             "error talking to postgresql://u:***@h/d: refused",
         ),
+        # Passwords in the query, as psycopg2 (password, sslpassword) and PyMySQL (passwd)
+        # take them; the other keys stay as written.
+        (
+            "postgresql+psycopg2://u@h/d?sslmode=require&password=s3cret",
+            "postgresql+psycopg2://u@h/d?sslmode=require&password=***",
+        ),
+        ("postgresql://h/d?sslpassword=s3cret&user=u", "postgresql://h/d?sslpassword=***&user=u"),
+        ("mysql+pymysql://root@h/d?passwd=s3cret", "mysql+pymysql://root@h/d?passwd=***"),
+        # No host: a Unix socket in the query.
+        ("postgresql:///d?host=/tmp&password=s3cret", "postgresql:///d?host=/tmp&password=***"),
+        ("postgresql://u:a%40b@h/d?password=${PW}", "postgresql://u:***@h/d?password=***"),
+        # ${VAR} references outside the credentials are shown as written.
+        (
+            "postgresql://${DB_USER}:${PW}@${DB_HOST}:${DB_PORT}/${DB}",
+            "postgresql://${DB_USER}:***@${DB_HOST}:${DB_PORT}/${DB}",
+        ),
+        ("sqlite:///${HOME}/a@b:c.db", "sqlite:///${HOME}/a@b:c.db"),
+        ("journal:///runs/x@y.log", "journal:///runs/x@y.log"),
+        ("storage=mysql+pymysql://u:pw@h/d", "storage=mysql+pymysql://u:***@h/d"),
     ],
 )
 def test_redact(url: str, redacted: str) -> None:
@@ -31,6 +50,34 @@ def test_redact(url: str, redacted: str) -> None:
 def test_env_vars_expand_only_when_opening(monkeypatch) -> None:
     monkeypatch.setenv("HPO_PW", "pw")
     assert expand_url("postgresql://u:${HPO_PW}@h/d") == "postgresql://u:pw@h/d"
+
+
+# Every character that means something in a URL, and the tail that leaked after an "@".
+AWKWARD = "p@ss:w/rd?x=1&y#%zz+ leaked-tail"
+
+
+def test_a_password_from_env_needs_no_escaping_in_any_url_part(monkeypatch) -> None:
+    """The value goes into the parsed URL's field, so its characters cannot break the URL."""
+    from sqlalchemy.engine import make_url
+
+    monkeypatch.setenv("HPO_PW", AWKWARD)
+    monkeypatch.setenv("HPO_DB_HOST", "db.example")
+    real = make_url(expand_url("postgresql://me:${HPO_PW}@${HPO_DB_HOST}:5432/x?sslmode=require"))
+    assert (real.username, real.password) == ("me", AWKWARD)
+    assert (real.host, real.port) == ("db.example", 5432)
+    assert real.query == {"sslmode": "require"}
+    real = make_url(expand_url("mysql+pymysql://root@h/x?password=${HPO_PW}"))
+    assert real.query == {"password": AWKWARD}
+    real = make_url(expand_url("postgresql:///x?host=/tmp&password=${HPO_PW}"))
+    assert real.query == {"host": "/tmp", "password": AWKWARD}
+
+
+def test_a_literal_at_in_the_password_splits_at_the_last_at() -> None:
+    """As urllib reads a URL: a host holds no "@", so the last one ends the credentials."""
+    from sqlalchemy.engine import make_url
+
+    real = make_url(expand_url("postgresql://me:p@ss@w@rd@db:5432/x"))
+    assert (real.password, real.host, real.port) == ("p@ss@w@rd", "db", 5432)
 
 
 def test_friendly_url_errors() -> None:
@@ -76,6 +123,91 @@ def test_password_never_reaches_logs_or_stored_attrs(
         "postgres:***@" in stored.user_attrs["hpo:config"]["storage"]
         or "${HPO_DB_PASSWORD}" not in stored.user_attrs["hpo:config"]["storage"]
     )
+
+
+def test_an_at_in_the_query_or_database_is_not_read_as_credentials() -> None:
+    from sqlalchemy.engine import make_url
+
+    real = make_url(expand_url("postgresql://db:5432/x?user=me@corp&sslmode=require"))
+    assert (real.username, real.password, real.host, real.port) == (None, None, "db", 5432)
+    assert real.query == {"user": "me@corp", "sslmode": "require"}
+    assert make_url(expand_url("postgresql://u:pw@db/team@x")).database == "team@x"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg2://u:pw4sec/ret@h/d",  # "/" ends the host part early
+        "postgresql+psycopg2://u:pw5sec?ret@h/d",
+        "postgresql+psycopg2://u:pw6sec#ret@h/d",
+        "postgresql:/u:pw7secret@h/d",  # not a URL at all
+        "u:pw8secret@h/d",
+    ],
+)
+def test_a_url_whose_password_breaks_it_is_refused_without_showing_it(toy_study, url) -> None:
+    """A password written into the URL with "/", "?" or "#" unescaped moves the host;
+    validation refuses it (exit 2) and the message shows no part of the password."""
+    study = toy_study(storage=f"'{url}'")
+    for command in ("validate", "status"):
+        result = run_hpo(command, str(study))
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "storage" in result.stderr
+        assert "sec" not in result.stdout + result.stderr.replace(str(study), "")
+
+
+def _leaks(text: str, secret: str) -> list[str]:
+    """The secret, or any 5-character piece of it, found in ``text``."""
+    pieces = {secret[i : i + 5] for i in range(max(len(secret) - 4, 1))}
+    return sorted(p for p in pieces if p in text)
+
+
+def test_a_password_with_url_characters_from_env_connects_to_postgres(
+    postgres_url, monkeypatch
+) -> None:
+    """Trust auth accepts any password: the engine must reach the server, not a host
+    made of the password's tail ("could not translate host name ...")."""
+    import sqlalchemy
+
+    from hpo.backends.postgres import _driver_url
+
+    monkeypatch.setenv("HPO_DB_PASSWORD", AWKWARD)
+    written = postgres_url.replace("postgres@", "postgres:${HPO_DB_PASSWORD}@", 1)
+    literal = postgres_url.replace("postgres@", "postgres:p@ss@word@", 1)
+    for url in (written, literal):
+        engine = sqlalchemy.create_engine(_driver_url(expand_url(url)))
+        with engine.connect() as connection:
+            assert connection.execute(sqlalchemy.text("SELECT 1")).scalar() == 1
+        engine.dispose()
+
+
+@pytest.mark.parametrize("form", ["userinfo", "query"])
+def test_run_and_status_never_print_a_password_in_any_url_form(
+    toy_study, postgres_url, unique_name, form: str
+) -> None:
+    """The run's first log line, status's "run it first" hint (with --storage, so the
+    command it suggests carries the URL) and stored attributes: no password, no tail."""
+    import optuna
+
+    if form == "userinfo":
+        written = postgres_url.replace("postgres@", "postgres:${HPO_DB_PASSWORD}@", 1)
+    else:
+        written = f"{postgres_url}?password=${{HPO_DB_PASSWORD}}"
+    env = {"HPO_DB_PASSWORD": AWKWARD}
+    study = toy_study(name=unique_name, storage=written, n_trials=1)
+    status = run_hpo("status", str(study), env=env)
+    assert status.returncode == 2, status.stderr
+    literal = written.replace("${HPO_DB_PASSWORD}", "s3cret-literal")
+    hint = run_hpo("status", str(study), "--storage", literal, env=env)
+    assert hint.returncode == 2, hint.stderr
+    assert "hpo run" in hint.stderr
+    run = run_hpo("run", str(study), env=env)
+    assert run.returncode == 0, run.stderr
+    printed = status.stdout + status.stderr + run.stdout + run.stderr
+    assert not _leaks(printed, AWKWARD), printed
+    assert not _leaks(hint.stdout + hint.stderr, "s3cret-literal"), hint.stderr
+    stored = optuna.load_study(study_name=unique_name, storage=postgres_url)
+    assert not _leaks(str(stored.user_attrs) + str(stored.trials[0].user_attrs), AWKWARD)
+    assert "***" in stored.user_attrs["hpo:config"]["storage"]
 
 
 def test_a_postgres_url_without_a_driver_runs_through_psycopg2(

@@ -426,3 +426,18 @@ def test_a_name_template_that_leaves_output_dir_is_exit_2_before_anything_runs(
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["base.yaml", "sweep.yaml"]
     assert not (tmp_path.parent / "base-1").exists()
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+def test_dry_run_never_prints_a_password(tmp_path: Path, postgres_url, as_json: bool) -> None:
+    """The plan and each printed command show the storage with its passwords as ***."""
+    write_sweep(tmp_path, "base: base.yaml\nmatrix: {sampler.type: [random, tpe]}\n")
+    storage = postgres_url.replace("postgres@", "postgres:first-s3cret@", 1)
+    storage += "?sslmode=prefer&password=second-s3cret"
+    result = run_hpo(
+        "sweep", "sweep.yaml", "--dry-run", *(["--json"] if as_json else []), "--storage", storage
+    )
+    assert result.returncode == 0, result.stderr
+    printed = result.stdout + result.stderr
+    assert "s3cret" not in printed
+    assert "postgres:***@" in printed and "password=***" in printed

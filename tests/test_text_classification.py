@@ -417,6 +417,53 @@ def test_trials_report_each_epoch_checkpoint_and_score_test(
         )
 
 
+SECRET = "hf_s3cret-token-value"
+
+
+def test_a_secret_from_env_in_training_args_never_lands_on_disk(
+    tmp_path: Path, tiny_model: Path, monkeypatch
+) -> None:
+    """The Trainer pickles its TrainingArguments into every checkpoint (training_args.bin):
+    a ``${VAR}`` field is saved as its template, while training uses the value."""
+    import torch
+
+    monkeypatch.setenv("HPO_TEST_HUB_TOKEN", SECRET)
+    study_file = tmp_path / "tiny.yaml"
+    text = STUDY.format(
+        db=tmp_path / "hpo.db", runs=tmp_path / "runs", model=tiny_model, data=REVIEWS
+    )
+    training_args = "{hub_token: '${HPO_TEST_HUB_TOKEN}', hub_private_repo: true}"
+    text = text.replace("budget: {n_trials: 2}", "budget: {n_trials: 1}").replace(
+        "error_examples: 3", f"error_examples: 3\n    training_args: {training_args}"
+    )
+    study_file.write_text(text)
+    assert run_study(load_study(study_file)).finished == 1
+    saved = sorted((tmp_path / "runs").rglob("training_args.bin"))
+    assert saved, "the trial wrote no checkpoint"
+    leaked = [p for p in tmp_path.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
+    assert leaked == []
+    # Still a plain TrainingArguments, loadable without hpo.
+    args = torch.load(saved[0], weights_only=False)
+    assert type(args).__module__ == "transformers.training_args"
+    assert (args.hub_token, args.hub_private_repo) == ("${HPO_TEST_HUB_TOKEN}", True)
+
+
+def test_training_arguments_hold_the_value_and_pickle_the_template(tmp_path: Path) -> None:
+    """Training (and a deep copy, as integrations make) sees the secret; a pickle does not."""
+    import copy
+    import pickle
+
+    from trainers._hf import training_arguments
+
+    ctx = context(tmp_path)
+    ctx.templates = {"training_args.hub_token": "${HPO_TEST_HUB_TOKEN}"}
+    hf_args = training_arguments(args("m", training_args={"hub_token": SECRET}), ctx)
+    assert hf_args.hub_token == SECRET
+    assert copy.deepcopy(hf_args).hub_token == SECRET
+    assert SECRET.encode() not in pickle.dumps(hf_args)
+    assert pickle.loads(pickle.dumps(hf_args)).hub_token == "${HPO_TEST_HUB_TOKEN}"
+
+
 def test_resume_from_checkpoint_trains_only_the_rest(tmp_path: Path, tiny_model: Path) -> None:
     """A worker lost after epoch 1 of 2: the retry resumes from its checkpoint, with the
     optimizer and scheduler state that checkpoint holds, and trains epoch 2 only."""

@@ -436,14 +436,14 @@ def weighted_loss(args: HFTrainingArgs, data: Datasets) -> Callable[..., Any] | 
 def training_arguments(args: HFTrainingArgs, ctx: TrialContext) -> Any:
     """HF ``TrainingArguments`` for this trial: evaluation and saving on the same schedule."""
     import torch
-    from transformers import TrainingArguments
 
     schedule = "steps" if args.eval_steps else "epoch"
     cuda = ctx.device.startswith("cuda") and torch.cuda.is_available()
     precision = args.mixed_precision
     if precision == "auto":
         precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "no"
-    return TrainingArguments(
+    training_args = gpu_copies(args.training_args, cuda)  # checked before the study ran
+    hf_args = saved_as_written()(
         output_dir=str(ctx.output_dir),
         learning_rate=args.learning_rate,
         per_device_train_batch_size=args.per_device_train_batch_size,
@@ -479,8 +479,71 @@ def training_arguments(args: HFTrainingArgs, ctx: TrialContext) -> Any:
         # shows in its validation loss instead (the reporter checks it too).
         logging_nan_inf_filter=precision == "fp16",
         dataloader_pin_memory=cuda,
-        **gpu_copies(args.training_args, cuda),  # checked before the study ran
+        **training_args,
     )
+    hf_args.written = as_written(training_args, ctx.templates)
+    return hf_args
+
+
+def as_written(training_args: dict[str, Any], templates: dict[str, str]) -> dict[str, Any]:
+    """The ``training_args`` fields that held ``${VAR}``, with the templates in place of the
+    values (``templates``: the trial's, keyed by path in its params)."""
+    import copy
+
+    written: dict[str, Any] = {}
+    for path, template in templates.items():
+        head, *keys = path.split(".")
+        if head != "training_args" or not keys or keys[0] not in training_args:
+            continue
+        name = keys[0]
+        if len(keys) == 1:
+            written[name] = template
+            continue
+        value = written.setdefault(name, copy.deepcopy(training_args[name]))
+        for key in keys[1:-1]:
+            value = value[int(key)] if isinstance(value, list) else value[key]
+        value[int(keys[-1]) if isinstance(value, list) else keys[-1]] = template
+    return written
+
+
+@functools.cache
+def saved_as_written() -> type:
+    """``TrainingArguments`` that pickle with their ``${VAR}`` fields as written.
+
+    The Trainer saves its arguments into every checkpoint (``torch.save(self.args)`` into
+    ``training_args.bin``, in ``Trainer._save`` and, pushing to the Hub,
+    ``_push_from_checkpoint``), so a secret from ``${VAR}`` (a ``hub_token``) would land
+    on disk in plain text. Pickling is the one door both take: the pickle is a plain
+    ``TrainingArguments`` (loadable without hpo) whose fields in ``written`` hold their
+    templates. Copies keep the values: training and pushing use them in memory.
+    """
+    import copy
+    import copyreg
+
+    from transformers import TrainingArguments
+
+    class SavedAsWritten(TrainingArguments):
+        written: dict[str, Any] = {}  # noqa: RUF012 - set per instance by training_arguments
+
+        def __reduce_ex__(self, protocol: Any) -> Any:
+            state = {k: v for k, v in self.__dict__.items() if k != "written"}
+            state.update(self.written)
+            # How protocols 0 and 1 pickle any object, as a plain TrainingArguments (the
+            # NEWOBJ of protocol 2 must name the object's own class).
+            return copyreg._reconstructor, (TrainingArguments, object, None), state
+
+        def __copy__(self) -> Any:
+            clone = object.__new__(type(self))
+            clone.__dict__.update(self.__dict__)
+            return clone
+
+        def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+            clone = object.__new__(type(self))
+            memo[id(self)] = clone
+            clone.__dict__.update(copy.deepcopy(self.__dict__, memo))
+            return clone
+
+    return SavedAsWritten
 
 
 def gpu_copies(training_args: dict[str, Any], cuda: bool) -> dict[str, Any]:

@@ -16,21 +16,68 @@ import re
 import socket
 from pathlib import Path
 from typing import Any
+from urllib.parse import SplitResult, unquote_plus, urlsplit
 
 from hpo.errors import StorageError
 
 logger = logging.getLogger(__name__)
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
-# Greedy up to the last "@" of the authority, so a password holding "@" is hidden whole.
-_PASSWORD = re.compile(
-    r"(?P<head>[a-z0-9+]+://[^:/@\s]*:)(?P<password>[^\s/]*)(?P<tail>@[^@\s/]*)"
-)
+# A URL inside a message (a driver's error, a ``storage=URL`` override).
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+")
+# Query keys that carry a credential: a key whose lowercased name holds one of these.
+# psycopg2 (libpq) takes password and sslpassword, PyMySQL password and passwd; token,
+# secret and key cover what other drivers and proxies take (auth_token, api_key). A
+# substring, not a list of names: masking a harmless key (sslkey, a file path) costs a
+# "***" in a message, missing a credential leaks it.
+_SECRET_KEYS = ("pass", "pwd", "secret", "token", "key", "credential")
 
 
 def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (safe for logs, errors and reports)."""
-    return _PASSWORD.sub(r"\g<head>***\g<tail>", url)
+    """``url`` with its credentials replaced by ``***`` (safe for logs, errors and reports).
+
+    The userinfo password and the value of every credential query key
+    (``?password=...``) are hidden; the rest stays as written, ``${VAR}`` references
+    included. Also takes a message: every URL in it is redacted.
+    """
+    return _URL_IN_TEXT.sub(lambda m: _redact_one(m[0]), url)
+
+
+def split_userinfo(parts: SplitResult) -> tuple[str | None, str]:
+    """A server URL's userinfo (None when it has none) and host part, split as urllib reads
+    them: a host holds no "@", so the last "@" ends the userinfo and a password may hold "@"
+    as written. Redaction and :func:`hpo.storage.expand_url` both split here, so the part
+    hidden is the part that connects."""
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    return (userinfo if at else None), hostport
+
+
+def is_secret_key(key: str) -> bool:
+    """True when a URL query key names a credential (``password``, ``sslpassword``, ...)."""
+    return any(word in key.lower() for word in _SECRET_KEYS)
+
+
+def _redact_one(url: str) -> str:
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unbalanced "[" of an IPv6 host: show no part of it
+        return url.partition("://")[0] + "://***"
+    if not parts.netloc and not parts.query:  # sqlite:///path, journal:///path: a file
+        return url
+    userinfo, hostport = split_userinfo(parts)
+    netloc = parts.netloc
+    if userinfo is not None and ":" in userinfo:
+        netloc = f"{userinfo.partition(':')[0]}:***@{hostport}"
+    # Rebuilt by hand: urlunsplit drops the "//" of a URL without a host.
+    head = url[: url.index("://") + 3] + netloc + parts.path
+    query = "&".join(_redact_pair(pair) for pair in parts.query.split("&"))
+    fragment = f"#{parts.fragment}" if parts.fragment else ""
+    return head + (f"?{query}" if parts.query else "") + fragment
+
+
+def _redact_pair(pair: str) -> str:
+    key, equals, _ = pair.partition("=")
+    return f"{key}=***" if equals and is_secret_key(unquote_plus(key)) else pair
 
 
 def holder_line() -> str:
@@ -143,6 +190,9 @@ class Backend:
 
     #: URL schemes this backend opens.
     schemes: tuple[str, ...] = ()
+    #: False where the URL names a file (no user, password or host): ``${VAR}`` fills
+    #: its path in as text, not into the fields of a server URL.
+    credentials: bool = True
 
     def refusal(self, real_url: str) -> str | None:
         """Why hpo cannot use this URL (e.g. no lock across processes), or None."""

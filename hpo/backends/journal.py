@@ -23,6 +23,7 @@ def journal_path(url: str) -> Path:
 
 class JournalBackend(Backend):
     schemes = ("journal",)
+    credentials = False
 
     def refusal(self, real_url: str) -> str | None:
         if not real_url.startswith("journal:///") or real_url == "journal:///":

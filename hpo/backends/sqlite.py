@@ -29,6 +29,7 @@ def sqlite_path(url: str) -> Path | None:
 
 class SqliteBackend(Backend):
     schemes = ("sqlite",)
+    credentials = False
 
     def refusal(self, real_url: str) -> str | None:
         if sqlite_path(real_url) is None:

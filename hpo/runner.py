@@ -245,6 +245,7 @@ class _Objective:
             device=self.worker.device,
             threads=self.worker.threads,
             resume_from=resume_from,
+            config=self.config,
             history=history,
             reported_steps=set(frozen_trial(trial).intermediate_values),
         )

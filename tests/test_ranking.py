@@ -186,7 +186,6 @@ def _every_readers_best(
     """What each reader of the stored study calls its best (a list: its best ``top``)."""
     from hpo.console import LiveView
     from hpo.narrow import top_trials
-    from hpo.ranking import best_trial
     from hpo.warmstart import best_points
 
     config = _load(path)
@@ -194,9 +193,10 @@ def _every_readers_best(
     trials = study.get_trials(deepcopy=False)
     best = _best_json(path, capsys)
     report = _report_summary(path, folder)
-    view = LiveView(None, config.name, 6, "eval_accuracy", lambda t: best_trial(t, config))
+    view = LiveView(None, config.name, 6, "eval_accuracy", config)
     view.read(study)
-    warm = _load(path, [f"name={config.name}-2", f"warm_start={{from: {config.name}, top_k: {top}}}"])
+    warm_start = f"warm_start={{from: {config.name}, top_k: {top}}}"
+    warm = _load(path, [f"name={config.name}-2", warm_start])
     capsys.readouterr()
     code = main(["export", str(path), "--to", str(folder / "model")])
     err = capsys.readouterr().err

@@ -52,11 +52,6 @@ class Usage:
     waiting: int = 0
 
     @property
-    def remaining(self) -> int:
-        """Trials still to finish before the study is done (0: a run has nothing to do)."""
-        return max(0, self.budget - self.finished)
-
-    @property
     def unclaimed(self) -> int:
         """Budget slots that no trial holds or waits for: what may still be enqueued."""
         return max(0, self.budget - self.claimed - self.waiting)

@@ -17,7 +17,9 @@ from typing import Any
 from dashboards import data as d
 from dashboards.page import Section, figure_html, render_page, table_html
 from dashboards.study import load_stored_study, require_completed, strategy
-from hpo.errors import ConfigError
+from hpo.budget import usage_of
+from hpo.errors import ConfigError, HpoError
+from hpo.ranking import best_trial, feasible
 
 
 @dataclass
@@ -66,7 +68,8 @@ def study_results(configs: list[Any]) -> tuple[list[StudyResult], str, str]:
     first = ""
     for config in configs:
         study = load_stored_study(config)
-        records = d.trial_records(study.get_trials(deepcopy=False), study.user_attrs)
+        trials = study.get_trials(deepcopy=False)
+        records = d.trial_records(trials, study.user_attrs)
         require_completed(study, config, d.count_by_state(records))
         how = strategy(study, config)
         this = (how["objective"]["metric"], how["objective"]["direction"])
@@ -79,8 +82,14 @@ def study_results(configs: list[Any]) -> tuple[list[StudyResult], str, str]:
                 path=str(config.source),
                 field="objective",
             )
-        best = d.best_record(records, this[1])
-        assert best is not None and best.value is not None
+        # As hpo best ranks them: feasible first (constraints), then the value.
+        best = best_trial(trials, config)
+        if best is None:
+            raise HpoError(
+                f"study {config.name!r} has no completed trial that meets its constraints; "
+                "nothing to compare"
+            )
+        counted = {t.number for t in feasible(trials, config)}
         results.append(
             StudyResult(
                 name=config.name,
@@ -88,8 +97,8 @@ def study_results(configs: list[Any]) -> tuple[list[StudyResult], str, str]:
                 sampler=str(how["sampler"].get("type")),
                 pruner=str(how["pruner"].get("type", "none")),
                 best=best.value,
-                finished=sum(r.state in ("COMPLETE", "PRUNED") for r in records),
-                curve=d.compute_curve(records, this[1]),
+                finished=usage_of(trials, study.user_attrs, config).finished,
+                curve=d.compute_curve(records, this[1], feasible=counted),
             )
         )
     assert objective is not None

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from hpo import storage as st
+from hpo.budget import ENDED
 
 STATE_ORDER = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
-# Trials whose compute is spent: they count in totals and in strategy comparisons.
-SPENT = ("COMPLETE", "PRUNED", "FAIL")
 
 
 @dataclass(frozen=True)
@@ -103,25 +102,6 @@ def count_by_state(records: Sequence[TrialRecord]) -> dict[str, int]:
     }
 
 
-def best_record(records: Sequence[TrialRecord], direction: str) -> TrialRecord | None:
-    """The completed trial with the best value (the lowest number wins ties), or None."""
-    best: TrialRecord | None = None
-    for record in records:
-        if record.value is None:
-            continue
-        if (
-            best is None
-            or best.value is None
-            or _strictly_better(record.value, best.value, direction)
-        ):
-            best = record
-    return best
-
-
-def _strictly_better(a: float, b: float, direction: str) -> bool:
-    return a > b if direction == "maximize" else a < b
-
-
 @dataclass(frozen=True)
 class History:
     """Completed trials' values by trial number, and the best value so far after each."""
@@ -131,18 +111,29 @@ class History:
     best: list[float]
 
 
-def best_so_far(records: Sequence[TrialRecord], direction: str) -> History:
-    """The optimization history: every completed value and the running best."""
-    numbers, values, best = [], [], []
+def best_so_far(
+    records: Sequence[TrialRecord], direction: str, *, feasible: Container[int] | None = None
+) -> History:
+    """The optimization history: every completed value and the running best.
+
+    Args:
+        feasible: the trials that may be best (:func:`hpo.ranking.feasible`); None: every
+            completed one. The running best is NaN (a gap) until the first of them.
+    """
+    numbers: list[int] = []
+    values: list[float] = []
+    best: list[float] = []
     for record in records:
         if record.value is None:
             continue
         numbers.append(record.number)
         values.append(record.value)
-        if not best or better(record.value, best[-1], direction):
+        counts = feasible is None or record.number in feasible
+        last = best[-1] if best else math.nan
+        if counts and (math.isnan(last) or better(record.value, last, direction)):
             best.append(record.value)
         else:
-            best.append(best[-1])
+            best.append(last)
     return History(numbers, values, best)
 
 
@@ -207,7 +198,7 @@ class Compute:
 
 def compute_totals(records: Sequence[TrialRecord]) -> Compute:
     """Total and per-trial train seconds and epochs, plus the study's wall-clock span."""
-    spent = [r for r in records if r.state in SPENT]
+    spent = [r for r in records if r.state in ENDED]
     seconds = sum(r.duration_s or 0.0 for r in spent)
     epochs = sum(r.epochs for r in spent)
     starts = [r.started for r in records if r.started]
@@ -238,10 +229,13 @@ class ComputeCurve:
     best: list[float | None]
 
 
-def compute_curve(records: Sequence[TrialRecord], direction: str) -> ComputeCurve:
-    """Cumulative epochs and train seconds, and the best value reached with them."""
+def compute_curve(
+    records: Sequence[TrialRecord], direction: str, *, feasible: Container[int] | None = None
+) -> ComputeCurve:
+    """Cumulative epochs and train seconds, and the best value reached with them (only
+    ``feasible`` trials' values count, as in :func:`best_so_far`)."""
     finished = sorted(
-        (r for r in records if r.state in SPENT),
+        (r for r in records if r.state in ENDED),
         key=lambda r: (r.completed or datetime.max, r.number),
     )
     curve = ComputeCurve([], [], [], [])
@@ -250,7 +244,12 @@ def compute_curve(records: Sequence[TrialRecord], direction: str) -> ComputeCurv
     for record in finished:
         epochs += record.epochs
         seconds += record.duration_s or 0.0
-        if record.value is not None and (best is None or better(record.value, best, direction)):
+        counts = feasible is None or record.number in feasible
+        if (
+            counts
+            and record.value is not None
+            and (best is None or better(record.value, best, direction))
+        ):
             best = record.value
         curve.numbers.append(record.number)
         curve.epochs.append(epochs)

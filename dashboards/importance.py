@@ -16,14 +16,15 @@ FANOVA_TREES = 32
 
 
 def param_importances(
-    study: Any, completed: Sequence[Any], best_number: int
+    study: Any, completed: Sequence[Any], best_number: int | None
 ) -> tuple[dict[str, float], str]:
     """Normalized importances (most important first) and how they were computed.
 
     Args:
         study: the Optuna study.
         completed: its completed trials (FrozenTrial), already read.
-        best_number: the best trial's number, always kept in a sample.
+        best_number: the best trial's number, always kept in a sample (None: no trial
+            is feasible).
 
     Returns an empty dict when the study cannot support an estimate (fewer than two
     completed trials, or no parameter that varies).

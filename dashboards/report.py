@@ -89,12 +89,15 @@ def build_report(
         return _build_front_report(config, study, records, counts, how, output, save_to_study)
     metric = how["objective"]["metric"]
     direction = how["objective"]["direction"]
-    best = d.best_record(records, direction)
 
     from dashboards import figures as f
     from dashboards.importance import param_importances
     from dashboards.study import sample_study
+    from hpo.ranking import best_trial, feasible
 
+    # The best trial as hpo best names it: feasible first (constraints), then the value.
+    chosen = best_trial(trials, config)
+    best = next((r for r in records if chosen and r.number == chosen.number), None)
     completed = [t for t in trials if t.state.name == "COMPLETE"]
     figures: dict[str, Any] = {
         # A failed trial's epochs before it failed are a curve too.
@@ -107,15 +110,19 @@ def build_report(
     importance_how = "needs completed trials"
     analysis = None
     drawn: dict[str, tuple[Any, int]] = {}
-    if best is not None:  # the figures of objective values need a completed trial
-        importances, importance_how = param_importances(study, completed, best.number)
-        best_trial = next(t for t in trials if t.number == best.number)
-        analysis = d.error_analysis(best_trial.user_attrs.get(ATTR_ERROR_ANALYSIS))
+    if completed:  # the figures of objective values need a completed trial
+        number = best.number if best else None
+        importances, importance_how = param_importances(study, completed, number)
+        if chosen is not None:
+            analysis = d.error_analysis(chosen.user_attrs.get(ATTR_ERROR_ANALYSIS))
         drawn = {
-            name: sample_study(study, completed, limit, best.number)
+            name: sample_study(study, completed, limit, number)
             for name, limit in DRAW_SAMPLE.items()
         }
-        figures["history"] = f.history_figure(d.best_so_far(records, direction), metric)
+        counted = {t.number for t in feasible(trials, config)}
+        figures["history"] = f.history_figure(
+            d.best_so_far(records, direction, feasible=counted), metric
+        )
         if importances:
             figures["importances"] = f.importance_figure(importances, "fANOVA")
         figures.update(f.optuna_figures({k: s for k, (s, _) in drawn.items()}, list(importances)))
@@ -188,13 +195,14 @@ def _build_front_report(
     it shows the feasible Pareto front (table and Optuna's plot, coloured by base model)
     and what each base model achieved and costs."""
     from dashboards import figures as f
-    from hpo.pareto import feasible_trials, front_rows, trial_model
+    from hpo.pareto import front_rows, trial_model
+    from hpo.ranking import feasible as feasible_trials
 
     objectives = [(o.metric, o.direction) for o in config.objectives]
     trials = study.get_trials(deepcopy=False)
     models = {t.number: trial_model(t, config) or "(unnamed model)" for t in trials}
     front = front_rows(study, config)
-    feasible = {t.number for t in feasible_trials(study, config)}
+    feasible = {t.number for t in feasible_trials(trials, config)}
     by_model = d.model_comparison(
         records, models, objectives, feasible, {row["number"] for row in front}
     )

@@ -62,7 +62,7 @@ def require_completed(study: Any, config: Any, counts: dict[str, int]) -> None:
 
 
 def sample_study(
-    study: Any, completed: Sequence[Any], limit: int, best_number: int, seed: int = 0
+    study: Any, completed: Sequence[Any], limit: int, best_number: int | None, seed: int = 0
 ) -> tuple[Any, int]:
     """The study itself, or an in-memory copy holding ``limit`` of its completed trials.
 

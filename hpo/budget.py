@@ -1,13 +1,15 @@
 """What a study has used against its budget: finished, running, failed and why.
 
-The runner reads these before each claim, the sweep before each study, warm start before
-enqueuing, and the CLI for its closing lines. All of it is computed from one read of the
-study's trials; nothing here writes to the storage.
+The one rule for counting trials: the runner reads it before each claim, the sweep
+before each study (and for ``--dry-run``), warm start before enqueuing, the live line,
+the CLI for its closing lines and reports for their totals. All of it is computed from
+one read of the study's trials; nothing here writes to the storage.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +21,8 @@ from hpo.space import grid_size
 
 # States that use up budget: finished ones, and ones that will finish unless they fail.
 FINISHED = ("COMPLETE", "PRUNED")
+# Trials that ended, failed ones included: their compute is spent (reports total it).
+ENDED = (*FINISHED, "FAIL")
 # Failures that say nothing about the parameters: the trial is retried, not counted.
 NOT_COUNTED_FAILURES = ("worker_lost", "interrupted")
 
@@ -41,9 +45,16 @@ class Usage:
     ``failures`` counts failures that weigh against ``budget.max_failures``.
     """
 
+    budget: int = 0
     finished: int = 0
     claimed: int = 0
     failures: int = 0
+    waiting: int = 0
+
+    @property
+    def unclaimed(self) -> int:
+        """Budget slots that no trial holds or waits for: what may still be enqueued."""
+        return max(0, self.budget - self.claimed - self.waiting)
 
 
 def usage(study: Any, config: StudyConfig) -> Usage:
@@ -51,10 +62,26 @@ def usage(study: Any, config: StudyConfig) -> Usage:
     state, and the failed trials' reasons, not every trial's parameters and attributes)."""
     # Retried like every storage read: the claim loop must survive a database restart.
     counts, failed, lost = retrying(budget_counts)(study, st.ATTR_FAILURE, st.STUDY_ATTR_LOST)
-    result = Usage(finished=sum(counts.get(state, 0) for state in FINISHED))
+    reasons = [_reason("FAIL", number in lost, failure) for number, failure in failed]
+    return _tally(counts, reasons, config)
+
+
+def usage_of(trials: list[Any], study_attrs: dict[str, Any], config: StudyConfig) -> Usage:
+    """:func:`usage` of trials already read (``study.get_trials()``, ``study.user_attrs``)."""
+    reasons = [failure_reason(t, study_attrs) for t in trials if t.state.name == "FAIL"]
+    return _tally(Counter(t.state.name for t in trials), reasons, config)
+
+
+def _tally(counts: Mapping[str, int], reasons: list[str | None], config: StudyConfig) -> Usage:
+    """Usage from trials counted by state and the failed trials' reasons."""
+    result = Usage(
+        budget=effective_budget(config),
+        finished=sum(counts.get(state, 0) for state in FINISHED),
+        waiting=counts.get("WAITING", 0),
+    )
     result.claimed = result.finished + counts.get("RUNNING", 0)
-    for number, failure in failed:
-        if _reason("FAIL", number in lost, failure) in NOT_COUNTED_FAILURES:
+    for reason in reasons:
+        if reason in NOT_COUNTED_FAILURES:
             continue
         result.failures += 1
         if config.sampler.type == "grid":  # a failed grid point is not drawn again
@@ -87,6 +114,7 @@ class Summary:
     study_name: str
     n_trials: int
     counts: dict[str, int]
+    finished: int = 0  # as the runner counts them (a failed grid point is finished too)
     best_value: float | None = None
     best_params: dict[str, Any] = field(default_factory=dict)
     best_number: int | None = None
@@ -98,27 +126,26 @@ class Summary:
     pareto_front: list[dict[str, Any]] = field(default_factory=list)
     constrained: bool = False  # "best" means the best trial that meets the constraints
 
-    @property
-    def finished(self) -> int:
-        return sum(self.counts.get(state, 0) for state in FINISHED)
-
 
 def summarize(study: Any, config: StudyConfig, *, ran: int = 0, wall: float = 0.0) -> Summary:
     """Trials by state and the best feasible trial so far (the front, with several
     objectives)."""
+    trials = study.get_trials(deepcopy=False)
     summary = Summary(
         study_name=config.name,
         n_trials=effective_budget(config),
-        counts=dict(count_states(study)),
+        counts=dict(Counter(t.state.name for t in trials)),
+        finished=usage_of(trials, study.user_attrs, config).finished,
         ran=ran,
         wall_time_s=wall,
         constrained=bool(config.constraints),
     )
-    from hpo.pareto import best_trial, front_rows
+    from hpo.pareto import front_rows
+    from hpo.ranking import best_trial
 
     if config.multi_objective:
         summary.pareto_front = front_rows(study, config)
-    elif (best := best_trial(study.get_trials(deepcopy=False), config)) is not None:
+    elif (best := best_trial(trials, config)) is not None:
         summary.best_value = best.value
         summary.best_params = dict(best.params)
         summary.best_number = best.number

@@ -6,10 +6,9 @@ nothing else is left in it). A completed trial outside the best K can never get 
 (values are final; new trials only push it further down), so its checkpoints go; so do
 pruned and failed trials'. Kept:
 
-- the best K completed trials (ties: the earlier trial wins, as in ``study.best_trial``);
-  with several objectives, every trial on the feasible Pareto front instead (a dominated
-  trial stays dominated, so it can never get back in either; trials on a front have no
-  ranking, so K does not apply);
+- the best K feasible trials, or with several objectives every trial on the feasible
+  Pareto front (:func:`hpo.ranking.kept_trials`: the trials ``hpo best`` and ``hpo
+  export`` name, so the best trial's checkpoint is always there to export);
 - running and waiting trials, and any folder a waiting retry will resume from (a trial
   whose worker died is retried with its ``hpo:checkpoint`` copied over);
 - anything outside ``<output_dir>/<study name>/``: a path read from storage never makes
@@ -23,14 +22,13 @@ is left for that machine's worker to prune.
 from __future__ import annotations
 
 import logging
-import math
 import shutil
 from pathlib import Path
 from typing import Any
 
 from hpo import storage as st
 from hpo.config import StudyConfig
-from hpo.pareto import pareto_front
+from hpo.ranking import kept_trials
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +41,7 @@ def prune_checkpoints(study: Any, config: StudyConfig) -> list[str]:
     if limit is None or not study_folder(config).is_dir():
         return []  # nothing on this machine to delete: spare the storage read
     trials = study.get_trials(deepcopy=False)
-    kept = pareto_front(study, config) if config.multi_objective else None
-    keep = {t.number for t in (kept if kept is not None else best_trials(trials, config, limit))}
+    keep = {t.number for t in kept_trials(trials, config, limit)}
     root = study_folder(config).resolve()
     protected = [
         Path(p).resolve()
@@ -66,20 +63,11 @@ def prune_checkpoints(study: Any, config: StudyConfig) -> list[str]:
                 "trial %d: deleted %s (%s)",
                 trial.number,
                 folder,
-                "not on the Pareto front" if kept is not None else f"not among the best {limit}",
+                "not on the Pareto front"
+                if config.multi_objective
+                else f"not among the best {limit}",
             )
     return deleted
-
-
-def best_trials(trials: list[Any], config: StudyConfig, k: int) -> list[Any]:
-    """The best ``k`` completed trials with a finite value, best first."""
-    sign = -1.0 if config.objectives[0].direction == "maximize" else 1.0
-    completed = [
-        t
-        for t in trials
-        if t.state.name == "COMPLETE" and t.value is not None and math.isfinite(t.value)
-    ]
-    return sorted(completed, key=lambda t: (sign * t.value, t.number))[:k]
 
 
 def _delete_checkpoints(path: Path) -> bool:

@@ -970,15 +970,10 @@ def _print_summary(summary: Any) -> None:
 def _live_view(args: argparse.Namespace, config: Any) -> LiveView:
     """The live area of ``run`` and ``worker``, starting from what the study has stored."""
     from hpo.budget import effective_budget
-    from hpo.pareto import best_trial
     from hpo.study import load_existing_study
 
     view = LiveView(
-        args.console,
-        config.name,
-        effective_budget(config),
-        config.objectives[0].metric,
-        best_of=lambda trials: best_trial(trials, config),
+        args.console, config.name, effective_budget(config), config.objectives[0].metric, config
     )
     # One worker updates the view only when a trial ends: a resumed study would show
     # 0 finished and no best until then.

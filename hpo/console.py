@@ -15,10 +15,11 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from hpo.budget import FINISHED, usage_of
+from hpo.config import StudyConfig
 from hpo.events import (
     JsonFormatter,
     LineFormatter,
@@ -26,6 +27,7 @@ from hpo.events import (
     quiet_libraries,
     silence_experimental_warnings,
 )
+from hpo.ranking import best_trial
 
 logger = logging.getLogger("hpo")
 
@@ -113,9 +115,10 @@ class LiveView(logging.Handler):
 
     As a logging handler it formats nothing; it reads ``trial_started``, ``evaluation``
     and ``trial_finished`` events (from this process or forwarded from workers) to know
-    what runs where. ``read(study)`` takes the finished count and best value from storage
-    before the run starts, ``update(study)`` again after each finished trial. Without a
-    console (off a terminal) it does nothing visible.
+    what runs where. ``read(study)`` takes the finished count (:func:`hpo.budget.usage_of`)
+    and the best trial (:func:`hpo.ranking.best_trial`) from storage before the run starts,
+    ``update(study)`` again after each finished trial. Without a console (off a terminal)
+    it does nothing visible.
     """
 
     def __init__(
@@ -124,10 +127,10 @@ class LiveView(logging.Handler):
         study_name: str,
         budget: int,
         metric: str,
-        best_of: Callable[[list[Any]], Any],
+        config: StudyConfig,
     ):
         super().__init__(level=logging.INFO)
-        self.best_of = best_of  # trials -> the best feasible one in the first objective
+        self.config = config  # what "finished" and "best" mean: its budget and constraints
         self.console = console
         self.study_name = study_name
         self.budget = budget
@@ -187,10 +190,7 @@ class LiveView(logging.Handler):
         elif event == "trial_finished":
             self.running.pop(number, None)
             # Count it now; the next update() re-reads the truth from storage.
-            if (
-                getattr(record, "state", None) in ("COMPLETE", "PRUNED")
-                and self.finished is not None
-            ):
+            if getattr(record, "state", None) in FINISHED and self.finished is not None:
                 self.finished += 1
 
     def update(self, study: Any) -> None:
@@ -216,11 +216,11 @@ class LiveView(logging.Handler):
         0 finished until the first trial of this run ends.
         """
         trials = study.get_trials(deepcopy=False)
-        self.finished = sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
+        self.finished = usage_of(trials, study.user_attrs, self.config).finished
         if self.finished_at_start is None:
             self.finished_at_start = self.finished
-        # With several objectives the line shows the best of the first one.
-        best = self.best_of(trials)
+        # With several objectives the line shows the front's best in the first one.
+        best = best_trial(trials, self.config)
         if best is not None:
             self.best, self.best_trial = best.values[0], best.number
 

@@ -200,14 +200,14 @@ def _pick_trial(study: Any, config: StudyConfig, number: int | None) -> Any:
         if not completed:
             raise StudyStateError(f"study {config.name!r} has no completed trial to export")
         if config.multi_objective:
-            from hpo.pareto import pareto_front
+            from hpo.ranking import pareto_front
 
-            front = ", ".join(str(t.number) for t in pareto_front(study, config)) or "none"
+            front = ", ".join(str(t.number) for t in pareto_front(completed, config)) or "none"
             raise StudyStateError(
                 f"study {config.name!r} has several objectives, so no single best trial; "
                 f"choose one on the Pareto front with --trial N (front: {front}; see hpo best)"
             )
-        from hpo.pareto import best_trial
+        from hpo.ranking import best_trial
 
         best = best_trial(completed, config)
         if best is None:

@@ -20,16 +20,15 @@ import yaml
 
 from hpo.config import StudyConfig, read_yaml
 from hpo.errors import ConfigError, StudyStateError
-from hpo.pareto import best_trials, feasible_trials
+from hpo.ranking import top_trials as ranked
 from hpo.space import CategoricalParam, FloatParam, IntParam
 
 MARGIN = 0.1  # of the top trials' span on each side (of the old range when they agree)
 
 
 def top_trials(study: Any, config: StudyConfig, k: int) -> list[Any]:
-    """The ``k`` best feasible completed trials (:func:`hpo.pareto.best_trials`)."""
-    directions = [o.direction for o in config.objectives]
-    return best_trials(feasible_trials(study, config), directions, k)
+    """The ``k`` best feasible completed trials (:func:`hpo.ranking.top_trials`)."""
+    return ranked(study.get_trials(deepcopy=False), config, k)
 
 
 def narrowed_space(config: StudyConfig, trials: list[Any]) -> dict[str, dict[str, Any]]:

@@ -246,6 +246,7 @@ class _Objective:
             threads=self.worker.threads,
             resume_from=resume_from,
             templates=_param_templates(self.config.env_templates, params),
+            config=self.config,
             history=history,
             reported_steps=set(frozen_trial(trial).intermediate_values),
         )

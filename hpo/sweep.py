@@ -390,17 +390,17 @@ def plan_sweep(sweep: Sweep) -> list[PlanRow]:
 
 
 def _finished_trials(config: StudyConfig) -> tuple[int, bool]:
-    from hpo.storage import open_storage, storage_exists
+    """Finished trials as the runner counts them (:func:`hpo.budget.usage`), and whether
+    the study exists; read-only."""
+    from hpo.budget import usage
+    from hpo.errors import StudyStateError
+    from hpo.study import load_existing_study
 
-    if not storage_exists(config.storage):
-        return 0, False
-    storage = open_storage(config.storage, read_only=True)
     try:
-        study_id = storage.get_study_id_from_name(config.name)
-    except KeyError:
+        study = load_existing_study(config)
+    except StudyStateError:  # no storage, or no such study in it: nothing ran yet
         return 0, False
-    trials = storage.get_all_trials(study_id, deepcopy=False)
-    return sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials), True
+    return usage(study, config).finished, True
 
 
 def run_command(sweep: Sweep, study: PlannedStudy) -> str:
@@ -508,20 +508,17 @@ def _done(config: StudyConfig) -> StudyOutcome:
 
 def _outcome(config: StudyConfig) -> StudyOutcome:
     """Where a study stands, read from storage (a blank outcome if storage is unreachable)."""
-    from hpo.budget import effective_budget
-    from hpo.pareto import best_trial
+    from hpo.budget import effective_budget, usage_of
+    from hpo.ranking import best_trial
+    from hpo.study import load_existing_study
 
     outcome = StudyOutcome(config.name, effective_budget(config))
     try:
-        import optuna
-
-        from hpo.storage import open_storage
-
-        study = optuna.load_study(study_name=config.name, storage=open_storage(config.storage))
+        study = load_existing_study(config)  # read-only: a summary line creates nothing
         trials = study.get_trials(deepcopy=False)
     except Exception:  # noqa: BLE001 - a summary line must not hide the real error
         return outcome
-    outcome.finished = sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
+    outcome.finished = usage_of(trials, study.user_attrs, config).finished
     # Several objectives have a front, not a best: the sweep's line shows none.
     best = None if config.multi_objective else best_trial(trials, config)
     if best is not None:

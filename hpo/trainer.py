@@ -40,6 +40,7 @@ from typing import Any, Protocol
 
 from hpo import storage
 from hpo.backends.optuna_compat import set_trial_user_attrs
+from hpo.config import Objective, StudyConfig
 from hpo.events import emit
 
 logger = logging.getLogger(__name__)
@@ -73,6 +74,8 @@ class TrialContext:
         templates: the params that held ``${VAR}``, as written: dotted path in ``params``
             -> the text with ``${VAR}``. What a trainer saves to disk (its arguments in a
             checkpoint) holds these in place of the values, which may be secrets.
+        config: the study's config (set by the runner): its objectives and constraints
+            say which trial leads (:meth:`leads_study`).
     """
 
     trial: Any
@@ -86,6 +89,7 @@ class TrialContext:
     threads: int | None = None
     resume_from: Path | None = None
     templates: dict[str, str] = field(default_factory=dict)
+    config: StudyConfig | None = None
     # False in a study with several objectives: Optuna prunes (and takes intermediate
     # values) only with one, so evaluations are recorded but not reported to a pruner.
     prunable: bool = True
@@ -170,22 +174,28 @@ class TrialContext:
         return self.pruned
 
     def leads_study(self, metrics: dict[str, float]) -> bool:
-        """False only when a finished trial already beats these final ``metrics``.
+        """False only when these final ``metrics`` can no longer make this trial the
+        study's best (with several objectives: put it on the Pareto front).
 
         Finished values never change and later trials only raise the bar, so a trial that
         does not lead when it finishes can never be the study's best; a trainer skips work
-        only the best trial needs (the test pass). Ties lead (Optuna keeps the first of
-        equal trials, either may be shown); with several objectives every trial may join
-        the Pareto front, so all lead. The best respects constraints, as Optuna's does.
+        only the best trial needs (the test pass). The rule is :func:`hpo.ranking.leads`,
+        the one ``hpo best`` ranks by: metrics that break a constraint do not lead, nor do
+        ones a finished feasible trial beats (or dominates); ties lead, and a metric not
+        in ``metrics`` yet (one computed after the call) is not held against the trial.
         """
-        value = metrics.get(self.objective)
-        if not self.prunable or value is None:
-            return True
-        try:
-            best = self.trial.study.best_value
-        except ValueError:  # no finished (feasible) trial yet
-            return True
-        return bool(value >= best if self.direction == "maximize" else value <= best)
+        from hpo.ranking import leads
+
+        config = self.config
+        if config is None:
+            # A context built by hand (a trainer run on its own): its objective, no
+            # constraints. model_construct: these two fields are all ranking reads.
+            config = StudyConfig.model_construct(
+                objective=Objective.model_validate(
+                    {"metric": self.objective, "direction": self.direction}
+                )
+            )
+        return leads(metrics, self.trial.study.get_trials(deepcopy=False), config)
 
     def set_checkpoint(self, path: str | Path) -> None:
         """Record the newest checkpoint folder, so a retry can resume from it."""

@@ -26,8 +26,6 @@ from hpo.config import StudyConfig
 logger = logging.getLogger(__name__)
 
 ATTR_WARM_START = "hpo:warm_start"  # trial attr: {"study": source name, "trial": number}
-# Trials that hold or will hold a budget slot (the runner counts the same states).
-_CLAIMED = ("COMPLETE", "PRUNED", "RUNNING", "WAITING")
 
 
 def enqueue_warm_start(study: Any, config: StudyConfig) -> int:
@@ -38,9 +36,13 @@ def enqueue_warm_start(study: Any, config: StudyConfig) -> int:
     ranked = best_points(study, config)
     if ranked is None:
         return 0
+    from hpo.budget import usage_of
+
     trials = study.get_trials(deepcopy=False)
     existing = [_trial_params(t) for t in trials]
-    room = _remaining_budget(config, trials)
+    # Slots no trial holds or waits for: a waiting trial the budget never runs would hold
+    # a slot forever.
+    room = usage_of(trials, study.user_attrs, config).unclaimed
     enqueued = 0
     for number, params in ranked:
         if not params or any(_covers(seen, params) for seen in existing):
@@ -71,7 +73,7 @@ def best_points(study: Any, config: StudyConfig) -> list[tuple[int, dict[str, An
 
     Returns None (and logs why) when the source study does not exist or cannot be ranked.
     """
-    from hpo.pareto import ATTR_METRICS, best_trials
+    from hpo.ranking import feasible, top_trials
     from hpo.space import to_distributions
 
     spec = config.warm_start
@@ -91,28 +93,23 @@ def best_points(study: Any, config: StudyConfig) -> list[tuple[int, dict[str, An
             config.name,
         )
         return None
-    directions = storage.get_study_directions(study_id)
-    completed = [
-        t
-        for t in storage.get_all_trials(study_id, deepcopy=False)
-        if t.state.name == "COMPLETE"
-        and t.values is not None
-        and all(math.isfinite(v) for v in t.values)
-    ]
+    directions = [d.name for d in storage.get_study_directions(study_id)]
+    source = storage.get_all_trials(study_id, deepcopy=False)
     # Only points that meet this study's constraints (on the metrics each source trial
     # returned): an infeasible one would spend a trial off this study's front. When fewer
     # than top_k are feasible, only those are seeded, as hpo narrow takes only those.
-    feasible = [t for t in completed if config.feasible(t.user_attrs.get(ATTR_METRICS, {}))]
-    if len(feasible) < len(completed):
+    n_feasible = len(feasible(source, config, directions))
+    n_completed = sum(t.state.name == "COMPLETE" for t in source)
+    if n_feasible < n_completed:
         logger.info(
             "warm start: %d of the %d completed trials of %r meet the constraints",
-            len(feasible),
-            len(completed),
+            n_feasible,
+            n_completed,
             spec.from_study,
         )
     # Ranked in the source's own objectives; several have no single ranking: its Pareto
     # front (every trade-off it found), then the next front, as hpo narrow ranks them.
-    top = best_trials(feasible, [d.name for d in directions], spec.top_k)
+    top = top_trials(source, config, spec.top_k, directions)
     distributions = to_distributions(config.search_space)
     return [(t.number, _fitting(t.params, distributions)) for t in top]
 
@@ -147,13 +144,6 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, int | float) and isinstance(b, int | float):
         return math.isclose(a, b, rel_tol=1e-12, abs_tol=0.0) or a == b
     return bool(a == b)
-
-
-def _remaining_budget(config: StudyConfig, trials: list[Any]) -> int:
-    from hpo.budget import effective_budget
-
-    claimed = sum(t.state.name in _CLAIMED for t in trials)
-    return max(0, effective_budget(config) - claimed)
 
 
 def _source_storage(study: Any, url: str | None) -> Any:

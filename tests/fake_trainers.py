@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
+from pathlib import Path
 
 from hpo.trainer import NonFiniteError, TrialContext
 from trainers import toy
@@ -66,3 +68,28 @@ def with_throughput(ctx: TrialContext) -> dict[str, float]:
         "model_size_mb": 86.6,
         "throughput": 400.0,
     }
+
+
+def fixed_metrics(ctx: TrialContext) -> dict[str, float]:
+    """Trial N returns row N of ``trainer.args.table`` (a null row fails), saves a checkpoint
+    as the HF trainers lay it out, and records whether it led the study when it finished
+    (``hpo:led``, from :meth:`TrialContext.leads_study`, as the HF trainers ask before their
+    test pass)."""
+    row = ctx.params["table"][ctx.number]
+    if row is None:
+        raise RuntimeError("simulated failure")
+    metrics = {k: float(v) for k, v in row.items()}
+    checkpoint = ctx.output_dir / "checkpoint-1"
+    checkpoint.mkdir(parents=True, exist_ok=True)
+    (checkpoint / "config.json").write_text("{}", encoding="utf-8")
+    ctx.set_checkpoint(checkpoint)
+    ctx.set_attr("led", ctx.leads_study(metrics))
+    return metrics
+
+
+def _copy_checkpoint(checkpoint: Path, target: Path, args: dict, study_dir: Path) -> None:
+    shutil.copytree(checkpoint, target, dirs_exist_ok=True)
+
+
+fixed_metrics.save_model = _copy_checkpoint  # type: ignore[attr-defined]
+fixed_metrics.resolve_model = lambda name, study_dir: name  # type: ignore[attr-defined]

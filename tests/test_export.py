@@ -147,10 +147,10 @@ def test_several_objectives_keep_the_pareto_front_by_default(tmp_path: Path) -> 
     study_file = _toy_checkpoint_study(tmp_path, objective=objective)
     config = load_study(study_file)
     assert main(["run", str(study_file)]) == 0
-    from hpo.pareto import pareto_front
+    from hpo.ranking import pareto_front
 
     study = optuna.load_study(study_name="ckpt", storage="sqlite:///hpo.db")
-    front = pareto_front(study, config)
+    front = pareto_front(study.get_trials(), config)
     assert 0 < len(front) < 6  # else nothing was at stake
     left = sorted(p.name for p in Path("runs/ckpt").iterdir())
     assert left == sorted(f"trial-{t.number:04d}" for t in front)

@@ -11,7 +11,7 @@ import optuna
 import pytest
 
 from hpo.config import load_study
-from hpo.pareto import non_dominated
+from hpo.ranking import non_dominated
 from hpo.runner import run_study
 from tests.conftest import run_hpo
 

@@ -42,9 +42,9 @@ def test_best_so_far_keeps_the_running_best_for_either_direction() -> None:
     assert up.values == [0.5, 0.7, 0.6, 0.9]
     assert up.best == [0.5, 0.7, 0.7, 0.9]
     assert d.best_so_far(records, "minimize").best == [0.5, 0.5, 0.5, 0.5]
-    assert d.best_record(records, "maximize").number == 5
-    assert d.best_record(records, "minimize").number == 0
-    assert d.best_record([record(0, "PRUNED")], "maximize") is None
+    # Only trials that may be best (hpo.ranking.feasible) move it; a gap before the first.
+    feasible = d.best_so_far(records, "maximize", feasible={2, 3})
+    assert str(feasible.best) == "[nan, 0.7, 0.7, 0.7]"
 
 
 def test_learning_curves_end_where_pruned_trials_stopped() -> None:

@@ -19,8 +19,9 @@ STORAGE_RETRIES = 8  # 0.5 s doubling to 10 s: about a minute for a database to 
 # Opening retries briefly (a server restarting as workers start); a wrong host or port
 # should fail in seconds (0.5 + 1 + 2), not after the minute a running worker waits.
 OPEN_RETRIES = 3
-# Seconds to connect, the server's greeting included. A server that accepted the TCP
-# connection and said nothing for this long is hung, or no database at all.
+# Seconds to connect (Postgres: the server's greeting included; MySQL's greeting falls under
+# its read timeout). A server that accepted the TCP connection and said nothing for this
+# long is hung, or no database at all.
 CONNECT_TIMEOUT_S = 10
 # Set while a retrying call runs in this thread: the calls it makes do not retry again
 # (Optuna's storage methods call each other; nested retries multiplied to 9 x 9 attempts).

@@ -434,3 +434,13 @@ def test_run_on_a_read_only_sqlite_file_says_so_in_one_line(
     assert lines[-1].startswith(f"hpo: error: {db} is read-only")
     assert "copy it to a writable folder" in lines[-1]  # the fix
     assert "hpo status, best and report read it" in lines[-1]
+
+
+def test_a_file_that_is_no_database_on_a_read_only_mount_is_named_as_such(
+    toy_study, read_only_folder: Path
+) -> None:
+    (read_only_folder / "hpo.db").write_bytes(b"not a database, " * 100)
+    study = toy_study(storage=f"sqlite:///{read_only_folder / 'hpo.db'}")
+    result = _hpo_on_read_only_mount(read_only_folder, "status", str(study))
+    assert result.returncode == 2, result.stderr
+    assert "the file exists but has no Optuna tables" in result.stderr

@@ -54,12 +54,15 @@ class SqliteBackend(Backend):
         path = _path(real_url)
         if not path.is_file():
             return False
-        if _writable(path):
-            # Connecting creates nothing that outlives the connection (a read-only URI
-            # would leave WAL's -shm and -wal files behind).
-            connection = sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S)
-        else:
-            connection = _connect_read_only(path)
+        try:
+            if _writable(path):
+                # Connecting creates nothing that outlives the connection (a read-only URI
+                # would leave WAL's -shm and -wal files behind).
+                connection = sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S)
+            else:
+                connection = _connect_read_only(path)  # it reads the file to pick a mode
+        except sqlite3.DatabaseError:  # "file is not a database"
+            return False
         try:
             rows = connection.execute(
                 "SELECT name FROM sqlite_master WHERE type='table' AND name='studies'"

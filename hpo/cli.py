@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from hpo.console import LOG_FORMATS, LiveView, configure_logging, show_workers
-from hpo.errors import ConfigError, FailureBudgetExceeded, HpoError
+from hpo.errors import ConfigError, FailureBudgetExceeded, HpoError, StudyStateError
 
 logger = logging.getLogger("hpo")
 
@@ -976,9 +976,10 @@ def _live_view(args: argparse.Namespace, config: Any) -> LiveView:
         args.console, config.name, effective_budget(config), config.objectives[0].metric, config
     )
     # One worker updates the view only when a trial ends: a resumed study would show
-    # 0 finished and no best until then.
+    # 0 finished and no best until then. A StorageError goes on: a server that cannot be
+    # reached fails the command here, not again after a second wait in the open.
     try:
         view.read(load_existing_study(config))
-    except HpoError:  # a new study (nothing stored, nothing created here) starts at 0
+    except StudyStateError:  # a new study (nothing stored, nothing created here) starts at 0
         pass
     return view

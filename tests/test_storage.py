@@ -334,3 +334,245 @@ def test_retries_are_never_nested(monkeypatch) -> None:
     with pytest.raises(sqlalchemy.exc.OperationalError):
         outer(None)
     assert len(attempts) == 3  # nested retries multiplied: 3 x 3 = 9
+
+
+# --- every wait on the network has a limit ----------------------------------------------
+
+
+@pytest.fixture
+def silent_server():
+    """A TCP port on 127.0.0.1 that accepts connections and never says a word (a hung
+    database, or a port that is not a database at all)."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:  # the accept timed out: look at ``stop`` again
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield server.getsockname()[1]
+    stop.set()
+    thread.join(timeout=5)
+    for connection in held:
+        connection.close()
+    server.close()
+
+
+@pytest.mark.parametrize("scheme", ["postgresql+psycopg2", "mysql+pymysql"])
+@pytest.mark.parametrize("command", ["run", "status", "worker"])
+def test_a_server_that_never_answers_fails_in_one_line(
+    toy_study, silent_server, scheme: str, command: str
+) -> None:
+    """Today ``run`` and ``worker`` wait forever, ``status`` until killed. The subprocess
+    timeout is the requirement itself (under a minute), not a measurement."""
+    url = f"{scheme}://u@127.0.0.1:{silent_server}/db"
+    study = toy_study(storage=url)
+    extra = ["--device", "none"] if command == "worker" else []
+    result = run_hpo(command, str(study), *extra, timeout=60)
+    assert result.returncode == 1, result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert errors == [line for line in errors if line.startswith("hpo: error: ")]
+    assert len(errors) == 1, result.stderr
+    assert f"cannot open storage {url}" in errors[0]
+    assert "retry" not in result.stderr  # one wait, not four: a timeout is no restart
+    assert "Traceback" not in result.stderr
+
+
+def test_postgres_connections_carry_limits_unless_the_url_sets_its_own() -> None:
+    from hpo.backends.postgres import connect_args
+
+    limits = connect_args("postgresql+psycopg2://u@h/db")
+    assert limits["connect_timeout"] == 10
+    assert limits["keepalives"] == 1
+    assert "-c statement_timeout=" in limits["options"]
+    mine = connect_args(
+        "postgresql+psycopg2://u@h/db?connect_timeout=3&options=-c%20statement_timeout%3D5s"
+    )
+    # The URL's own values reach psycopg2 (connect_args would win over them).
+    assert "connect_timeout" not in mine and "options" not in mine
+    # The study lock waits as long as another worker claims: no statement limit on it.
+    assert connect_args("postgresql+psycopg2://u@h/db", lock=True)["options"].endswith(
+        "-c statement_timeout=0"
+    )
+
+
+def test_mysql_connections_carry_limits_unless_the_url_sets_its_own() -> None:
+    from hpo.backends.mysql import connect_args
+
+    limits = connect_args("mysql+pymysql://u@h/db")
+    assert limits == {"connect_timeout": 10, "read_timeout": 30, "write_timeout": 30}
+    assert connect_args("mysql+pymysql://u@h/db?read_timeout=90&connect_timeout=5") == {
+        "write_timeout": 30
+    }
+
+
+def test_postgres_storage_queries_have_a_statement_timeout(postgres_url) -> None:
+    import sqlalchemy
+
+    storage = open_storage(postgres_url)
+    with storage.engine.connect() as connection:
+        shown = connection.execute(sqlalchemy.text("SHOW statement_timeout")).scalar()
+    assert shown == "1min"
+    custom = open_storage(postgres_url + "?options=-c%20statement_timeout%3D5s")
+    with custom.engine.connect() as connection:
+        shown = connection.execute(sqlalchemy.text("SHOW statement_timeout")).scalar()
+    assert shown == "5s"
+
+
+def test_a_mysql_lock_wait_outlasts_the_read_timeout(mysql_url, unique_name, caplog) -> None:
+    """A worker waits for the claim lock as long as another worker claims; the read
+    timeout that stops a hung server must not cut that wait (nor log a lost connection)."""
+    import threading
+
+    url = mysql_url + ("&" if "?" in mysql_url else "?") + "read_timeout=2"
+    holder, waiter = study_lock(url, unique_name), study_lock(url, unique_name)
+    holder.acquire()
+    waiting = threading.Thread(target=waiter.acquire, daemon=True)
+    waiting.start()
+    waiting.join(timeout=5)  # longer than the read timeout: the wait goes on
+    still_waiting = waiting.is_alive()
+    holder.release()
+    waiting.join(timeout=30)
+    got = waiter.held
+    holder.close()
+    waiter.close()
+    assert still_waiting
+    assert got
+    assert "connection lost" not in caplog.text
+
+
+# --- reading works where writing can't -------------------------------------------------
+
+_READ_ONLY_MOUNT = 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@"'
+
+
+def _on_read_only_mount(folder: Path, *command: str) -> list[str]:
+    """``command`` run with ``folder`` mounted read-only in a private mount namespace: a
+    real read-only file system even for root (whom file permissions do not stop), gone
+    when the command ends."""
+    return ["unshare", "--mount", "sh", "-c", _READ_ONLY_MOUNT, "sh", str(folder), *command]
+
+
+@pytest.fixture
+def read_only_folder(tmp_path: Path) -> Path:
+    """A folder ``db`` that :func:`_on_read_only_mount` can mount read-only, or a skip."""
+    import shutil
+    import subprocess
+
+    folder = tmp_path / "db"
+    folder.mkdir()
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare (util-linux) is not installed")
+    probe = subprocess.run(
+        _on_read_only_mount(folder, "sh", "-c", f"! touch {folder / 'probe'} 2>/dev/null"),
+        capture_output=True,
+        text=True,
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"no private read-only bind mount here (needs root): {probe.stderr.strip()}")
+    return folder
+
+
+def _hpo_on_read_only_mount(folder: Path, *args: str):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    return subprocess.run(
+        _on_read_only_mount(folder, sys.executable, "-m", "hpo", *args),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+@pytest.mark.parametrize("command", ["status", "best", "report"])
+def test_read_only_commands_read_a_study_on_a_read_only_mount(
+    toy_study, read_only_folder: Path, command: str
+) -> None:
+    study = toy_study(storage=f"sqlite:///{read_only_folder / 'hpo.db'}", n_trials=2)
+    assert run_hpo("run", str(study)).returncode == 0
+    before = sorted(p.name for p in read_only_folder.iterdir())
+    result = _hpo_on_read_only_mount(read_only_folder, command, str(study))
+    assert result.returncode == 0, result.stderr
+    assert "Optuna tables" not in result.stderr
+    assert sorted(p.name for p in read_only_folder.iterdir()) == before
+
+
+def test_a_read_only_mount_reads_the_last_commits_still_in_the_wal(
+    toy_study, read_only_folder: Path
+) -> None:
+    """A study copied or mounted mid-run has its newest trials in ``hpo.db-wal``: the
+    reader sees them (SQLite's read-only open), not the older main file alone."""
+    study = toy_study(storage=f"sqlite:///{read_only_folder / 'hpo.db'}", n_trials=2)
+    assert run_hpo("run", str(study)).returncode == 0
+    db = read_only_folder / "hpo.db"
+    keeper = sqlite3.connect(db)  # an open connection keeps the -wal and -shm files
+    keeper.execute("PRAGMA wal_autocheckpoint=0")
+    keeper.execute("UPDATE studies SET study_name = 'renamed'")
+    keeper.commit()
+    try:
+        assert (read_only_folder / "hpo.db-wal").stat().st_size > 0
+        renamed = study.read_text().replace("name: toy", "name: renamed")
+        study.write_text(renamed)
+        result = _hpo_on_read_only_mount(read_only_folder, "best", str(study))
+    finally:
+        keeper.close()
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("how", ["read-only mount", "immutable file"])
+def test_run_on_a_read_only_sqlite_file_says_so_in_one_line(
+    toy_study, read_only_folder: Path, how: str
+) -> None:
+    """Today: 47 s of "connection lost" retries (a read-only file) or a bare EROFS on
+    the lock file (a read-only folder)."""
+    import shutil
+    import subprocess
+
+    db = read_only_folder / "hpo.db"
+    study = toy_study(storage=f"sqlite:///{db}", n_trials=2)
+    assert run_hpo("run", str(study)).returncode == 0
+    extended = study.read_text().replace("n_trials: 2", "n_trials: 4")
+    study.write_text(extended)
+    if how == "read-only mount":
+        result = _hpo_on_read_only_mount(read_only_folder, "run", str(study))
+    else:
+        if shutil.which("chattr") is None:
+            pytest.skip("chattr (e2fsprogs) is not installed")
+        if subprocess.run(["chattr", "+i", str(db)], capture_output=True).returncode != 0:
+            pytest.skip("this file system has no immutable flag")
+        try:
+            result = run_hpo("run", str(study), timeout=60)
+        finally:
+            subprocess.run(["chattr", "-i", str(db)], check=True)
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert "WARNING" not in result.stderr  # no "connection lost" retries
+    assert [line for line in lines if line.startswith("hpo: error:")] == lines[-1:]
+    assert lines[-1].startswith(f"hpo: error: {db} is read-only")
+    assert "copy it to a writable folder" in lines[-1]  # the fix
+    assert "hpo status, best and report read it" in lines[-1]
+
+
+def test_a_file_that_is_no_database_on_a_read_only_mount_is_named_as_such(
+    toy_study, read_only_folder: Path
+) -> None:
+    (read_only_folder / "hpo.db").write_bytes(b"not a database, " * 100)
+    study = toy_study(storage=f"sqlite:///{read_only_folder / 'hpo.db'}")
+    result = _hpo_on_read_only_mount(read_only_folder, "status", str(study))
+    assert result.returncode == 2, result.stderr
+    assert "the file exists but has no Optuna tables" in result.stderr

@@ -19,6 +19,10 @@ STORAGE_RETRIES = 8  # 0.5 s doubling to 10 s: about a minute for a database to 
 # Opening retries briefly (a server restarting as workers start); a wrong host or port
 # should fail in seconds (0.5 + 1 + 2), not after the minute a running worker waits.
 OPEN_RETRIES = 3
+# Seconds to connect (Postgres: the server's greeting included; MySQL's greeting falls under
+# its read timeout). A server that accepted the TCP connection and said nothing for this
+# long is hung, or no database at all.
+CONNECT_TIMEOUT_S = 10
 # Set while a retrying call runs in this thread: the calls it makes do not retry again
 # (Optuna's storage methods call each other; nested retries multiplied to 9 x 9 attempts).
 _RETRYING = threading.local()
@@ -42,8 +46,17 @@ def open_rdb(
             heartbeat_stale_trial_callback=heartbeat.get("stale_trial_callback"),
         ),
         retries=OPEN_RETRIES,
+        retry_timeouts=False,
     )
     return create(retrying_storage_class())
+
+
+def url_query(real_url: str) -> dict[str, Any]:
+    """The query parameters of ``real_url``: a user's own driver settings, which hpo's
+    defaults must not override (SQLAlchemy's ``connect_args`` win over the URL's)."""
+    import sqlalchemy.engine
+
+    return dict(sqlalchemy.engine.make_url(real_url).query)
 
 
 def has_optuna_tables(real_url: str, **engine_kwargs: Any) -> bool:
@@ -69,17 +82,31 @@ class SqlLock(Lock):
     try_sql = ""
     release_sql = ""
 
-    def __init__(self, real_url: str, key: str, shown_url: str, *, opening: bool = False):
+    def __init__(
+        self,
+        real_url: str,
+        key: str,
+        shown_url: str,
+        *,
+        opening: bool = False,
+        connect_args: dict[str, Any] | None = None,
+    ):
         super().__init__()
         self._real_url = real_url
         self._shown_url = shown_url
         self._key = key
         # A lock taken while the storage opens fails as fast as the open (Backend.lock).
         self._retries = OPEN_RETRIES if opening else STORAGE_RETRIES
+        self._opening = opening
+        self._connect_args = connect_args or {}
         self._connection: Any = None
 
     def _take(self, *, block: bool) -> str | None:
         got = self._execute(self.acquire_sql if block else self.try_sql)
+        # A blocking acquire may wait in bounded rounds (MySQL: each below the read
+        # timeout that detects a hung server); the holder is alive, so wait another.
+        while block and not got:
+            got = self._execute(self.acquire_sql)
         if got:
             return None
         return f"another invocation (lock {self._key!r} in {self._shown_url})"
@@ -99,15 +126,19 @@ class SqlLock(Lock):
             self._connection = None
 
     def _execute(self, sql: str, retries: int | None = None) -> Any:
-        return retrying(SqlLock._execute_once, self._retries if retries is None else retries)(
-            self, sql
-        )
+        retries = self._retries if retries is None else retries
+        call = retrying(SqlLock._execute_once, retries, retry_timeouts=not self._opening)
+        return call(self, sql)
 
     def _execute_once(self, sql: str) -> Any:
         import sqlalchemy
 
         if self._connection is None:
-            engine = sqlalchemy.create_engine(self._real_url, poolclass=sqlalchemy.pool.NullPool)
+            engine = sqlalchemy.create_engine(
+                self._real_url,
+                poolclass=sqlalchemy.pool.NullPool,
+                connect_args=self._connect_args,
+            )
             self._connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         try:
             return self._connection.execute(sqlalchemy.text(sql), {"key": self._key}).scalar()
@@ -128,15 +159,28 @@ def is_connection_error(error: BaseException) -> bool:
             return True
         if isinstance(cause, sqlalchemy.exc.OperationalError):
             text = str(cause).lower()
-            return not any(word in text for word in ("locked", "syntax", "no such"))
+            # "readonly": a read-only SQLite file does not come back by waiting.
+            words = ("locked", "syntax", "no such", "readonly")
+            return not any(word in text for word in words)
     return False
 
 
-def retrying(method: Any, retries: int = STORAGE_RETRIES) -> Any:
+def is_timeout(error: BaseException) -> bool:
+    """True when the server did not answer in time (psycopg2 and PyMySQL word it so)."""
+    text = f"{error} {error.__cause__}".lower()
+    return "timeout expired" in text or "timed out" in text
+
+
+def retrying(method: Any, retries: int = STORAGE_RETRIES, *, retry_timeouts: bool = True) -> Any:
     """``method`` retried with backoff while the database connection is lost.
 
     Only the outermost retrying call in a thread retries; the calls it makes run once
     each, so one operation is attempted at most ``retries + 1`` times.
+
+    Args:
+        retry_timeouts: False while opening: a restarting server refuses or says so at
+            once, while one that let a connect time out is hung or no database, and each
+            retry would wait the whole timeout again (four times ten seconds, not one).
     """
 
     @functools.wraps(method)
@@ -145,20 +189,24 @@ def retrying(method: Any, retries: int = STORAGE_RETRIES) -> Any:
             return method(self, *args, **kwargs)
         _RETRYING.active = True
         try:
-            return _with_retries(method, retries, self, *args, **kwargs)
+            return _with_retries(method, retries, retry_timeouts, self, *args, **kwargs)
         finally:
             _RETRYING.active = False
 
     return call
 
 
-def _with_retries(method: Any, retries: int, *args: Any, **kwargs: Any) -> Any:
+def _with_retries(
+    method: Any, retries: int, retry_timeouts: bool, *args: Any, **kwargs: Any
+) -> Any:
     delay = 0.5
     for attempt in range(retries + 1):
         try:
             return method(*args, **kwargs)
         except Exception as e:
             if attempt == retries or not is_connection_error(e):
+                raise
+            if not retry_timeouts and is_timeout(e):
                 raise
             logger.warning(
                 "storage connection lost during %s (%s); retry %d in %.1f s",

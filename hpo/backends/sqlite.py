@@ -9,6 +9,7 @@ not share it.
 from __future__ import annotations
 
 import functools
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -42,17 +43,27 @@ class SqliteBackend(Backend):
     def open(self, real_url: str, *, read_only: bool = False, **heartbeat: Any) -> Any:
         path = _path(real_url)
         if not read_only:
+            _require_writable(path)
             _prepare(path)
-        creator = functools.partial(_connect, str(path))
+        if read_only and not _writable(path):
+            creator = functools.partial(_connect_read_only, path)
+        else:
+            creator = functools.partial(_connect, str(path))
         return open_rdb(real_url, {"creator": creator}, read_only=read_only, **heartbeat)
 
     def exists(self, real_url: str) -> bool:
         path = _path(real_url)
         if not path.is_file():
             return False
-        # The file exists, so connecting creates nothing that outlives the connection
-        # (a read-only URI would leave WAL's -shm and -wal files behind).
-        connection = sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S)
+        try:
+            if _writable(path):
+                # Connecting creates nothing that outlives the connection (a read-only URI
+                # would leave WAL's -shm and -wal files behind).
+                connection = sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S)
+            else:
+                connection = _connect_read_only(path)  # it reads the file to pick a mode
+        except sqlite3.DatabaseError:  # "file is not a database"
+            return False
         try:
             rows = connection.execute(
                 "SELECT name FROM sqlite_master WHERE type='table' AND name='studies'"
@@ -65,6 +76,7 @@ class SqliteBackend(Backend):
 
     def lock(self, real_url: str, kind: str, name: str, *, opening: bool = False) -> Lock:
         path = _path(real_url)
+        _require_writable(path)  # a lock is taken to write; say why not before trying
         # Every study of one file shares <db>.lock: SQLite serialises their writes anyway.
         if kind == "study":
             return FileLock(path.with_name(f"{path.name}.lock"))
@@ -87,6 +99,56 @@ def _path(real_url: str) -> Path:
     if path is None:
         raise StorageError(f"{real_url}: in-memory SQLite is not supported; name a file")
     return path
+
+
+def _writable(path: Path) -> bool:
+    """True when SQLite can write the database: the file, and its folder (the -wal, -shm
+    and journal files live beside it). ``access`` asks the kernel, so a read-only mount
+    or an immutable file counts even for root, whom permissions do not stop."""
+    folder = path.parent if str(path.parent) else Path(".")
+    return all(os.access(p, os.W_OK) for p in (path, folder) if p.exists())
+
+
+def _require_writable(path: Path) -> None:
+    """Refuse a database hpo cannot write, in one line: SQLite would report it only at
+    the first commit, where it looked like a lost connection and was retried a minute."""
+    if _writable(path):
+        return
+    if path.exists() and not os.access(path, os.W_OK):
+        where = _why_not_writable(path)
+    else:  # SQLite writes its -wal, -shm and journal files beside the database
+        where = f"its folder {path.parent.resolve()}: {_why_not_writable(path.parent)}"
+    raise StorageError(
+        f"{path.resolve()} is read-only ({where}); hpo run writes the study there: copy it "
+        "to a writable folder and point storage at the copy, or make it writable. "
+        "hpo status, best and report read it as it is"
+    )
+
+
+def _why_not_writable(path: Path) -> str:
+    if os.statvfs(path).f_flag & os.ST_RDONLY:
+        return "read-only file system"
+    return "no write permission, or an immutable file"
+
+
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    """A connection that writes nothing, to a database hpo cannot write.
+
+    ``mode=ro`` reads the newest commits, those still in the -wal file included, but in
+    WAL mode needs the -shm file or a folder to create it in. On a read-only folder
+    without one, ``immutable=1`` reads the main file as it is: a closed study's file holds
+    everything (the last connection checkpoints and removes the -wal file).
+    """
+    uri = path.resolve().as_uri()
+    connection = sqlite3.connect(
+        f"{uri}?mode=ro", uri=True, timeout=SQLITE_BUSY_TIMEOUT_S, check_same_thread=False
+    )
+    try:
+        connection.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+    except sqlite3.OperationalError:  # "unable to open database file": no -shm to be had
+        connection.close()
+        connection = sqlite3.connect(f"{uri}?immutable=1", uri=True, check_same_thread=False)
+    return connection
 
 
 def _prepare(path: Path) -> None:

@@ -66,3 +66,50 @@ def with_throughput(ctx: TrialContext) -> dict[str, float]:
         "model_size_mb": 86.6,
         "throughput": 400.0,
     }
+
+
+# --- worker loops that misbehave (``hpo.workers.run_worker_processes``'s ``loop``) ---------
+
+
+def stubborn_loop(config, **kwargs) -> int:
+    """A worker that ignores SIGTERM and SIGINT and never returns (a hung trainer)."""
+    import signal
+    import time
+    from pathlib import Path
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    (Path(config.output_dir) / f"ready-{os.getpid()}").touch()
+    while True:
+        time.sleep(1)
+
+
+def stuck_at_exit_loop(config, **kwargs) -> int:
+    """A worker whose loop returns but whose process cannot exit (a non-daemon thread)."""
+    import threading
+    import time
+
+    threading.Thread(target=lambda: time.sleep(10**6), daemon=False).start()
+    return 0
+
+
+class _Undecodable:
+    """Pickles fine in the worker, fails to unpickle in the parent."""
+
+    def __reduce__(self):
+        return (_refuse, ())
+
+
+def _refuse():
+    raise RuntimeError("cannot rebuild this object")
+
+
+def undecodable_record_loop(config, **kwargs) -> int:
+    """Log one record the parent cannot unpickle, then more than a pipe's buffer holds."""
+    import logging
+
+    log = logging.getLogger("hpo.test")
+    log.warning("an odd record", extra={"odd": _Undecodable()})
+    for i in range(400):
+        log.warning("filler %d %s", i, "x" * 1000)
+    return 0

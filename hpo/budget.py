@@ -20,7 +20,8 @@ from hpo.space import grid_size
 # States that use up budget: finished ones, and ones that will finish unless they fail.
 FINISHED = ("COMPLETE", "PRUNED")
 # Failures that say nothing about the parameters: the trial is retried, not counted.
-NOT_COUNTED_FAILURES = ("worker_lost", "interrupted")
+# "storage": the database failed under the trial (hpo.runner), not the trainer.
+NOT_COUNTED_FAILURES = ("worker_lost", "interrupted", "storage")
 
 
 def effective_budget(config: StudyConfig) -> int:

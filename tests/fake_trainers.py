@@ -113,3 +113,27 @@ def undecodable_record_loop(config, **kwargs) -> int:
     for i in range(400):
         log.warning("filler %d %s", i, "x" * 1000)
     return 0
+
+
+def storage_error_once(ctx: TrialContext) -> dict[str, float]:
+    """Toy, but the first run of each point loses the database after its first epoch's
+    checkpoint: the error Optuna raises when a report's retries ran out (a connection killed
+    mid-transaction). A retry resumes from the checkpoint and completes."""
+    import hashlib
+
+    import optuna
+    import sqlalchemy.exc
+
+    point = hashlib.sha256(repr(sorted(ctx.params.items())).encode()).hexdigest()[:12]
+    marker = ctx.output_dir.parent / f"storage-error-{point}"
+    if ctx.resume_from is not None or marker.exists():
+        return toy.train(ctx)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    ctx.params = {**ctx.params, "num_train_epochs": 1}
+    toy.train(ctx)
+    raise optuna.exceptions.StorageInternalError(
+        "An exception is raised during the commit."
+    ) from sqlalchemy.exc.PendingRollbackError(
+        "Can't reconnect until invalid transaction is rolled back"
+    )

@@ -310,3 +310,25 @@ def test_a_lost_commit_of_a_new_trial_leaves_no_orphan(toy_study, monkeypatch) -
     assert count_states(study) == {"COMPLETE": 3, "FAIL": 1}
     orphan = next(t for t in study.get_trials() if t.state.name == "FAIL")
     assert orphan.number in study.user_attrs["hpo:lost"]
+
+
+def test_storage_errors_are_not_the_trainers_failures(toy_study, tmp_path: Path) -> None:
+    # A report whose storage retries ran out fails the trial as "storage": not counted
+    # against budget.max_failures (1 here), and its point is retried from its checkpoint.
+    study_file = toy_study(n_trials=4)
+    text = study_file.read_text().replace(
+        "{ref: trainers.toy:train, args: {num_train_epochs: 3}}",
+        "{ref: tests.fake_trainers:storage_error_once, "
+        "args: {num_train_epochs: 3, save_checkpoints: true}}",
+    )
+    study_file.write_text(text.replace("max_failures: 3", "max_failures: 1"))
+    summary = run_study(load(study_file, f"output_dir={tmp_path / 'runs'}"))
+    assert summary.finished == 4
+    trials = stored(tmp_path / "hpo.db").trials
+    failed = [t for t in trials if t.state.name == "FAIL"]
+    assert failed and {t.user_attrs["hpo:failure"] for t in failed} == {"storage"}
+    retries = {t.user_attrs.get("hpo:resumed_from"): t for t in trials}
+    for trial in failed:
+        retry = retries[trial.number]
+        assert retry.params == trial.params and retry.state.name == "COMPLETE"
+        assert retry.user_attrs["hpo:resumed_at_epoch"] == 2

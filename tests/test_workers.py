@@ -626,3 +626,26 @@ def test_killed_postgres_connections_with_two_workers(
     failed = [t.user_attrs.get("hpo:failure") for t in trials_of(config) if t.state.name == "FAIL"]
     assert set(failed) <= {"storage", None}, failed  # None: worker_lost (listed in hpo:lost)
     print(f"{kills} connections killed; trials {dict(states)}")
+
+
+def test_a_storage_error_in_the_parents_progress_view_stops_nothing(tmp_path: Path) -> None:
+    # The parent's progress view reads the storage; a hiccup there is the view's problem,
+    # not a reason to leave (that orphaned the workers, which finished the study unseen).
+    import sqlalchemy.exc
+
+    from hpo.runner import run_worker
+    from hpo.workers import run_worker_processes
+
+    config = load_study(make_study(tmp_path, f"sqlite:///{tmp_path / 'hpo.db'}", n_trials=4))
+    calls = []
+
+    def flaky_view(study) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise sqlalchemy.exc.OperationalError("SELECT", {}, Exception("connection lost"))
+
+    run_worker_processes(
+        config, plan_workers(2, []), 0, open_study(config), run_worker, flaky_view
+    )
+    assert count_states(open_study(config)) == {"COMPLETE": 4}
+    assert len(calls) > 1

@@ -24,7 +24,8 @@ FINISHED = ("COMPLETE", "PRUNED")
 # Trials that ended, failed ones included: their compute is spent (reports total it).
 ENDED = (*FINISHED, "FAIL")
 # Failures that say nothing about the parameters: the trial is retried, not counted.
-NOT_COUNTED_FAILURES = ("worker_lost", "interrupted")
+# "storage": the database failed under the trial (hpo.runner), not the trainer.
+NOT_COUNTED_FAILURES = ("worker_lost", "interrupted", "storage")
 
 
 def effective_budget(config: StudyConfig) -> int:

@@ -1,8 +1,9 @@
 """The command line: the one place that knows argv, exit codes and printing.
 
 Exit codes: 0 ok, 1 runtime failure (failure budget exhausted, storage unreachable),
-2 bad input (study file, overrides, a stored study that disagrees), 130 on Ctrl-C.
-Errors are one line on stderr; ``--debug`` shows the traceback.
+2 bad input (study file, overrides, a stored study that disagrees), 130 on Ctrl-C, 143
+when SIGTERM stops ``run`` or ``worker``. Errors are one line on stderr; ``--debug`` shows
+the traceback.
 """
 
 from __future__ import annotations
@@ -18,7 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from hpo.console import LOG_FORMATS, LiveView, configure_logging, show_workers
-from hpo.errors import ConfigError, FailureBudgetExceeded, HpoError, StudyStateError
+from hpo.errors import (
+    ConfigError,
+    FailureBudgetExceeded,
+    HpoError,
+    StudyStateError,
+    Terminated,
+)
 
 logger = logging.getLogger("hpo")
 
@@ -36,6 +43,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in str(e).splitlines():  # a study file's problems come all at once
             print(f"hpo: error: {line}", file=sys.stderr)
         return e.exit_code
+    except Terminated:
+        _print_traceback(args.debug)
+        print("hpo: stopped by SIGTERM", file=sys.stderr)
+        return Terminated.exit_code
     except KeyboardInterrupt:
         _print_traceback(args.debug)
         print("hpo: interrupted", file=sys.stderr)
@@ -377,6 +388,7 @@ def _model_table(models: list[dict[str, Any]]) -> list[str]:
 def cmd_run(args: argparse.Namespace) -> int:
     from hpo.runner import run_study
     from hpo.storage import redact_url
+    from hpo.workers import sigterm_as_interrupt
 
     config = _load(args)
     started = dt.datetime.now()  # naive local time, as Optuna stores trial starts
@@ -395,7 +407,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         devices = [] if args.devices == "none" else [d.strip() for d in args.devices.split(",")]
     show_workers(args.workers > 1)
     try:
-        with _live_view(args, config) as view:
+        with sigterm_as_interrupt(), _live_view(args, config) as view:
             summary = run_study(
                 config,
                 workers=args.workers,
@@ -420,7 +432,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from hpo.budget import summarize
     from hpo.runner import run_worker
     from hpo.study import open_study
-    from hpo.workers import Worker, visible_devices
+    from hpo.workers import Worker, sigterm_as_interrupt, visible_devices
 
     config = _load(args)
     device = args.device if args.device is not None else next(iter(visible_devices()), None)
@@ -428,7 +440,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     started = dt.datetime.now()  # naive local time, as Optuna stores trial starts
     logger.info("worker %s joins study %r", worker.name, config.name)
     try:
-        with _live_view(args, config) as view:
+        with sigterm_as_interrupt(), _live_view(args, config) as view:
             ran = run_worker(config, worker=worker, on_trial=lambda s, t: view.update(s))
     except FailureBudgetExceeded:
         _print_failed_since(config, started)

@@ -86,3 +86,16 @@ class StudyStateError(HpoError):
 
 class FailureBudgetExceeded(HpoError):
     """More trials failed than ``budget.max_failures`` allows (exit code 1)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, as Kubernetes and Slurm send it before SIGKILL (exit code 143).
+
+    A KeyboardInterrupt, so that SIGTERM does everything Ctrl-C does: Optuna fails the
+    running trial (hpo records it as ``interrupted``), every ``except KeyboardInterrupt``
+    stops the same way, and ``catch=(Exception,)`` does not swallow it. Its own exit code,
+    128 + SIGTERM, is what a process stopped by SIGTERM exits with, so schedulers and
+    scripts tell "stopped by the cluster" (143) from "stopped by a person" (130).
+    """
+
+    exit_code = 143

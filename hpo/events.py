@@ -138,14 +138,24 @@ def stop_relay(records: Any, thread: threading.Thread) -> None:
     """Log what the children sent before they exited, then stop the relay thread."""
     records.put(None)
     thread.join(timeout=10)
+    if thread.is_alive():  # never reached the end: do not wait at exit to flush the None
+        records.cancel_join_thread()
 
 
 def _relay(records: Any) -> None:
+    # The relay must outlive any one bad record: a worker whose log queue nobody reads
+    # blocks writing to it and can never exit.
     while True:
         try:
             record = records.get()
         except (EOFError, OSError):  # the queue's pipe closed under us: nothing more comes
             return
+        except Exception as e:  # noqa: BLE001 - a record that cannot be unpickled here
+            logging.getLogger(__name__).warning("a worker's log record was lost: %r", e)
+            continue
         if record is None:
             return
-        logging.getLogger(record.name).handle(record)
+        try:
+            logging.getLogger(record.name).handle(record)
+        except Exception:  # noqa: BLE001 - a handler's own failure loses this line only
+            logging.getLogger(__name__).debug("could not show a worker's record", exc_info=True)

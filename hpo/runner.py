@@ -29,7 +29,7 @@ from hpo.backends.rdb import is_connection_error
 from hpo.budget import Summary, effective_budget, summarize, usage
 from hpo.checkpoints import prune_checkpoints, study_folder
 from hpo.config import StudyConfig, resolve_trainer
-from hpo.errors import FailureBudgetExceeded
+from hpo.errors import FailureBudgetExceeded, StorageError
 from hpo.events import emit
 from hpo.space import suggest
 from hpo.study import mark_lost, open_study
@@ -77,6 +77,7 @@ def run_worker(
     interrupts = Interrupts()
     objective = _Objective(config, trainer, worker, lock, interrupts)
     callbacks: list[Callable[[Any, Any], Any]] = [_log_trial] + ([on_trial] if on_trial else [])
+    callbacks.append(_retry_storage_failure(config.workers.max_retries))
     if config.checkpoint_limit is not None:
         callbacks.append(lambda study, trial: _prune_checkpoints(study, config))
     ran = 0
@@ -144,6 +145,35 @@ def _recover_orphans(study: Any) -> None:
         if fail_orphan(study, trial) is not None:
             logger.warning("trial %d: created by a lost commit, never run; failed", trial.number)
             mark_lost(study, trial.number)
+
+
+def _retry_storage_failure(max_retries: int) -> Callable[[Any, Any], None]:
+    """After a trial the storage failed (``storage``), retry its parameters from its last
+    checkpoint, as a lost worker's trial is (up to ``workers.max_retries`` times).
+
+    The trainer did nothing wrong: the failure is not counted against
+    ``budget.max_failures`` (``hpo.budget``), and the point is not given up.
+    """
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    retry = RetryHeartbeatStaleTrialCallback(
+        max_retry=max_retries, inherit_intermediate_values=True
+    )
+
+    def after(study: Any, trial: Any) -> None:
+        if trial.state.name != "FAIL" or trial.user_attrs.get(st.ATTR_FAILURE) != "storage":
+            return
+        # The retry starts clean: it has not failed (yet).
+        failure = (st.ATTR_FAILURE, st.ATTR_FAILURE_MESSAGE)
+        trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in failure}
+        try:
+            retry(study, trial)
+        except Exception as e:  # noqa: BLE001 - the budget then draws a new point instead
+            logger.warning("trial %d: could not retry its parameters (%s)", trial.number, e)
+            return
+        logger.warning("trial %d: storage error; retrying its parameters", trial.number)
+
+    return after
 
 
 def _prune_checkpoints(study: Any, config: StudyConfig) -> None:
@@ -320,10 +350,16 @@ def _resumable(checkpoint: Path, study_folder: Path, number: int) -> bool:
 
 def _record_failure(trial: Any, error: BaseException, extra: dict[str, Any] | None = None) -> None:
     """Store why a trial failed, with the FAIL Optuna then tells (read-only after that)."""
+    message = f"{type(error).__name__}: {error}"
+    cause = error.__cause__
+    if cause is not None and _is_storage_error(error):
+        # Optuna's StorageInternalError blames "invalid data"; the cause says what happened.
+        first = (str(cause).strip().splitlines() or [""])[0]
+        message = f"{message.strip()} (caused by {type(cause).__name__}: {first})"
     attrs = {
         **(extra or {}),
         st.ATTR_FAILURE: _classify(error),
-        st.ATTR_FAILURE_MESSAGE: f"{type(error).__name__}: {error}"[:1000],
+        st.ATTR_FAILURE_MESSAGE: message[:1000],
     }
     try:
         set_trial_user_attrs(trial, attrs, defer=True)
@@ -334,11 +370,27 @@ def _record_failure(trial: Any, error: BaseException, extra: dict[str, Any] | No
 def _classify(error: BaseException) -> str:
     if isinstance(error, KeyboardInterrupt):
         return "interrupted"
+    if _is_storage_error(error):
+        return "storage"
     if isinstance(error, NonFiniteError):
         return "nan"
     if type(error).__name__ == "OutOfMemoryError" or "out of memory" in str(error).lower():
         return "oom"
     return "exception"
+
+
+def _is_storage_error(error: BaseException) -> bool:
+    """The storage failed, not the trainer: a report or attribute write whose retries ran
+    out (SQLAlchemy's errors, Optuna's wrapper of them, hpo's StorageError)."""
+    import optuna
+    import sqlalchemy.exc
+
+    storage_errors = (
+        sqlalchemy.exc.SQLAlchemyError,
+        optuna.exceptions.StorageInternalError,
+        StorageError,
+    )
+    return isinstance(error, storage_errors) or is_connection_error(error)
 
 
 def _log_trial(study: Any, trial: Any) -> None:

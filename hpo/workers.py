@@ -2,14 +2,16 @@
 
 :func:`plan_workers` gives each worker a device and a share of the CPU cores;
 :func:`run_worker_processes` starts one spawned process per worker, each running the
-trial loop it is given (``hpo.runner.run_worker``), and waits for them. Ctrl-C reaches
-every worker; :class:`Interrupts` makes it land inside the trainer, never between
-Optuna's storage calls.
+trial loop it is given (``hpo.runner.run_worker``), and waits for them. Ctrl-C and SIGTERM
+(what Kubernetes and Slurm send) reach every worker; :class:`Interrupts` makes them land
+inside the trainer, never between Optuna's storage calls. A worker never outlives the
+parent (the kernel kills it with its parent) and the parent never waits forever on one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -22,11 +24,17 @@ from typing import Any
 
 from hpo.budget import FINISHED
 from hpo.config import StudyConfig
-from hpo.errors import FailureBudgetExceeded, HpoError
+from hpo.errors import FailureBudgetExceeded, HpoError, Terminated
 from hpo.events import forward_to_queue, start_relay, stop_relay
 from hpo.trainer import available_cores
 
 logger = logging.getLogger(__name__)
+
+# Seconds a worker gets to fail its running trial and exit once asked to stop (or after its
+# loop ended) before it is killed: well inside Kubernetes' default 30 s grace period.
+STOP_GRACE_S = 10.0
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 @dataclass
@@ -43,31 +51,38 @@ class Worker:
 
 
 class Interrupts:
-    """Ctrl-C lands inside the trainer, never between Optuna's storage calls.
+    """Ctrl-C and SIGTERM land inside the trainer, never between Optuna's storage calls.
 
     Optuna fails a trial whose objective raises KeyboardInterrupt, but an interrupt during
     ``study.ask()`` would leave a RUNNING trial with no heartbeat that nothing ever fails.
-    So SIGINT raises only while a trainer runs; elsewhere it is noted and acted on at the
-    next loop turn.
+    So SIGINT and SIGTERM raise only while a trainer runs, once; elsewhere they are noted
+    and acted on at the next loop turn. SIGTERM raises :class:`~hpo.errors.Terminated`,
+    a KeyboardInterrupt: the trial is failed as ``interrupted`` either way.
     """
 
     def __init__(self) -> None:
         self.requested = False
+        self.signum: int | None = None
         self._in_trainer = False
-        self._previous: Any = None
+        self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            for signum in _STOP_SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
 
     def uninstall(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
 
     def check(self) -> None:
         if self.requested:
-            raise KeyboardInterrupt
+            raise self.error()
+
+    def error(self) -> KeyboardInterrupt:
+        """The exception the noted signal stands for."""
+        return Terminated() if self.signum == signal.SIGTERM else KeyboardInterrupt()
 
     @contextlib.contextmanager
     def deliverable(self) -> Iterator[None]:
@@ -79,9 +94,53 @@ class Interrupts:
             self._in_trainer = False
 
     def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
+        if self.requested:  # a second signal (Ctrl-C, then the parent's forward) adds nothing
+            return
+        self.requested, self.signum = True, signum
         if self._in_trainer:
-            raise KeyboardInterrupt
+            self._in_trainer = False
+            raise self.error()
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block SIGTERM raises :class:`~hpo.errors.Terminated`, as SIGINT raises
+    KeyboardInterrupt; the trial loops narrow both to the trainer (:class:`Interrupts`).
+
+    Without it SIGTERM kills the process at once, leaving its trial RUNNING and its worker
+    processes orphaned; as a container's PID 1 it would even be ignored until SIGKILL.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def die_with_parent(parent: int) -> None:
+    """Linux: have the kernel SIGKILL this process when its parent ``parent`` dies.
+
+    ``prctl(PR_SET_PDEATHSIG)`` rather than a thread polling ``os.getppid()``: the kernel
+    acts at once, and even when this process is stuck in C code or holds the GIL (a CUDA
+    call, a blocked database read). SIGKILL rather than SIGTERM: with its parent gone no
+    one reads the worker's log queue, so a graceful exit could block on it; the trial it
+    leaves RUNNING stops its heartbeat and is failed as ``worker_lost`` and retried from
+    its checkpoint, like any lost worker's. Elsewhere than Linux this does nothing (the
+    parent still stops its workers on every exit it survives).
+    """
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return
+    if prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) == 0 and os.getppid() != parent:
+        os._exit(1)  # the parent died before the request took effect
 
 
 def visible_devices() -> list[str]:
@@ -147,14 +206,17 @@ def run_worker_processes(
     loop: Callable[..., int],
     on_progress: Callable[[Any], None] | None = None,
 ) -> None:
-    """Run one process per planned worker and wait for all; Ctrl-C stops them all.
+    """Run one process per planned worker and wait for all; Ctrl-C or SIGTERM stops them all.
 
     ``loop`` is the trial loop each process runs (``hpo.runner.run_worker``, passed in so
-    that this module does not import the runner that starts it).
+    that this module does not import the runner that starts it). However this returns or
+    raises, no worker is left running: each is asked to stop (SIGTERM, it fails its trial
+    as ``interrupted``) and killed if it has not exited :data:`STOP_GRACE_S` later.
 
     Raises:
         FailureBudgetExceeded: a worker stopped because the failure budget ran out.
         HpoError: a worker failed for another reason (its exit code is kept).
+        KeyboardInterrupt: Ctrl-C (:class:`~hpo.errors.Terminated` for SIGTERM).
     """
     import multiprocessing
 
@@ -162,20 +224,29 @@ def run_worker_processes(
     context = multiprocessing.get_context("spawn")
     # Workers format nothing themselves: their records come here (see hpo.events).
     records, relay = start_relay(context)
+    done = [context.Event() for _ in plan]  # set by a worker whose loop has ended
     processes = [
         context.Process(
             target=_worker_process,
             args=(config, w, failures_before, logging.getLogger().level, loop, records),
+            kwargs={"parent": os.getpid(), "done": done[w.index]},
             name=f"hpo-worker-{w.index}",
         )
         for w in plan
     ]
-    for process in processes:
-        process.start()
+    interrupts = Interrupts()
     try:
-        _wait_for_workers(processes, study, on_progress)
+        interrupts.install()
+        for process in processes:
+            process.start()
+        _wait_for_workers(processes, done, study, on_progress, interrupts)
     finally:
+        # The relay still drains the workers' records here: a worker blocked writing its
+        # log queue could not exit (see "joining processes that use queues").
+        _stop_workers(processes, interrupts.signum or signal.SIGTERM)
+        interrupts.uninstall()
         stop_relay(records, relay)
+    interrupts.check()
     codes = [p.exitcode for p in processes]
     if any(code == FailureBudgetExceeded.exit_code + 10 for code in codes):
         raise FailureBudgetExceeded(
@@ -191,29 +262,77 @@ def run_worker_processes(
 
 
 def _wait_for_workers(
-    processes: list[Any], study: Any, on_progress: Callable[[Any], None] | None
+    processes: list[Any],
+    done: list[Any],
+    study: Any,
+    on_progress: Callable[[Any], None] | None,
+    interrupts: Interrupts,
 ) -> None:
-    """Wait for every worker, reporting progress; Ctrl-C stops them all."""
+    """Wait for every worker, reporting progress, until all exit or a signal comes.
+
+    A worker whose loop has ended but whose process has not exited :data:`STOP_GRACE_S`
+    later is killed: nothing is left for it to do, and waiting could be forever.
+    """
+    from multiprocessing.connection import wait
+
     seen = -1
+    ended: dict[int, float] = {}
+    while not interrupts.requested and any(p.is_alive() for p in processes):
+        wait([p.sentinel for p in processes if p.is_alive()], timeout=0.5)
+        for i, process in enumerate(processes):
+            if done[i].is_set() and process.is_alive():
+                since = ended.setdefault(i, time.monotonic())
+                if time.monotonic() - since > STOP_GRACE_S:
+                    logger.warning(
+                        "worker w%d did not exit %.0f s after its last trial; killed",
+                        i,
+                        STOP_GRACE_S,
+                    )
+                    process.kill()
+        seen = _show_progress(study, on_progress, seen)
+    if not interrupts.requested:
+        _show_progress(study, on_progress, -1)
+
+
+def _show_progress(study: Any, on_progress: Callable[[Any], None] | None, seen: int) -> int:
+    """Call ``on_progress`` when the finished count changed; returns the count shown.
+
+    Progress is a view: a storage error here is the workers' to handle (they retry and
+    recover), never a reason for the parent to stop them.
+    """
+    if on_progress is None:
+        return seen
     try:
-        while any(p.is_alive() for p in processes):
-            time.sleep(0.5)
-            finished = sum(
-                s in FINISHED for s in (t.state.name for t in study.get_trials(deepcopy=False))
-            )
-            if on_progress and finished != seen:
-                seen = finished
-                on_progress(study)
-    except KeyboardInterrupt:
-        # Children got the same SIGINT from the terminal; each fails its running trial
-        # as "interrupted" and exits. Give them time, then stop the stragglers.
-        for process in processes:
-            process.join(timeout=30)
-            if process.is_alive():
-                process.terminate()
-        raise
-    if on_progress:
-        on_progress(study)
+        finished = sum(
+            s in FINISHED for s in (t.state.name for t in study.get_trials(deepcopy=False))
+        )
+        if finished != seen:
+            on_progress(study)
+        return finished
+    except Exception as e:  # noqa: BLE001 - see above
+        logger.debug("progress not shown: %s", e)
+        return seen
+
+
+def _stop_workers(processes: list[Any], signum: int) -> None:
+    """Stop every worker still running, within a bounded time.
+
+    Each gets ``signum`` (it reaches only the parent when Kubernetes stops a pod), fails
+    its running trial as ``interrupted`` and exits; one still running after
+    :data:`STOP_GRACE_S` is killed (its trial is then failed as ``worker_lost`` later).
+    """
+    running = [p for p in processes if p.is_alive()]
+    for process in running:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, signum)
+    deadline = time.monotonic() + STOP_GRACE_S
+    for process in running:
+        process.join(timeout=max(0.0, deadline - time.monotonic()))
+    for process in running:
+        if process.is_alive():
+            logger.warning("%s did not stop within %.0f s; killed", process.name, STOP_GRACE_S)
+            process.kill()
+            process.join(timeout=5)
 
 
 def _worker_process(
@@ -223,10 +342,14 @@ def _worker_process(
     log_level: int,
     loop: Callable[..., int],
     records: Any,
+    *,
+    parent: int,
+    done: Any,
 ) -> None:
     """Entry point of a worker process (spawned: configure threads before torch loads)."""
     import sys
 
+    die_with_parent(parent)
     forward_to_queue(records, log_level, worker_label=f"w{worker.index}")
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[variable] = str(worker.threads or 1)
@@ -238,8 +361,12 @@ def _worker_process(
     except FailureBudgetExceeded as e:
         logger.error("%s", e)
         sys.exit(FailureBudgetExceeded.exit_code + 10)
+    except Terminated:
+        sys.exit(Terminated.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
     except HpoError as e:
         logger.error("%s", e)
         sys.exit(e.exit_code)
+    finally:
+        done.set()

@@ -93,3 +93,74 @@ def _copy_checkpoint(checkpoint: Path, target: Path, args: dict, study_dir: Path
 
 fixed_metrics.save_model = _copy_checkpoint  # type: ignore[attr-defined]
 fixed_metrics.resolve_model = lambda name, study_dir: name  # type: ignore[attr-defined]
+
+
+# --- worker loops that misbehave (``hpo.workers.run_worker_processes``'s ``loop``) ---------
+
+
+def stubborn_loop(config, **kwargs) -> int:
+    """A worker that ignores SIGTERM and SIGINT and never returns (a hung trainer)."""
+    import signal
+    import time
+    from pathlib import Path
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    (Path(config.output_dir) / f"ready-{os.getpid()}").touch()
+    while True:
+        time.sleep(1)
+
+
+def stuck_at_exit_loop(config, **kwargs) -> int:
+    """A worker whose loop returns but whose process cannot exit (a non-daemon thread)."""
+    import threading
+    import time
+
+    threading.Thread(target=lambda: time.sleep(10**6), daemon=False).start()
+    return 0
+
+
+class _Undecodable:
+    """Pickles fine in the worker, fails to unpickle in the parent."""
+
+    def __reduce__(self):
+        return (_refuse, ())
+
+
+def _refuse():
+    raise RuntimeError("cannot rebuild this object")
+
+
+def undecodable_record_loop(config, **kwargs) -> int:
+    """Log one record the parent cannot unpickle, then more than a pipe's buffer holds."""
+    import logging
+
+    log = logging.getLogger("hpo.test")
+    log.warning("an odd record", extra={"odd": _Undecodable()})
+    for i in range(400):
+        log.warning("filler %d %s", i, "x" * 1000)
+    return 0
+
+
+def storage_error_once(ctx: TrialContext) -> dict[str, float]:
+    """Toy, but the first run of each point loses the database after its first epoch's
+    checkpoint: the error Optuna raises when a report's retries ran out (a connection killed
+    mid-transaction). A retry resumes from the checkpoint and completes."""
+    import hashlib
+
+    import optuna
+    import sqlalchemy.exc
+
+    point = hashlib.sha256(repr(sorted(ctx.params.items())).encode()).hexdigest()[:12]
+    marker = ctx.output_dir.parent / f"storage-error-{point}"
+    if ctx.resume_from is not None or marker.exists():
+        return toy.train(ctx)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    ctx.params = {**ctx.params, "num_train_epochs": 1}
+    toy.train(ctx)
+    raise optuna.exceptions.StorageInternalError(
+        "An exception is raised during the commit."
+    ) from sqlalchemy.exc.PendingRollbackError(
+        "Can't reconnect until invalid transaction is rolled back"
+    )

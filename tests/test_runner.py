@@ -340,3 +340,25 @@ def test_a_retry_writes_only_inside_its_study_folder(toy_study, tmp_path: Path) 
     assert "hpo:resumed_at_epoch" not in retry.user_attrs  # trained from the start
     assert Path(retry.user_attrs["hpo:output_dir"]) == Path("runs") / "toy" / "trial-0001"
     assert sorted(p.name for p in outside.iterdir()) == ["checkpoint-1"]
+
+
+def test_storage_errors_are_not_the_trainers_failures(toy_study, tmp_path: Path) -> None:
+    # A report whose storage retries ran out fails the trial as "storage": not counted
+    # against budget.max_failures (1 here), and its point is retried from its checkpoint.
+    study_file = toy_study(n_trials=4)
+    text = study_file.read_text().replace(
+        "{ref: trainers.toy:train, args: {num_train_epochs: 3}}",
+        "{ref: tests.fake_trainers:storage_error_once, "
+        "args: {num_train_epochs: 3, save_checkpoints: true}}",
+    )
+    study_file.write_text(text.replace("max_failures: 3", "max_failures: 1"))
+    summary = run_study(load(study_file, f"output_dir={tmp_path / 'runs'}"))
+    assert summary.finished == 4
+    trials = stored(tmp_path / "hpo.db").trials
+    failed = [t for t in trials if t.state.name == "FAIL"]
+    assert failed and {t.user_attrs["hpo:failure"] for t in failed} == {"storage"}
+    retries = {t.user_attrs.get("hpo:resumed_from"): t for t in trials}
+    for trial in failed:
+        retry = retries[trial.number]
+        assert retry.params == trial.params and retry.state.name == "COMPLETE"
+        assert retry.user_attrs["hpo:resumed_at_epoch"] == 2

@@ -6,7 +6,11 @@
 # Each array task is one `hpo worker`: it joins the study (same storage URL) and claims
 # trials until the study's total budget is met, then exits 0. Tasks may start late or be
 # preempted: a task that dies mid-trial is detected by heartbeat and its trial is retried
-# from the last checkpoint (keep output_dir on a shared file system).
+# from the last checkpoint (keep output_dir on a shared file system). scancel, preemption
+# and the time limit send SIGTERM to every process of the step, then SIGKILL after KillWait
+# (30 s by default): `hpo worker` (exec'd below, so it is the step's process) fails its
+# running trial as `interrupted`, not counted against budget.max_failures, and exits 143
+# within seconds.
 #SBATCH --job-name=hpo-worker
 #SBATCH --cpus-per-task=4
 #SBATCH --mem=16G

@@ -157,6 +157,10 @@ def is_connection_error(error: BaseException) -> bool:
     for cause in (error, error.__cause__):
         if isinstance(cause, sqlalchemy.exc.DBAPIError) and cause.connection_invalidated:
             return True
+        # A query retried inside the transaction the lost connection broke (Optuna's
+        # _get_trials does so); Optuna's session has been rolled back when it reaches us.
+        if isinstance(cause, sqlalchemy.exc.PendingRollbackError):
+            return cause.__context__ is not None and is_connection_error(cause.__context__)
         if isinstance(cause, sqlalchemy.exc.OperationalError):
             text = str(cause).lower()
             # "readonly": a read-only SQLite file does not come back by waiting.
@@ -333,7 +337,9 @@ def retrying_storage_class() -> type:
         name: retrying(getattr(base, name))
         for name in dir(base)
         if callable(getattr(base, name, None))
-        and (not name.startswith("_") or name == "_get_trials")
+        # Optuna's cache calls these private ones directly (_set_trial_param on every
+        # suggest after a trial's first); a repeated param write is an ignored duplicate.
+        and (not name.startswith("_") or name in ("_get_trials", "_set_trial_param"))
         and name
         not in (
             "remove_session",

@@ -17,9 +17,7 @@ from typing import Any
 from dashboards import data as d
 from dashboards.page import Section, figure_html, render_page, table_html
 from dashboards.study import load_stored_study, require_completed, strategy
-from hpo.budget import usage_of
 from hpo.errors import ConfigError, HpoError
-from hpo.ranking import best_trial, feasible
 
 
 @dataclass
@@ -67,11 +65,10 @@ def study_results(configs: list[Any]) -> tuple[list[StudyResult], str, str]:
     objective: tuple[str, str] | None = None
     first = ""
     for config in configs:
-        study = load_stored_study(config)
-        trials = study.get_trials(deepcopy=False)
-        records = d.trial_records(trials, study.user_attrs)
-        require_completed(study, config, d.count_by_state(records))
-        how = strategy(study, config)
+        view = load_stored_study(config)
+        records = d.trial_records(view.trials, view.study_attrs)
+        require_completed(view.study, config, d.count_by_state(records))
+        how = strategy(view)
         this = (how["objective"]["metric"], how["objective"]["direction"])
         if objective is None:
             objective, first = this, str(config.source)
@@ -83,13 +80,13 @@ def study_results(configs: list[Any]) -> tuple[list[StudyResult], str, str]:
                 field="objective",
             )
         # As hpo best ranks them: feasible first (constraints), then the value.
-        best = best_trial(trials, config)
+        best = view.best()
         if best is None:
             raise HpoError(
                 f"study {config.name!r} has no completed trial that meets its constraints; "
                 "nothing to compare"
             )
-        counted = {t.number for t in feasible(trials, config)}
+        counted = {t.number for t in view.feasible()}
         results.append(
             StudyResult(
                 name=config.name,
@@ -97,7 +94,7 @@ def study_results(configs: list[Any]) -> tuple[list[StudyResult], str, str]:
                 sampler=str(how["sampler"].get("type")),
                 pruner=str(how["pruner"].get("type", "none")),
                 best=best.value,
-                finished=usage_of(trials, study.user_attrs, config).finished,
+                finished=view.usage().finished,
                 curve=d.compute_curve(records, this[1], feasible=counted),
             )
         )

@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from hpo import storage as st
-from hpo.budget import ENDED
+from hpo.view import ENDED, trial_attrs
 
 STATE_ORDER = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 
@@ -48,11 +47,9 @@ def trial_records(trials: Iterable[Any], study_attrs: dict[str, Any]) -> list[Tr
     Compute per trial is ``hpo:duration_s`` (else completion minus start) and
     ``hpo:epochs`` (else the last reported step, else 0).
     """
-    from hpo.budget import failure_reason
-
     records = []
     for trial in trials:
-        attrs = trial.user_attrs
+        attrs = trial_attrs(trial, study_attrs)
         steps = tuple(
             sorted(
                 (int(step), float(value))
@@ -60,10 +57,10 @@ def trial_records(trials: Iterable[Any], study_attrs: dict[str, Any]) -> list[Tr
                 if value is not None and math.isfinite(value)
             )
         )
-        duration = attrs.get(st.ATTR_DURATION)
+        duration = attrs.duration_s
         if duration is None and trial.datetime_start and trial.datetime_complete:
             duration = (trial.datetime_complete - trial.datetime_start).total_seconds()
-        epochs = attrs.get(st.ATTR_EPOCHS)
+        epochs = attrs.epochs
         if epochs is None:
             epochs = steps[-1][0] if steps else 0.0
         values = tuple(trial.values or ()) if trial.state.name == "COMPLETE" else ()
@@ -79,10 +76,10 @@ def trial_records(trials: Iterable[Any], study_attrs: dict[str, Any]) -> list[Tr
                 completed=trial.datetime_complete,
                 duration_s=float(duration) if duration is not None else None,
                 epochs=float(epochs),
-                worker=str(attrs.get(st.ATTR_WORKER) or "unknown"),
-                failure=failure_reason(trial, study_attrs),
-                failure_message=attrs.get(st.ATTR_FAILURE_MESSAGE),
-                metrics=dict(attrs.get(st.ATTR_METRICS) or {}),
+                worker=str(attrs.worker or "unknown"),
+                failure=attrs.failure,
+                failure_message=attrs.failure_message,
+                metrics=attrs.metrics,
                 values=tuple(float(v) for v in values),
             )
         )

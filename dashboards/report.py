@@ -28,8 +28,7 @@ from dashboards.page import (
     table_html,
 )
 from dashboards.study import load_stored_study, require_trials, strategy
-from hpo.status import attention
-from hpo.storage import ATTR_ERROR_ANALYSIS, redact_url
+from hpo.view import StudyView, redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -79,24 +78,24 @@ def build_report(
         StudyStateError: no such study in the storage.
         HpoError: the study has no trials at all; nothing is written.
     """
-    study = load_stored_study(config)
-    trials = study.get_trials(deepcopy=False)
-    records = d.trial_records(trials, study.user_attrs)
+    view = load_stored_study(config)
+    study = view.study
+    trials = view.trials
+    records = d.trial_records(trials, view.study_attrs)
     counts = d.count_by_state(records)
     require_trials(config, counts)
-    how = strategy(study, config)
+    how = strategy(view)
     if config.multi_objective:
-        return _build_front_report(config, study, records, counts, how, output, save_to_study)
+        return _build_front_report(config, view, records, counts, how, output, save_to_study)
     metric = how["objective"]["metric"]
     direction = how["objective"]["direction"]
 
     from dashboards import figures as f
     from dashboards.importance import param_importances
     from dashboards.study import sample_study
-    from hpo.ranking import best_trial, feasible
 
     # The best trial as hpo best names it: feasible first (constraints), then the value.
-    chosen = best_trial(trials, config)
+    chosen = view.best()
     best = next((r for r in records if chosen and r.number == chosen.number), None)
     completed = [t for t in trials if t.state.name == "COMPLETE"]
     figures: dict[str, Any] = {
@@ -114,12 +113,12 @@ def build_report(
         number = best.number if best else None
         importances, importance_how = param_importances(study, completed, number)
         if chosen is not None:
-            analysis = d.error_analysis(chosen.user_attrs.get(ATTR_ERROR_ANALYSIS))
+            analysis = d.error_analysis(view.attrs(chosen).error_analysis)
         drawn = {
             name: sample_study(study, completed, limit, number)
             for name, limit in DRAW_SAMPLE.items()
         }
-        counted = {t.number for t in feasible(trials, config)}
+        counted = {t.number for t in view.feasible()}
         figures["history"] = f.history_figure(
             d.best_so_far(records, direction, feasible=counted), metric
         )
@@ -131,7 +130,7 @@ def build_report(
 
     compute = d.compute_totals(records)
     summary = _summary(config, how, records, best, compute, importances, importance_how)
-    summary["attention"] = [line.as_dict() for line in attention(study)]
+    summary["attention"] = [line.as_dict() for line in view.attention()]
     summary["error_analysis"] = asdict(analysis) if analysis else None
     n_complete = counts.get("COMPLETE", 0)
     sampled = [f"{name} {n}" for name, (_, n) in drawn.items() if n < n_complete]
@@ -148,7 +147,7 @@ def build_report(
         f"hpo report: {config.name}",
         f"{metric} ({direction}) · {how['sampler'].get('type')} sampler · "
         f"{how['pruner'].get('type', 'none')} pruner · {len(records)} trials · "
-        f"{redact_url(config.storage)}",
+        f"{view.storage_url}",
         _sections(summary, figures, analysis, records, notes),
     )
 
@@ -184,7 +183,7 @@ def _write_report(
 
 def _build_front_report(
     config: Any,
-    study: Any,
+    view: StudyView,
     records: list[d.TrialRecord],
     counts: dict[str, int],
     how: dict[str, Any],
@@ -195,24 +194,21 @@ def _build_front_report(
     it shows the feasible Pareto front (table and Optuna's plot, coloured by base model)
     and what each base model achieved and costs."""
     from dashboards import figures as f
-    from hpo.pareto import front_rows, trial_model
-    from hpo.ranking import feasible as feasible_trials
 
     objectives = [(o.metric, o.direction) for o in config.objectives]
-    trials = study.get_trials(deepcopy=False)
-    models = {t.number: trial_model(t, config) or "(unnamed model)" for t in trials}
-    front = front_rows(study, config)
-    feasible = {t.number for t in feasible_trials(trials, config)}
+    models = {t.number: view.base_model(t) or "(unnamed model)" for t in view.trials}
+    front = view.front_rows()
+    feasible = {t.number for t in view.feasible()}
     by_model = d.model_comparison(
         records, models, objectives, feasible, {row["number"] for row in front}
     )
 
     def constraint_values(trial: Any) -> list[float]:
-        return config.constraint_values(trial.user_attrs.get("hpo:metrics", {}))
+        return config.constraint_values(view.attrs(trial).metrics)
 
     figures = {
         "pareto": f.pareto_figure(
-            study,
+            view.study,
             [m for m, _ in objectives],
             models,
             constraint_values if config.constraints else None,
@@ -221,7 +217,7 @@ def _build_front_report(
     }
     summary = {
         "study": config.name,
-        "storage": redact_url(config.storage),
+        "storage": view.storage_url,
         "objectives": [o.model_dump() for o in config.objectives],
         "constraints": [c.model_dump() for c in config.constraints],
         "sampler": how["sampler"],
@@ -230,18 +226,24 @@ def _build_front_report(
         "pareto_front": front,
         "models": [asdict(row) for row in by_model],
         "compute": asdict(d.compute_totals(records)),
-        "attention": [line.as_dict() for line in attention(study)],
+        "attention": [line.as_dict() for line in view.attention()],
         "generated_at": datetime.now().isoformat(timespec="seconds"),
     }
     goals = " · ".join(f"{m} ({direction})" for m, direction in objectives)
     page = render_page(
         f"hpo report: {config.name}",
         f"{goals} · {how['sampler'].get('type')} sampler · {len(records)} trials · "
-        f"{redact_url(config.storage)}",
+        f"{view.storage_url}",
         _front_sections(summary, figures, objectives),
     )
     return _write_report(
-        output or default_output(config), page, records, summary, figures, study, save_to_study
+        output or default_output(config),
+        page,
+        records,
+        summary,
+        figures,
+        view.study,
+        save_to_study,
     )
 
 

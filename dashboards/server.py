@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from dashboards.study import load_stored_study
-from hpo.backends.optuna_compat import storage_of, study_id_of
 from hpo.errors import HpoError
 
 logger = logging.getLogger(__name__)
@@ -109,14 +108,14 @@ def make_server(
     import optuna_dashboard
     from optuna.artifacts import FileSystemArtifactStore
 
-    study = load_stored_study(config)
+    view = load_stored_study(config)
     folder = artifact_folder(config)
     # Browsing writes nothing: artifacts (uploads from the dashboard) only where the user
     # made the folder for them, and only with allow_writes (read_only refuses the upload).
     store = FileSystemArtifactStore(str(folder)) if folder.is_dir() else None
     if store is None:
         logger.debug("dashboard: no %s folder, so artifact uploads are off (mkdir it)", folder)
-    app = optuna_dashboard.wsgi(storage_of(study), artifact_store=store)
+    app = optuna_dashboard.wsgi(view.storage, artifact_store=store)
     if not allow_writes:
         app = read_only(app)
 
@@ -135,7 +134,7 @@ def make_server(
         ) from None
     warn_if_exposed(host, server.server_port, allow_writes)
     shown = f"[{host}]" if ":" in host else host
-    url = f"http://{shown}:{server.server_port}/dashboard/studies/{study_id_of(study)}"
+    url = f"http://{shown}:{server.server_port}/dashboard/studies/{view.study_id}"
     return server, url
 
 

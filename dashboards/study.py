@@ -1,7 +1,7 @@
 """Reading a stored study for a report: never creates one, never rewrites its config.
 
-A report only reads: it loads the study by name through hpo's read-only loader
-(``hpo.study.load_existing_study``), with a plain sampler.
+A report only reads: it opens the study by name through hpo's read-only study view
+(``hpo.view``), the one part of hpo that dashboards read a study through.
 """
 
 from __future__ import annotations
@@ -11,19 +11,18 @@ from collections.abc import Sequence
 from typing import Any
 
 from hpo.errors import HpoError
-from hpo.storage import ATTR_CONFIG
+from hpo.view import StudyView, open_view
 
 
-def load_stored_study(config: Any) -> Any:
-    """The stored study named in ``config``, read-only (see hpo.study.load_existing_study)."""
-    from hpo.study import load_existing_study
-
-    return load_existing_study(config)
+def load_stored_study(config: Any) -> StudyView:
+    """The stored study named in ``config``, read-only (see hpo.view.open_view)."""
+    return open_view(config)
 
 
-def strategy(study: Any, config: Any) -> dict[str, Any]:
+def strategy(view: StudyView) -> dict[str, Any]:
     """Objective, sampler and pruner the study ran with (its stored config, else the file)."""
-    stored = study.user_attrs.get(ATTR_CONFIG) or config.stored_form()
+    config = view.config
+    stored = view.stored_config or config.stored_form()
     return {
         "objective": stored.get("objective") or config.objective.model_dump(),
         "sampler": stored.get("sampler") or {"type": "unknown"},

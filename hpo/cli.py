@@ -452,14 +452,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from hpo.budget import summarize
-    from hpo.status import attention
-    from hpo.study import load_existing_study
+    from hpo.view import open_view
 
     config = _load(args, import_trainer=False)
-    study = load_existing_study(config)
-    summary = summarize(study, config)
-    lines = attention(study)
+    view = open_view(config)
+    summary = view.summary()
+    lines = view.attention()
     disk = _checkpoint_disk(config)
     if args.json:
         _print_json(

@@ -41,6 +41,7 @@ from hpo import DISTRIBUTION
 from hpo import storage as st
 from hpo.config import StudyConfig, resolve_trainer
 from hpo.errors import ConfigError, StudyStateError
+from hpo.view import StudyView, TrialAttrs, open_view
 
 logger = logging.getLogger(__name__)
 
@@ -60,11 +61,11 @@ def export_best(
         StudyStateError: no such study, no completed trial, or its checkpoint is gone.
     """
     target = export_target(config, to, force=force)
-    study = _load(config)
-    trial = _pick_trial(study, config, trial_number)
-    checkpoint = _checkpoint(trial, config)
-    trained_with = trained_args(study, config)
-    facts = model_facts(config, trial, checkpoint, trained_with)
+    view = _load(config)
+    trial = _pick_trial(view, trial_number)
+    checkpoint = _checkpoint(trial, view)
+    trained_with = trained_args(view)
+    facts = model_facts(config, trial, view.attrs(trial), checkpoint, trained_with)
     target.parent.mkdir(parents=True, exist_ok=True)
     # A name of its own beside the target: a rename into place is atomic on one file system.
     staging = Path(
@@ -166,22 +167,21 @@ def _replace(target: Path, staging: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _load(config: StudyConfig) -> Any:
+def _load(config: StudyConfig) -> StudyView:
     import optuna
 
-    from hpo.study import load_existing_study
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return load_existing_study(config)
+    return open_view(config)
 
 
-def trained_args(study: Any, config: StudyConfig) -> dict[str, Any]:
+def trained_args(view: StudyView) -> dict[str, Any]:
     """The trainer args the study last ran with (its stored ``hpo:config``), not the study
     file's now: a file edited, or a ``--set`` left out, after the run must not change what
     the export says or how its tokenizer truncates. ``${VAR}`` templates stay as stored; a
     study that stores no config (not run by hpo) falls back on the file's."""
+    config = view.config
     current = config.stored_form()["trainer"]["args"]
-    stored = (study.user_attrs.get(st.ATTR_CONFIG) or {}).get("trainer", {}).get("args")
+    stored = (view.stored_config or {}).get("trainer", {}).get("args")
     if stored is None:
         return current
     if stored != current:
@@ -194,22 +194,19 @@ def trained_args(study: Any, config: StudyConfig) -> dict[str, Any]:
     return stored
 
 
-def _pick_trial(study: Any, config: StudyConfig, number: int | None) -> Any:
-    completed = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+def _pick_trial(view: StudyView, number: int | None) -> Any:
+    config = view.config
+    completed = view.completed()
     if number is None:
         if not completed:
             raise StudyStateError(f"study {config.name!r} has no completed trial to export")
         if config.multi_objective:
-            from hpo.ranking import pareto_front
-
-            front = ", ".join(str(t.number) for t in pareto_front(completed, config)) or "none"
+            front = ", ".join(str(t.number) for t in view.pareto_front()) or "none"
             raise StudyStateError(
                 f"study {config.name!r} has several objectives, so no single best trial; "
                 f"choose one on the Pareto front with --trial N (front: {front}; see hpo best)"
             )
-        from hpo.ranking import best_trial
-
-        best = best_trial(completed, config)
+        best = view.best()
         if best is None:
             raise StudyStateError(
                 f"study {config.name!r} has no completed trial that meets its constraints; "
@@ -225,11 +222,11 @@ def _pick_trial(study: Any, config: StudyConfig, number: int | None) -> Any:
     return match[0]
 
 
-def _checkpoint(trial: Any, config: StudyConfig) -> Path:
-    recorded = trial.user_attrs.get(st.ATTR_CHECKPOINT)
+def _checkpoint(trial: Any, view: StudyView) -> Path:
+    recorded = view.attrs(trial).checkpoint
     if not recorded:
         raise StudyStateError(
-            f"trial {trial.number} of {config.name!r} saved no checkpoint; set "
+            f"trial {trial.number} of {view.config.name!r} saved no checkpoint; set "
             "trainer.args.save_checkpoints: true (the default) and run again"
         )
     path = Path(recorded)
@@ -271,11 +268,12 @@ def base_model_path(config: StudyConfig, trial: Any) -> str:
 
 
 def model_facts(
-    config: StudyConfig, trial: Any, checkpoint: Path, args: dict[str, Any]
+    config: StudyConfig, trial: Any, attrs: TrialAttrs, checkpoint: Path, args: dict[str, Any]
 ) -> dict[str, Any]:
-    """Everything the model card says, as JSON data; ``args``: the trainer args the study ran
-    with, as stored (``${VAR}`` templates, not the secrets they expanded to)."""
-    metrics = dict(trial.user_attrs.get(st.ATTR_METRICS, {}))
+    """Everything the model card says, as JSON data; ``attrs``: what hpo stored on the
+    trial; ``args``: the trainer args the study ran with, as stored (``${VAR}`` templates,
+    not the secrets they expanded to)."""
+    metrics = attrs.metrics
     return {
         "study": config.name,
         "storage": st.redact_url(config.storage),
@@ -299,7 +297,7 @@ def model_facts(
             resolve_trainer(config.trainer.ref, config.study_dir), "task", "text-classification"
         ),
         "base_model": {
-            **trial.user_attrs.get("hpo:model", {}),
+            **attrs.model,
             "name": base_model_name(config, trial),
             "path": base_model_path(config, trial),
         },

@@ -10,9 +10,7 @@ from typing import Any
 
 from hpo.config import StudyConfig
 from hpo.ranking import pareto_front
-
-ATTR_METRICS = "hpo:metrics"
-ATTR_MODEL = "hpo:model"
+from hpo.storage import ATTR_METRICS, ATTR_MODEL
 
 
 def front_rows(study: Any, config: StudyConfig) -> list[dict[str, Any]]:

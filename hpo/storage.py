@@ -23,6 +23,11 @@ from hpo.errors import ConfigError, StorageError, StudyStateError
 
 logger = logging.getLogger(__name__)
 
+# Every name hpo stores in a study starts with this; a trainer's own attributes
+# (TrialContext.set_attr) are ATTR_PREFIX + its key. Each name is spelled here only, and
+# hpo writes and reads it through these constants (tests/test_imports.py checks; the one
+# exception, the journal heartbeat, is Optuna's protocol, kept in the compat module).
+ATTR_PREFIX = "hpo:"
 # Study attributes.
 ATTR_CONFIG = "hpo:config"
 # Trial attributes.
@@ -37,6 +42,9 @@ ATTR_WORKER = "hpo:worker"  # host:pid of the worker that ran the trial
 ATTR_DURATION = "hpo:duration_s"
 ATTR_EPOCHS = "hpo:epochs"  # training epochs actually run (pruned trials run fewer)
 ATTR_RESUMED_FROM = "hpo:resumed_from"  # trial number whose checkpoint a retry resumed
+ATTR_WARM_START = "hpo:warm_start"  # {"study": source name, "trial": number}
+# Written by trainers (ctx.set_attr("model"), ctx.set_attr("error_analysis")).
+ATTR_MODEL = "hpo:model"  # facts about the base model: name, size, ...
 ATTR_ERROR_ANALYSIS = "hpo:error_analysis"
 # Study attribute: numbers of FAIL trials whose worker died (a finished trial's own
 # attributes are read-only, so the mark goes on the study).

@@ -2,7 +2,7 @@
 
 :func:`open_study` is what a worker uses (it creates the study and stores the resolved
 config under ``hpo:config``); :func:`load_existing_study` is the read-only loader that
-reporting commands use (it never creates a study or rewrites an attribute).
+readers use, through :mod:`hpo.view` (it never creates a study or rewrites an attribute).
 """
 
 from __future__ import annotations

@@ -203,7 +203,7 @@ class TrialContext:
 
     def set_attr(self, key: str, value: Any) -> None:
         """Store a JSON-serializable value on the trial under ``hpo:<key>``."""
-        self.trial.set_user_attr(f"hpo:{key}", value)
+        self.trial.set_user_attr(storage.ATTR_PREFIX + key, value)
 
     def resolve_path(self, value: str | Path) -> Path:
         """A path from trainer args: relative ones are relative to the study file's folder."""

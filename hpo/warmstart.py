@@ -22,10 +22,9 @@ from typing import Any
 
 from hpo.backends.optuna_compat import contains, storage_of
 from hpo.config import StudyConfig
+from hpo.storage import ATTR_WARM_START
 
 logger = logging.getLogger(__name__)
-
-ATTR_WARM_START = "hpo:warm_start"  # trial attr: {"study": source name, "trial": number}
 
 
 def enqueue_warm_start(study: Any, config: StudyConfig) -> int:

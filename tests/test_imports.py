@@ -127,3 +127,63 @@ def test_every_library_the_code_imports_is_a_declared_dependency() -> None:
                 if not dists & declared:
                     missing.setdefault(top, str(path.relative_to(ROOT)))
     assert missing == {}, f"imported but not in [project] dependencies: {missing}"
+
+
+# What a reader outside the core may import of hpo: the read-only study view, and the
+# errors and config models its callers hold. Everything else (storage, budget, ranking,
+# status, pareto, study, backends) is the view's to use.
+READER_API = ("hpo.view", "hpo.errors", "hpo.config")
+# The package's own names, as a top-level package and under hpo's namespace.
+DASHBOARDS = ("dashboards", "hpo.dashboards")
+
+
+def _within(name: str, packages: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in packages)
+
+
+def test_dashboards_read_hpo_only_through_the_view() -> None:
+    folder = next(p for p in (ROOT / "dashboards", CORE / "dashboards") if p.is_dir())
+    reached = {
+        str(path.relative_to(ROOT)): sorted(
+            name
+            for name in imports_of(path)
+            if name.split(".")[0] in ("hpo", *ABOVE_THE_CORE)
+            and name != "hpo"  # the base of `from hpo.view import ...`, checked by name
+            and not _within(name, DASHBOARDS + READER_API)
+        )
+        for path in sorted(folder.rglob("*.py"))
+    }
+    assert {path: names for path, names in reached.items() if names} == {}
+    # ...and of the view, only what it makes public.
+    import hpo.view
+
+    private = sorted(
+        name
+        for path in folder.rglob("*.py")
+        for name in imports_of(path)
+        if name.startswith("hpo.view.") and name.removeprefix("hpo.view.") not in hpo.view.__all__
+    )
+    assert private == []
+
+
+# Every `hpo:` attribute name is spelled in hpo/storage.py and imported from there. The
+# one exception is Optuna's heartbeat protocol for journal files: a system attribute that
+# only the compat module writes and reads, below hpo.storage in the import order.
+_ATTRIBUTE_NAME = re.compile(r"hpo:[a-z_]+")
+_NAMES_HOME = ROOT / "hpo" / "storage.py"
+_HEARTBEAT = (ROOT / "hpo" / "backends" / "optuna_compat.py", "hpo:heartbeat")
+
+
+def test_every_hpo_attribute_name_is_spelled_in_one_module() -> None:
+    found = [
+        f"{path.relative_to(ROOT)}:{node.lineno}: {node.value!r}"
+        for folder in ("hpo", "dashboards", "trainers")
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        if path != _NAMES_HOME
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and _ATTRIBUTE_NAME.fullmatch(node.value)
+        and (path, node.value) != _HEARTBEAT
+    ]
+    assert found == []

@@ -17,8 +17,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from dashboards import data as d
-from dashboards.page import (
+from hpo.dashboards import data as d
+from hpo.dashboards.page import (
     Section,
     Thumbnail,
     figure_html,
@@ -27,7 +27,7 @@ from dashboards.page import (
     render_page,
     table_html,
 )
-from dashboards.study import load_stored_study, require_trials, strategy
+from hpo.dashboards.study import load_stored_study, require_trials, strategy
 from hpo.status import attention
 from hpo.storage import ATTR_ERROR_ANALYSIS, redact_url
 
@@ -90,9 +90,9 @@ def build_report(
     metric = how["objective"]["metric"]
     direction = how["objective"]["direction"]
 
-    from dashboards import figures as f
-    from dashboards.importance import param_importances
-    from dashboards.study import sample_study
+    from hpo.dashboards import figures as f
+    from hpo.dashboards.importance import param_importances
+    from hpo.dashboards.study import sample_study
     from hpo.ranking import best_trial, feasible
 
     # The best trial as hpo best names it: feasible first (constraints), then the value.
@@ -194,7 +194,7 @@ def _build_front_report(
     """The report of a study with several objectives: there is no single best trial, so
     it shows the feasible Pareto front (table and Optuna's plot, coloured by base model)
     and what each base model achieved and costs."""
-    from dashboards import figures as f
+    from hpo.dashboards import figures as f
     from hpo.pareto import front_rows, trial_model
     from hpo.ranking import feasible as feasible_trials
 

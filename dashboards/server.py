@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from dashboards.study import load_stored_study
 from hpo.backends.optuna_compat import storage_of, study_id_of
+from hpo.dashboards.study import load_stored_study
 from hpo.errors import HpoError
 
 logger = logging.getLogger(__name__)

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.machinery import ModuleSpec, PathFinder
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from pydantic import BaseModel
@@ -157,36 +158,36 @@ def legacy_ref(ref: str, study_dir: Path) -> str | None:
     return f"{current}:{attribute}" if shipped is not None else None
 
 
-# Top-level modules imported from a study's folder, and where: another study's folder
-# (a sweep, or tests, in one process) with a module of the same name gets its own.
-_IMPORTED_LOCALLY: dict[str, str] = {}
-
-
 def _import(module_name: str, folders: list[Path]) -> Any:
-    """``module_name`` imported with ``folders`` first on ``sys.path`` for the import only."""
+    """``module_name`` imported with ``folders`` first on ``sys.path`` for the import only.
+
+    A module of the same top-level name imported from elsewhere (another study's folder in
+    this process, a sweep's or the tests'; an installed package) is forgotten first when
+    ``folders`` hold one: this study gets its own, as a fresh process would.
+    """
     top = module_name.partition(".")[0]
-    local = _find_local(top, folders)
-    where = _location(local) if local is not None else None
-    if where is not None and _IMPORTED_LOCALLY.get(top, where) != where:
+    local = _find_local(top, folders) if top != "hpo" else None
+    cached = sys.modules.get(top)
+    if local is not None and cached is not None and _location(cached) != _location(local):
         for name in [n for n in sys.modules if n == top or n.startswith(f"{top}.")]:
             del sys.modules[name]
-    imported_before = top in sys.modules
     added = [str(f) for f in dict.fromkeys(folders) if str(f) not in sys.path]
     sys.path[:0] = added
     try:
-        module = importlib.import_module(module_name)
+        return importlib.import_module(module_name)
     finally:
         for entry in added:  # the module may have changed sys.path itself: keep that
             if entry in sys.path:
                 sys.path.remove(entry)
-    if where is not None and not imported_before:  # hpo, or an installed package, never
-        _IMPORTED_LOCALLY[top] = where
-    return module
 
 
-def _location(spec: ModuleSpec) -> str:
-    """Where a found module is: its file, or a namespace package's folders."""
-    return spec.origin or str(list(spec.submodule_search_locations or []))
+def _location(found: ModuleSpec | ModuleType) -> Path | list[Path]:
+    """Where a module (or a found one) is: its file, or a namespace package's folders."""
+    spec = found if isinstance(found, ModuleSpec) else found.__spec__
+    if spec is not None and spec.origin and spec.has_location:
+        return Path(spec.origin).resolve()
+    folders = (spec.submodule_search_locations if spec is not None else None) or []
+    return [Path(f).resolve() for f in folders]
 
 
 def _find_local(module_name: str, folders: list[Path]) -> ModuleSpec | None:

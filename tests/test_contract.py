@@ -119,10 +119,25 @@ def test_a_users_trainers_package_beside_the_study_is_the_users(tmp_path: Path, 
     assert resolve_trainer("trainers.toy:train", project).train.__module__ == "hpo.trainers.toy"
 
 
+@pytest.fixture(autouse=True)
+def _forget_trainers_packages():
+    """The ``trainers`` packages a test imports stay its own."""
+    yield
+    for name in [n for n in sys.modules if n.split(".")[0] == "trainers"]:
+        del sys.modules[name]
+
+
 def test_a_study_folder_gets_its_own_module_of_a_name_another_folder_used(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Two studies in one process (a sweep, the tests), each with its own ``trainers/``."""
+    """Two studies in one process (a sweep, the tests), each with its own ``trainers/``,
+    after an installed package of that name was imported."""
+    import importlib
+
+    (tmp_path / "site" / "trainers").mkdir(parents=True)
+    (tmp_path / "site" / "trainers" / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    importlib.import_module("trainers")
     for name in ("a", "b"):
         (tmp_path / name / "trainers").mkdir(parents=True)
         (tmp_path / name / "trainers" / "__init__.py").write_text("")

@@ -940,7 +940,7 @@ def registered() -> dict[str, Trainer]:
     """``trainer.ref`` -> trainer, of every registered trainer (hpo's and other packages').
 
     One that cannot be imported (a broken install) is left out with a warning: the others
-    still draft and validate.
+    still draft studies and make the schema.
     """
     from hpo.contract import registered_trainers, resolve_trainer
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import logging
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -26,8 +25,6 @@ from typing import Any
 from pydantic import BaseModel
 
 from hpo.errors import ConfigError
-
-logger = logging.getLogger(__name__)
 
 # (field under trainer.args, message) when a check finds a problem, else None.
 Problem = tuple[str, str] | None

@@ -83,7 +83,7 @@ class TextClassificationArgs(HFTrainingArgs):
     """Fixed arguments (``trainer.args``) and searchable hyperparameters of :func:`train`.
 
     The training hyperparameters and run options common to HF trainers come from
-    :class:`trainers._hf.HFTrainingArgs`.
+    :class:`hpo.trainers._hf.HFTrainingArgs`.
     """
 
     model: str = "minilm-l6"
@@ -375,7 +375,7 @@ def check_args(
 def check_files(args: TextClassificationArgs, study_dir: Path) -> tuple[str, str] | None:
     """The local files the args name, checked before a study starts (hub names are not).
 
-    A data file's columns are read, and its whole label column (:mod:`trainers.labels`).
+    A data file's columns are read, and its whole label column (:mod:`hpo.trainers.labels`).
     """
     if args.dataset.path:
         path = _relative_to(args.dataset.path, study_dir)

@@ -216,7 +216,7 @@ def trial_context(
 
 def hpo_run(ctx: Any) -> None:
     """One hpo trial of the text trainer (stopped at the window's end)."""
-    from trainers import text_classification as tc
+    from hpo.trainers import text_classification as tc
 
     tc.train(ctx)
 
@@ -233,7 +233,7 @@ def plain_run(workload: Workload, ctx: Any, device: str, precision: str, work: P
         TrainingArguments,
     )
 
-    import trainers.text_classification as tc
+    import hpo.trainers.text_classification as tc
 
     args = tc.TextClassificationArgs.model_validate(ctx.params)
     model_path = tc.resolve_model(args.model, ctx.study_dir)

@@ -81,7 +81,7 @@ def study_yaml(s: dict[str, Any], storage: str, output_dir: str) -> str:
             "budget": {"n_trials": s["n_trials"]},
             "output_dir": output_dir,
             "trainer": {
-                "ref": "trainers.text_classification:train",
+                "ref": "hpo.trainers.text_classification:train",
                 "args": {"model": MODEL, "dataset": s["dataset"],
                          "max_seq_length": s["max_seq_length"]},  # fmt: skip
             },
@@ -110,7 +110,11 @@ def run_peer(s: dict[str, Any], work: Path) -> dict[str, Any]:
     )
 
     from hpo.trainer import TrialContext
-    from trainers.text_classification import TextClassificationArgs, prepare_data, resolve_model
+    from hpo.trainers.text_classification import (
+        TextClassificationArgs,
+        prepare_data,
+        resolve_model,
+    )
 
     started = time.perf_counter()
     params = {"model": MODEL, "dataset": s["dataset"], "max_seq_length": s["max_seq_length"]}

@@ -1,7 +1,7 @@
 """Record learning curves of the real text-classification trainer for replay benchmarks.
 
 Runs a grid study (learning rate x batch x frozen layers, 3 epochs each) through
-hpo's own runner with ``trainers.text_classification:train`` on this machine, and writes
+hpo's own runner with ``hpo.trainers.text_classification:train`` on this machine, and writes
 every configuration's per-epoch validation metrics and wall seconds to
 ``benchmarks/data/curves.json.gz``. ``trainers/replay.py`` serves them back at zero cost.
 
@@ -59,7 +59,7 @@ TRAINER_ARGS = {
 
 def timed_train(ctx: Any) -> dict[str, float]:
     """The real trainer, with the wall time of each evaluation stamped into its report."""
-    from trainers.text_classification import train
+    from hpo.trainers.text_classification import train
 
     started = time.monotonic()
     report = ctx.report

@@ -127,7 +127,7 @@ class Benchmark:
 
 
 def replay_benchmark() -> Benchmark:
-    from trainers.replay import DEFAULT_CURVES, load_curves, nearest
+    from hpo.trainers.replay import DEFAULT_CURVES, load_curves, nearest
 
     data = load_curves(str(DEFAULT_CURVES))
     space = {
@@ -140,7 +140,7 @@ def replay_benchmark() -> Benchmark:
     # Validation loss, not accuracy: on 120 validation examples accuracy moves in steps of
     # 0.8 points and the recorded curves hover near chance, while the loss still ranks them.
     return Benchmark(
-        "replay", space, "trainers.replay:train", {}, "eval_loss", "minimize",
+        "replay", space, "hpo.trainers.replay:train", {}, "eval_loss", "minimize",
         max_epochs=data["epochs"], budget=9 * data["epochs"], score=score, tpe_startup=4,
     )  # fmt: skip
 

@@ -1,6 +1,6 @@
 """Trial start-up and trainer throughput of the quickstart's text-classification trainer.
 
-A fresh worker process runs hpo trials of ``trainers.text_classification:train`` (the
+A fresh worker process runs hpo trials of ``hpo.trainers.text_classification:train`` (the
 quickstart's settings, kept small: 200 training samples, sequence length 32, 1 epoch)
 and plain transformers ``Trainer`` runs on the same model, data, batch and seed,
 interleaved (hpo trial 1, then plain/hpo pairs in alternating order).
@@ -114,8 +114,8 @@ def instrument(clock: Clock) -> None:
     import optuna
     import transformers
 
-    import trainers._hf as hf
-    import trainers.text_classification as tc
+    import hpo.trainers._hf as hf
+    import hpo.trainers.text_classification as tc
 
     clock.wrap(tc, "train", "other")  # the trainer itself: what no other label claims
     clock.wrap(tc, "prepare_data", "data")
@@ -142,7 +142,7 @@ def timed_imports() -> float:
     from transformers import Trainer, TrainingArguments  # noqa: F401
 
     import hpo.runner  # noqa: F401
-    import trainers.text_classification  # noqa: F401
+    import hpo.trainers.text_classification  # noqa: F401
 
     return time.perf_counter() - started
 
@@ -156,7 +156,7 @@ def study_config(workdir: Path, n_trials: int, device_args: dict[str, Any]) -> A
         "seed": 42,
         "sampler": {"type": "random"},
         "budget": {"n_trials": n_trials, "max_failures": 1},
-        "trainer": {"ref": "trainers.text_classification:train", "args": ARGS | device_args},
+        "trainer": {"ref": "hpo.trainers.text_classification:train", "args": ARGS | device_args},
         "search_space": {k: {"type": "categorical", "choices": [v]} for k, v in PARAMS.items()},
         "output_dir": str(workdir / "runs"),
     }
@@ -205,7 +205,7 @@ def plain_run(workdir: Path, device: str, bf16: bool) -> tuple[float, float, flo
         TrainingArguments,
     )
 
-    import trainers.text_classification as tc
+    import hpo.trainers.text_classification as tc
 
     started = time.perf_counter()
     data = next(v for k, v in tc._CACHE.items() if k[0] == "data")  # hpo's tokenized splits

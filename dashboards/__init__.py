@@ -8,8 +8,8 @@ importing this package stays cheap.
 
 from __future__ import annotations
 
-from dashboards.compare import build_comparison
-from dashboards.report import build_report
-from dashboards.server import serve_dashboard
+from hpo.dashboards.compare import build_comparison
+from hpo.dashboards.report import build_report
+from hpo.dashboards.server import serve_dashboard
 
 __all__ = ["build_comparison", "build_report", "serve_dashboard"]

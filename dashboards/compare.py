@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from dashboards import data as d
-from dashboards.page import Section, figure_html, render_page, table_html
-from dashboards.study import load_stored_study, require_completed, strategy
+from hpo.dashboards import data as d
+from hpo.dashboards.page import Section, figure_html, render_page, table_html
+from hpo.dashboards.study import load_stored_study, require_completed, strategy
 from hpo.errors import ConfigError, HpoError
 
 
@@ -121,7 +121,7 @@ def reach_random_best(
 
 def build_comparison(configs: list[Any], output: Path | None = None) -> Comparison:
     """Read the studies, draw the comparison page and write it with its data as JSON."""
-    from dashboards import figures as f
+    from hpo.dashboards import figures as f
 
     results, metric, direction = study_results(configs)
     baseline, target = reach_random_best(results, direction)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from dashboards.data import ComputeCurve, Curve, ErrorAnalysis, History, Span
+from hpo.dashboards.data import ComputeCurve, Curve, ErrorAnalysis, History, Span
 
 STATE_COLORS = {
     "COMPLETE": "#1f77b4",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from dashboards.study import sample_study
+from hpo.dashboards.study import sample_study
 
 # fANOVA (Optuna's default evaluator) walks every leaf of every tree per parameter: on a
 # 2-core CPU, 32 trees take ~1.5 s on 300 completed trials but ~4 s on 556 and tens of

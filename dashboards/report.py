@@ -17,8 +17,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from dashboards import data as d
-from dashboards.page import (
+from hpo.dashboards import data as d
+from hpo.dashboards.page import (
     Section,
     Thumbnail,
     figure_html,
@@ -27,7 +27,7 @@ from dashboards.page import (
     render_page,
     table_html,
 )
-from dashboards.study import load_stored_study, require_trials, strategy
+from hpo.dashboards.study import load_stored_study, require_trials, strategy
 from hpo.view import StudyView, redact_url
 
 logger = logging.getLogger(__name__)
@@ -90,9 +90,9 @@ def build_report(
     metric = how["objective"]["metric"]
     direction = how["objective"]["direction"]
 
-    from dashboards import figures as f
-    from dashboards.importance import param_importances
-    from dashboards.study import sample_study
+    from hpo.dashboards import figures as f
+    from hpo.dashboards.importance import param_importances
+    from hpo.dashboards.study import sample_study
 
     # The best trial as hpo best names it: feasible first (constraints), then the value.
     chosen = view.best()
@@ -193,7 +193,7 @@ def _build_front_report(
     """The report of a study with several objectives: there is no single best trial, so
     it shows the feasible Pareto front (table and Optuna's plot, coloured by base model)
     and what each base model achieved and costs."""
-    from dashboards import figures as f
+    from hpo.dashboards import figures as f
 
     objectives = [(o.metric, o.direction) for o in config.objectives]
     models = {t.number: view.base_model(t) or "(unnamed model)" for t in view.trials}

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from dashboards.study import load_stored_study
+from hpo.dashboards.study import load_stored_study
 from hpo.errors import HpoError
 
 logger = logging.getLogger(__name__)

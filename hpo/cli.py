@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hpo.console import LOG_FORMATS, LiveView, configure_logging, show_workers
 from hpo.errors import (
@@ -26,6 +26,9 @@ from hpo.errors import (
     StudyStateError,
     Terminated,
 )
+
+if TYPE_CHECKING:
+    from hpo.contract import Trainer
 
 logger = logging.getLogger("hpo")
 
@@ -306,9 +309,17 @@ def _load(args: argparse.Namespace, *, import_trainer: bool = True) -> Any:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from hpo.config import describe_models
+    from hpo.contract import legacy_ref
     from hpo.space import describe, grid_size
 
     config = _load(args)
+    current = legacy_ref(config.trainer.ref, config.study_dir)
+    if current:  # it works; the old name is hpo's top-level package of before
+        print(
+            f"hpo: note: {args.study_file}: trainer.ref: {config.trainer.ref} is the old name "
+            f"of hpo's shipped trainer; write {current}",
+            file=sys.stderr,
+        )
     models = describe_models(config)
     try:
         size: int | None = grid_size(config.search_space)
@@ -613,7 +624,7 @@ def _print_failed_since(config: Any, started: dt.datetime) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from dashboards.report import build_report
+    from hpo.dashboards.report import build_report
 
     config = _load(args, import_trainer=False)
     report = build_report(
@@ -629,7 +640,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from dashboards.compare import build_comparison
+    from hpo.dashboards.compare import build_comparison
 
     configs: list[Any] = []
     for path in args.study_files:
@@ -660,7 +671,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    from dashboards.server import serve_dashboard
+    from hpo.dashboards.server import serve_dashboard
 
     config = _load(args, import_trainer=False)
 
@@ -763,7 +774,7 @@ def _write_comparison(sweep: Any, result: Any) -> Any:
     (e.g. studies with different objectives) is logged and skipped, never a sweep failure.
     """
     try:
-        from dashboards.compare import build_comparison
+        from hpo.dashboards.compare import build_comparison
     except ImportError:  # dashboards not installed: the sweep itself is complete
         return None
     done = {o.name for o in result.outcomes if o.best_value is not None}
@@ -828,7 +839,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from hpo.config import load_study, resolve_trainer
+    from hpo.config import load_study
+    from hpo.contract import resolve_trainer
     from hpo.draft import render_study, study_name
 
     output, data = Path(args.output), Path(args.data_file)
@@ -847,7 +859,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         )
     ref = args.trainer or drafting_trainer(data)
     trainer = resolve_trainer(ref, Path.cwd(), path=None)
-    draft_study = getattr(trainer, "draft_study", None)
+    draft_study = trainer.draft_study
     if draft_study is None:
         raise ConfigError(f"{ref} cannot draft a study (no draft_study hook)")
     options = _draft_options(args, draft_study, ref)
@@ -876,20 +888,18 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
-# hpo init without --trainer: the first of these whose recognises_data hook takes the data
-# drafts it; the last takes whatever the others do not.
-DRAFTING_TRAINERS = ("trainers.image_classification:train", "trainers.text_classification:train")
-
-
 def drafting_trainer(data: Path) -> str:
-    """The ``trainer.ref`` that ``hpo init`` drafts ``data`` with (images or text)."""
-    from hpo.config import resolve_trainer
+    """The ``trainer.ref`` that ``hpo init`` drafts ``data`` with (images or text).
 
-    for ref in DRAFTING_TRAINERS[:-1]:
-        recognises = getattr(resolve_trainer(ref, Path.cwd()), "recognises_data", None)
-        if recognises is not None and recognises(data):
+    Of the registered trainers with a ``draft_study`` hook, the first whose
+    ``recognises_data`` takes the data; else the first without that hook (text), which
+    takes whatever the others do not.
+    """
+    drafting = [(ref, t) for ref, t in registered().items() if t.draft_study is not None]
+    for ref, trainer in drafting:
+        if trainer.recognises_data is not None and trainer.recognises_data(data):
             return ref
-    return DRAFTING_TRAINERS[-1]
+    return next(ref for ref, trainer in drafting if trainer.recognises_data is None)
 
 
 def _draft_options(args: argparse.Namespace, draft_study: Any, ref: str) -> dict[str, str]:
@@ -930,24 +940,26 @@ def cmd_schema(args: argparse.Namespace) -> int:
     else:
         from hpo.config import study_schema
 
-        schema = study_schema(shipped_trainer_args())
+        args_models = {ref: t.args_model for ref, t in registered().items() if t.args_model}
+        schema = study_schema(args_models)
     print(json.dumps(schema, indent=2))
     return 0
 
 
-def shipped_trainer_args() -> dict[str, Any]:
-    """``trainer.ref`` -> args model of every trainer in the ``trainers`` package."""
-    import importlib
-    import pkgutil
+def registered() -> dict[str, Trainer]:
+    """``trainer.ref`` -> trainer, of every registered trainer (hpo's and other packages').
 
-    from hpo.config import import_shipped
+    One that cannot be imported (a broken install) is left out with a warning: the others
+    still draft studies and make the schema.
+    """
+    from hpo.contract import registered_trainers, resolve_trainer
 
-    trainers = import_shipped("trainers")  # hpo's own, whatever the working dir holds
     found = {}
-    for module in pkgutil.iter_modules(trainers.__path__):
-        function = getattr(importlib.import_module(f"trainers.{module.name}"), "train", None)
-        if getattr(function, "args_model", None) is not None:  # model facts etc. are helpers
-            found[f"trainers.{module.name}:train"] = function.args_model  # type: ignore[union-attr]
+    for name, ref in registered_trainers().items():
+        try:
+            found[ref] = resolve_trainer(ref, Path.cwd())
+        except ConfigError as e:
+            logger.warning("trainer %s (%s) is left out: %s", name, ref, e)
     return found
 
 

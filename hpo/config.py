@@ -8,13 +8,9 @@ overrides to the raw mapping, and validates once. Every problem becomes a
 from __future__ import annotations
 
 import difflib
-import importlib
-import importlib.util
-import logging
 import math
 import os
 import re
-import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -31,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from hpo.contract import Trainer, resolve_trainer
 from hpo.errors import ConfigError, FieldValueError
 from hpo.registry import MULTI_OBJECTIVE_SAMPLERS, PrunerSpec, SamplerSpec
 from hpo.source import (
@@ -44,11 +41,7 @@ from hpo.source import (
 from hpo.space import SearchSpace
 from hpo.storage import ENV_VAR, check_url, redact_url
 
-logger = logging.getLogger(__name__)
-
 DEFAULT_STORAGE = "sqlite:///hpo.db"
-# Top-level packages shipped beside hpo that trainer.ref may name (pyproject's packages).
-SHIPPED_PACKAGES = ("trainers",)
 DEFAULT_KEEP_CHECKPOINTS = 3  # trials whose checkpoints stay (README: The study file)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*$")
 _DURATION_SCHEMA = {
@@ -170,7 +163,7 @@ class TrainerSpec(_Model):
     def _ref_shape(cls, value: str) -> str:
         if not _REF.match(value):
             raise ValueError(
-                f"expected 'module:function' (e.g. trainers.toy:train), but got {value!r}"
+                f"expected 'module:function' (e.g. hpo.trainers.toy:train), but got {value!r}"
             )
         return value
 
@@ -435,10 +428,9 @@ def _trainer_args_problems(source: Source) -> list[ConfigError]:
         return []
     args = trainer.get("args") or {}
     try:
-        function = resolve_trainer(trainer["ref"], Path(source.path).parent)
+        args_model = resolve_trainer(trainer["ref"], Path(source.path).parent).args_model
     except ConfigError:
         return []  # reported as trainer.ref already, or once the other fields are fixed
-    args_model = getattr(function, "args_model", None)
     if args_model is None or not isinstance(args, dict):
         return []
     try:
@@ -497,15 +489,7 @@ def config_error(
 def check_trainer(config: StudyConfig, *, path: str) -> None:
     """Import ``trainer.ref`` and check its args, so a typo fails before anything runs."""
     trainer = resolve_trainer(config.trainer.ref, config.study_dir, path=path)
-    for local in shadowed_trainers(config.trainer.ref, config.study_dir):
-        logger.warning(
-            "%s: trainer.ref: %s is ignored: %s names hpo's shipped trainers; rename the "
-            "local module to use it",
-            path,
-            local,
-            config.trainer.ref,
-        )
-    args_model = getattr(trainer, "args_model", None)
+    args_model = trainer.args_model
     if args_model is None:
         return
     try:
@@ -528,100 +512,20 @@ def check_trainer(config: StudyConfig, *, path: str) -> None:
             path=path,
             field=f"search_space.{unknown[0]}",
         )
-    check_args = getattr(trainer, "check_args", None)
-    if check_args is not None:
-        problem = check_args(args_model.model_validate(config.trainer.args), config.search_space)
+    if trainer.check_args is not None:
+        args = args_model.model_validate(config.trainer.args)
+        problem = trainer.check_args(args, config.search_space)
         if problem:
             field, message = problem
             raise ConfigError(message, path=path, field=f"trainer.args.{field}")
-    check_files = getattr(trainer, "check_files", None)
-    if check_files is not None:
-        problem = check_files(args_model.model_validate(config.trainer.args), config.study_dir)
+    if trainer.check_files is not None:
+        problem = trainer.check_files(
+            args_model.model_validate(config.trainer.args), config.study_dir
+        )
         if problem:
             field, message = problem
             raise ConfigError(message, path=path, field=f"trainer.args.{field}")
     describe_models(config, trainer, path=path)
-
-
-def resolve_trainer(ref: str, study_dir: Path, *, path: str | None = None) -> Any:
-    """Import ``module:function``; the study's folder and the working dir are importable.
-
-    ``trainers.*`` is always hpo's own shipped package, never a ``trainers`` module in
-    those folders (see :func:`shadowed_trainers`).
-    """
-    module_name, _, function_name = ref.partition(":")
-    import_shipped(module_name.partition(".")[0])
-    for folder in (str(Path.cwd()), str(study_dir)):
-        if folder not in sys.path:
-            sys.path.append(folder)
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        local = shadowed_trainers(ref, study_dir)
-        fix = (
-            f"{local[0]} is ignored, since {module_name.partition('.')[0]} is hpo's own "
-            "package: rename it and the ref"
-            if local
-            else "check the name or install it"
-        )
-        raise ConfigError(
-            f"cannot import module {module_name!r} ({e}); {fix}",
-            path=path,
-            field="trainer.ref",
-        ) from e
-    function = getattr(module, function_name, None)
-    if not callable(function):
-        raise ConfigError(
-            f"module {module_name!r} has no function {function_name!r}",
-            path=path,
-            field="trainer.ref",
-        )
-    return function
-
-
-def _shipped_folder(package: str) -> Path | None:
-    """Where a package hpo ships (pyproject installs them beside ``hpo``) is, if it is one."""
-    folder = Path(__file__).resolve().parents[1] / package
-    return folder if package in SHIPPED_PACKAGES and (folder / "__init__.py").is_file() else None
-
-
-def import_shipped(package: str) -> Any:
-    """The shipped ``package`` (e.g. ``trainers``), imported from beside ``hpo``.
-
-    Not from the first folder on sys.path that has one: the study's folder, added to
-    sys.path for its own trainer modules, must not replace hpo's trainers (an editable
-    install's finder runs after sys.path, and ``python -m`` puts the working dir first).
-    Returns None for a package hpo does not ship.
-    """
-    folder = _shipped_folder(package)
-    if folder is None or package in sys.modules:
-        return sys.modules.get(package)
-    spec = importlib.util.spec_from_file_location(
-        package, folder / "__init__.py", submodule_search_locations=[str(folder)]
-    )
-    assert spec is not None and spec.loader is not None  # a file location always has both
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[package] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[package]
-        raise
-    return module
-
-
-def shadowed_trainers(ref: str, study_dir: Path) -> list[Path]:
-    """Local modules named like the shipped package ``ref`` imports from, which hpo ignores
-    (a ``trainers.py`` or ``trainers/`` beside the study file or in the working dir)."""
-    package = ref.partition(":")[0].partition(".")[0]
-    if _shipped_folder(package) is None:
-        return []
-    found = []
-    for folder in dict.fromkeys((study_dir.resolve(), Path.cwd().resolve())):
-        for local in (folder / package, folder / f"{package}.py"):
-            if local.exists() and local.resolve() != _shipped_folder(package):
-                found.append(local)
-    return found
 
 
 def model_candidates(config: StudyConfig) -> tuple[str, list[str]]:
@@ -638,7 +542,9 @@ def model_candidates(config: StudyConfig) -> tuple[str, list[str]]:
     return "trainer.args.model", [str(model)] if model is not None else []
 
 
-def describe_models(config: StudyConfig, trainer: Any = None, *, path: str | None = None):
+def describe_models(
+    config: StudyConfig, trainer: Trainer | None = None, *, path: str | None = None
+) -> list[dict[str, Any]]:
     """Each candidate's facts from the trainer's ``describe_model`` hook ([] without one).
 
     Raises:
@@ -647,11 +553,13 @@ def describe_models(config: StudyConfig, trainer: Any = None, *, path: str | Non
     """
     if trainer is None:
         trainer = resolve_trainer(config.trainer.ref, config.study_dir, path=path)
-    describe = getattr(trainer, "describe_model", None)
+    describe = trainer.describe_model
     if describe is None:
         return []
-    args_model = getattr(trainer, "args_model", None)
-    args = args_model.model_validate(config.trainer.args) if args_model else config.trainer.args
+    args_model = trainer.args_model
+    args: Any = (
+        args_model.model_validate(config.trainer.args) if args_model else config.trainer.args
+    )
     field, names = model_candidates(config)
     if not names:
         names = [str(args.model)] if hasattr(args, "model") else []

@@ -27,7 +27,7 @@ def study_name(stem: str) -> str:
 def render_study(
     draft: Any, *, name: str, trainer_ref: str, data: str, storage: str | None = None
 ) -> str:
-    """The study file's text for ``draft`` (a ``trainers.drafts.Draft``)."""
+    """The study file's text for ``draft`` (a ``hpo.trainers.drafts.Draft``)."""
     storage = storage or DEFAULT_STORAGE
     notes = getattr(draft, "notes", {})  # an older trainer's draft may have none
     lines = [

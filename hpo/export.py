@@ -15,7 +15,7 @@ study's ``max_seq_length``, so ``tokenizer(text, truncation=True)`` tokenizes as
 training did.
 
 It lives in hpo (not in the trainer) because it is a command over a stored study; the
-trainer-specific steps go through the trainer contract (``hpo/trainer.py``): the
+trainer-specific steps go through the trainer contract (``hpo/contract.py``): the
 trainer's ``resolve_model`` names the base model (so packaged names such as
 ``minilm-l6`` and study-relative paths resolve exactly as they did in training), its
 ``save_model`` writes the loadable folder, and its ``hub_ids`` names packaged models on
@@ -35,11 +35,12 @@ import tempfile
 import uuid
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from hpo import DISTRIBUTION
 from hpo import storage as st
-from hpo.config import StudyConfig, resolve_trainer
+from hpo.config import StudyConfig
+from hpo.contract import resolve_trainer
 from hpo.errors import ConfigError, StudyStateError
 from hpo.view import StudyView, TrialAttrs, open_view
 
@@ -239,17 +240,18 @@ def _checkpoint(trial: Any, view: StudyView) -> Path:
     return path
 
 
-def _trainer_hook(config: StudyConfig, name: str) -> Any:
-    """The trainer's export hook ``name`` (``train.<name>``), found through trainer.ref.
+def _trainer_hook(config: StudyConfig, name: Literal["resolve_model", "save_model"]) -> Any:
+    """The trainer's export hook ``name`` (a :class:`~hpo.contract.Trainer` field), found
+    through trainer.ref.
 
     Raises:
         StudyStateError: the trainer does not offer it, so its models cannot be exported.
     """
-    hook = getattr(resolve_trainer(config.trainer.ref, config.study_dir), name, None)
+    hook = getattr(resolve_trainer(config.trainer.ref, config.study_dir), name)
     if hook is None:
         raise StudyStateError(
             f"trainer {config.trainer.ref} cannot export its model: it defines no "
-            f"train.{name} (see the trainer contract in hpo/trainer.py)"
+            f"{name} hook (see the trainer contract in hpo/contract.py)"
         )
     return hook
 
@@ -292,10 +294,8 @@ def model_facts(
         "validation_metrics": {k: v for k, v in metrics.items() if k.startswith("eval_")},
         "test_metrics": {k: v for k, v in metrics.items() if k.startswith("test_")},
         "trainer": {"ref": config.trainer.ref, "args": args},
-        # The trainer's task (train.task): the card's pipeline tag and loading snippet.
-        "task": getattr(
-            resolve_trainer(config.trainer.ref, config.study_dir), "task", "text-classification"
-        ),
+        # The trainer's task: the card's pipeline tag and loading snippet.
+        "task": resolve_trainer(config.trainer.ref, config.study_dir).task,
         "base_model": {
             **attrs.model,
             "name": base_model_name(config, trial),
@@ -360,7 +360,7 @@ def base_model_id(name: str, path: str, trainer_ref: str) -> str:
 
     A packaged model's hub id comes from the trainer's ``hub_ids`` (its alias -> hub id).
     """
-    hub_ids = getattr(resolve_trainer(trainer_ref, Path.cwd()), "hub_ids", {})
+    hub_ids = resolve_trainer(trainer_ref, Path.cwd()).hub_ids
     if name in hub_ids:
         return str(hub_ids[name])
     return Path(path).name if Path(path).is_dir() else path
@@ -433,7 +433,7 @@ def _provenance(facts: dict[str, Any]) -> dict[str, Any]:
 
 
 def _task(facts: dict[str, Any]) -> str:
-    """The trainer's Hugging Face task (cards written before train.task: text)."""
+    """The trainer's Hugging Face task (cards written before trainers named one: text)."""
     return str(facts.get("task") or "text-classification")
 
 

@@ -28,7 +28,8 @@ from hpo.backends.optuna_compat import (
 from hpo.backends.rdb import is_connection_error
 from hpo.budget import Summary, effective_budget, summarize, usage
 from hpo.checkpoints import prune_checkpoints, study_folder
-from hpo.config import StudyConfig, resolve_trainer
+from hpo.config import StudyConfig
+from hpo.contract import Trainer, resolve_trainer
 from hpo.errors import FailureBudgetExceeded, StorageError
 from hpo.events import emit
 from hpo.space import suggest
@@ -198,7 +199,7 @@ class _Objective:
     def __init__(
         self,
         config: StudyConfig,
-        trainer: Any,
+        trainer: Trainer,
         worker: Worker,
         lock: st.Lock,
         interrupts: Interrupts,
@@ -234,7 +235,7 @@ class _Objective:
         )
         try:
             with self.interrupts.deliverable():
-                metrics = self.trainer(ctx)
+                metrics = self.trainer.train(ctx)
         except BaseException as e:
             _record_failure(trial, e, {st.ATTR_DURATION: _duration(ctx)})
             raise

@@ -1,4 +1,4 @@
-"""The trainer contract: a plain function ``train(ctx) -> dict[str, float]``.
+"""What a trainer gets per trial: the :class:`TrialContext` of ``train(ctx) -> dict``.
 
 hpo calls one shared trainer function per trial with a :class:`TrialContext`. The
 trainer reads ``ctx.params`` (fixed ``trainer.args`` merged with this trial's
@@ -6,26 +6,11 @@ hyperparameters), calls ``ctx.report(step, metrics)`` after each evaluation, sto
 early when ``ctx.should_prune()`` says so, and returns its final metrics. The runner,
 not the trainer, turns a prune decision into a pruned trial and picks the objective.
 
-A trainer may expose ``train.args_model`` (a pydantic model of its arguments),
-``train.check_args(args, search_space) -> (field, message) | None`` and
-``train.check_files(args, study_dir) -> (field, message) | None`` so study files are
-checked, and missing files reported, before anything runs.
-
 The base model is the ``model`` argument (``trainer.args.model``, or a categorical
-``search_space.model`` whose choices are the candidates). A trainer may expose
-``train.describe_model(args, study_dir, name) -> dict`` returning that model's facts
-(where it resolves, architecture, parameters, size, licence, pre-training data);
-``hpo validate`` prints them, and a ``ValueError`` from it (a missing folder, a
-candidate its ``model_filter`` refuses) is a config error naming the candidate.
-
-``hpo export`` reaches a trainer's models only through three more hooks, so hpo never
-imports a trainer by name: ``train.resolve_model(name, study_dir) -> str`` (the base
-model's folder or hub id, resolved as in training), ``train.save_model(checkpoint,
-target, args, study_dir)`` (write a loadable model folder from a checkpoint; a
-``ValueError`` says why it cannot) and ``train.hub_ids`` (packaged alias -> hub id, for
-the model card), and ``train.task`` names its Hugging Face task (``text-classification``
-unless told; the card's pipeline tag and loading snippet). A trainer without
-``save_model`` cannot be exported.
+``search_space.model`` whose choices are the candidates). The hooks a trainer offers
+around its function (an args model and checks, model facts for ``hpo validate``, export,
+``hpo init`` drafting) are one :class:`hpo.contract.Trainer` its module exports as
+``TRAINER``; hpo never imports a trainer by name.
 """
 
 from __future__ import annotations

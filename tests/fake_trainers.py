@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 from hpo.trainer import NonFiniteError, TrialContext
-from trainers import toy
+from hpo.trainers import toy
 
 
 def fail_when_dropout_high(ctx: TrialContext) -> dict[str, float]:

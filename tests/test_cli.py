@@ -95,7 +95,7 @@ from pathlib import Path
 
 Path(__file__).with_name("imported").touch()
 
-from trainers.toy import train
+from hpo.trainers.toy import train
 """
 
 

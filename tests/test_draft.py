@@ -154,7 +154,7 @@ def test_init_on_an_image_folder_writes_an_image_study_that_runs(tmp_path: Path)
     assert "16x16" in text and "24x20" in text and "L" in text  # sizes and modes sampled
     study = yaml.safe_load(text)
     trainer = study["trainer"]
-    assert trainer["ref"] == "trainers.image_classification:train"
+    assert trainer["ref"] == "hpo.trainers.image_classification:train"
     assert trainer["args"]["model"] == "./models/tiny"
     assert trainer["args"]["dataset"]["path"] == "data/shapes"
     assert trainer["args"]["class_weights"] == "balanced"  # dot: 5 of 12
@@ -177,10 +177,10 @@ def test_init_on_an_image_folder_writes_an_image_study_that_runs(tmp_path: Path)
 def test_image_draft_without_a_model_names_a_hub_resnet_and_says_what_to_change(
     tmp_path: Path,
 ) -> None:
-    from trainers import image_classification as ic
+    from hpo.trainers import image_classification as ic
 
     folder = draw_shapes(tmp_path / "shapes", {"wide": 6, "tall": 6})
-    draft = ic.train.draft_study(folder)
+    draft = ic.TRAINER.draft_study(folder)
     assert draft.args["model"] == "microsoft/resnet-18"
     assert "internet" in draft.notes["model"] and "local model folder" in draft.notes["model"]
     assert draft.search_space["freeze_layers"]["high"] == 2  # ResNet-18: 4 stages
@@ -205,14 +205,15 @@ def test_init_recognises_image_folders_and_image_tables_else_text(tmp_path: Path
     )
     empty = tmp_path / "empty"
     empty.mkdir()
-    image, text = "trainers.image_classification:train", "trainers.text_classification:train"
+    image = "hpo.trainers.image_classification:train"
+    text = "hpo.trainers.text_classification:train"
     assert drafting_trainer(images) == image
     assert drafting_trainer(table) == image
     assert drafting_trainer(empty) == image  # a folder: the image draft says what is wrong
     assert drafting_trainer(STUDIES / "data" / "reviews.csv") == text
-    from trainers import image_classification as ic
+    from hpo.trainers import image_classification as ic
 
-    draft = ic.train.draft_study(table)
+    draft = ic.TRAINER.draft_study(table)
     dataset = draft.args["dataset"]
     assert (dataset["image_column"], dataset["label_column"]) == ("file", "kind")
     assert draft.findings[0].startswith("12 images in 2 classes")
@@ -266,7 +267,7 @@ def test_init_refuses_flags_of_the_other_family_and_missing_data(tmp_path: Path)
     result = init(tmp_path, folder, "--text-column", "body")
     assert result.returncode == 2
     assert result.stderr == (
-        "hpo: error: --text-column does not apply to trainers.image_classification:train "
+        "hpo: error: --text-column does not apply to hpo.trainers.image_classification:train "
         "drafts; leave it out\n"
     )
     result = init(tmp_path, tmp_path / "nowhere")
@@ -277,7 +278,7 @@ def test_init_refuses_flags_of_the_other_family_and_missing_data(tmp_path: Path)
 def test_column_check_reads_what_the_trainers_read(tmp_path: Path) -> None:
     """A byte-order mark (Excel's "CSV UTF-8") and a text longer than the csv module's
     default field limit are fine for the trainers (pandas), so the check accepts them."""
-    from trainers.drafts import check_columns
+    from hpo.trainers.drafts import check_columns
 
     table = tmp_path / "excel.csv"
     long_text = "word " * 40_000  # 200 KB in one cell

@@ -77,7 +77,7 @@ def test_only_the_best_k_running_and_resumable_checkpoints_stay(tmp_path: Path) 
 
 def test_a_study_with_keep_checkpoints_ends_with_k_folders(tmp_path: Path) -> None:
     (tmp_path / "ckpt_trainer.py").write_text(
-        "from trainers import toy\n\n"
+        "from hpo.trainers import toy\n\n"
         "def train(ctx):\n"
         "    folder = ctx.output_dir / 'checkpoint-1'\n"
         "    folder.mkdir(parents=True)\n"
@@ -237,7 +237,7 @@ def test_export_reloads_and_reproduces_the_validation_metric(
 
     from hpo.export import base_model_path
     from hpo.trainer import TrialContext
-    from trainers.text_classification import TextClassificationArgs, prepare_data
+    from hpo.trainers.text_classification import TextClassificationArgs, prepare_data
 
     study_file = tmp_path / "tiny.yaml"
     study_file.write_text(TINY.format(data=STUDIES / "data" / "reviews.csv"))
@@ -340,7 +340,7 @@ def test_model_card_is_a_hub_card_with_base_model_licence_results_and_provenance
     from huggingface_hub import ModelCard
 
     from hpo.export import model_card
-    from trainers.text_classification import resolve_model
+    from hpo.trainers.text_classification import resolve_model
 
     packaged = resolve_model("minilm-l6", tmp_path)
     (tmp_path / "README.md").write_text(model_card(_facts("minilm-l6", packaged)))
@@ -390,7 +390,8 @@ def test_model_card_names_a_local_folder_or_a_hub_id(tmp_path: Path) -> None:
 EXPORTABLE_TRAINER = """\
 from pathlib import Path
 
-from trainers import toy
+from hpo.contract import Trainer
+from hpo.trainers import toy
 
 
 def train(ctx):
@@ -405,8 +406,7 @@ def save_model(checkpoint, target, args, study_dir):
     (Path(target) / "config.json").write_text((Path(checkpoint) / "config.json").read_text())
 
 
-train.save_model = save_model
-train.resolve_model = lambda name, study_dir: name
+TRAINER = Trainer(train, save_model=save_model, resolve_model=lambda name, study_dir: name)
 """
 
 

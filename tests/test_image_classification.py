@@ -17,8 +17,8 @@ import pytest
 from hpo.config import load_study
 from hpo.runner import run_study
 from hpo.trainer import TrialContext
+from hpo.trainers import image_classification as ic
 from tests.conftest import run_hpo
-from trainers import image_classification as ic
 
 SIZE = 16
 
@@ -476,7 +476,7 @@ def test_an_image_that_passes_the_check_but_cannot_be_decoded_is_skipped(
     png += chunk(b"IEND", b"")
     folder = bars_with(tmp_path, bars, {"vertical/noise.png": png})
     assert ic.check_files(spec(Path("m"), folder), tmp_path) is None
-    with caplog.at_level(logging.WARNING, logger="trainers.image_classification"):
+    with caplog.at_level(logging.WARNING, logger="hpo.trainers.image_classification"):
         images = ic.load_images(spec(Path("m"), folder).dataset, context(tmp_path))
     assert sum(len(labels) for _, labels in images.splits.values()) == 40
     assert f"skipped {folder / 'vertical' / 'noise.png'}: it cannot be decoded" in caplog.text
@@ -541,7 +541,7 @@ def test_optimizer_scheduler_and_loss_are_validated(
 def test_balanced_class_weights_weigh_rare_classes_up() -> None:
     import torch
 
-    from trainers import _hf
+    from hpo.trainers import _hf
 
     args = ic.ImageClassificationArgs.model_validate(
         {"model": "m", "dataset": {"path": "x"}, "class_weights": "balanced"}
@@ -560,7 +560,7 @@ def test_balanced_class_weights_weigh_rare_classes_up() -> None:
 def test_a_trial_with_sgd_cosine_smoothing_and_balanced_weights(
     tmp_path: Path, resnet: Path, bars: Path
 ) -> None:
-    from trainers import _hf
+    from hpo.trainers import _hf
 
     params = {
         "model": str(resnet),

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from trainers import image_classification as ic
-from trainers import labels
-from trainers import text_classification as tc
+from hpo.trainers import image_classification as ic
+from hpo.trainers import labels
+from hpo.trainers import text_classification as tc
 
 FRACTIONS = [(0.2, 0.2), (0.1, 0.1), (0.3, 0.0), (0.2, 0.5), (0.15, 0.25)]
 

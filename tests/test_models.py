@@ -15,8 +15,8 @@ import optuna
 import pytest
 
 from hpo.trainer import TrialContext
+from hpo.trainers import text_classification as tc
 from tests.conftest import STUDIES, run_hpo
-from trainers import text_classification as tc
 
 sys.path.insert(0, str(STUDIES / "data"))
 from make_minilm_l3 import make_minilm_l3  # noqa: E402
@@ -173,7 +173,7 @@ def test_facts_read_each_layout_and_weigh_the_weights_that_load(
 ) -> None:
     """RoBERTa-like models lose pad_token_id + 1 positions; GPT-2 names its n_positions;
     a folder with both weight formats loads (and weighs) only its safetensors."""
-    from trainers.model_facts import describe_folder
+    from hpo.trainers.model_facts import describe_folder
 
     layouts = {
         "roberta": {"model_type": "roberta", "max_position_embeddings": 514, "pad_token_id": 1},
@@ -207,7 +207,7 @@ def test_facts_read_each_layout_and_weigh_the_weights_that_load(
 
 
 def test_max_parameters_takes_suffixes() -> None:
-    from trainers.model_facts import ModelFilter
+    from hpo.trainers.model_facts import ModelFilter
 
     assert ModelFilter(max_parameters="120M").max_parameters == 120_000_000
     assert ModelFilter(max_parameters="1.5B").max_parameters == 1_500_000_000

@@ -9,7 +9,7 @@ from pathlib import Path
 from hpo.config import validate_study
 from hpo.runner import run_study
 from hpo.study import open_study
-from trainers.replay import DEFAULT_CURVES, load_curves, nearest
+from hpo.trainers.replay import DEFAULT_CURVES, load_curves, nearest
 
 CURVES = [
     {

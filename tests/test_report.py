@@ -10,10 +10,10 @@ from pathlib import Path
 import optuna
 import pytest
 
-from dashboards import data as d
-from dashboards.report import build_report
 from hpo.cli import main
 from hpo.config import load_study
+from hpo.dashboards import data as d
+from hpo.dashboards.report import build_report
 from tests.conftest import run_hpo
 
 T0 = datetime(2026, 1, 1, 12, 0, 0)
@@ -389,13 +389,13 @@ def test_report_shows_the_best_trials_error_analysis(toy_study, tmp_path: Path) 
 
 
 def test_large_studies_are_drawn_from_a_sample(toy_study, tmp_path: Path, monkeypatch) -> None:
-    import dashboards.importance
-    import dashboards.report
+    import hpo.dashboards.importance
+    import hpo.dashboards.report
 
     monkeypatch.setattr(
-        dashboards.report, "DRAW_SAMPLE", {"parallel": 8, "slice": 30, "contour": 6}
+        hpo.dashboards.report, "DRAW_SAMPLE", {"parallel": 8, "slice": 30, "contour": 6}
     )
-    monkeypatch.setattr(dashboards.importance, "FANOVA_SAMPLE", 10)
+    monkeypatch.setattr(hpo.dashboards.importance, "FANOVA_SAMPLE", 10)
     study_file = toy_study(n_trials=20)
     run(study_file)
     report = build_report(load_study(study_file), tmp_path / "out", save_to_study=False)

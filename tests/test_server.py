@@ -23,9 +23,9 @@ from typing import Any
 import optuna
 import pytest
 
-from dashboards.server import make_server
 from hpo.cli import main
 from hpo.config import load_study
+from hpo.dashboards.server import make_server
 from tests.conftest import ROOT
 
 
@@ -171,7 +171,7 @@ def test_with_allow_writes_artifacts_upload_into_the_artifact_folder(
     ],
 )
 def test_loopback_addresses_are_told_apart_from_the_rest(host: str, loopback: bool) -> None:
-    from dashboards.server import is_loopback
+    from hpo.dashboards.server import is_loopback
 
     assert is_loopback(host) is loopback
 
@@ -179,7 +179,7 @@ def test_loopback_addresses_are_told_apart_from_the_rest(host: str, loopback: bo
 def test_listening_beyond_loopback_warns_in_one_line(study_file, caplog) -> None:
     def warnings_for(host: str, **options: Any) -> list[str]:
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="dashboards.server"):
+        with caplog.at_level(logging.WARNING, logger="hpo.dashboards.server"):
             server, _ = make_server(load_study(study_file), host, 0, **options)
             server.server_close()  # never served: nothing answers on the open address
         return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]

@@ -16,8 +16,8 @@ import pytest
 from hpo.config import load_study
 from hpo.runner import run_study
 from hpo.trainer import TrialContext
+from hpo.trainers import text_classification as tc
 from tests.conftest import STUDIES
-from trainers import text_classification as tc
 
 REVIEWS = STUDIES / "data" / "reviews.csv"
 
@@ -453,7 +453,7 @@ def test_training_arguments_hold_the_value_and_pickle_the_template(tmp_path: Pat
     import copy
     import pickle
 
-    from trainers._hf import training_arguments
+    from hpo.trainers._hf import training_arguments
 
     ctx = context(tmp_path)
     ctx.templates = {"training_args.hub_token": "${HPO_TEST_HUB_TOKEN}"}
@@ -535,7 +535,7 @@ def test_latency_is_measured_once_per_architecture_and_split(
     forward pass costs what its shapes cost. Another split is measured anew."""
     import torch
 
-    from trainers import _hf
+    from hpo.trainers import _hf
 
     # Earlier tests' trials measured this architecture already: start from no probe.
     for key in [k for k in _hf.CACHE if k[0] == "latency"]:
@@ -648,7 +648,7 @@ def test_end_to_end_real_minilm(tmp_path: Path) -> None:
 def test_optimizer_scheduler_smoothing_and_balanced_weights_reach_the_trainer(
     tmp_path: Path, tiny_model: Path
 ) -> None:
-    from trainers import _hf
+    from hpo.trainers import _hf
 
     params = {
         "model": str(tiny_model),
@@ -677,7 +677,7 @@ def test_batches_go_to_a_gpu_without_blocking_unless_the_user_says(
     copy syncs with the GPU every step); a user's own accelerator_config keeps its say."""
     from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
 
-    from trainers import _hf
+    from hpo.trainers import _hf
 
     extra = {"accelerator_config": {"even_batches": False}, "max_grad_norm": 0.5}
     assert _hf.gpu_copies(extra, cuda=False) == extra
@@ -755,7 +755,7 @@ def test_training_batches_hold_texts_of_similar_length(
 
 def test_training_args_cannot_set_the_batch_order(tmp_path: Path, tiny_model: Path) -> None:
     """hpo sets the sampling itself (trainer.args.group_by_length): training_args may not."""
-    from trainers import _hf, trackers
+    from hpo.trainers import _hf, trackers
 
     name = (
         "train_sampling_strategy"
@@ -777,7 +777,7 @@ def test_bucketed_batch_order_depends_only_on_seed_and_epoch(
     so a resume in the middle of an epoch skips the batches the lost run trained on."""
     import torch
 
-    from trainers._hf import LengthBucketSampler
+    from hpo.trainers._hf import LengthBucketSampler
 
     lengths = [i % 17 + 1 for i in range(301)]
 

@@ -23,8 +23,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from hpo.trainer import NonFiniteError, TrialContext, available_cores
-from trainers import trackers
-from trainers.trackers import Tracker
+from hpo.trainers import trackers
+from hpo.trainers.trackers import Tracker
 
 logger = logging.getLogger(__name__)
 

@@ -41,7 +41,7 @@ def save_hf_model(
     """
     from transformers import AutoImageProcessor
 
-    from trainers._hf import load_tokenizer
+    from hpo.trainers._hf import load_tokenizer
 
     names = {n for n in MODEL_FILES if (checkpoint / n).is_file()}
     for pattern in MODEL_PATTERNS:

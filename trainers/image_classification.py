@@ -30,17 +30,18 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from hpo.contract import Trainer
 from hpo.trainer import TrialContext
-from trainers import _hf
-from trainers._hf import HFTrainingArgs, relative_to
-from trainers.drafts import (
+from hpo.trainers import _hf
+from hpo.trainers._hf import HFTrainingArgs, relative_to
+from hpo.trainers.drafts import (
     SEARCH_SAMPLE,
     Draft,
     check_columns,
     detect_label_column,
     read_rows,
 )
-from trainers.labels import SHOWN, check_classes, check_label_column, plural, read_column
+from hpo.trainers.labels import SHOWN, check_classes, check_label_column, plural, read_column
 
 logger = logging.getLogger(__name__)
 
@@ -921,18 +922,21 @@ def _cannot_be_read(bad: list[tuple[int, str]], shown: str) -> str:
 
 def save_model(checkpoint: Path, target: Path, args: dict[str, Any], study_dir: Path) -> None:
     """Export hook: a loadable model folder (weights and image processor)."""
-    from trainers.hf_export import save_hf_model
+    from hpo.trainers.hf_export import save_hf_model
 
     base = resolve_model(str(args.get("model") or ""), study_dir)
     save_hf_model(checkpoint, target, base, None, preprocessor="image")
 
 
-train.args_model = ImageClassificationArgs  # type: ignore[attr-defined]
-train.recognises_data = recognises_data  # type: ignore[attr-defined]  # hpo init
-train.draft_study = draft_study  # type: ignore[attr-defined]  # hpo init
-train.check_files = check_files  # type: ignore[attr-defined]
-train.check_args = check_args  # type: ignore[attr-defined]
-train.resolve_model = resolve_model  # type: ignore[attr-defined]
-train.save_model = save_model  # type: ignore[attr-defined]
-train.hub_ids = {}  # type: ignore[attr-defined]
-train.task = "image-classification"  # type: ignore[attr-defined]
+# What hpo calls around train (hpo/contract.py): validate, export and hpo init.
+TRAINER = Trainer(
+    train,
+    args_model=ImageClassificationArgs,
+    check_args=check_args,
+    check_files=check_files,
+    resolve_model=resolve_model,
+    save_model=save_model,
+    task="image-classification",
+    recognises_data=recognises_data,
+    draft_study=draft_study,
+)

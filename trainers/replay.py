@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from hpo.contract import Trainer
 from hpo.trainer import TrialContext
 
 DEFAULT_CURVES = Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "curves.json.gz"
@@ -99,4 +100,4 @@ def train(ctx: TrialContext) -> dict[str, float]:
     return metrics
 
 
-train.args_model = ReplayArgs  # type: ignore[attr-defined]
+TRAINER = Trainer(train, args_model=ReplayArgs)

@@ -22,14 +22,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from hpo.contract import Trainer
 from hpo.trainer import TrialContext
-from trainers import _hf
-from trainers._hf import CACHE as _CACHE
-from trainers._hf import HFTrainingArgs, reporter_class
-from trainers._hf import relative_to as _relative_to
-from trainers.drafts import check_columns, draft_text_classification
-from trainers.labels import check_label_column
-from trainers.model_facts import (
+from hpo.trainers import _hf
+from hpo.trainers._hf import CACHE as _CACHE
+from hpo.trainers._hf import HFTrainingArgs, reporter_class
+from hpo.trainers._hf import relative_to as _relative_to
+from hpo.trainers.drafts import check_columns, draft_text_classification
+from hpo.trainers.labels import check_label_column
+from hpo.trainers.model_facts import (
     BERT_LIKE,
     ModelFacts,
     ModelFilter,
@@ -82,7 +83,7 @@ class TextClassificationArgs(HFTrainingArgs):
     """Fixed arguments (``trainer.args``) and searchable hyperparameters of :func:`train`.
 
     The training hyperparameters and run options common to HF trainers come from
-    :class:`trainers._hf.HFTrainingArgs`.
+    :class:`hpo.trainers._hf.HFTrainingArgs`.
     """
 
     model: str = "minilm-l6"
@@ -374,7 +375,7 @@ def check_args(
 def check_files(args: TextClassificationArgs, study_dir: Path) -> tuple[str, str] | None:
     """The local files the args name, checked before a study starts (hub names are not).
 
-    A data file's columns are read, and its whole label column (:mod:`trainers.labels`).
+    A data file's columns are read, and its whole label column (:mod:`hpo.trainers.labels`).
     """
     if args.dataset.path:
         path = _relative_to(args.dataset.path, study_dir)
@@ -403,13 +404,6 @@ def check_files(args: TextClassificationArgs, study_dir: Path) -> tuple[str, str
                 "folder, minilm-l6, or a hub id",
             )
     return None
-
-
-train.args_model = TextClassificationArgs  # type: ignore[attr-defined]
-train.check_files = check_files  # type: ignore[attr-defined]
-train.check_args = check_args  # type: ignore[attr-defined]
-train.describe_model = describe_model  # type: ignore[attr-defined]
-train.draft_study = draft_text_classification  # type: ignore[attr-defined]  # hpo init
 
 
 def _train(args: TextClassificationArgs, ctx: TrialContext) -> dict[str, float]:
@@ -452,7 +446,7 @@ _reporter_class = reporter_class  # the name the tests and older callers use
 
 def save_model(checkpoint: Path, target: Path, args: dict[str, Any], study_dir: Path) -> None:
     """Export hook: a loadable model folder (weights and tokenizer) from a checkpoint."""
-    from trainers.hf_export import save_hf_model
+    from hpo.trainers.hf_export import save_hf_model
 
     base = resolve_model(str(args.get("model") or "minilm-l6"), study_dir)
     # As in training: the study's max_seq_length (128 unless set), capped at the model's.
@@ -463,8 +457,16 @@ def save_model(checkpoint: Path, target: Path, args: dict[str, Any], study_dir: 
     save_hf_model(checkpoint, target, base, min(wanted, limit) if limit else wanted)
 
 
-# hpo export asks the trainer how its models are named, found and saved (hpo/trainer.py).
-train.resolve_model = resolve_model  # type: ignore[attr-defined]
-train.save_model = save_model  # type: ignore[attr-defined]
-train.hub_ids = PACKAGED_HUB_IDS  # type: ignore[attr-defined]
-train.task = "text-classification"  # type: ignore[attr-defined]
+# What hpo calls around train (hpo/contract.py): validate, export and hpo init.
+TRAINER = Trainer(
+    train,
+    args_model=TextClassificationArgs,
+    check_args=check_args,
+    check_files=check_files,
+    describe_model=describe_model,
+    resolve_model=resolve_model,
+    save_model=save_model,
+    hub_ids=PACKAGED_HUB_IDS,
+    task="text-classification",
+    draft_study=draft_text_classification,  # takes what no other drafting trainer does
+)

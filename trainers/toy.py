@@ -19,6 +19,7 @@ import time
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from hpo.contract import Trainer
 from hpo.trainer import TrialContext
 
 
@@ -91,4 +92,4 @@ def train(ctx: TrialContext) -> dict[str, float]:
     return metrics
 
 
-train.args_model = ToyArgs  # type: ignore[attr-defined]
+TRAINER = Trainer(train, args_model=ToyArgs)

@@ -26,13 +26,14 @@ import random
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field
 
 from hpo.trainer import TrialContext
 from trainers import _hf
 from trainers._hf import HFTrainingArgs, relative_to
+from trainers.dataset import LabelledDatasetArgs, split
 from trainers.drafts import (
     SEARCH_SAMPLE,
     Draft,
@@ -59,31 +60,15 @@ LAYOUTS = {
 THUMBNAIL_PX = 48
 
 
-class ImageDatasetArgs(BaseModel):
+class ImageDatasetArgs(LabelledDatasetArgs):
     """Where the images come from: a folder, a table of paths and labels, or a hub set."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    SOURCES: ClassVar[str] = "`path` (an image folder or a table) or `hub` (a data set)"
 
     path: str | None = Field(
         None, description="a folder with one sub-folder per class, or a CSV/JSONL/Parquet file"
     )
-    hub: str | None = Field(None, description="a hub data set name (needs internet)")
-    hub_config: str | None = None
     image_column: str = Field("image", description="image paths, relative to the table file")
-    label_column: str = "label"
-    validation_fraction: float = Field(0.2, gt=0, lt=1)
-    test_fraction: float = Field(0.2, ge=0, lt=1)
-    max_train_samples: int | None = Field(None, gt=0)
-
-    @model_validator(mode="after")
-    def _one_source(self) -> ImageDatasetArgs:
-        if (self.path is None) == (self.hub is None):
-            raise ValueError(
-                "give exactly one of `path` (an image folder or a table) or `hub` (a data set)"
-            )
-        if self.validation_fraction + self.test_fraction >= 0.9:
-            raise ValueError("validation_fraction + test_fraction must leave data to train on")
-        return self
 
 
 class ImageClassificationArgs(HFTrainingArgs):
@@ -133,7 +118,7 @@ def _load_images(spec: ImageDatasetArgs, study_dir: Path, seed: int) -> Images:
     label_names = sorted(set(labels))
     index = {name: i for i, name in enumerate(label_names)}
     names = [str(f.relative_to(path) if path.is_dir() else f.name) for f in files]
-    parts = _split(list(range(len(files))), [index[label] for label in labels], spec, seed)
+    parts = split([index[label] for label in labels], spec, seed)
     splits = {k: ([images[i] for i in v], [index[labels[i]] for i in v]) for k, v in parts.items()}
     return Images(splits, {k: [names[i] for i in v] for k, v in parts.items()}, label_names)
 
@@ -205,12 +190,9 @@ def _hub_images(spec: ImageDatasetArgs, seed: int) -> Images:
         return [im.convert("RGB") for im in split[spec.image_column]], labels
 
     pool = column(raw["train"])
-    if {"validation", "test"} <= set(raw):
-        splits = {"train": pool, "validation": column(raw["validation"])}
-        splits["test"] = column(raw["test"])
-    else:
-        parts = _split(list(range(len(pool[1]))), pool[1], spec, seed)
-        splits = {k: ([pool[0][i] for i in v], [pool[1][i] for i in v]) for k, v in parts.items()}
+    parts = split(pool[1], spec, seed, set(raw))
+    splits = {k: ([pool[0][i] for i in v], [pool[1][i] for i in v]) for k, v in parts.items()}
+    splits.update({k: column(raw[k]) for k in ("validation", "test") if k not in parts})
     names = {k: [f"{k}[{i}]" for i in range(len(v[1]))] for k, v in splits.items()}
     return Images(splits, names, [str(n) for n in label_names])
 
@@ -255,27 +237,6 @@ def unreadable_images(files: list[Path]) -> list[tuple[int, str]]:
         except Exception as e:  # PIL raises many kinds for a broken file; each is a finding
             bad.append((i, str(e) or type(e).__name__))
     return bad
-
-
-def _split(
-    indices: list[int], labels: list[int], spec: ImageDatasetArgs, seed: int
-) -> dict[str, list[int]]:
-    """Train / validation / test index lists, stratified by label and seeded."""
-    from sklearn.model_selection import train_test_split
-
-    test: list[int] = []
-    pool, pool_labels = indices, labels
-    if spec.test_fraction > 0:
-        pool, test, pool_labels, _ = train_test_split(
-            indices, labels, test_size=spec.test_fraction, random_state=seed, stratify=labels
-        )
-    fraction = spec.validation_fraction / (1 - spec.test_fraction)
-    train, validation = train_test_split(
-        pool, test_size=fraction, random_state=seed, stratify=pool_labels
-    )
-    if spec.max_train_samples:
-        train = random.Random(seed).sample(train, min(spec.max_train_samples, len(train)))
-    return {"train": list(train), "validation": list(validation), "test": list(test)}
 
 
 def image_processor(model_path: str) -> Any:

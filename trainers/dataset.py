@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Collection, Sequence
+from pathlib import Path
 from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -44,6 +45,16 @@ class LabelledDatasetArgs(BaseModel):
         if self.validation_fraction + self.test_fraction >= 0.9:
             raise ValueError("validation_fraction + test_fraction must leave data to train on")
         return self
+
+
+def missing_path(path: Path, *, folder: bool = False) -> tuple[str, str] | None:
+    """``("dataset.path", why)`` when ``path`` is no file (nor folder, where ``folder``)."""
+    if path.is_file() or (folder and path.is_dir()):
+        return None
+    return (
+        "dataset.path",
+        f"{path} does not exist; relative paths start at the study file's folder",
+    )
 
 
 def split_sizes(n_rows: int, validation_fraction: float, test_fraction: float) -> dict[str, int]:

@@ -27,7 +27,7 @@ from trainers import _hf
 from trainers._hf import CACHE as _CACHE
 from trainers._hf import HFTrainingArgs, reporter_class
 from trainers._hf import relative_to as _relative_to
-from trainers.dataset import LabelledDatasetArgs, split
+from trainers.dataset import LabelledDatasetArgs, missing_path, split
 from trainers.drafts import check_columns, draft_text_classification
 from trainers.labels import check_label_column
 from trainers.model_facts import (
@@ -348,11 +348,8 @@ def check_files(args: TextClassificationArgs, study_dir: Path) -> tuple[str, str
     """
     if args.dataset.path:
         path = _relative_to(args.dataset.path, study_dir)
-        if not path.is_file():
-            return (
-                "dataset.path",
-                f"{path} does not exist; relative paths start at the study file's folder",
-            )
+        if problem := missing_path(path):
+            return problem
         if path.suffix.lower() not in DATA_FORMATS:
             return (
                 "dataset.path",

@@ -16,9 +16,10 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hpo.console import LOG_FORMATS, LiveView, configure_logging, show_workers
+from hpo.draft import drafting_trainer  # noqa: F401 - hpo init's choice, long imported from here
 from hpo.errors import (
     ConfigError,
     FailureBudgetExceeded,
@@ -26,9 +27,6 @@ from hpo.errors import (
     StudyStateError,
     Terminated,
 )
-
-if TYPE_CHECKING:
-    from hpo.contract import Trainer
 
 logger = logging.getLogger("hpo")
 
@@ -839,90 +837,32 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from hpo.config import load_study
-    from hpo.contract import resolve_trainer
-    from hpo.draft import render_study, study_name
+    from hpo.draft import write_drafted_study
 
-    output, data = Path(args.output), Path(args.data_file)
+    output = Path(args.output)
     if args.overrides:  # it writes a file, it reads none: a --set would do nothing
         keys = ", ".join(dict.fromkeys(o.split("=", 1)[0] for o in args.overrides))
         raise ConfigError(
             f"hpo init takes no --set; run it without, then edit {keys} in {output} "
             "(or give --set to the commands that read it)"
         )
-    if output.exists() and not args.force:
-        raise ConfigError(f"{output} exists; choose another -o FILE or pass --force", field="-o")
-    if not data.exists():
-        raise ConfigError(
-            f"{data} does not exist; give a table (CSV, TSV, JSON lines, Parquet) or an image "
-            "folder with one sub-folder per class"
-        )
-    ref = args.trainer or drafting_trainer(data)
-    trainer = resolve_trainer(ref, Path.cwd(), path=None)
-    draft_study = trainer.draft_study
-    if draft_study is None:
-        raise ConfigError(f"{ref} cannot draft a study (no draft_study hook)")
-    options = _draft_options(args, draft_study, ref)
-    try:
-        draft = draft_study(data, **options)
-    except ValueError as e:
-        raise ConfigError(str(e), path=str(data)) from None
-    # trainer.args paths resolve against the study file's folder.
-    draft.args["dataset"]["path"] = _path_from(output, data)
-    if args.model and Path(args.model).expanduser().exists():
-        local = _path_from(output, Path(args.model).expanduser())
-        draft.args["model"] = local if local.startswith(("/", ".")) else f"./{local}"
-    text = render_study(
-        draft, name=study_name(data.stem), trainer_ref=ref, data=str(data), storage=args.storage
+    options = {name: getattr(args, name) for name in INIT_OPTIONS if getattr(args, name)}
+    draft = write_drafted_study(
+        Path(args.data_file),
+        output,
+        trainer_ref=args.trainer,
+        options=options,
+        storage=args.storage,
+        force=args.force,
     )
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(text, encoding="utf-8")
-    try:
-        load_study(output)  # the promise: it validates as written
-    except ConfigError:
-        output.unlink()
-        raise
     for finding in draft.findings:
         print(f"  {finding}")
     print(f"wrote {output}; check it with `hpo validate {output}`, run it with `hpo run {output}`")
     return 0
 
 
-def drafting_trainer(data: Path) -> str:
-    """The ``trainer.ref`` that ``hpo init`` drafts ``data`` with (images or text).
-
-    Of the registered trainers with a ``draft_study`` hook, the first whose
-    ``recognises_data`` takes the data; else the first without that hook (text), which
-    takes whatever the others do not.
-    """
-    drafting = [(ref, t) for ref, t in registered().items() if t.draft_study is not None]
-    for ref, trainer in drafting:
-        if trainer.recognises_data is not None and trainer.recognises_data(data):
-            return ref
-    return next(ref for ref, trainer in drafting if trainer.recognises_data is None)
-
-
-def _draft_options(args: argparse.Namespace, draft_study: Any, ref: str) -> dict[str, str]:
-    """The init flags given, refusing one this trainer's draft does not take."""
-    import inspect
-
-    given = {
-        name: getattr(args, name)
-        for name in ("model", "text_column", "image_column", "label_column")
-        if getattr(args, name)
-    }
-    taken = inspect.signature(draft_study).parameters
-    for name in given:
-        if name not in taken:
-            flag = "--" + name.replace("_", "-")
-            raise ConfigError(f"{flag} does not apply to {ref} drafts; leave it out")
-    return given
-
-
-def _path_from(output: Path, path: Path) -> str:
-    """``path`` relative to the study file's folder; absolute when that is far away."""
-    relative = os.path.relpath(path.resolve(), output.resolve().parent)
-    return str(path.resolve()) if relative.startswith(f"..{os.sep}..") else relative
+# The init flags a trainer's draft_study hook may take (as keyword arguments).
+INIT_OPTIONS = ("model", "text_column", "image_column", "label_column")
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -939,28 +879,13 @@ def cmd_schema(args: argparse.Namespace) -> int:
         }
     else:
         from hpo.config import study_schema
+        from hpo.contract import load_registered_trainers
 
-        args_models = {ref: t.args_model for ref, t in registered().items() if t.args_model}
+        trainers = load_registered_trainers()
+        args_models = {ref: t.args_model for ref, t in trainers.items() if t.args_model}
         schema = study_schema(args_models)
     print(json.dumps(schema, indent=2))
     return 0
-
-
-def registered() -> dict[str, Trainer]:
-    """``trainer.ref`` -> trainer, of every registered trainer (hpo's and other packages').
-
-    One that cannot be imported (a broken install) is left out with a warning: the others
-    still draft studies and make the schema.
-    """
-    from hpo.contract import registered_trainers, resolve_trainer
-
-    found = {}
-    for name, ref in registered_trainers().items():
-        try:
-            found[ref] = resolve_trainer(ref, Path.cwd())
-        except ConfigError as e:
-            logger.warning("trainer %s (%s) is left out: %s", name, ref, e)
-    return found
 
 
 def _print_summary(summary: Any) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from hpo.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 # (field under trainer.args, message) when a check finds a problem, else None.
 Problem = tuple[str, str] | None
@@ -207,3 +210,18 @@ def _find_local(module_name: str, folders: list[Path]) -> ModuleSpec | None:
         if depth == 1 and any(Path(p).resolve() == shipped for p in search or []):
             return None
     return spec
+
+
+def load_registered_trainers() -> dict[str, Trainer]:
+    """``trainer.ref`` -> trainer, of every registered trainer (hpo's and other packages').
+
+    One that cannot be imported (a broken install) is left out with a warning: the others
+    still draft studies and make the schema.
+    """
+    found = {}
+    for name, ref in registered_trainers().items():
+        try:
+            found[ref] = resolve_trainer(ref, Path.cwd())
+        except ConfigError as e:
+            logger.warning("trainer %s (%s) is left out: %s", name, ref, e)
+    return found

@@ -1,19 +1,118 @@
 """A commented study file from a trainer's draft: what ``hpo init DATA`` writes.
 
 The trainer looks at the data and proposes args, a space and a budget (its
-``draft_study`` hook); this module only lays the proposal out as YAML, with the trainer's
-findings as comments, so the file explains itself and passes ``hpo validate`` unchanged.
+``draft_study`` hook); this module picks the trainer, asks it, lays the proposal out as
+YAML with the trainer's findings as comments, so the file explains itself, and writes it
+only if it passes ``hpo validate`` unchanged.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import inspect
+import os
 import re
+from pathlib import Path
 from typing import Any
 
 import yaml
 
-from hpo.config import DEFAULT_STORAGE
+from hpo.config import DEFAULT_STORAGE, load_study
+from hpo.contract import load_registered_trainers, resolve_trainer
+from hpo.errors import ConfigError
+
+
+def write_drafted_study(
+    data: Path,
+    output: Path,
+    *,
+    trainer_ref: str | None = None,
+    options: dict[str, str] | None = None,
+    storage: str | None = None,
+    force: bool = False,
+) -> Any:
+    """Draft a study for ``data`` with a trainer's ``draft_study`` hook; write ``output``.
+
+    Args:
+        data: the user's table or image folder.
+        output: the study file to write; its folder is where the file's paths start.
+        trainer_ref: the drafting trainer (default: :func:`drafting_trainer` picks one).
+        options: the ``hpo init`` flags given (``model``, ``text_column``, ...).
+        storage: the study's storage URL (default: ``DEFAULT_STORAGE``).
+        force: replace an existing ``output``.
+
+    Returns:
+        The trainer's draft (its ``findings`` say why it looks as it does).
+
+    Raises:
+        ConfigError: ``output`` exists, ``data`` is missing or the trainer refuses it, a
+            flag the trainer's draft does not take, or a file that would not validate
+            (nothing is left written).
+    """
+    options = options or {}
+    if output.exists() and not force:
+        raise ConfigError(f"{output} exists; choose another -o FILE or pass --force", field="-o")
+    if not data.exists():
+        raise ConfigError(
+            f"{data} does not exist; give a table (CSV, TSV, JSON lines, Parquet) or an image "
+            "folder with one sub-folder per class"
+        )
+    ref = trainer_ref or drafting_trainer(data)
+    draft_study = resolve_trainer(ref, Path.cwd(), path=None).draft_study
+    if draft_study is None:
+        raise ConfigError(f"{ref} cannot draft a study (no draft_study hook)")
+    _check_options(options, draft_study, ref)
+    try:
+        draft = draft_study(data, **options)
+    except ValueError as e:
+        raise ConfigError(str(e), path=str(data)) from None
+    # trainer.args paths resolve against the study file's folder.
+    draft.args["dataset"]["path"] = _path_from(output, data)
+    model = options.get("model")
+    if model and Path(model).expanduser().exists():
+        local = _path_from(output, Path(model).expanduser())
+        draft.args["model"] = local if local.startswith(("/", ".")) else f"./{local}"
+    text = render_study(
+        draft, name=study_name(data.stem), trainer_ref=ref, data=str(data), storage=storage
+    )
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text, encoding="utf-8")
+    try:
+        load_study(output)  # the promise: it validates as written
+    except ConfigError:
+        output.unlink()
+        raise
+    return draft
+
+
+def drafting_trainer(data: Path) -> str:
+    """The ``trainer.ref`` that ``hpo init`` drafts ``data`` with (images or text).
+
+    Of the registered trainers with a ``draft_study`` hook, the first whose
+    ``recognises_data`` takes the data; else the first without that hook (text), which
+    takes whatever the others do not.
+    """
+    trainers = load_registered_trainers()
+    drafting = [(ref, t) for ref, t in trainers.items() if t.draft_study is not None]
+    for ref, trainer in drafting:
+        if trainer.recognises_data is not None and trainer.recognises_data(data):
+            return ref
+    return next(ref for ref, trainer in drafting if trainer.recognises_data is None)
+
+
+def _check_options(options: dict[str, str], draft_study: Any, ref: str) -> None:
+    """Refuse an init flag this trainer's draft does not take."""
+    taken = inspect.signature(draft_study).parameters
+    for name in options:
+        if name not in taken:
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{flag} does not apply to {ref} drafts; leave it out")
+
+
+def _path_from(output: Path, path: Path) -> str:
+    """``path`` relative to the study file's folder; absolute when that is far away."""
+    relative = os.path.relpath(path.resolve(), output.resolve().parent)
+    return str(path.resolve()) if relative.startswith(f"..{os.sep}..") else relative
 
 
 def study_name(stem: str) -> str:

@@ -6,34 +6,28 @@ from pathlib import Path
 
 import pytest
 
-from hpo.trainers import image_classification as ic
 from hpo.trainers import labels
-from hpo.trainers import text_classification as tc
+from hpo.trainers.dataset import split_indices
 
 FRACTIONS = [(0.2, 0.2), (0.1, 0.1), (0.3, 0.0), (0.2, 0.5), (0.15, 0.25)]
 
 
 def splits(counts: dict[str, int], validation: float, test: float, seed: int) -> None:
-    """Split labels of ``counts`` as each trainer does (images: scikit-learn; texts:
-    ``datasets``); raises what a trial would."""
-    import datasets
-
-    names = [name for name, n in counts.items() for _ in range(n)]
+    """Split labels of ``counts`` as both trainers do (the shared rule); raises what a
+    trial would."""
     index = {name: i for i, name in enumerate(counts)}
-    image_spec = ic.ImageDatasetArgs(path="x", validation_fraction=validation, test_fraction=test)
-    ic._split(list(range(len(names))), [index[n] for n in names], image_spec, seed)
-    text_spec = tc.DatasetArgs(path="x", validation_fraction=validation, test_fraction=test)
-    table = datasets.Dataset.from_dict({"label": names}).class_encode_column("label")
-    tc._split(datasets.DatasetDict({"train": table}), text_spec, seed)
+    split_indices(
+        [index[name] for name, n in counts.items() for _ in range(n)], validation, test, seed
+    )
 
 
 @pytest.mark.parametrize(("validation", "test"), FRACTIONS)
 @pytest.mark.parametrize("n_rows", [40, 101, 1000])
-def test_a_class_of_the_minimum_size_survives_both_real_splits(
+def test_a_class_of_the_minimum_size_survives_the_real_split(
     validation: float, test: float, n_rows: int
 ) -> None:
     """Whatever the seed breaks ties with, classes of min_per_class rows (the smallest
-    class, or several of them) are taken by the text and the image trainer's splits."""
+    class, or several of them) are taken by the split both trainers make."""
     need = labels.min_per_class(n_rows, validation, test)
     for small in (1, 3):
         counts = {f"rare{i}": need for i in range(small)}

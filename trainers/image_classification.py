@@ -13,78 +13,45 @@ process (:data:`trainers._hf.CACHE`). Augmentation uses PIL only (torchvision is
 needed).
 
 For ``hpo init``, ``train.recognises_data`` claims image folders and tables of image
-paths, and ``train.draft_study`` proposes a study for them (classes, sizes, modes and
-balance read from the files; nothing is trained).
+paths, and ``train.draft_study`` proposes a study for them (:mod:`trainers.drafts.image`:
+classes, sizes, modes and balance read from the files; nothing is trained).
 """
 
 from __future__ import annotations
 
-import itertools
-import json
 import logging
 import random
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field
 
 from hpo.contract import Trainer
 from hpo.trainer import TrialContext
 from hpo.trainers import _hf
 from hpo.trainers._hf import HFTrainingArgs, relative_to
-from hpo.trainers.drafts import (
-    SEARCH_SAMPLE,
-    Draft,
-    check_columns,
-    detect_label_column,
-    read_rows,
-)
+from hpo.trainers.dataset import LabelledDatasetArgs, missing_path, split
+from hpo.trainers.drafts import check_columns, draft_image_classification, recognises_images
+from hpo.trainers.image_files import TABLE_FORMATS, class_images
 from hpo.trainers.labels import SHOWN, check_classes, check_label_column, plural, read_column
+from hpo.trainers.model_facts import LAYOUTS
 
 logger = logging.getLogger(__name__)
 
 _AUTO_CLASS = "AutoModelForImageClassification"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-TABLE_FORMATS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
-# Where each known architecture keeps its stem and its stages (CNNs) or blocks (ViTs),
-# as attribute paths below ``model.base_model``: what freeze_layers freezes.
-LAYOUTS = {
-    "resnet": ("embedder", "encoder.stages"),
-    "convnext": ("embeddings", "encoder.stages"),
-    "convnextv2": ("embeddings", "encoder.stages"),
-    "vit": ("embeddings", "layers"),
-    "deit": ("embeddings", "layers"),
-}
 THUMBNAIL_PX = 48
 
 
-class ImageDatasetArgs(BaseModel):
+class ImageDatasetArgs(LabelledDatasetArgs):
     """Where the images come from: a folder, a table of paths and labels, or a hub set."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    SOURCES: ClassVar[str] = "`path` (an image folder or a table) or `hub` (a data set)"
 
     path: str | None = Field(
         None, description="a folder with one sub-folder per class, or a CSV/JSONL/Parquet file"
     )
-    hub: str | None = Field(None, description="a hub data set name (needs internet)")
-    hub_config: str | None = None
     image_column: str = Field("image", description="image paths, relative to the table file")
-    label_column: str = "label"
-    validation_fraction: float = Field(0.2, gt=0, lt=1)
-    test_fraction: float = Field(0.2, ge=0, lt=1)
-    max_train_samples: int | None = Field(None, gt=0)
-
-    @model_validator(mode="after")
-    def _one_source(self) -> ImageDatasetArgs:
-        if (self.path is None) == (self.hub is None):
-            raise ValueError(
-                "give exactly one of `path` (an image folder or a table) or `hub` (a data set)"
-            )
-        if self.validation_fraction + self.test_fraction >= 0.9:
-            raise ValueError("validation_fraction + test_fraction must leave data to train on")
-        return self
 
 
 class ImageClassificationArgs(HFTrainingArgs):
@@ -134,21 +101,9 @@ def _load_images(spec: ImageDatasetArgs, study_dir: Path, seed: int) -> Images:
     label_names = sorted(set(labels))
     index = {name: i for i, name in enumerate(label_names)}
     names = [str(f.relative_to(path) if path.is_dir() else f.name) for f in files]
-    parts = _split(list(range(len(files))), [index[label] for label in labels], spec, seed)
+    parts = split([index[label] for label in labels], spec, seed)
     splits = {k: ([images[i] for i in v], [index[labels[i]] for i in v]) for k, v in parts.items()}
     return Images(splits, {k: [names[i] for i in v] for k, v in parts.items()}, label_names)
-
-
-def class_images(folder: Path) -> dict[str, list[Path]]:
-    """Each class sub-folder's image files, sorted; nested folders count for their class.
-
-    Hidden sub-folders (``.ipynb_checkpoints``, ``.git``) are no classes.
-    """
-    return {
-        sub.name: [f for f in sorted(sub.rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES]
-        for sub in sorted(p for p in folder.iterdir() if p.is_dir())
-        if not sub.name.startswith(".")
-    }
 
 
 def _folder_files(folder: Path) -> tuple[list[Path], list[str]]:
@@ -206,12 +161,9 @@ def _hub_images(spec: ImageDatasetArgs, seed: int) -> Images:
         return [im.convert("RGB") for im in split[spec.image_column]], labels
 
     pool = column(raw["train"])
-    if {"validation", "test"} <= set(raw):
-        splits = {"train": pool, "validation": column(raw["validation"])}
-        splits["test"] = column(raw["test"])
-    else:
-        parts = _split(list(range(len(pool[1]))), pool[1], spec, seed)
-        splits = {k: ([pool[0][i] for i in v], [pool[1][i] for i in v]) for k, v in parts.items()}
+    parts = split(pool[1], spec, seed, set(raw))
+    splits = {k: ([pool[0][i] for i in v], [pool[1][i] for i in v]) for k, v in parts.items()}
+    splits.update({k: column(raw[k]) for k in ("validation", "test") if k not in parts})
     names = {k: [f"{k}[{i}]" for i in range(len(v[1]))] for k, v in splits.items()}
     return Images(splits, names, [str(n) for n in label_names])
 
@@ -256,27 +208,6 @@ def unreadable_images(files: list[Path]) -> list[tuple[int, str]]:
         except Exception as e:  # PIL raises many kinds for a broken file; each is a finding
             bad.append((i, str(e) or type(e).__name__))
     return bad
-
-
-def _split(
-    indices: list[int], labels: list[int], spec: ImageDatasetArgs, seed: int
-) -> dict[str, list[int]]:
-    """Train / validation / test index lists, stratified by label and seeded."""
-    from sklearn.model_selection import train_test_split
-
-    test: list[int] = []
-    pool, pool_labels = indices, labels
-    if spec.test_fraction > 0:
-        pool, test, pool_labels, _ = train_test_split(
-            indices, labels, test_size=spec.test_fraction, random_state=seed, stratify=labels
-        )
-    fraction = spec.validation_fraction / (1 - spec.test_fraction)
-    train, validation = train_test_split(
-        pool, test_size=fraction, random_state=seed, stratify=pool_labels
-    )
-    if spec.max_train_samples:
-        train = random.Random(seed).sample(train, min(spec.max_train_samples, len(train)))
-    return {"train": list(train), "validation": list(validation), "test": list(test)}
 
 
 def image_processor(model_path: str) -> Any:
@@ -541,278 +472,6 @@ def thumbnail(image: Any) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-# --- hpo init: a study drafted from the user's images ------------------------------------
-
-# No pretrained image model ships with hpo; a small ImageNet ResNet from the hub (4 stages,
-# 11M parameters) is the default, and --model names a local folder instead.
-DEFAULT_MODEL = "microsoft/resnet-18"
-DEFAULT_MODEL_FACTS = {"model_type": "resnet", "stages": 4}
-MIN_PER_CLASS = 5  # the stratified training, validation and test splits each need one
-HEADER_SAMPLE = 200  # images whose size and mode the draft reads (headers only)
-EPOCHS = 5  # the most a drafted trial trains; Hyperband's largest resource
-
-
-def recognises_data(path: Path) -> bool:
-    """Whether ``hpo init`` drafts an image study: a folder, or a table of image paths."""
-    if path.is_dir():
-        return True  # only images come as a folder; its draft says what is wrong with it
-    if path.suffix.lower() not in TABLE_FORMATS or not path.is_file():
-        return False
-    try:
-        return _image_column(read_rows(path)) is not None
-    except (ValueError, OSError):
-        return False  # not a table this trainer reads: let the text draft say why
-
-
-def draft_study(
-    path: Path,
-    *,
-    image_column: str | None = None,
-    label_column: str | None = None,
-    model: str | None = None,
-) -> Draft:
-    """An image-classification study for an image folder or a table of image paths.
-
-    Args:
-        path: a folder with one sub-folder per class, or a CSV/JSON lines/Parquet file.
-        image_column: the table's column of image paths (default: detected).
-        label_column: the table's label column (default: detected).
-        model: a local model folder or a hub id (default: :data:`DEFAULT_MODEL`).
-
-    Raises:
-        ValueError: no images, one class, a class with too few images, an unreadable
-            image, or a table column or file that does not exist.
-    """
-    if path.is_dir():
-        if image_column or label_column:
-            raise ValueError(
-                "--image-column and --label-column name a table's columns; an image "
-                "folder's classes are its sub-folders"
-            )
-        by_class = _folder_classes(path)
-        dataset: dict[str, Any] = {"path": str(path)}
-        source, where = "one sub-folder per class", "sub-folder"
-    else:
-        by_class, image, label = _table_classes(path, image_column, label_column)
-        dataset = {"path": str(path), "image_column": image, "label_column": label}
-        source, where = f"image paths in `{image}`, labels in `{label}`", f"class in `{label}`"
-    _check_classes(by_class, where)
-    return _sized_image_draft(dataset, by_class, source, model)
-
-
-def _image_column(rows: list[dict[str, Any]]) -> str | None:
-    """The first column whose values are mostly image file names."""
-    sample = rows[:100]
-    for column in rows[0]:
-        names = [str(row.get(column) or "").lower() for row in sample]
-        if sum(name.endswith(IMAGE_SUFFIXES) for name in names) >= 0.8 * len(names):
-            return column
-    return None
-
-
-def _folder_classes(folder: Path) -> dict[str, list[Path]]:
-    if not any(folder.iterdir()):
-        raise ValueError(
-            "the folder is empty; put each class's images in a sub-folder named after the "
-            f"class ({folder}/CLASS/IMAGE.png)"
-        )
-    by_class = {label: files for label, files in class_images(folder).items() if files}
-    if by_class:
-        return by_class
-    loose = next((f for f in sorted(folder.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES), None)
-    if loose is not None:
-        raise ValueError(
-            "images but no class sub-folders; move each class's images into a sub-folder "
-            f"named after the class ({folder}/CLASS/{loose.name})"
-        )
-    raise ValueError(
-        f"no images ({', '.join(IMAGE_SUFFIXES)}) in its sub-folders; give a folder with one "
-        f"sub-folder of images per class ({folder}/CLASS/IMAGE.png)"
-    )
-
-
-def _table_classes(
-    table: Path, image_column: str | None, label_column: str | None
-) -> tuple[dict[str, list[Path]], str, str]:
-    if table.suffix.lower() not in TABLE_FORMATS:
-        raise ValueError(
-            f"the image trainer reads {', '.join(TABLE_FORMATS)} tables, not {table.suffix}"
-        )
-    rows = read_rows(table)
-    columns = list(rows[0])
-    image = image_column or _image_column(rows)
-    if image is None:
-        raise ValueError(
-            f"no column of image paths among {', '.join(columns)}; use --image-column"
-        )
-    label = label_column or detect_label_column(rows, columns, exclude=image)
-    for given, flag in ((image, "--image-column"), (label, "--label-column")):
-        if given not in columns:
-            raise ValueError(f"no column {given!r} (columns: {', '.join(columns)}); use {flag}")
-    by_class: dict[str, list[Path]] = {}
-    for row in rows:
-        file = relative_to(str(row[image]), table.parent)
-        if not file.is_file():
-            raise ValueError(
-                f"{image} {row[image]!r} does not exist; image paths start at the table's folder"
-            )
-        by_class.setdefault(str(row[label]), []).append(file)
-    return by_class, image, label
-
-
-def _check_classes(by_class: dict[str, list[Path]], where: str) -> None:
-    if len(by_class) < 2:
-        raise ValueError(
-            f"images of one class only ({', '.join(by_class)}); a classifier needs two or "
-            f"more: add a {where} of images for each class"
-        )
-    label, files = min(by_class.items(), key=lambda item: len(item[1]))
-    if len(files) < MIN_PER_CLASS:
-        raise ValueError(
-            f"{where} {label} holds {len(files)} images; each class needs {MIN_PER_CLASS} or "
-            f"more (to train, validate and test on): add images or remove the {where}"
-        )
-
-
-def _sampled_headers(by_class: dict[str, list[Path]]) -> tuple[Counter[str], Counter[str]]:
-    """Sizes and colour modes of up to :data:`HEADER_SAMPLE` images, spread over classes."""
-    from PIL import Image, UnidentifiedImageError
-
-    files = [f for group in itertools.zip_longest(*by_class.values()) for f in group if f]
-    sizes: Counter[str] = Counter()
-    modes: Counter[str] = Counter()
-    for file in files[:: max(1, len(files) // HEADER_SAMPLE)][:HEADER_SAMPLE]:
-        try:
-            with Image.open(file) as image:  # reads the header, decodes nothing
-                sizes[f"{image.width}x{image.height}"] += 1
-                modes[image.mode] += 1
-        except (UnidentifiedImageError, OSError) as e:
-            raise ValueError(f"{file} is not a readable image ({e}); replace or remove it") from e
-    return sizes, modes
-
-
-def _model_facts(model: str) -> dict[str, Any]:
-    """A local model folder's architecture, stage count and input size, where it says them."""
-    if model == DEFAULT_MODEL:
-        return dict(DEFAULT_MODEL_FACTS)
-    folder = Path(model).expanduser()
-    facts: dict[str, Any] = {}
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-        processor = json.loads((folder / "preprocessor_config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return facts  # a hub id, or a folder hpo validate will look at
-    facts["model_type"] = config.get("model_type")
-    stages = config.get("depths") or [None] * int(config.get("num_hidden_layers") or 0)
-    facts["stages"] = len(stages)
-    size = processor.get("size") or {}
-    if isinstance(size, dict) and {"height", "width"} <= set(size):
-        facts["input"] = f"{size['width']}x{size['height']}"
-    elif isinstance(size, dict) and "shortest_edge" in size:
-        facts["input"] = f"a shortest edge of {size['shortest_edge']}"
-    return facts
-
-
-def _sized_image_draft(
-    dataset: dict[str, Any], by_class: dict[str, list[Path]], source: str, model: str | None
-) -> Draft:
-    counts = Counter({label: len(files) for label, files in by_class.items()})
-    n = sum(counts.values())
-    held_out = 0.1 if n >= 5_000 else 0.2
-    n_train = int(n * (1 - 2 * held_out))
-    balance = min(counts.values()) / max(counts.values())
-    metric = "eval_accuracy" if balance >= 0.5 else "eval_f1"
-    n_trials = 8 if n_train <= 1_000 else 16 if n_train <= SEARCH_SAMPLE else 24
-    sizes, modes = _sampled_headers(by_class)
-    facts = _model_facts(model or DEFAULT_MODEL)
-    dataset.update(validation_fraction=held_out, test_fraction=held_out)
-    args: dict[str, Any] = {"model": model or DEFAULT_MODEL, "dataset": dataset}
-    notes = {}
-    if model is None:
-        notes["model"] = (
-            "no pretrained image model ships with hpo: this hub model needs internet; "
-            "offline, put a local model folder here (one saved with save_pretrained)"
-        )
-    findings = [
-        f"{n} images in {len(counts)} classes ({_most_common(counts)}); {source}",
-        f"sampled {sum(sizes.values())} images: sizes {_most_common(sizes)}; modes "
-        f"{_most_common(modes)}"
-        + ("" if set(modes) == {"RGB"} else " (all become RGB)")
-        + (
-            f"; the model's image processor resizes them to {facts['input']}"
-            if "input" in facts
-            else ""
-        ),
-        f"objective {metric}: "
-        + (
-            "the classes are balanced"
-            if metric == "eval_accuracy"
-            else f"the classes are imbalanced (smallest/largest = {balance:.2f}); macro F1 "
-            "weighs every class, and class_weights: balanced weighs rare classes up in the loss"
-        ),
-        f"{n_trials} trials for {n_train} training images, Hyperband stops weak ones early",
-        "horizontal_flip is off: set it true if a mirrored image keeps its class (photos do; "
-        "digits and text do not)",
-    ]
-    if metric == "eval_f1":
-        args["class_weights"] = "balanced"
-    if n_train > SEARCH_SAMPLE:
-        dataset["max_train_samples"] = SEARCH_SAMPLE
-        findings.append(
-            f"each trial trains on {SEARCH_SAMPLE} of the {n_train} training images: "
-            "remove max_train_samples to fine-tune the winner on all of them"
-        )
-    rare = [label for label, count in counts.items() if count < 10]
-    if rare:
-        findings.append(
-            f"classes with under 10 images ({', '.join(rare[:5])}) make noisy validation "
-            "scores; add images"
-        )
-    space: dict[str, dict[str, Any]] = {
-        "learning_rate": {"type": "float", "low": 1.0e-5, "high": 1.0e-2, "log": True},
-        "optim": {"type": "categorical", "choices": ["adamw_torch", "sgd"]},
-        "per_device_train_batch_size": {
-            "type": "categorical",
-            "choices": [8, 16] if n_train < 500 else [16, 32],
-        },
-        "num_train_epochs": {"type": "int", "low": 2, "high": EPOCHS},
-        "weight_decay": {"type": "float", "low": 0.0, "high": 0.1},
-        "label_smoothing_factor": {"type": "float", "low": 0.0, "high": 0.2},
-        "augment_strength": {"type": "float", "low": 0.0, "high": 0.5},
-    }
-    if facts.get("model_type") in LAYOUTS and facts.get("stages"):
-        space["freeze_layers"] = {"type": "int", "low": 0, "high": max(1, facts["stages"] // 2)}
-        findings.append(
-            f"freeze_layers up to {space['freeze_layers']['high']} of the model's "
-            f"{facts['stages']} {facts['model_type']} stages: small data sets often gain"
-        )
-    else:
-        findings.append(
-            "freeze_layers is not searched: hpo knows the stages of "
-            f"{', '.join(sorted(LAYOUTS))} models only (or the model folder is not local)"
-        )
-    return Draft(
-        args=args,
-        search_space=space,
-        budget={"n_trials": n_trials, "timeout": "2h", "max_failures": 3},
-        objective={"metric": metric, "direction": "maximize"},
-        sampler={"type": "tpe", "multivariate": True, "n_startup_trials": max(4, n_trials // 4)},
-        pruner={
-            "type": "hyperband",
-            "min_resource": 1,
-            "max_resource": EPOCHS,
-            "reduction_factor": 3,
-        },
-        findings=findings,
-        notes=notes,
-    )
-
-
-def _most_common(counts: Counter[str], shown: int = 6) -> str:
-    text = ", ".join(f"{key}: {n}" for key, n in counts.most_common(shown))
-    return text + (", ..." if len(counts) > shown else "")
-
-
 # --- hooks the core calls (hpo/trainer.py) ----------------------------------------------
 
 
@@ -838,11 +497,8 @@ def check_files(args: ImageClassificationArgs, study_dir: Path) -> tuple[str, st
     """
     if args.dataset.path:
         path = relative_to(args.dataset.path, study_dir)
-        if not path.exists():
-            return (
-                "dataset.path",
-                f"{path} does not exist; relative paths start at the study file's folder",
-            )
+        if problem := missing_path(path, folder=True):
+            return problem
         if path.is_file() and path.suffix.lower() not in TABLE_FORMATS:
             return (
                 "dataset.path",
@@ -937,6 +593,6 @@ TRAINER = Trainer(
     resolve_model=resolve_model,
     save_model=save_model,
     task="image-classification",
-    recognises_data=recognises_data,
-    draft_study=draft_study,
+    recognises_data=recognises_images,
+    draft_study=draft_image_classification,
 )

@@ -1,10 +1,10 @@
 """The label checks ``hpo validate`` and ``hpo run`` make before any trial.
 
-A data set without splits is split by both shipped trainers the same way: a stratified
-test split, then a stratified validation split of the rest (``datasets``'
-``train_test_split`` for texts, scikit-learn's ``train_test_split`` for images; the first
-copies the second's ``StratifiedShuffleSplit``). Each split refuses a class of fewer than
-2 rows and a split with fewer rows than classes, and an empty or NaN label is a class of
+A data set without splits is split by both shipped trainers with one rule
+(:func:`trainers.dataset.split_indices`): a stratified test split, then a stratified
+validation split of the rest, each scikit-learn's ``train_test_split`` in the sizes
+:func:`trainers.dataset.split_sizes` counts. Each split refuses a class of fewer than 2
+rows and a split with fewer rows than classes, and an empty or NaN label is a class of
 its own. Found by a trial, each of these failed every trial until the failure budget ran
 out; here they are found by reading the label column (one column of the whole table).
 """
@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from hpo.trainers.dataset import split_sizes
 
 SHOWN = 5  # rows or classes named in a message; the rest are counted
 
@@ -98,14 +100,6 @@ def is_empty(value: Any) -> bool:
     if isinstance(value, float):
         return math.isnan(value)
     return value is None or (isinstance(value, str) and not value.strip())
-
-
-def split_sizes(n_rows: int, validation_fraction: float, test_fraction: float) -> dict[str, int]:
-    """The rows of each split, counted as scikit-learn and ``datasets`` count them."""
-    test = math.ceil(test_fraction * n_rows) if test_fraction > 0 else 0
-    pool = n_rows - test
-    validation = math.ceil(validation_fraction / (1 - test_fraction) * pool)
-    return {"train": pool - validation, "validation": validation, "test": test}
 
 
 def min_per_class(n_rows: int, validation_fraction: float, test_fraction: float) -> int:

@@ -28,6 +28,16 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validat
 BERT_LIKE = frozenset(
     {"bert", "roberta", "xlm-roberta", "camembert", "electra", "distilbert", "mpnet"}
 )
+# Where each known image architecture keeps its stem and its stages (CNNs) or blocks
+# (ViTs), as attribute paths below ``model.base_model``: what the image trainer's
+# freeze_layers freezes (and what its hpo init draft may search).
+LAYOUTS = {
+    "resnet": ("embedder", "encoder.stages"),
+    "convnext": ("embeddings", "encoder.stages"),
+    "convnextv2": ("embeddings", "encoder.stages"),
+    "vit": ("embeddings", "layers"),
+    "deit": ("embeddings", "layers"),
+}
 # Weight files in the order transformers prefers them: a folder with both formats loads
 # (and weighs) only the first one found.
 _WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field
 
 from hpo.contract import Trainer
 from hpo.trainer import TrialContext
@@ -28,6 +28,7 @@ from hpo.trainers import _hf
 from hpo.trainers._hf import CACHE as _CACHE
 from hpo.trainers._hf import HFTrainingArgs, reporter_class
 from hpo.trainers._hf import relative_to as _relative_to
+from hpo.trainers.dataset import LabelledDatasetArgs, missing_path, split
 from hpo.trainers.drafts import check_columns, draft_text_classification
 from hpo.trainers.labels import check_label_column
 from hpo.trainers.model_facts import (
@@ -54,29 +55,11 @@ DATA_FORMATS = {
 }
 
 
-class DatasetArgs(BaseModel):
+class DatasetArgs(LabelledDatasetArgs):
     """Where the examples come from and which columns hold text and label."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
     path: str | None = Field(None, description="CSV, JSON lines or Parquet; relative to study")
-    hub: str | None = Field(None, description="a hub data set name (needs internet)")
-    hub_config: str | None = None
     text_column: str = "text"
-    label_column: str = "label"
-    validation_fraction: float = Field(0.2, gt=0, lt=1)
-    test_fraction: float = Field(0.2, ge=0, lt=1)
-    max_train_samples: int | None = Field(None, gt=0)
-
-    @model_validator(mode="after")
-    def _one_source(self) -> DatasetArgs:
-        if (self.path is None) == (self.hub is None):
-            raise ValueError(
-                "give exactly one of `path` (a local file) or `hub` (a data set name)"
-            )
-        if self.validation_fraction + self.test_fraction >= 0.9:
-            raise ValueError("validation_fraction + test_fraction must leave data to train on")
-        return self
 
 
 class TextClassificationArgs(HFTrainingArgs):
@@ -221,9 +204,6 @@ def prepare_data(args: TextClassificationArgs, model_path: str, ctx: TrialContex
     ):
         raw = raw.class_encode_column("label")
     splits = _split(raw, spec, ctx.seed)
-    if spec.max_train_samples:
-        n = min(spec.max_train_samples, len(splits["train"]))
-        splits["train"] = splits["train"].shuffle(seed=ctx.seed).select(range(n))
     tokenizer = _hf.load_tokenizer(model_path)
 
     def tokenize(batch: dict[str, list]) -> dict[str, list]:
@@ -262,24 +242,14 @@ def _model_limit(model_path: str) -> int | None:
 
 
 def _split(raw: Any, spec: DatasetArgs, seed: int) -> Any:
-    """Train / validation / test, stratified by label, seeded; existing splits are kept."""
+    """Train (its sample) / validation / test: :func:`trainers.dataset.split`'s rule."""
     import datasets
 
-    names = set(raw)
-    if {"train", "validation", "test"} <= names:
-        return datasets.DatasetDict({k: raw[k] for k in ("train", "validation", "test")})
     pool = raw["train"]
-    test = raw["test"] if "test" in names else None
-    if test is None and spec.test_fraction > 0:
-        parts = pool.train_test_split(
-            test_size=spec.test_fraction, seed=seed, stratify_by_column="label"
-        )
-        pool, test = parts["train"], parts["test"]
-    fraction = spec.validation_fraction / (1 - (spec.test_fraction if "test" not in names else 0))
-    parts = pool.train_test_split(test_size=fraction, seed=seed, stratify_by_column="label")
-    result = {"train": parts["train"], "validation": parts["test"]}
-    result["test"] = test if test is not None else parts["test"].select([])
-    return datasets.DatasetDict(result)
+    parts = split(pool["label"], spec, seed, set(raw))
+    made = {name: pool.select(indices) for name, indices in parts.items()}
+    kept = {name: raw[name] for name in ("validation", "test") if name not in made}
+    return datasets.DatasetDict({**made, **kept})
 
 
 # --- model ------------------------------------------------------------------------------
@@ -379,11 +349,8 @@ def check_files(args: TextClassificationArgs, study_dir: Path) -> tuple[str, str
     """
     if args.dataset.path:
         path = _relative_to(args.dataset.path, study_dir)
-        if not path.is_file():
-            return (
-                "dataset.path",
-                f"{path} does not exist; relative paths start at the study file's folder",
-            )
+        if problem := missing_path(path):
+            return problem
         if path.suffix.lower() not in DATA_FORMATS:
             return (
                 "dataset.path",

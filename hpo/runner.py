@@ -215,6 +215,7 @@ class _Objective:
         try:
             params = suggest(trial, self.config.search_space)
             ctx = self._context(trial, params)
+            self._confirm_claim(trial)
         except BaseException as e:
             _record_failure(trial, e)
             raise
@@ -243,6 +244,21 @@ class _Objective:
             last = ctx.history[-1]["step"] if ctx.history else 0
             raise optuna.TrialPruned(f"pruned at step {last}")
         return self._objective_value(trial, metrics, _duration(ctx))
+
+    def _confirm_claim(self, trial: Any) -> None:
+        """Count the claim only if the study lock was held throughout it.
+
+        A database lock dies with its session without telling its holder; another worker
+        may then have read the budget before this trial existed and claimed the same slot.
+        The lock still held now, after the trial's creation committed, means no one else
+        held it in between. Otherwise the trial fails untrained as ``storage`` (not counted,
+        its parameters retried like any storage failure's) and the loop claims again.
+        """
+        if not self.lock.still_held():
+            raise StorageError(
+                f"trial {trial.number}: the study lock's database session was lost while "
+                "claiming it; the claim is not counted and its parameters are retried"
+            )
 
     def _context(self, trial: Any, params: dict[str, Any]) -> TrialContext:
         output_dir = study_folder(self.config) / f"trial-{trial.number:04d}"

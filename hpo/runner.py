@@ -77,7 +77,8 @@ def run_worker(
     interrupts = Interrupts()
     objective = _Objective(config, trainer, worker, lock, interrupts)
     callbacks: list[Callable[[Any, Any], Any]] = [_log_trial] + ([on_trial] if on_trial else [])
-    callbacks.append(_retry_storage_failure(config.workers.max_retries))
+    retry_failure = _retry_failure(config.workers.max_retries)
+    callbacks.append(retry_failure)
     if config.checkpoint_limit is not None:
         callbacks.append(lambda study, trial: _prune_checkpoints(study, config))
     ran = 0
@@ -107,8 +108,13 @@ def run_worker(
                 lock.release()
                 _wait_for_others(study)
                 continue
+            objective.trial = None
             try:
                 study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=callbacks)
+            except KeyboardInterrupt:
+                # Optuna failed the trial and runs no callback for an interrupt.
+                _retry_interrupted(study, objective.trial, retry_failure)
+                raise
             except Exception as e:
                 if not is_connection_error(e):
                     raise
@@ -147,9 +153,16 @@ def _recover_orphans(study: Any) -> None:
             mark_lost(study, trial.number)
 
 
-def _retry_storage_failure(max_retries: int) -> Callable[[Any, Any], None]:
-    """After a trial the storage failed (``storage``), retry its parameters from its last
-    checkpoint, as a lost worker's trial is (up to ``workers.max_retries`` times).
+# Failures whose parameters are retried from the trial's last checkpoint: the storage
+# failed under the trial, or a signal stopped it (a preempted pod, Ctrl-C).
+_RETRIED_FAILURES = {"storage": "storage error", "interrupted": "interrupted"}
+
+
+def _retry_failure(max_retries: int) -> Callable[[Any, Any], None]:
+    """After a trial the storage failed (``storage``) or a signal stopped (``interrupted``),
+    retry its parameters from its last checkpoint, as a lost worker's trial is (up to
+    ``workers.max_retries`` times). The retry waits in the study until a claim under the
+    study lock picks it up (Optuna's ``ask()`` takes waiting trials first), once.
 
     The trainer did nothing wrong: the failure is not counted against
     ``budget.max_failures`` (``hpo.budget``), and the point is not given up.
@@ -161,7 +174,8 @@ def _retry_storage_failure(max_retries: int) -> Callable[[Any, Any], None]:
     )
 
     def after(study: Any, trial: Any) -> None:
-        if trial.state.name != "FAIL" or trial.user_attrs.get(st.ATTR_FAILURE) != "storage":
+        reason = trial.user_attrs.get(st.ATTR_FAILURE)
+        if trial.state.name != "FAIL" or reason not in _RETRIED_FAILURES:
             return
         # The retry starts clean: it has not failed (yet).
         failure = (st.ATTR_FAILURE, st.ATTR_FAILURE_MESSAGE)
@@ -171,9 +185,24 @@ def _retry_storage_failure(max_retries: int) -> Callable[[Any, Any], None]:
         except Exception as e:  # noqa: BLE001 - the budget then draws a new point instead
             logger.warning("trial %d: could not retry its parameters (%s)", trial.number, e)
             return
-        logger.warning("trial %d: storage error; retrying its parameters", trial.number)
+        why = _RETRIED_FAILURES[reason]
+        logger.warning("trial %d: %s; retrying its parameters", trial.number, why)
 
     return after
+
+
+def _retry_interrupted(
+    study: Any, trial: Any | None, retry: Callable[[Any, Any], None]
+) -> None:
+    """Queue the retry of the trial an interrupt just failed (a next run or another worker
+    resumes it from its checkpoint). Best effort: the process is stopping, and a storage
+    that fails now leaves the trial failed as ``interrupted``, as before."""
+    if trial is None:
+        return
+    try:
+        retry(study, study._storage.get_trial(trial._trial_id))
+    except Exception as e:  # noqa: BLE001 - stopping must not be blocked by the retry
+        logger.warning("trial %d: could not queue its retry (%s)", trial.number, e)
 
 
 def _prune_checkpoints(study: Any, config: StudyConfig) -> None:
@@ -208,10 +237,13 @@ class _Objective:
         self.worker = worker
         self.lock = lock
         self.interrupts = interrupts
+        #: The trial being run (the claim loop retries it after an interrupt).
+        self.trial: Any = None
 
     def __call__(self, trial: Any) -> float | list[float]:
         import optuna
 
+        self.trial = trial
         try:
             params = suggest(trial, self.config.search_space)
             ctx = self._context(trial, params)

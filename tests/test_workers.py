@@ -711,3 +711,34 @@ def test_a_claim_whose_lock_died_is_not_counted_twice(
     assert [t.user_attrs["hpo:failure"] for t in failed] == ["storage"]
     assert "lock" in failed[0].user_attrs["hpo:failure_message"]
     assert "hpo:metrics" not in failed[0].user_attrs  # never trained
+
+
+def test_an_interrupted_trial_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    # A preempted pod (SIGTERM) fails its trial as `interrupted`; the next run retries the
+    # same parameters from the trial's last checkpoint, as a lost worker's trial is, and the
+    # budget still ends at its total (before: the next run drew new parameters and started
+    # over, so a preempted long fine-tune lost its progress).
+    study_file = make_study(
+        tmp_path, f"sqlite:///{tmp_path / 'hpo.db'}", n_trials=2, epochs=4, epoch_s=0.5
+    )
+    config = load_study(study_file)
+    process = _hpo("run", study_file, tmp_path)
+    deadline = time.monotonic() + 90
+    while not list((tmp_path / "runs").glob("**/checkpoint-1/state.json")):
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=25)
+    assert process.returncode == 143, err
+    _assert_interrupted(config)
+    interrupted = next(t for t in trials_of(config) if t.state.name == "FAIL")
+    checkpoint_epoch = int(Path(interrupted.user_attrs["hpo:checkpoint"]).name.split("-")[1])
+    rerun = _hpo("run", study_file, tmp_path)
+    _, err = rerun.communicate(timeout=120)
+    assert rerun.returncode == 0, err
+    trials = trials_of(config)
+    states = Counter(t.state.name for t in trials)
+    assert states == {"COMPLETE": 2, "FAIL": 1}, states
+    retry = next(t for t in trials if t.user_attrs.get("hpo:resumed_from") == interrupted.number)
+    assert retry.params == interrupted.params and retry.state.name == "COMPLETE"
+    assert retry.user_attrs["hpo:resumed_at_epoch"] == checkpoint_epoch + 1

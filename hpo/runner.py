@@ -191,9 +191,7 @@ def _retry_failure(max_retries: int) -> Callable[[Any, Any], None]:
     return after
 
 
-def _retry_interrupted(
-    study: Any, trial: Any | None, retry: Callable[[Any, Any], None]
-) -> None:
+def _retry_interrupted(study: Any, trial: Any | None, retry: Callable[[Any, Any], None]) -> None:
     """Queue the retry of the trial an interrupt just failed (a next run or another worker
     resumes it from its checkpoint). Best effort: the process is stopping, and a storage
     that fails now leaves the trial failed as ``interrupted``, as before."""

@@ -581,6 +581,10 @@ def test_killed_postgres_connections_with_two_workers(
     stop = threading.Event()
     kills = 0
 
+    def started() -> bool:
+        log = (tmp_path / "err.txt").read_text()
+        return "[w0] trial" in log and "[w1] trial" in log
+
     def chaos() -> None:
         nonlocal kills
         deadline = time.monotonic() + 60
@@ -588,13 +592,14 @@ def test_killed_postgres_connections_with_two_workers(
         try:
             while not stop.is_set() and time.monotonic() < deadline:
                 with connection.cursor() as cursor:
-                    # A connection gets its first second: an open whose every attempt is
-                    # killed fails fast by design (rdb.OPEN_RETRIES, so a wrong host fails in
-                    # seconds), which under load ended 4 of 13 runs before any claim.
+                    # Until both workers run trials a connection gets its first second: an
+                    # open whose every attempt is killed fails fast by design (a wrong host
+                    # fails in seconds, rdb.OPEN_RETRIES), which under load ended 4 of 13
+                    # runs before any claim. Then every connection, at every tick.
+                    young = "" if started() else "AND backend_start < now() - interval '1 s'"
                     cursor.execute(
                         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                        "WHERE datname = %s AND pid <> pg_backend_pid() "
-                        "AND backend_start < now() - interval '1 second'",
+                        f"WHERE datname = %s AND pid <> pg_backend_pid() {young}",
                         (database,),
                     )
                     kills += cursor.rowcount

@@ -41,7 +41,9 @@ study's overrides (``--dry-run`` prints the command) against the same storage: t
 claiming is serialized per study, so no trial runs twice either way.
 
 ``--parallel N`` runs N studies at a time, each in its own process (spawned, and killed
-with the sweep on Linux so no orphan keeps training after the lock is gone).
+with the sweep on Linux so no orphan keeps training after the lock is gone). SIGTERM or
+Ctrl-C stops them as it stops ``hpo run``'s workers: each fails its running trial as
+``interrupted`` (the next run resumes it) and exits before the sweep releases its lock.
 """
 
 from __future__ import annotations

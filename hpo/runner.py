@@ -116,6 +116,8 @@ def run_worker(
                 _retry_interrupted(study, objective.trial, retry_failure)
                 raise
             except Exception as e:
+                if _failed_elsewhere(study, objective.trial, e):
+                    continue
                 if not is_connection_error(e):
                     raise
                 # Trial creation is never retried blindly; find what a lost commit left.
@@ -130,6 +132,29 @@ def run_worker(
         interrupts.uninstall()
         lock.close()
     return ran
+
+
+def _failed_elsewhere(study: Any, trial: Any | None, error: Exception) -> bool:
+    """True when Optuna could not tell our trial because it had already failed: another
+    worker's stale-trial check took it (storage retries held up its heartbeat longer than
+    ``workers.grace_period``) and retries it. Only that trial ends, not the worker."""
+    # Optuna raises ValueError("Cannot tell a FAIL trial"), replaced by the AssertionError
+    # of its own log step when the objective returned a value.
+    told = (error, error.__context__)
+    if trial is None or not any(isinstance(e, ValueError) for e in told):
+        return False
+    try:
+        state = study._storage.get_trial(trial._trial_id).state
+    except Exception:  # noqa: BLE001 - unknown: the original error stands
+        return False
+    if state.name != "FAIL":
+        return False
+    logger.warning(
+        "trial %d: failed by another worker meanwhile (no heartbeat within "
+        "workers.grace_period); its result is dropped",
+        trial.number,
+    )
+    return True
 
 
 def _recover_orphans(study: Any) -> None:

@@ -702,6 +702,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         run_sweep,
         shown_overrides,
     )
+    from hpo.workers import sigterm_as_interrupt
 
     try:
         today = dt.date.fromisoformat(args.date) if args.date else None
@@ -741,7 +742,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             print(f"  {run_command(sweep, row.study)}")
         return 0
     show_workers(args.parallel > 1)  # lines of studies running side by side carry their name
-    result = run_sweep(sweep, parallel=args.parallel)
+    with sigterm_as_interrupt():  # a CronJob's pod is stopped with SIGTERM: stop as Ctrl-C
+        result = run_sweep(sweep, parallel=args.parallel)
     if result.already_running:
         print(
             f"sweep {sweep.name!r} is already running: {result.already_running}; "

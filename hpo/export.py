@@ -94,7 +94,8 @@ def export_target(config: StudyConfig, to: str | Path, *, force: bool = False) -
 
     Raises:
         ConfigError: ``to`` holds the working folder, the study file, its storage file or
-            its output_dir (never replaced, even with ``force``); is a file or a link; or
+            its output_dir (never replaced, even with ``force``); is a file or a link; is
+            a folder this process cannot list; or
             is a non-empty folder that is not a previous export (never replaced), or is
             one and ``force`` is off.
     """
@@ -109,7 +110,13 @@ def export_target(config: StudyConfig, to: str | Path, *, force: bool = False) -
     if target.is_symlink() or (target.exists() and not target.is_dir()):
         kind = "a symbolic link" if target.is_symlink() else "a file"
         raise ConfigError(f"{shown} is {kind}; choose a new folder", field="--to")
-    held = sorted(p.name for p in target.iterdir()) if target.exists() else []
+    try:
+        held = sorted(p.name for p in target.iterdir()) if target.exists() else []
+    except PermissionError as e:  # another user's folder: the export could not write it
+        raise ConfigError(
+            f"{shown} cannot be read ({e.strerror}); choose a folder you can read and write",
+            field="--to",
+        ) from e
     if not held:
         return target
     previous = _previous_export(target)

@@ -78,7 +78,8 @@ def run_worker(
     interrupts = Interrupts()
     objective = _Objective(config, trainer, worker, lock, interrupts)
     callbacks: list[Callable[[Any, Any], Any]] = [_log_trial] + ([on_trial] if on_trial else [])
-    callbacks.append(_retry_storage_failure(config.workers.max_retries))
+    retry_failure = _retry_failure(config.workers.max_retries)
+    callbacks.append(retry_failure)
     if config.checkpoint_limit is not None:
         callbacks.append(lambda study, trial: _prune_checkpoints(study, config))
     ran = 0
@@ -108,9 +109,16 @@ def run_worker(
                 lock.release()
                 _wait_for_others(study)
                 continue
+            objective.trial = None
             try:
                 study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=callbacks)
+            except KeyboardInterrupt:
+                # Optuna failed the trial and runs no callback for an interrupt.
+                _retry_interrupted(study, objective.trial, retry_failure)
+                raise
             except Exception as e:
+                if _failed_elsewhere(study, objective.trial, e):
+                    continue
                 if not is_connection_error(e):
                     raise
                 # Trial creation is never retried blindly; find what a lost commit left.
@@ -125,6 +133,29 @@ def run_worker(
         interrupts.uninstall()
         lock.close()
     return ran
+
+
+def _failed_elsewhere(study: Any, trial: Any | None, error: Exception) -> bool:
+    """True when Optuna could not tell our trial because it had already failed: another
+    worker's stale-trial check took it (storage retries held up its heartbeat longer than
+    ``workers.grace_period``) and retries it. Only that trial ends, not the worker."""
+    # Optuna raises ValueError("Cannot tell a FAIL trial"), replaced by the AssertionError
+    # of its own log step when the objective returned a value.
+    told = (error, error.__context__)
+    if trial is None or not any(isinstance(e, ValueError) for e in told):
+        return False
+    try:
+        state = study._storage.get_trial(trial._trial_id).state
+    except Exception:  # noqa: BLE001 - unknown: the original error stands
+        return False
+    if state.name != "FAIL":
+        return False
+    logger.warning(
+        "trial %d: failed by another worker meanwhile (no heartbeat within "
+        "workers.grace_period); its result is dropped",
+        trial.number,
+    )
+    return True
 
 
 def _recover_orphans(study: Any) -> None:
@@ -148,9 +179,16 @@ def _recover_orphans(study: Any) -> None:
             mark_lost(study, trial.number)
 
 
-def _retry_storage_failure(max_retries: int) -> Callable[[Any, Any], None]:
-    """After a trial the storage failed (``storage``), retry its parameters from its last
-    checkpoint, as a lost worker's trial is (up to ``workers.max_retries`` times).
+# Failures whose parameters are retried from the trial's last checkpoint: the storage
+# failed under the trial, or a signal stopped it (a preempted pod, Ctrl-C).
+_RETRIED_FAILURES = {"storage": "storage error", "interrupted": "interrupted"}
+
+
+def _retry_failure(max_retries: int) -> Callable[[Any, Any], None]:
+    """After a trial the storage failed (``storage``) or a signal stopped (``interrupted``),
+    retry its parameters from its last checkpoint, as a lost worker's trial is (up to
+    ``workers.max_retries`` times). The retry waits in the study until a claim under the
+    study lock picks it up (Optuna's ``ask()`` takes waiting trials first), once.
 
     The trainer did nothing wrong: the failure is not counted against
     ``budget.max_failures`` (``hpo.budget``), and the point is not given up.
@@ -162,7 +200,8 @@ def _retry_storage_failure(max_retries: int) -> Callable[[Any, Any], None]:
     )
 
     def after(study: Any, trial: Any) -> None:
-        if trial.state.name != "FAIL" or trial.user_attrs.get(st.ATTR_FAILURE) != "storage":
+        reason = trial.user_attrs.get(st.ATTR_FAILURE)
+        if trial.state.name != "FAIL" or reason not in _RETRIED_FAILURES:
             return
         # The retry starts clean: it has not failed (yet).
         failure = (st.ATTR_FAILURE, st.ATTR_FAILURE_MESSAGE)
@@ -172,9 +211,22 @@ def _retry_storage_failure(max_retries: int) -> Callable[[Any, Any], None]:
         except Exception as e:  # noqa: BLE001 - the budget then draws a new point instead
             logger.warning("trial %d: could not retry its parameters (%s)", trial.number, e)
             return
-        logger.warning("trial %d: storage error; retrying its parameters", trial.number)
+        why = _RETRIED_FAILURES[reason]
+        logger.warning("trial %d: %s; retrying its parameters", trial.number, why)
 
     return after
+
+
+def _retry_interrupted(study: Any, trial: Any | None, retry: Callable[[Any, Any], None]) -> None:
+    """Queue the retry of the trial an interrupt just failed (a next run or another worker
+    resumes it from its checkpoint). Best effort: the process is stopping, and a storage
+    that fails now leaves the trial failed as ``interrupted``, as before."""
+    if trial is None:
+        return
+    try:
+        retry(study, study._storage.get_trial(trial._trial_id))
+    except Exception as e:  # noqa: BLE001 - stopping must not be blocked by the retry
+        logger.warning("trial %d: could not queue its retry (%s)", trial.number, e)
 
 
 def _prune_checkpoints(study: Any, config: StudyConfig) -> None:
@@ -209,13 +261,17 @@ class _Objective:
         self.worker = worker
         self.lock = lock
         self.interrupts = interrupts
+        #: The trial being run (the claim loop retries it after an interrupt).
+        self.trial: Any = None
 
     def __call__(self, trial: Any) -> float | list[float]:
         import optuna
 
+        self.trial = trial
         try:
             params = suggest(trial, self.config.search_space)
             ctx = self._context(trial, params)
+            self._confirm_claim(trial)
         except BaseException as e:
             _record_failure(trial, e)
             raise
@@ -244,6 +300,21 @@ class _Objective:
             last = ctx.history[-1]["step"] if ctx.history else 0
             raise optuna.TrialPruned(f"pruned at step {last}")
         return self._objective_value(trial, metrics, _duration(ctx))
+
+    def _confirm_claim(self, trial: Any) -> None:
+        """Count the claim only if the study lock was held throughout it.
+
+        A database lock dies with its session without telling its holder; another worker
+        may then have read the budget before this trial existed and claimed the same slot.
+        The lock still held now, after the trial's creation committed, means no one else
+        held it in between. Otherwise the trial fails untrained as ``storage`` (not counted,
+        its parameters retried like any storage failure's) and the loop claims again.
+        """
+        if not self.lock.still_held():
+            raise StorageError(
+                f"trial {trial.number}: the study lock's database session was lost while "
+                "claiming it; the claim is not counted and its parameters are retried"
+            )
 
     def _context(self, trial: Any, params: dict[str, Any]) -> TrialContext:
         output_dir = study_folder(self.config) / f"trial-{trial.number:04d}"

@@ -33,7 +33,7 @@ ATTR_CONFIG = "hpo:config"
 # Trial attributes.
 ATTR_METRICS = "hpo:metrics"  # final metrics the trainer returned (validation and test)
 ATTR_HISTORY = "hpo:history"  # every report: [{"step": 1, "eval_accuracy": ...}, ...]
-ATTR_FAILURE = "hpo:failure"  # exception | nan | oom | worker_lost
+ATTR_FAILURE = "hpo:failure"  # exception | nan | oom | worker_lost | interrupted | storage
 ATTR_FAILURE_MESSAGE = "hpo:failure_message"
 ATTR_CHECKPOINT = "hpo:checkpoint"  # folder of the last checkpoint the trainer wrote
 ATTR_OUTPUT_DIR = "hpo:output_dir"

@@ -41,7 +41,9 @@ study's overrides (``--dry-run`` prints the command) against the same storage: t
 claiming is serialized per study, so no trial runs twice either way.
 
 ``--parallel N`` runs N studies at a time, each in its own process (spawned, and killed
-with the sweep on Linux so no orphan keeps training after the lock is gone).
+with the sweep on Linux so no orphan keeps training after the lock is gone). SIGTERM or
+Ctrl-C stops them as it stops ``hpo run``'s workers: each fails its running trial as
+``interrupted`` (the next run resumes it) and exits before the sweep releases its lock.
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ import math
 import multiprocessing
 import os
 import re
+import signal
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,10 +66,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from hpo.config import StudyConfig, config_error, validate_source
-from hpo.errors import ConfigError, StorageError
+from hpo.errors import ConfigError, StorageError, Terminated
 from hpo.events import forward_to_queue, start_relay, stop_relay
 from hpo.source import Source, apply_override, name_as_written, read_source
 from hpo.storage import redact_url
+from hpo.workers import die_with_parent, sigterm_as_interrupt, stop_workers
 
 logger = logging.getLogger(__name__)
 
@@ -536,13 +541,16 @@ def _run_parallel(studies: list[PlannedStudy], parallel: int) -> list[StudyOutco
     running: dict[Any, tuple[int, Any, Any, PlannedStudy]] = {}
     outcomes: dict[int, StudyOutcome] = {}
     level = logging.getLogger().getEffectiveLevel()
+    stop_signal = signal.SIGTERM
     try:
         while pending or running:
             while pending and len(running) < parallel:
                 index, study = pending.pop(0)
                 receiver, sender = context.Pipe(duplex=False)
                 process = context.Process(
-                    target=_child, args=(study.config, sender, level, records), name=study.name
+                    target=_child,
+                    args=(study.config, sender, level, records, os.getpid()),
+                    name=study.name,
                 )
                 process.start()
                 sender.close()
@@ -550,9 +558,14 @@ def _run_parallel(studies: list[PlannedStudy], parallel: int) -> list[StudyOutco
             for sentinel in wait(list(running)):
                 index, process, receiver, study = running.pop(sentinel)
                 outcomes[index] = _collect(process, receiver, study.config)
+    except KeyboardInterrupt as e:
+        # Passed on as it came: a pod's SIGTERM reaches this process alone (PID 1).
+        stop_signal = signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT
+        raise
     finally:
-        for _, process, _, _ in running.values():
-            process.terminate()
+        # Each study fails its running trial as `interrupted` and exits, or is killed; the
+        # sweep lock is released only after that, so no study outlives it.
+        stop_workers([process for _, process, _, _ in running.values()], stop_signal)
         stop_relay(records, relay)
     return [outcomes[i] for i in sorted(outcomes)]
 
@@ -570,30 +583,23 @@ def _collect(process: Any, receiver: Any, config: StudyConfig) -> StudyOutcome:
     return outcome
 
 
-def _child(config: StudyConfig, sender: Any, level: int, records: Any) -> None:
-    """Entry point of a study's process: die with the sweep, log through the sweep."""
-    _die_with_parent()
+def _child(config: StudyConfig, sender: Any, level: int, records: Any, parent: int) -> None:
+    """Entry point of a study's process: die with the sweep, log through the sweep, and
+    stop on the sweep's SIGTERM or SIGINT as ``hpo run`` does (trial failed as
+    ``interrupted``, exit 143 or 130, no traceback)."""
+    die_with_parent(parent)
     forward_to_queue(records, level, worker_label=config.name)
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.ERROR if level > logging.DEBUG else level)
-    sender.send(_run_one(config))
-    sender.close()
-
-
-def _die_with_parent() -> None:
-    """Linux: get SIGTERM when the sweep process dies, so no study outlives its lock."""
     try:
-        import ctypes
-        import signal
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
-    except (OSError, AttributeError):  # not Linux: the parent terminates children itself
-        return
-    if os.getppid() == 1:  # the parent died before prctl took effect
-        os._exit(1)
+        with sigterm_as_interrupt():
+            sender.send(_run_one(config))
+    except Terminated:
+        sys.exit(Terminated.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sender.close()
 
 
 # --- the lock against overlapping invocations -------------------------------------------

@@ -243,7 +243,7 @@ def run_worker_processes(
     finally:
         # The relay still drains the workers' records here: a worker blocked writing its
         # log queue could not exit (see "joining processes that use queues").
-        _stop_workers(processes, interrupts.signum or signal.SIGTERM)
+        stop_workers(processes, interrupts.signum or signal.SIGTERM)
         interrupts.uninstall()
         stop_relay(records, relay)
     interrupts.check()
@@ -314,7 +314,7 @@ def _show_progress(study: Any, on_progress: Callable[[Any], None] | None, seen: 
         return seen
 
 
-def _stop_workers(processes: list[Any], signum: int) -> None:
+def stop_workers(processes: list[Any], signum: int) -> None:
     """Stop every worker still running, within a bounded time.
 
     Each gets ``signum`` (it reaches only the parent when Kubernetes stops a pod), fails

@@ -483,3 +483,27 @@ def test_export_force_replaces_a_previous_export(exportable: Path, capsys) -> No
         "hpo_export.json",
     ]
     assert [p.name for p in Path.cwd().iterdir() if ".partial" in p.name] == []
+
+
+def test_export_to_a_folder_it_cannot_read_is_one_line(
+    exportable: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A folder of another user (mode 700): listing it raises PermissionError. Simulated,
+    # since root (these tests' user in CI containers) reads every folder. Before: the bare
+    # "PermissionError: [Errno 13] ..." of an unexpected error, exit 1.
+    locked = tmp_path / "theirs"
+    locked.mkdir()
+    real_iterdir = Path.iterdir
+
+    def iterdir(self: Path):
+        if self == locked:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    assert main(["export", str(exportable), "--to", str(locked)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"hpo: error: --to: {locked} cannot be read (Permission denied); choose a folder "
+        "you can read and write"
+    ], err

@@ -362,3 +362,32 @@ def test_storage_errors_are_not_the_trainers_failures(toy_study, tmp_path: Path)
         retry = retries[trial.number]
         assert retry.params == trial.params and retry.state.name == "COMPLETE"
         assert retry.user_attrs["hpo:resumed_at_epoch"] == 2
+
+
+STOLEN_TRAINER = """\
+import optuna
+
+
+def train(ctx):
+    if ctx.trial.number == 0:
+        # Meanwhile another worker failed this trial as stale: storage retries held up its
+        # heartbeat longer than grace_period (seen with Postgres connections killed).
+        storage = ctx.trial.study._storage
+        storage.set_trial_state_values(ctx.trial._trial_id, optuna.trial.TrialState.FAIL)
+    return {"eval_accuracy": 0.5}
+"""
+
+
+def test_a_trial_another_worker_failed_meanwhile_ends_only_that_trial(
+    toy_study, tmp_path: Path
+) -> None:
+    # Before: Optuna's "Cannot tell a FAIL trial" ValueError ended the worker (exit 1).
+    (tmp_path / "stolen_trainer.py").write_text(STOLEN_TRAINER)
+    study_file = toy_study(n_trials=2)
+    study_file.write_text(
+        study_file.read_text().replace("trainers.toy:train", "stolen_trainer:train")
+    )
+    summary = run_study(load(study_file))
+    assert summary.finished == 2
+    states = [t.state.name for t in stored(tmp_path / "hpo.db").trials]
+    assert states == ["FAIL", "COMPLETE", "COMPLETE"]

@@ -568,6 +568,21 @@ def test_run_on_a_read_only_sqlite_file_says_so_in_one_line(
     assert "hpo status, best and report read it" in lines[-1]
 
 
+def test_run_on_a_read_only_journal_says_so_in_one_line(toy_study, read_only_folder: Path) -> None:
+    """Before: one bare line ``[Errno 30] Read-only file system: '.../hpo.log.hpo.lock'``."""
+    log = read_only_folder / "hpo.log"
+    study = toy_study(storage=f"journal:///{log}", n_trials=2)
+    assert run_hpo("run", str(study)).returncode == 0
+    study.write_text(study.read_text().replace("n_trials: 2", "n_trials: 4"))
+    result = _hpo_on_read_only_mount(read_only_folder, "run", str(study))
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert [line for line in lines if line.startswith("hpo: error:")] == lines[-1:]
+    assert lines[-1].startswith(f"hpo: error: {log} is read-only"), lines[-1]
+    assert "copy it to a writable folder" in lines[-1]
+    assert _hpo_on_read_only_mount(read_only_folder, "status", str(study)).returncode == 0
+
+
 def test_a_file_that_is_no_database_on_a_read_only_mount_is_named_as_such(
     toy_study, read_only_folder: Path
 ) -> None:

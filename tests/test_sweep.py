@@ -441,3 +441,60 @@ def test_dry_run_never_prints_a_password(tmp_path: Path, postgres_url, as_json: 
     printed = result.stdout + result.stderr
     assert "s3cret" not in printed
     assert "postgres:***@" in printed and "password=***" in printed
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("parallel", ["1", "2"])
+def test_sigterm_stops_a_sweep_like_ctrl_c(tmp_path: Path, parallel: str) -> None:
+    # A CronJob's pod is stopped with SIGTERM to its PID 1, the sweep: it stops its studies
+    # (their processes too), fails their running trials as `interrupted` (the next tick
+    # resumes them) and exits 143 (before: it died at once, its trial left RUNNING).
+    from tests.test_workers import _children, _kill_all, _wait_gone
+
+    storage = f"sqlite:///{tmp_path / 'hpo.db'}"
+    write_sweep(
+        tmp_path, "base: base.yaml\nmatrix: {sampler.type: [random, tpe]}\n", n_trials=4, spe=0.5
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hpo", "sweep", "sweep.yaml", "--no-compare"]
+        + ["--parallel", parallel],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    running: list = []
+    while not running:
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.2)
+        try:
+            trials = optuna.load_study(study_name="toy-1", storage=storage).get_trials()
+        except KeyError:
+            continue
+        running = [t for t in trials if t.state.name == "RUNNING"]
+    children = _children(process.pid)
+    try:
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=25)
+        assert process.returncode == 143, err
+        assert err.strip().splitlines()[-1] == "hpo: stopped by SIGTERM", err
+        assert _wait_gone(children, timeout=10) == set()
+    finally:
+        _kill_all(children)
+    for name in ("toy-1", "toy-2"):
+        try:
+            trials = optuna.load_study(study_name=name, storage=storage).get_trials()
+        except KeyError:  # not started (one at a time)
+            continue
+        assert [t for t in trials if t.state.name == "RUNNING"] == [], name
+        failed = {t.user_attrs.get("hpo:failure") for t in trials if t.state.name == "FAIL"}
+        assert failed <= {"interrupted"}, failed
+    failed_1 = [t for t in trials_of(storage, "toy-1") if t.state.name == "FAIL"]
+    assert [t.user_attrs["hpo:failure"] for t in failed_1] == ["interrupted"]
+
+
+def trials_of(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=storage).get_trials()

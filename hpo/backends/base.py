@@ -128,6 +128,15 @@ class Lock:
         self.release()
         self._close()
 
+    def still_held(self) -> bool:
+        """True when this process still holds the lock it took.
+
+        A file lock cannot be taken away; a database lock dies with its session, without a
+        word to its holder (a killed backend, a restarted server), so a claim made under it
+        must ask before it counts (:class:`~hpo.backends.rdb.SqlLock`).
+        """
+        return self.held
+
     def _take(self, *, block: bool) -> str | None:
         raise NotImplementedError
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from hpo.backends.base import Backend, FileLock, Lock, safe_name
+from hpo.backends.sqlite import _require_writable as require_writable
 from hpo.errors import StorageError
 
 
@@ -36,6 +37,8 @@ class JournalBackend(Backend):
         path = journal_path(real_url)
         if not read_only and path.parent and not path.parent.exists():
             raise StorageError(f"cannot create {path}: folder {path.parent} does not exist")
+        if not read_only:  # the log, Optuna's lock file and hpo's beside it: as SQLite's
+            require_writable(path)
         return heartbeat_journal_storage(
             str(path),
             heartbeat_interval=heartbeat.get("heartbeat_interval"),
@@ -49,6 +52,7 @@ class JournalBackend(Backend):
 
     def lock(self, real_url: str, kind: str, name: str, *, opening: bool = False) -> Lock:
         path = journal_path(real_url)
+        require_writable(path)  # a lock is taken to write; say why not before trying
         if kind == "study":
             return FileLock(path.with_name(f"{path.name}.hpo.lock"))
         return FileLock(path.with_name(f"{path.name}.{kind}-{safe_name(name)}.lock"))

@@ -37,6 +37,7 @@ class NamedLock(SqlLock):
 
     try_sql = "SELECT GET_LOCK(:key, 0)"
     release_sql = "SELECT RELEASE_LOCK(:key)"
+    held_sql = "SELECT IS_USED_LOCK(:key) = CONNECTION_ID()"
 
     def __init__(self, *args: Any, read_timeout_s: float, **kwargs: Any):
         super().__init__(*args, **kwargs)

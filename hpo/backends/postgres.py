@@ -66,6 +66,13 @@ class AdvisoryLock(SqlLock):
     acquire_sql = "SELECT pg_advisory_lock(hashtext(:key)) IS NOT NULL"
     try_sql = "SELECT pg_try_advisory_lock(hashtext(:key))"
     release_sql = "SELECT pg_advisory_unlock(hashtext(:key))"
+    # A one-bigint-key advisory lock shows in pg_locks as its high 32 bits (classid) and
+    # low 32 bits (objid) with objsubid 1; hashtext's int4 is sign-extended to that bigint.
+    held_sql = (
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"
+        " AND pid = pg_backend_pid() AND objsubid = 1"
+        " AND objid = (hashtext(:key)::bigint & 4294967295)::oid)"
+    )
 
 
 class PostgresBackend(Backend):

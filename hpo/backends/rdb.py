@@ -81,6 +81,8 @@ class SqlLock(Lock):
     acquire_sql = ""
     try_sql = ""
     release_sql = ""
+    #: Truthy when this session holds the lock (:meth:`still_held`).
+    held_sql = ""
 
     def __init__(
         self,
@@ -100,6 +102,27 @@ class SqlLock(Lock):
         self._opening = opening
         self._connect_args = connect_args or {}
         self._connection: Any = None
+
+    def still_held(self) -> bool:
+        """Ask the server, on the lock's own session and never through a new one, whether
+        the lock is still ours. A killed session (``pg_terminate_backend``, ``KILL``, a
+        restarted server) dropped it silently, and another worker may have taken it since:
+        the lock is then marked lost and the next :meth:`acquire` reconnects."""
+        import sqlalchemy
+
+        if not self.held:
+            return False
+        held = False
+        if self._connection is not None:
+            try:
+                query = sqlalchemy.text(self.held_sql)
+                held = bool(self._connection.execute(query, {"key": self._key}).scalar())
+            except sqlalchemy.exc.DBAPIError:
+                held = False
+        if not held:
+            self.held = False
+            self._close()
+        return held
 
     def _take(self, *, block: bool) -> str | None:
         got = self._execute(self.acquire_sql if block else self.try_sql)

@@ -483,3 +483,16 @@ def test_export_force_replaces_a_previous_export(exportable: Path, capsys) -> No
         "hpo_export.json",
     ]
     assert [p.name for p in Path.cwd().iterdir() if ".partial" in p.name] == []
+
+
+def test_an_export_folder_follows_the_umask_as_any_new_folder(exportable: Path) -> None:
+    """The staging folder is renamed into place: a private temporary folder (0700) would
+    leave the exported model readable by its owner only."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        assert main(["export", str(exportable), "--to", "model"]) == 0
+    finally:
+        os.umask(old)
+    assert Path("model").stat().st_mode & 0o777 == 0o755

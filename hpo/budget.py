@@ -91,11 +91,6 @@ def _tally(counts: Mapping[str, int], reasons: list[str | None], config: StudyCo
     return result
 
 
-def count_states(study: Any) -> Counter[str]:
-    """Trials by state name (COMPLETE, PRUNED, FAIL, RUNNING, WAITING)."""
-    return Counter(t.state.name for t in study.get_trials(deepcopy=False))
-
-
 def failure_reason(trial: Any, study_attrs: dict[str, Any]) -> str | None:
     """Why a FAIL trial failed: its hpo:failure attribute, or worker_lost."""
     lost = trial.number in study_attrs.get(st.STUDY_ATTR_LOST, [])

@@ -54,9 +54,7 @@ def feasible(
     """
     n = len(directions) if directions is not None else len(config.objectives)
     return [
-        t
-        for t in _valued(trials, n)
-        if config.feasible(t.user_attrs.get(st.ATTR_METRICS, {}))
+        t for t in _valued(trials, n) if config.feasible(t.user_attrs.get(st.ATTR_METRICS, {}))
     ]
 
 

@@ -41,7 +41,7 @@ class TrialLine:
 
     number: int
     state: str  # FAIL or RUNNING
-    reason: str | None = None  # exception | nan | oom | worker_lost | interrupted
+    reason: str | None = None  # exception | nan | oom | storage | interrupted | worker_lost
     message: str | None = None  # the first line of the failure message
     worker: str | None = None
     heartbeat_age_s: float | None = None

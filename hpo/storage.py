@@ -78,9 +78,9 @@ def expand_url(url: str) -> str:
     (a password holding "@", "/" or "#" stays a password). A password written into the
     URL may hold "@" (the last "@" ends it); "/", "?" and "#" must be percent-encoded
     there, as in any URL (:func:`check_url` refuses them, and so an "@" in the query of a
-    URL with no "@" before its host, which such a password would leave). SQLAlchemy's own parser is not
-    used on the text: it ends a password at its first "@" and reads an "@" in the query
-    as the end of a password. A file URL (``sqlite:///``, ``journal:///``) has no
+    URL with no "@" before its host, which such a password would leave). SQLAlchemy's
+    own parser is not used on the text: it ends a password at its first "@" and reads an
+    "@" in the query as the end of a password. A file URL (``sqlite:///``, ``journal:///``) has no
     credentials: its path is filled in as text.
 
     Raises:

@@ -53,7 +53,8 @@ class TrialAttrs:
 
     metrics: dict[str, Any] = field(default_factory=dict)  # final metrics (validation, test)
     history: list[dict[str, Any]] = field(default_factory=list)  # every report
-    failure: str | None = None  # a FAIL trial: exception | nan | oom | interrupted | worker_lost
+    # A FAIL trial: exception | nan | oom | storage | interrupted | worker_lost.
+    failure: str | None = None
     failure_message: str | None = None
     checkpoint: str | None = None  # the last checkpoint folder the trainer wrote
     output_dir: str | None = None

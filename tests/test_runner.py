@@ -11,12 +11,11 @@ from pathlib import Path
 import optuna
 import pytest
 
-from hpo.budget import count_states
 from hpo.config import load_study
 from hpo.errors import FailureBudgetExceeded, StudyStateError
 from hpo.runner import run_study
 from hpo.study import open_study
-from tests.conftest import ROOT, run_hpo
+from tests.conftest import ROOT, count_states, run_hpo
 
 
 def load(path: Path, *overrides: str):

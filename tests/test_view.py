@@ -157,4 +157,3 @@ def test_a_view_of_a_missing_study_creates_nothing(toy_study, tmp_path: Path) ->
     with pytest.raises(StudyStateError, match="no study 'toy'"):
         open_view(config)
     assert optuna.get_all_study_names(f"sqlite:///{tmp_path / 'hpo.db'}") == ["other"]
-

@@ -91,11 +91,6 @@ def _tally(counts: Mapping[str, int], reasons: list[str | None], config: StudyCo
     return result
 
 
-def count_states(study: Any) -> Counter[str]:
-    """Trials by state name (COMPLETE, PRUNED, FAIL, RUNNING, WAITING)."""
-    return Counter(t.state.name for t in study.get_trials(deepcopy=False))
-
-
 def failure_reason(trial: Any, study_attrs: dict[str, Any]) -> str | None:
     """Why a FAIL trial failed: its hpo:failure attribute, or worker_lost."""
     lost = trial.number in study_attrs.get(st.STUDY_ATTR_LOST, [])
@@ -132,11 +127,24 @@ def summarize(study: Any, config: StudyConfig, *, ran: int = 0, wall: float = 0.
     """Trials by state and the best feasible trial so far (the front, with several
     objectives)."""
     trials = study.get_trials(deepcopy=False)
+    return summary_of(trials, study.user_attrs, config, ran=ran, wall=wall)
+
+
+def summary_of(
+    trials: list[Any],
+    study_attrs: dict[str, Any],
+    config: StudyConfig,
+    *,
+    ran: int = 0,
+    wall: float = 0.0,
+) -> Summary:
+    """:func:`summarize` of trials already read (``study.get_trials()``,
+    ``study.user_attrs``)."""
     summary = Summary(
         study_name=config.name,
         n_trials=effective_budget(config),
         counts=dict(Counter(t.state.name for t in trials)),
-        finished=usage_of(trials, study.user_attrs, config).finished,
+        finished=usage_of(trials, study_attrs, config).finished,
         ran=ran,
         wall_time_s=wall,
         constrained=bool(config.constraints),
@@ -145,7 +153,7 @@ def summarize(study: Any, config: StudyConfig, *, ran: int = 0, wall: float = 0.
     from hpo.ranking import best_trial
 
     if config.multi_objective:
-        summary.pareto_front = front_rows(study, config)
+        summary.pareto_front = front_rows(trials, config)
     elif (best := best_trial(trials, config)) is not None:
         summary.best_value = best.value
         summary.best_params = dict(best.params)

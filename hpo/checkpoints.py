@@ -3,12 +3,14 @@
 After each finished trial the runner calls :func:`prune_checkpoints`, which deletes the
 ``checkpoint-*`` folders of trials that cannot be kept (a trial folder goes too once
 nothing else is left in it). A completed trial outside the best K can never get back in
-(values are final; new trials only push it further down), so its checkpoints go; so do
-pruned and failed trials'. Kept:
+while the study file stays as it is (values are final; new trials only push it further
+down), so its checkpoints go; so do pruned and failed trials'. Kept:
 
 - the best K feasible trials, or with several objectives every trial on the feasible
   Pareto front (:func:`hpo.ranking.kept_trials`: the trials ``hpo best`` and ``hpo
   export`` name, so the best trial's checkpoint is always there to export);
+- while fewer than K trials are feasible, the best trials that break a constraint fill
+  the rest: constraints may be relaxed in the study file, and those become exportable;
 - running and waiting trials, and any folder a waiting retry will resume from (a trial
   whose worker died is retried with its ``hpo:checkpoint`` copied over);
 - anything outside ``<output_dir>/<study name>/``: a path read from storage never makes

@@ -536,7 +536,10 @@ def _print_front(config: Any, study: Any, *, as_json: bool) -> int:
     from hpo.status import shown_metrics
 
     # As for one objective: the metrics shown leave out runtimes, speeds and epochs.
-    rows = [{**row, "metrics": shown_metrics(row["metrics"])} for row in front_rows(study, config)]
+    rows = [
+        {**row, "metrics": shown_metrics(row["metrics"])}
+        for row in front_rows(study.get_trials(deepcopy=False), config)
+    ]
     if not rows:
         feasible = " feasible" if config.constraints else ""
         raise HpoError(f"study {config.name!r} has no completed{feasible} trial yet")

@@ -31,7 +31,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import uuid
 from importlib import metadata
 from pathlib import Path
@@ -69,9 +68,9 @@ def export_best(
     facts = model_facts(config, trial, view.attrs(trial), checkpoint, trained_with)
     target.parent.mkdir(parents=True, exist_ok=True)
     # A name of its own beside the target: a rename into place is atomic on one file system.
-    staging = Path(
-        tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
-    )
+    # A plain mkdir, not mkdtemp (0700): the export's mode follows the umask, as any folder.
+    staging = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.partial")
+    staging.mkdir()
     try:
         save_model = _trainer_hook(config, "save_model")
         # The trial's own arguments: those the study ran with, what it searched (a

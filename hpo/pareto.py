@@ -6,6 +6,7 @@ dominated); this module turns them into rows.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from hpo.config import StudyConfig
@@ -13,9 +14,10 @@ from hpo.ranking import pareto_front
 from hpo.storage import ATTR_METRICS, ATTR_MODEL
 
 
-def front_rows(study: Any, config: StudyConfig) -> list[dict[str, Any]]:
-    """The front's rows: number, model, values by metric, params and every stored metric
-    (``hpo best`` leaves out the bookkeeping ones, see hpo.status.shown_metrics)."""
+def front_rows(trials: Iterable[Any], config: StudyConfig) -> list[dict[str, Any]]:
+    """The front of ``trials`` (``study.get_trials()``) as rows: number, model, values by
+    metric, params and every stored metric (``hpo best`` leaves out the bookkeeping ones,
+    see hpo.status.shown_metrics)."""
     metrics_of = [o.metric for o in config.objectives]
     return [
         {
@@ -25,7 +27,7 @@ def front_rows(study: Any, config: StudyConfig) -> list[dict[str, Any]]:
             "params": dict(t.params),
             "metrics": dict(t.user_attrs.get(ATTR_METRICS, {})),
         }
-        for t in pareto_front(study.get_trials(deepcopy=False), config)
+        for t in pareto_front(trials, config)
     ]
 
 

@@ -54,13 +54,19 @@ def feasible(
     """
     n = len(directions) if directions is not None else len(config.objectives)
     return [
+        t for t in _valued(trials, n) if config.feasible(t.user_attrs.get(st.ATTR_METRICS, {}))
+    ]
+
+
+def _valued(trials: Iterable[Any], n: int) -> list[Any]:
+    """The completed trials with ``n`` values, each known and finite."""
+    return [
         t
         for t in trials
         if t.state.name == "COMPLETE"
         and t.values is not None
         and len(t.values) == n
         and all(math.isfinite(v) for v in t.values)
-        and config.feasible(t.user_attrs.get(st.ATTR_METRICS, {}))
     ]
 
 
@@ -97,7 +103,11 @@ def top_trials(
             source study in its own; ``config`` still says what is feasible).
     """
     directions = list(directions) if directions is not None else _directions(config)
-    rest = feasible(trials, config, directions)
+    return _ranked(feasible(trials, config, directions), directions, k)
+
+
+def _ranked(rest: list[Any], directions: Sequence[str], k: int) -> list[Any]:
+    """The ``k`` best of ``rest``, best first (several objectives: successive fronts)."""
     if len(directions) == 1:
         return sorted(rest, key=_sort_key(directions[0]))[:k]
     taken: list[Any] = []
@@ -113,12 +123,26 @@ def kept_trials(trials: Iterable[Any], config: StudyConfig, k: int) -> list[Any]
     """The finished trials whose checkpoints retention keeps (``keep_checkpoints: K``).
 
     One objective: the best ``k``. Several: the whole front, whatever its size (trials on
-    a front have no ranking, so K does not apply). Either way a trial left out can never
-    get back in: values are final, and new trials only push it further down.
+    a front have no ranking, so K does not apply). Fewer than ``k`` feasible trials leave
+    slots, filled with the best trials that break a constraint (ranked as above): the
+    constraints live in the study file and may be relaxed, and ``hpo export`` then needs
+    those trials' checkpoints. A trial left out never gets back in while the study file
+    stays as it is (values are final; new trials only push it further down).
     """
+    trials = list(trials)
+    directions = _directions(config)
     if config.multi_objective:
-        return pareto_front(trials, config)
-    return top_trials(trials, config, k)
+        kept = pareto_front(trials, config)
+    else:
+        kept = top_trials(trials, config, k)
+    if len(kept) >= k:
+        return kept
+    infeasible = [
+        t
+        for t in _valued(trials, len(directions))
+        if not config.feasible(t.user_attrs.get(st.ATTR_METRICS, {}))
+    ]
+    return kept + _ranked(infeasible, directions, k - len(kept))
 
 
 def leads(metrics: dict[str, Any], trials: Iterable[Any], config: StudyConfig) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -49,6 +50,8 @@ logger = logging.getLogger(__name__)
 
 _WAIT_POLL_S = 1.0
 _ORPHAN_AGE_S = 2.0  # a claimed trial starts its heartbeat well within this
+# A trial's folder in the study folder, as TrialRunner names it (trial-0007).
+_TRIAL_FOLDER = re.compile(r"trial-\d{4,}")
 
 
 def run_worker(
@@ -404,15 +407,21 @@ def _duration(ctx: TrialContext) -> float:
 def _resumable(checkpoint: Path, study_folder: Path, number: int) -> bool:
     """Whether a retry resumes from (and so writes beside) ``checkpoint``.
 
-    The path comes from storage, not from the user: one outside the study's own folder is
-    not followed (the trial starts over), so a retry writes nowhere the user did not name.
+    The path comes from storage, not from the user: only a checkpoint folder of a trial of
+    this study (``<study folder>/trial-NNNN/<checkpoint>``) is followed, since the retry
+    writes into its parent; anything else (a folder elsewhere, the study folder itself, a
+    trial folder) is not, and the trial starts over.
     """
     if not checkpoint.exists():
         return False
-    if checkpoint.resolve().is_relative_to(study_folder.resolve()):
+    resolved = checkpoint.resolve()
+    if resolved.parent.parent == study_folder.resolve() and _TRIAL_FOLDER.fullmatch(
+        resolved.parent.name
+    ):
         return True
     logger.warning(
-        "trial %d: not resuming from %s, which is outside %s; it starts over",
+        "trial %d: not resuming from %s, which is not a checkpoint folder of a trial in %s; "
+        "it starts over",
         number,
         checkpoint,
         study_folder,
@@ -424,7 +433,7 @@ def _record_failure(trial: Any, error: BaseException, extra: dict[str, Any] | No
     """Store why a trial failed, with the FAIL Optuna then tells (read-only after that)."""
     message = f"{type(error).__name__}: {error}"
     cause = error.__cause__
-    if cause is not None and _is_storage_error(error):
+    if cause is not None and _is_storage_wrapper(error):
         # Optuna's StorageInternalError blames "invalid data"; the cause says what happened.
         first = (str(cause).strip().splitlines() or [""])[0]
         message = f"{message.strip()} (caused by {type(cause).__name__}: {first})"
@@ -452,17 +461,44 @@ def _classify(error: BaseException) -> str:
 
 
 def _is_storage_error(error: BaseException) -> bool:
-    """The storage failed, not the trainer: a report or attribute write whose retries ran
-    out (SQLAlchemy's errors, Optuna's wrapper of them, hpo's StorageError)."""
+    """The storage lost its connection under the trial (a report or attribute write whose
+    retries ran out): the database failed, not the trainer.
+
+    Only a lost connection: Optuna raises the same StorageInternalError for data the
+    database refuses (a value too long for its column), which a retry would only repeat,
+    so that one counts as the trial's failure.
+    """
+    seen: set[int] = set()
+    link: BaseException | None = error
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        if is_connection_error(link) or _lost_transaction(link):
+            return True
+        link = link.__cause__ or link.__context__
+    return False
+
+
+def _lost_transaction(error: BaseException) -> bool:
+    """SQLAlchemy's refusal to go on in a transaction whose connection was invalidated (it
+    may reach us without the error that invalidated it)."""
+    import sqlalchemy.exc
+
+    return isinstance(error, sqlalchemy.exc.PendingRollbackError) and (
+        "can't reconnect until invalid" in str(error).lower()
+    )
+
+
+def _is_storage_wrapper(error: BaseException) -> bool:
+    """An error of the storage layer (SQLAlchemy's, Optuna's wrapper of them, hpo's)."""
     import optuna
     import sqlalchemy.exc
 
-    storage_errors = (
+    wrappers = (
         sqlalchemy.exc.SQLAlchemyError,
         optuna.exceptions.StorageInternalError,
         StorageError,
     )
-    return isinstance(error, storage_errors) or is_connection_error(error)
+    return isinstance(error, wrappers)
 
 
 def _log_trial(study: Any, trial: Any) -> None:

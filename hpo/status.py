@@ -41,7 +41,7 @@ class TrialLine:
 
     number: int
     state: str  # FAIL or RUNNING
-    reason: str | None = None  # exception | nan | oom | worker_lost | interrupted
+    reason: str | None = None  # exception | nan | oom | storage | interrupted | worker_lost
     message: str | None = None  # the first line of the failure message
     worker: str | None = None
     heartbeat_age_s: float | None = None
@@ -63,14 +63,27 @@ class TrialLine:
         return f"trial {self.number} FAILED ({self.reason}){message}"
 
 
-def attention(study: Any) -> list[TrialLine]:
-    """Failed (with why) and running (with worker and heartbeat age) trials, by number."""
+def attention(
+    study: Any,
+    *,
+    trials: list[Any] | None = None,
+    study_attrs: dict[str, Any] | None = None,
+) -> list[TrialLine]:
+    """Failed (with why) and running (with worker and heartbeat age) trials, by number.
+
+    Args:
+        trials: the study's trials already read (read from ``study`` when None).
+        study_attrs: the study's user attributes already read (likewise).
+    """
     from hpo.budget import failure_reason
 
-    trials = [t for t in study.get_trials(deepcopy=False) if t.state.name in ("FAIL", "RUNNING")]
+    if trials is None:
+        trials = study.get_trials(deepcopy=False)
+    trials = [t for t in trials if t.state.name in ("FAIL", "RUNNING")]
     if not trials:
         return []
-    study_attrs = study.user_attrs
+    if study_attrs is None:
+        study_attrs = study.user_attrs
     ages = heartbeat_ages(study) if any(t.state.name == "RUNNING" for t in trials) else {}
     lines = []
     for trial in trials:

@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import SplitResult, parse_qsl, quote, quote_plus, unquote, urlsplit
 
 from hpo.backends import SCHEMES, Backend, Lock
-from hpo.backends.base import is_secret_key, redact_url, split_userinfo
+from hpo.backends.base import is_secret_key, redact_url, split_userinfo, userinfo_spilled
 from hpo.backends.journal import journal_path
 from hpo.backends.sqlite import sqlite_path
 from hpo.errors import ConfigError, StorageError, StudyStateError
@@ -77,9 +77,10 @@ def expand_url(url: str) -> str:
     database and query values are filled into their fields, so a value needs no escaping
     (a password holding "@", "/" or "#" stays a password). A password written into the
     URL may hold "@" (the last "@" ends it); "/", "?" and "#" must be percent-encoded
-    there, as in any URL (:func:`check_url` refuses them). SQLAlchemy's own parser is not
-    used on the text: it ends a password at its first "@" and reads an "@" in the query
-    as the end of a password. A file URL (``sqlite:///``, ``journal:///``) has no
+    there, as in any URL (:func:`check_url` refuses them, and so an "@" in the query of a
+    URL with no "@" before its host, which such a password would leave). SQLAlchemy's
+    own parser is not used on the text: it ends a password at its first "@" and reads an
+    "@" in the query as the end of a password. A file URL (``sqlite:///``, ``journal:///``) has no
     credentials: its path is filled in as text.
 
     Raises:
@@ -166,7 +167,8 @@ def check_url(url: str) -> None:
     if parts.netloc and _host_moved(parts):
         raise ValueError(
             "cannot find host:port in the storage URL: a password written into it must "
-            "percent-encode '/', '?' and '#' (%2F, %3F, %23), or come from ${VAR}"
+            "percent-encode '/', '?' and '#' (%2F, %3F, %23), or come from ${VAR}; "
+            "an '@' in the database name or query must be written %40"
         )
     # Checked on the URL as written: ${VAR} references never hide the file part.
     refusal = SCHEMES[scheme].refusal(url)
@@ -183,7 +185,7 @@ def _host_moved(parts: SplitResult) -> bool:
         urlsplit("//" + ENV_VAR.sub("1", hostport)).port  # noqa: B018
     except ValueError:
         return True
-    return "@" not in parts.netloc and "@" in parts.path + parts.fragment
+    return userinfo_spilled(parts)
 
 
 def backend_of(url: str) -> Backend:
@@ -292,7 +294,22 @@ def _guarded(url: str, call: Any) -> Any:
     except Exception as e:  # SQLAlchemy and driver errors vary by backend
         reason = redact_url(str(e).splitlines()[0] if str(e) else type(e).__name__)
         # A driver may echo a credential outside any URL (or in a URL split oddly).
-        for secret in _url_secrets(url):
+        for secret in _bare_secrets(url):
             for form in (secret, quote(secret, safe=""), quote_plus(secret)):
                 reason = reason.replace(form, "***")
         raise StorageError(f"cannot open storage {redact_url(url)}: {reason}") from None
+
+
+# Secrets shorter than this are hidden only in URLs: replacing one or two letters wherever
+# they appear would turn a driver's message into "***" and say nothing.
+_MIN_BARE_SECRET = 4
+
+
+def _bare_secrets(url: str) -> list[str]:
+    """The credentials of ``url`` to hide in a driver's message outside any URL."""
+    try:
+        secrets = _url_secrets(url)
+    except Exception:  # noqa: BLE001 - a URL that cannot be expanded must not hide the error
+        logger.debug("cannot read the credentials of %s", redact_url(url), exc_info=True)
+        return []
+    return [s for s in secrets if len(s) >= _MIN_BARE_SECRET]

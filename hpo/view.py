@@ -23,7 +23,7 @@ from typing import Any
 
 from hpo import storage as st
 from hpo.backends.optuna_compat import storage_of, study_id_of
-from hpo.budget import ENDED, Summary, Usage, failure_reason, summarize, usage_of
+from hpo.budget import ENDED, Summary, Usage, failure_reason, summary_of, usage_of
 from hpo.config import StudyConfig
 from hpo.pareto import front_rows, trial_model
 from hpo.ranking import best_trial, feasible, pareto_front
@@ -53,7 +53,8 @@ class TrialAttrs:
 
     metrics: dict[str, Any] = field(default_factory=dict)  # final metrics (validation, test)
     history: list[dict[str, Any]] = field(default_factory=list)  # every report
-    failure: str | None = None  # a FAIL trial: exception | nan | oom | interrupted | worker_lost
+    # A FAIL trial: exception | nan | oom | storage | interrupted | worker_lost.
+    failure: str | None = None
     failure_message: str | None = None
     checkpoint: str | None = None  # the last checkpoint folder the trainer wrote
     output_dir: str | None = None
@@ -167,7 +168,7 @@ class StudyView:
 
     def front_rows(self) -> list[dict[str, Any]]:
         """The front as ``hpo best --json`` lists it (:func:`hpo.pareto.front_rows`)."""
-        return front_rows(self.study, self.config)
+        return front_rows(self.trials, self.config)
 
     def base_model(self, trial: Any) -> str | None:
         """The base model ``trial`` trained: its ``model`` param, else the fixed one."""
@@ -179,8 +180,9 @@ class StudyView:
 
     def summary(self) -> Summary:
         """Trials by state and the best trial or front, as ``hpo status`` and ``best`` say."""
-        return summarize(self.study, self.config)
+        return summary_of(self.trials, self.study_attrs, self.config)
 
     def attention(self) -> list[TrialLine]:
-        """Failed and running trials, as ``hpo status`` lists them."""
-        return attention(self.study)
+        """Failed and running trials of :attr:`trials`, as ``hpo status`` lists them (the
+        running ones' heartbeat ages are read now)."""
+        return attention(self.study, trials=self.trials, study_attrs=self.study_attrs)

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from hpo.budget import FINISHED
+from hpo.budget import usage
 from hpo.config import StudyConfig
 from hpo.errors import FailureBudgetExceeded, HpoError, Terminated
 from hpo.events import forward_to_queue, start_relay, stop_relay
@@ -239,7 +239,7 @@ def run_worker_processes(
         interrupts.install()
         for process in processes:
             process.start()
-        _wait_for_workers(processes, done, study, on_progress, interrupts)
+        _wait_for_workers(processes, done, study, config, on_progress, interrupts)
     finally:
         # The relay still drains the workers' records here: a worker blocked writing its
         # log queue could not exit (see "joining processes that use queues").
@@ -265,6 +265,7 @@ def _wait_for_workers(
     processes: list[Any],
     done: list[Any],
     study: Any,
+    config: StudyConfig,
     on_progress: Callable[[Any], None] | None,
     interrupts: Interrupts,
 ) -> None:
@@ -289,12 +290,14 @@ def _wait_for_workers(
                         STOP_GRACE_S,
                     )
                     process.kill()
-        seen = _show_progress(study, on_progress, seen)
+        seen = _show_progress(study, config, on_progress, seen)
     if not interrupts.requested:
-        _show_progress(study, on_progress, -1)
+        _show_progress(study, config, on_progress, -1)
 
 
-def _show_progress(study: Any, on_progress: Callable[[Any], None] | None, seen: int) -> int:
+def _show_progress(
+    study: Any, config: StudyConfig, on_progress: Callable[[Any], None] | None, seen: int
+) -> int:
     """Call ``on_progress`` when the finished count changed; returns the count shown.
 
     Progress is a view: a storage error here is the workers' to handle (they retry and
@@ -303,9 +306,7 @@ def _show_progress(study: Any, on_progress: Callable[[Any], None] | None, seen: 
     if on_progress is None:
         return seen
     try:
-        finished = sum(
-            s in FINISHED for s in (t.state.name for t in study.get_trials(deepcopy=False))
-        )
+        finished = usage(study, config).finished  # as the runner counts (hpo.budget)
         if finished != seen:
             on_progress(study)
         return finished

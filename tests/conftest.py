@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -151,3 +152,9 @@ def storage_url(request, tmp_path: Path) -> str:
 @pytest.fixture
 def unique_name() -> str:
     return f"t{uuid.uuid4().hex[:10]}"
+
+
+def count_states(study) -> Counter[str]:
+    """A study's trials by state name (COMPLETE, PRUNED, FAIL, RUNNING, WAITING), read
+    through Optuna's own API."""
+    return Counter(t.state.name for t in study.trials)

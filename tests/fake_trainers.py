@@ -164,3 +164,17 @@ def storage_error_once(ctx: TrialContext) -> dict[str, float]:
     ) from sqlalchemy.exc.PendingRollbackError(
         "Can't reconnect until invalid transaction is rolled back"
     )
+
+
+def storage_rejects_data(ctx: TrialContext) -> dict[str, float]:
+    """The storage refuses what the trial wrote (a value too long for its column): Optuna
+    wraps it in the same StorageInternalError as a lost connection, but retrying the point
+    cannot help, so it counts as the trial's failure."""
+    import optuna
+    import sqlalchemy.exc
+
+    raise optuna.exceptions.StorageInternalError(
+        "An exception is raised during the commit."
+    ) from sqlalchemy.exc.DataError(
+        "INSERT INTO trial_user_attributes ...", {}, Exception("Data too long for column")
+    )

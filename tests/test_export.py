@@ -507,3 +507,16 @@ def test_export_to_a_folder_it_cannot_read_is_one_line(
         f"hpo: error: --to: {locked} cannot be read (Permission denied); choose a folder "
         "you can read and write"
     ], err
+
+
+def test_an_export_folder_follows_the_umask_as_any_new_folder(exportable: Path) -> None:
+    """The staging folder is renamed into place: a private temporary folder (0700) would
+    leave the exported model readable by its owner only."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        assert main(["export", str(exportable), "--to", "model"]) == 0
+    finally:
+        os.umask(old)
+    assert Path("model").stat().st_mode & 0o777 == 0o755

@@ -140,6 +140,23 @@ def test_retention_keeps_the_best_feasible_trials_checkpoint_so_export_finds_it(
     assert facts["trial"] == CONSTRAINED_BEST
 
 
+def test_retention_keeps_the_best_infeasible_checkpoints_while_too_few_trials_are_feasible(
+    tmp_path: Path,
+) -> None:
+    """Constraints live in the study file and may be relaxed after the run: with no
+    feasible trial, retention keeps the best trial by the objective, which export then
+    finds."""
+    path = constrained_study(tmp_path, keep=1)
+    path.write_text(path.read_text().replace("max: 10}", "max: 1}"))  # none meets it
+    assert main(["run", str(path)]) == 0
+
+    assert _kept(path) == [5]  # the best eval_accuracy, 0.95
+
+    path.write_text(path.read_text().replace("max: 1}", "max: 100}"))  # relaxed
+    assert main(["export", str(path), "--to", str(tmp_path / "model")]) == 0
+    assert json.loads((tmp_path / "model" / "hpo_export.json").read_text())["trial"] == 5
+
+
 def test_a_grid_study_with_a_failed_point_is_finished_for_the_sweep_too(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -269,3 +286,25 @@ def test_every_reader_names_the_same_front_of_a_study_with_several_objectives(
         # The live line shows one number: the front's best trial in the first objective.
         "live line": 1,
     }
+
+
+def test_with_several_objectives_only_trials_that_break_a_constraint_fill_the_kept_slots(
+    tmp_path: Path,
+) -> None:
+    """A front smaller than K is topped up with the best infeasible trials, never with
+    feasible trials off the front (they can never be exported as best)."""
+    from optuna.trial import create_trial
+
+    from hpo.ranking import kept_trials
+
+    config = _load(several_study(tmp_path))
+    trials = []
+    for number, row in enumerate(SEVERAL):
+        trial = create_trial(
+            values=[row["eval_accuracy"], row["latency_ms"]], user_attrs={"hpo:metrics": row}
+        )
+        trial.number = number
+        trials.append(trial)
+
+    # Trial 3 alone breaks the constraint; 4 and 5 are feasible but off the front.
+    assert [t.number for t in kept_trials(trials, config, 5)] == [*SEVERAL_FRONT, 3]

@@ -11,12 +11,11 @@ from pathlib import Path
 import optuna
 import pytest
 
-from hpo.budget import count_states
 from hpo.config import load_study
 from hpo.errors import FailureBudgetExceeded, StudyStateError
 from hpo.runner import run_study
 from hpo.study import open_study
-from tests.conftest import ROOT, run_hpo
+from tests.conftest import ROOT, count_states, run_hpo
 
 
 def load(path: Path, *overrides: str):
@@ -126,6 +125,9 @@ def test_failed_trials_are_recorded_and_the_study_continues(toy_study, tmp_path:
         ("nan_value", "nan"),
         ("oom", "oom"),
         ("no_objective", "exception"),
+        # Optuna's StorageInternalError, but the database refused the data: not a lost
+        # connection, so the trial's own failure (retrying it would loop forever).
+        ("storage_rejects_data", "exception"),
     ],
 )
 def test_failure_budget_stops_with_exit_1(
@@ -340,6 +342,45 @@ def test_a_retry_writes_only_inside_its_study_folder(toy_study, tmp_path: Path) 
     assert "hpo:resumed_at_epoch" not in retry.user_attrs  # trained from the start
     assert Path(retry.user_attrs["hpo:output_dir"]) == Path("runs") / "toy" / "trial-0001"
     assert sorted(p.name for p in outside.iterdir()) == ["checkpoint-1"]
+
+
+@pytest.mark.parametrize("stored", ["study", "trial", "other"])
+def test_a_retry_resumes_only_from_a_checkpoint_folder_of_a_trial(
+    toy_study, tmp_path: Path, stored: str
+) -> None:
+    """Inside the study folder, only ``trial-NNNN/<checkpoint>`` is resumed from: a stored
+    path naming the study folder itself or a trial folder would make the retry write into
+    ``<output_dir>`` or the study folder's root."""
+    study_file = toy_study(n_trials=1)
+    study_file.write_text(
+        study_file.read_text().replace(
+            "args: {num_train_epochs: 3}", "args: {num_train_epochs: 3, save_checkpoints: true}"
+        )
+    )
+    config = load_study(study_file)
+    study = open_study(config)
+    folder = Path("runs") / "toy"
+    checkpoint = {
+        "study": folder,
+        "trial": folder / "trial-0000",
+        "other": folder / "trial-0000" / "checkpoint-1" / "nested",
+    }[stored]
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "state.json").write_text('{"epoch": 1}')
+    lost = study.ask()
+    lost.suggest_float("dropout", 0.0, 0.3)
+    lost.set_user_attr("hpo:checkpoint", str(checkpoint))
+    lost.set_user_attr("hpo:output_dir", str(folder / "trial-0000"))
+    study.tell(lost, state=optuna.trial.TrialState.FAIL)
+    optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)(study, study.trials[0])
+
+    run_study(config)
+
+    retry = optuna.load_study(study_name="toy", storage=config.storage).trials[1]
+    assert retry.state.name == "COMPLETE" and retry.user_attrs["hpo:resumed_from"] == 0
+    assert "hpo:resumed_at_epoch" not in retry.user_attrs  # trained from the start
+    assert Path(retry.user_attrs["hpo:output_dir"]) == folder / "trial-0001"
+    assert sorted(p.name for p in Path("runs").iterdir()) == ["toy"]
 
 
 def test_storage_errors_are_not_the_trainers_failures(toy_study, tmp_path: Path) -> None:

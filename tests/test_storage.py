@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from hpo import storage as storage_module
 from hpo.errors import ConfigError, StorageError
 from hpo.storage import check_url, expand_url, open_storage, redact_url, study_lock
 from tests.conftest import run_hpo
@@ -41,6 +42,11 @@ from tests.conftest import run_hpo
         ("sqlite:///${HOME}/a@b:c.db", "sqlite:///${HOME}/a@b:c.db"),
         ("journal:///runs/x@y.log", "journal:///runs/x@y.log"),
         ("storage=mysql+pymysql://u:pw@h/d", "storage=mysql+pymysql://u:***@h/d"),
+        # An unescaped "?" in a written password ends the host part early: the rest of
+        # the password sits in the query, and nothing after the user name is shown.
+        ("postgresql://user:123?abc@db.example/hpo", "postgresql://user:***"),
+        ("postgresql://user:?secret@host", "postgresql://user:***"),
+        ("postgresql://u:p@ss?word@host/db", "postgresql://u:***"),
     ],
 )
 def test_redact(url: str, redacted: str) -> None:
@@ -140,6 +146,8 @@ def test_an_at_in_the_query_or_database_is_not_read_as_credentials() -> None:
         "postgresql+psycopg2://u:pw4sec/ret@h/d",  # "/" ends the host part early
         "postgresql+psycopg2://u:pw5sec?ret@h/d",
         "postgresql+psycopg2://u:pw6sec#ret@h/d",
+        "postgresql+psycopg2://u:123?pw9sec@h/d",  # "123" reads as a port
+        "postgresql+psycopg2://u:?pwAsecret@h",
         "postgresql:/u:pw7secret@h/d",  # not a URL at all
         "u:pw8secret@h/d",
     ],
@@ -591,3 +599,27 @@ def test_a_file_that_is_no_database_on_a_read_only_mount_is_named_as_such(
     result = _hpo_on_read_only_mount(read_only_folder, "status", str(study))
     assert result.returncode == 2, result.stderr
     assert "the file exists but has no Optuna tables" in result.stderr
+
+
+def _driver_error() -> None:
+    raise RuntimeError('could not translate host name "db" to address: Name or service not known')
+
+
+@pytest.mark.parametrize("password", ["e", "no"])
+def test_a_short_password_does_not_turn_a_drivers_message_into_stars(password: str) -> None:
+    """Only the URL form of a 1-3 character password is hidden: as bare text it would
+    star out every word holding those letters."""
+    with pytest.raises(StorageError) as caught:
+        storage_module._guarded(f"postgresql://u:{password}@db/d", _driver_error)
+    assert str(caught.value) == (
+        "cannot open storage postgresql://u:***@db/d: could not translate host name "
+        '"db" to address: Name or service not known'
+    )
+
+
+def test_a_url_that_cannot_be_expanded_leaves_the_storage_error_as_it_was(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HPO_TEST_PORT", "not-a-port")
+    with pytest.raises(StorageError, match="could not translate host name"):
+        storage_module._guarded("postgresql://u:s3cret@db:${HPO_TEST_PORT}/d", _driver_error)

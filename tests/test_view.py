@@ -15,6 +15,7 @@ from hpo.config import load_study
 from hpo.errors import StudyStateError
 from hpo.study import open_study
 from hpo.view import TrialAttrs, open_view
+from tests.conftest import TOY_STUDY
 from tests.test_ranking import CONSTRAINED, CONSTRAINED_BEST, constrained_study
 
 
@@ -113,6 +114,36 @@ def test_reading_a_view_writes_nothing(toy_study) -> None:
     view.attention(), view.stored_config, view.storage, view.study_id
 
     assert _snapshot(view.study) == before
+
+
+def test_a_views_summary_attention_and_front_are_of_its_one_snapshot(
+    toy_study, tmp_path: Path
+) -> None:
+    """``hpo status`` shows counts, front and failures from one read: trials added after
+    the view read the study are in none of them."""
+    text = TOY_STUDY.format(
+        name="toy", storage=f"sqlite:///{tmp_path / 'hpo.db'}", sampler="random", n_trials=5
+    ) + (
+        "objective:\n"
+        "  - {metric: eval_loss, direction: minimize}\n"
+        "  - {metric: latency_ms, direction: minimize}\n"
+    )
+    config = load_study(toy_study(text=text))
+    study = open_study(config)
+    study.tell(study.ask(), [0.5, 2.0])
+    study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)
+    view = open_view(config)
+    assert [t.number for t in view.trials] == [0, 1]
+
+    study.tell(study.ask(), [0.1, 1.0])  # would take the front from trial 0
+    study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)
+    study.ask()  # running
+
+    summary = view.summary()
+    assert summary.counts == {"COMPLETE": 1, "FAIL": 1} and summary.finished == 1
+    assert [row["number"] for row in summary.pareto_front] == [0]
+    assert [row["number"] for row in view.front_rows()] == [0]
+    assert [(line.number, line.state) for line in view.attention()] == [(1, "FAIL")]
 
 
 def test_a_view_of_a_missing_study_creates_nothing(toy_study, tmp_path: Path) -> None:

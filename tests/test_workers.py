@@ -19,12 +19,11 @@ from pathlib import Path
 import optuna
 import pytest
 
-from hpo.budget import count_states
 from hpo.config import load_study
 from hpo.runner import run_study
 from hpo.study import open_study
 from hpo.workers import plan_workers
-from tests.conftest import ROOT
+from tests.conftest import ROOT, count_states
 
 STUDY = """\
 name: {name}

@@ -52,6 +52,22 @@ def split_userinfo(parts: SplitResult) -> tuple[str | None, str]:
     return (userinfo if at else None), hostport
 
 
+def userinfo_spilled(parts: SplitResult) -> bool:
+    """True when a "/", "?" or "#" written unescaped into a password ended the host part
+    before the password's "@": the rest of the password, and the real host, then sit in
+    the path, query or fragment, where urllib would never hide them.
+
+    An "@" after the host part is read so: in the fragment always; in the path or query
+    when the host part has no "@" (a database named ``team@x`` after ``u:pw@host`` is
+    one); in the query also when there is no path (``u:p@ss?word@host``).
+    """
+    if "@" in parts.fragment:
+        return True
+    if "@" not in parts.netloc:
+        return "@" in parts.path + parts.query
+    return not parts.path and "@" in parts.query
+
+
 def is_secret_key(key: str) -> bool:
     """True when a URL query key names a credential (``password``, ``sslpassword``, ...)."""
     return any(word in key.lower() for word in _SECRET_KEYS)
@@ -64,12 +80,16 @@ def _redact_one(url: str) -> str:
         return url.partition("://")[0] + "://***"
     if not parts.netloc and not parts.query:  # sqlite:///path, journal:///path: a file
         return url
+    scheme = url[: url.index("://") + 3]
+    if parts.netloc and userinfo_spilled(parts):
+        # The password runs on past the host part: show the user name, nothing after it.
+        return f"{scheme}{parts.netloc.partition(':')[0]}:***"
     userinfo, hostport = split_userinfo(parts)
     netloc = parts.netloc
     if userinfo is not None and ":" in userinfo:
         netloc = f"{userinfo.partition(':')[0]}:***@{hostport}"
     # Rebuilt by hand: urlunsplit drops the "//" of a URL without a host.
-    head = url[: url.index("://") + 3] + netloc + parts.path
+    head = scheme + netloc + parts.path
     query = "&".join(_redact_pair(pair) for pair in parts.query.split("&"))
     fragment = f"#{parts.fragment}" if parts.fragment else ""
     return head + (f"?{query}" if parts.query else "") + fragment

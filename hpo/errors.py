@@ -78,6 +78,11 @@ class StorageError(HpoError):
     """The storage cannot be opened or reached (exit code 1)."""
 
 
+class ClaimLost(StorageError):
+    """The study lock's database session died while a trial was claimed: the storage's
+    failure, not the trainer's (the trial is failed as ``storage`` and retried)."""
+
+
 class StudyStateError(HpoError):
     """The stored study disagrees with the study file, e.g. a changed search space (exit 2)."""
 

@@ -31,7 +31,7 @@ from hpo.budget import Summary, effective_budget, summarize, usage
 from hpo.checkpoints import prune_checkpoints, study_folder
 from hpo.config import StudyConfig
 from hpo.contract import Trainer, resolve_trainer
-from hpo.errors import FailureBudgetExceeded, StorageError
+from hpo.errors import ClaimLost, FailureBudgetExceeded, StorageError
 from hpo.events import emit
 from hpo.space import suggest
 from hpo.study import mark_lost, open_study
@@ -314,7 +314,7 @@ class _Objective:
         its parameters retried like any storage failure's) and the loop claims again.
         """
         if not self.lock.still_held():
-            raise StorageError(
+            raise ClaimLost(
                 f"trial {trial.number}: the study lock's database session was lost while "
                 "claiming it; the claim is not counted and its parameters are retried"
             )
@@ -464,15 +464,15 @@ def _is_storage_error(error: BaseException) -> bool:
     """The storage lost its connection under the trial (a report or attribute write whose
     retries ran out): the database failed, not the trainer.
 
-    Only a lost connection: Optuna raises the same StorageInternalError for data the
-    database refuses (a value too long for its column), which a retry would only repeat,
-    so that one counts as the trial's failure.
+    Only a lost connection (or a claim whose lock died): Optuna raises the same
+    StorageInternalError for data the database refuses (a value too long for its column),
+    which a retry would only repeat, so that one counts as the trial's failure.
     """
     seen: set[int] = set()
     link: BaseException | None = error
     while link is not None and id(link) not in seen:
         seen.add(id(link))
-        if is_connection_error(link) or _lost_transaction(link):
+        if isinstance(link, ClaimLost) or is_connection_error(link) or _lost_transaction(link):
             return True
         link = link.__cause__ or link.__context__
     return False

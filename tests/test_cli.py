@@ -19,14 +19,14 @@ def test_version() -> None:
     assert result.stdout.strip().startswith("hpo 0.")
 
 
-def test_global_options_before_or_after_the_command(toy_study, tmp_path: Path) -> None:
+def test_global_options_before_or_after_the_command(run_cli, toy_study, tmp_path: Path) -> None:
     study_file = str(toy_study(n_trials=5))
-    before = run_hpo("--set", "budget.n_trials=2", "--debug", "validate", study_file, "--json")
-    after = run_hpo("validate", study_file, "--json", "--set", "budget.n_trials=2", "--debug")
+    before = run_cli("--set", "budget.n_trials=2", "--debug", "validate", study_file, "--json")
+    after = run_cli("validate", study_file, "--json", "--set", "budget.n_trials=2", "--debug")
     assert before.returncode == after.returncode == 0, before.stderr
     assert json.loads(before.stdout)["n_trials"] == json.loads(after.stdout)["n_trials"] == 2
     # Both places at once: the command's own --set comes last and wins.
-    both = run_hpo(
+    both = run_cli(
         "--set",
         "budget.n_trials=2",
         "validate",
@@ -37,20 +37,20 @@ def test_global_options_before_or_after_the_command(toy_study, tmp_path: Path) -
     )
     assert json.loads(both.stdout)["n_trials"] == 4
     other = tmp_path / "other.db"
-    ran = run_hpo("--storage", f"sqlite:///{other}", "run", study_file, "--n-trials", "1")
+    ran = run_cli("--storage", f"sqlite:///{other}", "run", study_file, "--n-trials", "1")
     assert ran.returncode == 0, ran.stderr
     assert other.exists()
 
 
-def test_debug_before_the_command_shows_the_traceback(tmp_path: Path) -> None:
+def test_debug_before_the_command_shows_the_traceback(run_cli, tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text("name: x\n")
-    plain = run_hpo("validate", "bad.yaml")
-    debug = run_hpo("--debug", "validate", "bad.yaml")
+    plain = run_cli("validate", "bad.yaml")
+    debug = run_cli("--debug", "validate", "bad.yaml")
     assert plain.returncode == 2 and "Traceback" not in plain.stderr
     assert "Traceback" in debug.stderr
 
 
-def test_debug_keeps_the_exit_code(toy_study, tmp_path: Path) -> None:
+def test_debug_keeps_the_exit_code(run_cli, toy_study, tmp_path: Path) -> None:
     """--debug adds the traceback; scripts still see 2 for bad input, 1 for a runtime failure."""
     study_file = str(toy_study())
     (tmp_path / "bad.yaml").write_text(Path(study_file).read_text() + "colour: blue\n")
@@ -63,28 +63,28 @@ def test_debug_keeps_the_exit_code(toy_study, tmp_path: Path) -> None:
         ("run", crash, "--set", "trainer.ref=tests.fake_trainers:always_fail"): 1,
     }
     for command, code in cases.items():
-        plain, debug = run_hpo(*command), run_hpo(*command, "--debug")
+        plain, debug = run_cli(*command), run_cli(*command, "--debug")
         assert plain.returncode == debug.returncode == code, (command, debug.stderr)
         assert "Traceback" not in plain.stderr and "Traceback" in debug.stderr, command
         assert debug.stderr.rstrip().splitlines()[-1].startswith("hpo: error: "), command
 
 
-def test_validate_json(toy_study) -> None:
-    result = run_hpo("validate", str(toy_study()), "--json")
+def test_validate_json(run_cli, toy_study) -> None:
+    result = run_cli("validate", str(toy_study()), "--json")
     data = json.loads(result.stdout)
     assert data["study"] == "toy" and data["n_trials"] == 5 and data["grid_size"] is None
     assert data["search_space"]["learning_rate"]["log"] is True
     assert data["objective"] == {"metric": "eval_accuracy", "direction": "maximize"}
 
 
-def test_status_and_best_json(toy_study) -> None:
+def test_status_and_best_json(run_cli, toy_study) -> None:
     study_file = str(toy_study(n_trials=3))
-    assert run_hpo("run", study_file).returncode == 0
-    status = json.loads(run_hpo("status", study_file, "--json").stdout)
+    assert run_cli("run", study_file).returncode == 0
+    status = json.loads(run_cli("status", study_file, "--json").stdout)
     assert status["study"] == "toy" and status["budget"] == 3 and status["finished"] == 3
     assert status["trials_by_state"] == {"COMPLETE": 3}
     assert status["attention"] == []
-    best = json.loads(run_hpo("best", study_file, "--json").stdout)
+    best = json.loads(run_cli("best", study_file, "--json").stdout)
     assert set(best) == {"study", "trial", "value", "params", "metrics"}
     assert status["best"] == best
 
@@ -151,33 +151,35 @@ def test_sweep_dry_run_json(tmp_path: Path, toy_study, capsys) -> None:
     assert not (tmp_path / "hpo.db").exists()
 
 
-def test_no_study_yet_names_the_run_that_creates_it_where_asked(toy_study, tmp_path: Path) -> None:
+def test_no_study_yet_names_the_run_that_creates_it_where_asked(
+    run_cli, toy_study, tmp_path: Path
+) -> None:
     """The suggested `hpo run` keeps the user's --set/--storage: pasted, it creates the study
     the failed command looked for."""
     toy_study(n_trials=1)
-    missing = run_hpo("status", "toy.yaml", "--set", "storage=sqlite:///ro db.db")
+    missing = run_cli("status", "toy.yaml", "--set", "storage=sqlite:///ro db.db")
     assert missing.returncode == 2
     assert "(the file does not exist); nothing was created" in missing.stderr
     fix = "hpo run toy.yaml --set 'storage=sqlite:///ro db.db'"
     assert missing.stderr.rstrip().endswith(f"Run the study first: {fix}")
-    assert run_hpo(*shlex.split(fix)[1:]).returncode == 0
-    assert run_hpo("status", "toy.yaml", "--set", "storage=sqlite:///ro db.db").returncode == 0
+    assert run_cli(*shlex.split(fix)[1:]).returncode == 0
+    assert run_cli("status", "toy.yaml", "--set", "storage=sqlite:///ro db.db").returncode == 0
     assert not (tmp_path / "hpo.db").exists()  # nothing went to the file's own storage
     # An existing but empty file is not "a file that does not exist".
     (tmp_path / "empty.db").touch()
-    empty = run_hpo("best", "toy.yaml", "--storage", "sqlite:///empty.db")
+    empty = run_cli("best", "toy.yaml", "--storage", "sqlite:///empty.db")
     assert empty.returncode == 2 and "does not exist" not in empty.stderr
     assert f"{tmp_path / 'empty.db'} (the file exists but has no Optuna tables" in empty.stderr
     assert "hpo run toy.yaml --set storage=sqlite:///empty.db" in empty.stderr
     # A storage that exists without the study: the same hint.
-    other = run_hpo("status", "toy.yaml", "--set", "storage=sqlite:///ro db.db", "--set", "name=b")
+    other = run_cli("status", "toy.yaml", "--set", "storage=sqlite:///ro db.db", "--set", "name=b")
     assert other.returncode == 2
     assert other.stderr.rstrip().endswith(
         "run it first (hpo run toy.yaml --set 'storage=sqlite:///ro db.db' --set name=b)"
     )
 
 
-def test_init_and_schema_refuse_overrides_they_would_ignore(tmp_path: Path) -> None:
+def test_init_and_schema_refuse_overrides_they_would_ignore(run_cli, tmp_path: Path) -> None:
     """init writes a file and schema describes every file: a --set would silently do nothing."""
     data = str(STUDIES / "data" / "reviews.csv")
     for command in (
@@ -186,7 +188,7 @@ def test_init_and_schema_refuse_overrides_they_would_ignore(tmp_path: Path) -> N
         ("schema", "--set", "budget.n_trials=3"),
         ("schema", "--storage", "sqlite:///x.db"),
     ):
-        result = run_hpo(*command)
+        result = run_cli(*command)
         assert result.returncode == 2, command
         assert len(result.stderr.splitlines()) == 1, result.stderr
         assert result.stdout == "", command

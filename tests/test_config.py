@@ -89,9 +89,9 @@ def test_stored_form_redacts_the_password(monkeypatch: pytest.MonkeyPatch) -> No
 @pytest.mark.parametrize(
     "name", ["unknown_key", "yaml_syntax", "ungriddable", "bad_storage", "env_undefined"]
 )
-def test_cli_bad_input_exit_2_one_line_nothing_written(name: str, tmp_path: Path) -> None:
+def test_cli_bad_input_exit_2_one_line_nothing_written(run_cli, name: str, tmp_path: Path) -> None:
     path = DATA / "invalid" / f"{name}.yaml"
-    result = run_hpo("run", str(path), cwd=tmp_path)
+    result = run_cli("run", str(path), cwd=tmp_path)
     assert result.returncode == 2
     expected = [f"hpo: error: {line}" for line in expected_error(path).splitlines()]
     assert result.stderr.strip().splitlines() == expected
@@ -99,22 +99,24 @@ def test_cli_bad_input_exit_2_one_line_nothing_written(name: str, tmp_path: Path
     assert list(tmp_path.iterdir()) == []  # no hpo.db, no runs/
 
 
-def test_cli_debug_shows_traceback(tmp_path: Path) -> None:
-    result = run_hpo("validate", str(DATA / "invalid" / "unknown_key.yaml"), "--debug")
+def test_cli_debug_shows_traceback(run_cli, tmp_path: Path) -> None:
+    result = run_cli("validate", str(DATA / "invalid" / "unknown_key.yaml"), "--debug")
     assert result.returncode != 0 and "Traceback" in result.stderr
 
 
-def test_cli_validate_prints_space_and_grid_size() -> None:
-    result = run_hpo("validate", str(DATA / "valid" / "grid.yaml"))
+def test_cli_validate_prints_space_and_grid_size(run_cli) -> None:
+    result = run_cli("validate", str(DATA / "valid" / "grid.yaml"))
     assert result.returncode == 0, result.stderr
     assert "dropout: float in [0.0, 0.3] step 0.1" in result.stdout
     assert "grid size: 24" in result.stdout  # 4 dropout x 3 epochs x 2 batch sizes
 
 
 @pytest.mark.parametrize("name", ["several_errors", "duplicate_key", "typo_top_level"])
-def test_cli_reports_every_problem_exit_2_nothing_written(name: str, tmp_path: Path) -> None:
+def test_cli_reports_every_problem_exit_2_nothing_written(
+    run_cli, name: str, tmp_path: Path
+) -> None:
     path = DATA / "invalid" / f"{name}.yaml"
-    result = run_hpo("run", str(path), cwd=tmp_path)
+    result = run_cli("run", str(path), cwd=tmp_path)
     assert result.returncode == 2
     expected = [f"hpo: error: {line}" for line in expected_error(path).splitlines()]
     assert result.stderr.strip().splitlines() == expected
@@ -277,7 +279,7 @@ def test_readme_describes_the_strategy_studies_as_they_are() -> None:
 )
 @pytest.mark.parametrize("command", ["validate", "run"])
 def test_a_name_that_is_no_single_folder_is_exit_2_and_nothing_is_written(
-    written: str, command: str, tmp_path: Path
+    run_cli, written: str, command: str, tmp_path: Path
 ) -> None:
     """A study name becomes output_dir/<name>/: one that would leave output_dir (or is
     not one folder name) is refused at validation, and nothing is written anywhere."""
@@ -292,7 +294,7 @@ def test_a_name_that_is_no_single_folder_is_exit_2_and_nothing_is_written(
     name = written.format(outside=outside)
     study = here / "study.yaml"
     study.write_text(text.replace("name: minimal", f'name: "{name}"'), encoding="utf-8")
-    result = run_hpo(command, str(study), cwd=here)
+    result = run_cli(command, str(study), cwd=here)
     assert result.returncode == 2, result.stdout + result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(f"hpo: error: {study}:1: name: ") and "rename it" in line

@@ -37,16 +37,16 @@ def test_budget_is_the_study_total_not_n_more(toy_study, tmp_path: Path) -> None
     assert more.ran == 3 and more.finished == 8
 
 
-def test_cli_rerun_of_finished_study_says_so(toy_study) -> None:
+def test_cli_rerun_of_finished_study_says_so(run_cli, toy_study) -> None:
     study_file = toy_study(n_trials=3)
-    assert run_hpo("run", str(study_file)).returncode == 0
-    result = run_hpo("run", str(study_file))
+    assert run_cli("run", str(study_file)).returncode == 0
+    result = run_cli("run", str(study_file))
     assert result.returncode == 0
     assert "already finished (3/3 trials); nothing to run" in result.stdout
 
 
-def test_summary_lists_best_and_states(toy_study) -> None:
-    result = run_hpo("run", str(toy_study(n_trials=4)))
+def test_summary_lists_best_and_states(run_cli, toy_study) -> None:
+    result = run_cli("run", str(toy_study(n_trials=4)))
     assert result.returncode == 0, result.stderr
     assert "study 'toy': 4/4 trials finished (4 complete)" in result.stdout
     assert "best: trial" in result.stdout and "best params: learning_rate=" in result.stdout
@@ -86,15 +86,15 @@ def test_interrupted_run_resumes_to_the_total(toy_study, tmp_path: Path) -> None
     assert states["COMPLETE"] == 6 and states["RUNNING"] == 0
 
 
-def test_changed_search_space_is_refused_unless_allowed(toy_study) -> None:
+def test_changed_search_space_is_refused_unless_allowed(run_cli, toy_study) -> None:
     study_file = toy_study(n_trials=2)
     run_study(load(study_file))
     changed = "search_space.dropout={type: float, low: 0.0, high: 0.5}"
     with pytest.raises(StudyStateError, match=r"search_space: differs .* \(changed: dropout\)"):
         run_study(load(study_file, changed, "budget.n_trials=3"))
-    result = run_hpo("run", str(study_file), "--set", changed, "--n-trials", "3")
+    result = run_cli("run", str(study_file), "--set", changed, "--n-trials", "3")
     assert result.returncode == 2 and "--allow-space-change" in result.stderr
-    result = run_hpo(
+    result = run_cli(
         "run", str(study_file), "--set", changed, "--n-trials", "3", "--allow-space-change"
     )
     assert result.returncode == 0, result.stderr
@@ -131,7 +131,7 @@ def test_failed_trials_are_recorded_and_the_study_continues(toy_study, tmp_path:
     ],
 )
 def test_failure_budget_stops_with_exit_1(
-    toy_study, tmp_path: Path, trainer: str, reason: str
+    run_cli, toy_study, tmp_path: Path, trainer: str, reason: str
 ) -> None:
     study_file = toy_study(n_trials=10)
     study_file.write_text(
@@ -142,14 +142,14 @@ def test_failure_budget_stops_with_exit_1(
     trials = stored(tmp_path / "hpo.db").trials
     assert len(trials) == 3
     assert {t.user_attrs["hpo:failure"] for t in trials} == {reason}
-    result = run_hpo("run", str(study_file), "--set", "budget.max_failures=1")
+    result = run_cli("run", str(study_file), "--set", "budget.max_failures=1")
     assert result.returncode == 1
     assert result.stderr.splitlines()[-1].startswith("hpo: error: study 'toy': 1 trials failed")
     assert "Traceback" not in result.stderr
 
 
 def test_a_constraint_on_a_metric_never_returned_fails_the_trial_naming_it(
-    toy_study, tmp_path: Path
+    run_cli, toy_study, tmp_path: Path
 ) -> None:
     """A typo (latency for latency_ms) would leave every trial silently infeasible."""
     study_file = toy_study(n_trials=5)
@@ -158,7 +158,7 @@ def test_a_constraint_on_a_metric_never_returned_fails_the_trial_naming_it(
             "budget:", "constraints: [{metric: latency, max: 1000}]\nbudget:"
         )
     )
-    result = run_hpo("run", str(study_file))
+    result = run_cli("run", str(study_file))
     assert result.returncode == 1
     trials = stored(tmp_path / "hpo.db").trials
     assert len(trials) == 3 and {t.state.name for t in trials} == {"FAIL"}
@@ -173,8 +173,8 @@ def test_a_constraint_on_a_metric_never_returned_fails_the_trial_naming_it(
             "budget:", "constraints: [{metric: latency_ms, max: 1000}]\nbudget:"
         )
     )
-    assert run_hpo("run", str(fixed)).returncode == 0
-    best = run_hpo("best", str(fixed))
+    assert run_cli("run", str(fixed)).returncode == 0
+    best = run_cli("best", str(fixed))
     assert best.returncode == 0, best.stderr
 
 
@@ -231,13 +231,13 @@ def test_storage_is_plain_optuna(toy_study, tmp_path: Path) -> None:
     assert study.user_attrs["hpo:config"]["name"] == "toy"
 
 
-def test_status_and_best(toy_study) -> None:
+def test_status_and_best(run_cli, toy_study) -> None:
     study_file = toy_study(n_trials=3)
-    assert run_hpo("status", str(study_file)).returncode == 2  # nothing stored yet
+    assert run_cli("status", str(study_file)).returncode == 2  # nothing stored yet
     run_study(load(study_file))
-    status = run_hpo("status", str(study_file))
+    status = run_cli("status", str(study_file))
     assert "3/3 trials finished (3 complete)" in status.stdout
-    best = run_hpo("best", str(study_file), "--json")
+    best = run_cli("best", str(study_file), "--json")
     import json
 
     data = json.loads(best.stdout)
@@ -263,13 +263,13 @@ def test_resumed_study_draws_new_points(toy_study, tmp_path: Path) -> None:
     assert len(set(params)) == 6
 
 
-def test_status_does_not_rewrite_the_stored_config(toy_study) -> None:
+def test_status_does_not_rewrite_the_stored_config(run_cli, toy_study) -> None:
     """Reading a study with an edited file must not hide the edit from the next run."""
     study_file = toy_study(n_trials=2)
     run_study(load(study_file))
     changed = "search_space.dropout={type: float, low: 0.0, high: 0.5}"
-    assert run_hpo("status", str(study_file), "--set", changed).returncode == 0
-    result = run_hpo("run", str(study_file), "--set", changed, "--n-trials", "3")
+    assert run_cli("status", str(study_file), "--set", changed).returncode == 0
+    result = run_cli("run", str(study_file), "--set", changed, "--n-trials", "3")
     assert result.returncode == 2 and "--allow-space-change" in result.stderr
 
 

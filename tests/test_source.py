@@ -102,7 +102,7 @@ def test_alias_bomb_is_refused_fast_in_bounded_memory(tmp_path: Path) -> None:
         assert peak_kb < MEMORY_BOUND_KB, f"{args}: peak {peak_kb} kB"
 
 
-def test_aliases_that_stay_small_still_work(tmp_path: Path) -> None:
+def test_aliases_that_stay_small_still_work(run_cli, tmp_path: Path) -> None:
     study = tmp_path / "study.yaml"
     study.write_text(
         "name: shared\nsampler: {type: random}\nbudget: {n_trials: 2}\n"
@@ -110,7 +110,7 @@ def test_aliases_that_stay_small_still_work(tmp_path: Path) -> None:
         "search_space:\n  x: &range {type: float, low: 0.0, high: 1.0}\n  y: *range\n",
         encoding="utf-8",
     )
-    result = run_hpo("validate", str(study), cwd=tmp_path, timeout=120)
+    result = run_cli("validate", str(study), cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr
 
 
@@ -153,32 +153,32 @@ def test_huge_file_is_refused_before_it_is_read(tmp_path: Path) -> None:
 # --- broken: encodings, control characters, not a file -----------------------------------
 
 
-def test_file_that_is_not_utf8_names_the_line_and_byte(tmp_path: Path) -> None:
+def test_file_that_is_not_utf8_names_the_line_and_byte(run_cli, tmp_path: Path) -> None:
     path = tmp_path / "latin1.yaml"
     path.write_bytes("name: ok\n# café\nseed: 1\n".encode("latin-1"))
     for args, named in ways_to_read(tmp_path, path):
-        result = run_hpo(*args, cwd=tmp_path, timeout=120)
+        result = run_cli(*args, cwd=tmp_path, timeout=120)
         assert one_error_line(result) == (
             f"{named}:2: not UTF-8 text: byte 0xe9 at column 6 (file offset 14); save it as UTF-8"
         )
 
 
-def test_control_character_names_the_line(tmp_path: Path) -> None:
+def test_control_character_names_the_line(run_cli, tmp_path: Path) -> None:
     path = tmp_path / "nul.yaml"
     path.write_bytes(b"name: ok\nseed: 1\x00\n")
     for args, named in ways_to_read(tmp_path, path):
-        result = run_hpo(*args, cwd=tmp_path, timeout=120)
+        result = run_cli(*args, cwd=tmp_path, timeout=120)
         assert one_error_line(result) == (
             f"{named}:2: invalid YAML: control character #x0000 (column 8); remove it"
         )
 
 
-def test_folder_given_as_the_file(tmp_path: Path) -> None:
+def test_folder_given_as_the_file(run_cli, tmp_path: Path) -> None:
     folder = tmp_path / "studies"
     folder.mkdir()
     (folder / "a.yaml").write_text("name: a\n", encoding="utf-8")
     for args, named in ways_to_read(tmp_path, folder)[:2]:
-        result = run_hpo(*args, cwd=tmp_path, timeout=120)
+        result = run_cli(*args, cwd=tmp_path, timeout=120)
         assert one_error_line(result) == (
             f"{named}: is a folder, not a file; name the YAML file in it"
         )
@@ -195,20 +195,20 @@ def test_folder_given_as_the_file(tmp_path: Path) -> None:
     ],
 )
 def test_other_broken_files_get_one_line(
-    name: str, text: str | None, message: str, tmp_path: Path
+    run_cli, name: str, text: str | None, message: str, tmp_path: Path
 ) -> None:
     path = tmp_path / name
     if text is not None:
         path.write_text(text, encoding="utf-8")
     for args, named in ways_to_read(tmp_path, path)[:2]:
-        result = run_hpo(*args, cwd=tmp_path, timeout=120)
+        result = run_cli(*args, cwd=tmp_path, timeout=120)
         assert one_error_line(result) == f"{named}: {message}"
 
 
-def test_nothing_is_written_for_a_refused_file(tmp_path: Path) -> None:
+def test_nothing_is_written_for_a_refused_file(run_cli, tmp_path: Path) -> None:
     path = tmp_path / "latin1.yaml"
     path.write_bytes(b"name: caf\xe9\n")
-    result = run_hpo("run", str(path), cwd=tmp_path, timeout=120)
+    result = run_cli("run", str(path), cwd=tmp_path, timeout=120)
     assert result.returncode == 2, result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latin1.yaml"]
 

@@ -12,7 +12,6 @@ from hpo import storage as st
 from hpo.config import load_study
 from hpo.status import attention, shown_metrics
 from hpo.study import open_study
-from tests.conftest import run_hpo
 
 SERVING_COSTS = ("n_parameters", "model_size_mb", "latency_ms", "throughput")
 
@@ -22,22 +21,22 @@ def _with_trainer(study_file: Path, ref: str) -> Path:
     return study_file
 
 
-def test_failed_trials_are_named_with_reason_and_first_line(toy_study) -> None:
+def test_failed_trials_are_named_with_reason_and_first_line(run_cli, toy_study) -> None:
     study_file = _with_trainer(toy_study(n_trials=3), "tests.fake_trainers:disk_quota")
-    run = run_hpo("run", str(study_file))
+    run = run_cli("run", str(study_file))
     assert run.returncode == 1  # max_failures: 3
     # The run's closing lines name the failed trials and their first message.
     assert "3 trials failed in this run:" in run.stdout
     assert (
         "trial 0 FAILED (exception): RuntimeError: disk quota exceeded on /scratch" in run.stdout
     )
-    status = run_hpo("status", str(study_file))
+    status = run_cli("status", str(study_file))
     assert status.returncode == 0, status.stderr
     for number in range(3):
         line = f"trial {number} FAILED (exception): RuntimeError: disk quota exceeded on /scratch"
         assert line in status.stdout
     assert "while writing checkpoint-1" not in status.stdout  # first line only
-    data = json.loads(run_hpo("status", str(study_file), "--json").stdout)
+    data = json.loads(run_cli("status", str(study_file), "--json").stdout)
     assert data["attention"][0] == {
         "number": 0,
         "state": "FAIL",
@@ -50,7 +49,7 @@ def test_failed_trials_are_named_with_reason_and_first_line(toy_study) -> None:
     assert re.fullmatch(r".+:\d+", data["attention"][0]["worker"])  # host:pid
 
 
-def test_lost_interrupted_and_running_trials(toy_study, tmp_path: Path) -> None:
+def test_lost_interrupted_and_running_trials(run_cli, toy_study, tmp_path: Path) -> None:
     config = load_study(toy_study(n_trials=5))
     study = open_study(config)
     lost, interrupted, running = study.ask(), study.ask(), study.ask()
@@ -67,7 +66,7 @@ def test_lost_interrupted_and_running_trials(toy_study, tmp_path: Path) -> None:
     assert lines[running.number].state == "RUNNING"
     assert lines[running.number].worker == "gpu-node-3:4242"
     assert 0 <= lines[running.number].heartbeat_age_s < 3600
-    status = run_hpo("status", str(config.source))
+    status = run_cli("status", str(config.source))
     assert f"trial {lost.number} FAILED (worker_lost)" in status.stdout
     assert f"trial {interrupted.number} FAILED (interrupted): KeyboardInterrupt" in status.stdout
     assert re.search(
@@ -76,12 +75,12 @@ def test_lost_interrupted_and_running_trials(toy_study, tmp_path: Path) -> None:
     )
 
 
-def test_summaries_and_best_show_quality_and_serving_costs_only(toy_study) -> None:
+def test_summaries_and_best_show_quality_and_serving_costs_only(run_cli, toy_study) -> None:
     study_file = _with_trainer(toy_study(n_trials=2), "tests.fake_trainers:with_throughput")
-    run = run_hpo("run", str(study_file))
+    run = run_cli("run", str(study_file))
     assert run.returncode == 0, run.stderr
-    best_text = run_hpo("best", str(study_file)).stdout
-    best_json = json.loads(run_hpo("best", str(study_file), "--json").stdout)
+    best_text = run_cli("best", str(study_file)).stdout
+    best_json = json.loads(run_cli("best", str(study_file), "--json").stdout)
     for shown in (run.stdout, best_text, json.dumps(best_json)):
         assert "eval_accuracy" in shown and "test_accuracy" in shown
         for cost in SERVING_COSTS:  # they matter when choosing a base model
@@ -93,13 +92,13 @@ def test_summaries_and_best_show_quality_and_serving_costs_only(toy_study) -> No
     assert "eval_samples_per_second" in study.best_trial.user_attrs[st.ATTR_METRICS]
 
 
-def test_best_of_several_objectives_shows_the_same_metrics(tmp_path: Path) -> None:
+def test_best_of_several_objectives_shows_the_same_metrics(run_cli, tmp_path: Path) -> None:
     """The Pareto front's entries in `hpo best --json` leave out bookkeeping too."""
     from tests.test_pareto import multi
 
     path = _with_trainer(multi(tmp_path, n_trials=4), "tests.fake_trainers:with_throughput")
-    assert run_hpo("run", str(path)).returncode == 0
-    front = json.loads(run_hpo("best", str(path), "--json").stdout)["pareto_front"]
+    assert run_cli("run", str(path)).returncode == 0
+    front = json.loads(run_cli("best", str(path), "--json").stdout)["pareto_front"]
     assert front
     for row in front:
         assert {"eval_accuracy", "test_accuracy", *SERVING_COSTS} <= set(row["metrics"])
@@ -128,7 +127,7 @@ def test_quality_metrics() -> None:
 
 
 def test_status_of_a_study_named_like_a_path_is_exit_2_and_measures_nothing(
-    toy_study, tmp_path: Path
+    run_cli, toy_study, tmp_path: Path
 ) -> None:
     """``name: /usr`` once made status sum /usr's files as the study's checkpoints."""
     elsewhere = tmp_path / "elsewhere"
@@ -136,7 +135,7 @@ def test_status_of_a_study_named_like_a_path_is_exit_2_and_measures_nothing(
     (elsewhere / "not-a-checkpoint.bin").write_bytes(b"x" * 1000)
     study_file = toy_study(text=TOY_STUDY_NAMED.format(name=elsewhere, db=tmp_path / "hpo.db"))
     optuna.create_study(study_name=str(elsewhere), storage=f"sqlite:///{tmp_path / 'hpo.db'}")
-    result = run_hpo("status", str(study_file), "--json")
+    result = run_cli("status", str(study_file), "--json")
     assert result.returncode == 2, result.stdout
     assert result.stdout == ""
     assert result.stderr.startswith(f"hpo: error: {study_file}:1: name: '{elsewhere}' becomes")

@@ -294,6 +294,17 @@ def _wait_for_trials(storage: str, name: str, n: int, process: subprocess.Popen)
     raise AssertionError(f"study {name} never reached {n} trials")
 
 
+def _wait_past_grace(storage: str, name: str, grace: float) -> None:
+    """Until no running trial of study ``name`` has beaten within ``grace`` seconds."""
+    from hpo.backends.optuna_compat import heartbeat_ages
+
+    study = optuna.load_study(study_name=name, storage=storage)
+    deadline = time.monotonic() + 30
+    while any(age <= grace for age in heartbeat_ages(study).values()):  # the database's clock
+        assert time.monotonic() < deadline, f"{name}: a trial still beats after 30 s"
+        time.sleep(0.1)
+
+
 @pytest.mark.timeout(60)
 def test_killed_sweep_resumes_to_the_budget(tmp_path: Path, capsys) -> None:
     storage = f"sqlite:///{tmp_path / 'hpo.db'}"
@@ -306,7 +317,7 @@ def test_killed_sweep_resumes_to_the_budget(tmp_path: Path, capsys) -> None:
     process.wait()
     # The next cron tick comes long after the heartbeat grace period (2 s here): the lost
     # trial is then failed as worker_lost and its parameters retried.
-    time.sleep(2.5)
+    _wait_past_grace(storage, "toy-1", grace=2)
     assert main(["sweep", "sweep.yaml", "--no-compare"]) == 0
     out = capsys.readouterr().out
     for name in ("toy-1", "toy-2"):

@@ -232,9 +232,23 @@ def test_dropped_postgres_connections_cost_no_trial(
     study_file = tmp_path / f"{unique_name}.yaml"
     worker = _worker(study_file, tmp_path)
     admin = sqlalchemy.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    drops = 0
+    finished = sqlalchemy.text(
+        "SELECT count(*) FROM trials JOIN studies USING (study_id) "
+        "WHERE study_name = :name AND trials.state = 'COMPLETE'"
+    )
+    drops, done, deadline = 0, 0, time.monotonic() + 120
     while worker.poll() is None and drops < 3:
-        time.sleep(1.0)
+        # Drop once per newly finished trial: mid-study, however loaded the machine.
+        assert time.monotonic() < deadline, f"{drops} drops in 120 s"
+        time.sleep(0.1)
+        try:
+            with admin.connect() as connection:
+                now = connection.execute(finished, {"name": unique_name}).scalar_one()
+        except sqlalchemy.exc.ProgrammingError:  # a fresh database: no tables yet
+            continue
+        if now <= done:
+            continue
+        done = now
         with admin.connect() as connection:  # what a server restart does to clients
             connection.execute(
                 sqlalchemy.text(

@@ -25,6 +25,7 @@ from hpo.backends.optuna_compat import (
     heartbeat_ages,
     retry_origin,
     set_trial_user_attrs,
+    stored_trial,
 )
 from hpo.backends.rdb import is_connection_error
 from hpo.budget import Summary, effective_budget, summarize, usage
@@ -148,7 +149,7 @@ def _failed_elsewhere(study: Any, trial: Any | None, error: Exception) -> bool:
     if trial is None or not any(isinstance(e, ValueError) for e in told):
         return False
     try:
-        state = study._storage.get_trial(trial._trial_id).state
+        state = stored_trial(study, trial).state
     except Exception:  # noqa: BLE001 - unknown: the original error stands
         return False
     if state.name != "FAIL":
@@ -227,7 +228,7 @@ def _retry_interrupted(study: Any, trial: Any | None, retry: Callable[[Any, Any]
     if trial is None:
         return
     try:
-        retry(study, study._storage.get_trial(trial._trial_id))
+        retry(study, stored_trial(study, trial))
     except Exception as e:  # noqa: BLE001 - stopping must not be blocked by the retry
         logger.warning("trial %d: could not queue its retry (%s)", trial.number, e)
 

@@ -7,6 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
+from hpo.contract import Trainer
 from hpo.trainer import NonFiniteError, TrialContext
 from hpo.trainers import toy
 
@@ -91,8 +92,10 @@ def _copy_checkpoint(checkpoint: Path, target: Path, args: dict, study_dir: Path
     shutil.copytree(checkpoint, target, dirs_exist_ok=True)
 
 
-fixed_metrics.save_model = _copy_checkpoint  # type: ignore[attr-defined]
-fixed_metrics.resolve_model = lambda name, study_dir: name  # type: ignore[attr-defined]
+# A ref names this Trainer (tests.fake_trainers:FIXED_METRICS) to get its export hooks.
+FIXED_METRICS = Trainer(
+    fixed_metrics, save_model=_copy_checkpoint, resolve_model=lambda name, study_dir: name
+)
 
 
 # --- worker loops that misbehave (``hpo.workers.run_worker_processes``'s ``loop``) ---------

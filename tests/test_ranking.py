@@ -1,7 +1,7 @@
 """One rule for "best" and one for "finished": every reader agrees with hpo.ranking and
 hpo.budget.
 
-The studies here run ``tests.fake_trainers:fixed_metrics``: trial N returns row N of a
+The studies here run ``tests.fake_trainers:FIXED_METRICS``: trial N returns row N of a
 table, so which trial is best is known before anything runs.
 """
 
@@ -46,7 +46,7 @@ output_dir: {folder}/runs
 seed: 1
 sampler: {{type: random}}
 budget: {{n_trials: {n}, max_failures: 3}}
-{keep}trainer: {{ref: "tests.fake_trainers:fixed_metrics", args: {{table: {table}}}}}
+{keep}trainer: {{ref: "tests.fake_trainers:FIXED_METRICS", args: {{table: {table}}}}}
 search_space:
   x: {{type: float, low: 0.0, high: 1.0}}
 {goals}

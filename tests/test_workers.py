@@ -649,6 +649,7 @@ def test_killed_postgres_connections_with_two_workers(
     print(f"{kills} connections killed; trials {dict(states)}")
 
 
+@pytest.mark.process  # its workers start inside hpo.workers, out of the tier guess's sight
 def test_a_storage_error_in_the_parents_progress_view_stops_nothing(tmp_path: Path) -> None:
     # The parent's progress view reads the storage; a hiccup there is the view's problem,
     # not a reason to leave (that orphaned the workers, which finished the study unseen).

@@ -99,6 +99,11 @@ def frozen_trial(trial: Any) -> Any:
     return trial.study._storage.get_trial(trial._trial_id)
 
 
+def stored_trial(study: Any, trial: Any) -> Any:
+    """A trial's FrozenTrial as stored now (another worker may have failed it meanwhile)."""
+    return study._storage.get_trial(trial._trial_id)
+
+
 def retry_origin(trial: Any) -> int | None:
     """The number of the lost trial this trial retries, or None."""
     origin = frozen_trial(trial).system_attrs.get(RETRY_ORIGIN_KEY)

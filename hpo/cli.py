@@ -34,12 +34,15 @@ from hpo.errors import (
 )
 from hpo.printing import (
     describe_disk,
-    front_table,
-    model_table,
+    front_table,  # noqa: F401 - long public here
     print_attention,
+    print_best,
     print_failed_since,
+    print_front,
     print_json,
     print_summary,
+    print_sweep_plan,
+    print_validation,
 )
 
 logger = logging.getLogger("hpo")
@@ -204,7 +207,7 @@ def add_validate_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd_validate(args: argparse.Namespace) -> int:
     from hpo.config import describe_models
     from hpo.contract import legacy_ref
-    from hpo.space import describe, grid_size
+    from hpo.space import grid_size
 
     config = _load(args)
     current = legacy_ref(config.trainer.ref, config.study_dir)
@@ -239,19 +242,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             }
         )
         return 0
-    print(
-        f"{args.study_file}: ok — study {config.name!r}, sampler {config.sampler.type}, "
-        f"pruner {config.pruner.type if config.pruner else 'none'}, "
-        f"{config.budget.n_trials} trials"
-    )
-    print("search space:")
-    for line in describe(config.search_space):
-        print(f"  {line}")
-    print(f"grid size: {size if size is not None else 'not griddable (continuous floats)'}")
-    if models:
-        print("models:")
-        for line in model_table(models):
-            print(f"  {line}")
+    print_validation(args.study_file, config, size, models)
     return 0
 
 
@@ -416,9 +407,7 @@ def cmd_best(args: argparse.Namespace) -> int:
     if args.json:
         print_json(data)
     else:
-        print(f"trial {data['trial']}: {config.objective.metric}={data['value']:.4f}")
-        for key, value in {**data["params"], **data["metrics"]}.items():
-            print(f"  {key}: {value}")
+        print_best(config.objective.metric, data)
     return 0
 
 
@@ -444,10 +433,7 @@ def _print_front(config: Any, study: Any, *, as_json: bool) -> int:
             }
         )
         return 0
-    feasible = " (feasible trials only)" if config.constraints else ""
-    print(f"Pareto front of study {config.name!r}: {len(rows)} trials{feasible}")
-    for line in front_table(rows):
-        print(f"  {line}")
+    print_front(config.name, rows, constrained=bool(config.constraints))
     return 0
 
 
@@ -638,14 +624,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.json:
         raise ConfigError("--json goes with --dry-run (a sweep's run prints its summary)")
     if args.dry_run:
-        print(f"sweep {sweep.name!r}: {len(sweep.studies)} studies (dry run; nothing runs)")
-        for row in plan_sweep(sweep):
-            changes = ", ".join(f"{k}={v}" for k, v in shown_overrides(row.study).items())
-            print(
-                f"{row.study.name}: {row.remaining} of {row.budget} trials remaining"
-                f"{'' if row.exists else ' (new study)'}; overrides: {changes or 'none'}"
-            )
-            print(f"  {run_command(sweep, row.study)}")
+        print_sweep_plan(sweep, plan_sweep(sweep))
         return 0
     show_workers(args.parallel > 1)  # lines of studies running side by side carry their name
     with sigterm_as_interrupt():  # a CronJob's pod is stopped with SIGTERM: stop as Ctrl-C

@@ -13,6 +13,28 @@ from typing import Any
 from hpo.errors import HpoError
 
 
+def print_validation(
+    study_file: Any, config: Any, grid_size: int | None, models: list[dict[str, Any]]
+) -> None:
+    """What ``hpo validate`` prints of a valid study file: its choices, space and models."""
+    from hpo.space import describe
+
+    print(
+        f"{study_file}: ok — study {config.name!r}, sampler {config.sampler.type}, "
+        f"pruner {config.pruner.type if config.pruner else 'none'}, "
+        f"{config.budget.n_trials} trials"
+    )
+    print("search space:")
+    for line in describe(config.search_space):
+        print(f"  {line}")
+    size = grid_size if grid_size is not None else "not griddable (continuous floats)"
+    print(f"grid size: {size}")
+    if models:
+        print("models:")
+        for line in model_table(models):
+            print(f"  {line}")
+
+
 def model_table(models: list[dict[str, Any]]) -> list[str]:
     """One aligned row per candidate base model: what its own files say."""
 
@@ -46,6 +68,21 @@ def model_table(models: list[dict[str, Any]]) -> list[str]:
     return [
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
     ]
+
+
+def print_best(metric: str, best: dict[str, Any]) -> None:
+    """``hpo best`` of one objective: the trial and value, then its params and metrics."""
+    print(f"trial {best['trial']}: {metric}={best['value']:.4f}")
+    for key, value in {**best["params"], **best["metrics"]}.items():
+        print(f"  {key}: {value}")
+
+
+def print_front(study_name: str, rows: list[dict[str, Any]], *, constrained: bool) -> None:
+    """``hpo best`` of several objectives: the (feasible) Pareto front as a table."""
+    feasible = " (feasible trials only)" if constrained else ""
+    print(f"Pareto front of study {study_name!r}: {len(rows)} trials{feasible}")
+    for line in front_table(rows):
+        print(f"  {line}")
 
 
 def front_table(rows: list[dict[str, Any]]) -> list[str]:
@@ -134,3 +171,17 @@ def print_summary(summary: Any) -> None:
     shown = shown_metrics(summary.best_metrics)
     if shown:
         print("best metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in shown.items()))
+
+
+def print_sweep_plan(sweep: Any, rows: list[Any]) -> None:
+    """``hpo sweep --dry-run``: each study's remaining trials, overrides and command."""
+    from hpo.sweep import run_command, shown_overrides
+
+    print(f"sweep {sweep.name!r}: {len(sweep.studies)} studies (dry run; nothing runs)")
+    for row in rows:
+        changes = ", ".join(f"{k}={v}" for k, v in shown_overrides(row.study).items())
+        print(
+            f"{row.study.name}: {row.remaining} of {row.budget} trials remaining"
+            f"{'' if row.exists else ' (new study)'}; overrides: {changes or 'none'}"
+        )
+        print(f"  {run_command(sweep, row.study)}")

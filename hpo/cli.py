@@ -1,4 +1,8 @@
-"""The command line: the one place that knows argv, exit codes and printing.
+"""The command line: the one place that knows argv and exit codes.
+
+Each command is a row of :data:`COMMANDS` (name, help, the function adding its arguments,
+its handler), and its arguments are defined beside its handler; the shapes the handlers
+print live in :mod:`hpo.printing`.
 
 Exit codes: 0 ok, 1 runtime failure (failure budget exhausted, storage unreachable),
 2 bad input (study file, overrides, a stored study that disagrees), 130 on Ctrl-C, 143
@@ -15,6 +19,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +31,18 @@ from hpo.errors import (
     HpoError,
     StudyStateError,
     Terminated,
+)
+from hpo.printing import (
+    describe_disk,
+    front_table,  # noqa: F401 - long public here
+    print_attention,
+    print_best,
+    print_failed_since,
+    print_front,
+    print_json,
+    print_summary,
+    print_sweep_plan,
+    print_validation,
 )
 
 logger = logging.getLogger("hpo")
@@ -70,165 +87,42 @@ def _print_traceback(debug: bool) -> None:
         traceback.print_exc()
 
 
+@dataclass(frozen=True)
+class Command:
+    """One row of the command table: its name, help, arguments and handler."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    handler: Callable[[argparse.Namespace], int]
+    description: str | None = None  # the command's own --help text; default: help
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The command table: one subparser per command, each pointing at its handler."""
+    """The parser of :data:`COMMANDS`: one subparser per command, pointing at its handler."""
     parser = argparse.ArgumentParser(
         prog="hpo", description="Hyperparameter search for fine-tuning, on Optuna."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def command(name: str, handler: Callable[[argparse.Namespace], int], help: str):
-        sub = commands.add_parser(name, help=help, description=help)
-        sub.add_argument("study_file", metavar="FILE", help="the study YAML file")
-        _add_global_options(sub, "override a field before validation (repeatable)")
-        sub.set_defaults(handler=handler)
-        return sub
-
-    run = command("run", cmd_run, "run the study until its budget is met (resumes)")
-    run.add_argument("--n-trials", type=int, help="shorthand for --set budget.n_trials=N")
-    run.add_argument(
-        "--allow-space-change",
-        action="store_true",
-        help="resume even though search_space differs from the stored study",
-    )
-    run.add_argument(
-        "--workers",
-        type=int,
-        default=1,
-        metavar="N",
-        help="worker processes on this machine (each gets its share of the cores)",
-    )
-    run.add_argument(
-        "--devices",
-        metavar="IDS",
-        help="GPU ids, one worker each (default: every visible GPU; 'none' for CPU only)",
-    )
-    worker = command(
-        "worker", cmd_worker, "join a study (same storage) as one more worker until it is done"
-    )
-    worker.add_argument(
-        "--device", metavar="ID", help="GPU id for this worker (default: the first visible GPU)"
-    )
-    validate = command("validate", cmd_validate, "check a study file; print its search space")
-    validate.add_argument("--json", action="store_true", help="print JSON (see README)")
-    status = command("status", cmd_status, "trials by state, failed and running trials")
-    status.add_argument("--json", action="store_true", help="print JSON (see README)")
-    best = command("best", cmd_best, "the best trial's value, params and metrics")
-    best.add_argument("--json", action="store_true", help="print JSON (see README)")
-    report = command("report", cmd_report, "write an HTML report, trials.csv and summary.json")
-    report.add_argument(
-        "-o", "--output", metavar="DIR", help="output folder (default: dashboards/<study name>/)"
-    )
-    report.add_argument(
-        "--attach",
-        action="store_true",
-        help="also save the figures into the study, where optuna-dashboard shows them "
-        "(the only report option that writes to the storage)",
-    )
-    dashboard = command("dashboard", cmd_dashboard, "browse the study live in optuna-dashboard")
-    dashboard.add_argument(
-        "--host",
-        default="127.0.0.1",
-        help="address to bind (default 127.0.0.1: this machine; any other address lets "
-        "whoever reaches the port read the study, and warns)",
-    )
-    dashboard.add_argument("--port", type=int, default=8080, help="port (default 8080; 0: any)")
-    dashboard.add_argument(
-        "--allow-writes",
-        action="store_true",
-        help="let the dashboard write to the storage: notes and artifact uploads (into "
-        "<output_dir>/artifacts, if it exists) are legitimate for a human in the loop and "
-        "need this flag; it also lets whoever reaches the port rename or delete the study. "
-        "Without it the dashboard is read-only: every request that could write is refused "
-        "(403)",
-    )
-    compare = commands.add_parser(
-        "compare",
-        help="compare search strategies: best value against compute",
-        description="Best-so-far value against cumulative training compute, one line per "
-        "study, and the compute each needed to reach random search's best.",
-    )
-    compare.add_argument("study_files", nargs="+", metavar="FILE", help="study YAML files")
-    _add_global_options(compare, "override a field of every study file (repeatable)")
-    compare.add_argument(
-        "-o", "--output", metavar="DIR", help="output folder (default: dashboards/compare-...)"
-    )
-    compare.set_defaults(handler=cmd_compare)
-    sweep = commands.add_parser(
-        "sweep",
-        help="run a batch of studies from a sweep file (resumable, safe from cron)",
-        description="Run every study of a sweep file (base + matrix, and/or study files) to "
-        "its budget. A second invocation while one runs exits with 'already running'.",
-    )
-    sweep.add_argument("sweep_file", metavar="SWEEP_FILE", help="the sweep YAML file")
-    _add_global_options(sweep, "override a field of every study, after the matrix (repeatable)")
-    sweep.add_argument(
-        "--parallel",
-        type=_positive_int,
-        default=1,
-        metavar="N",
-        help="run N studies at a time, one process each (default 1)",
-    )
-    sweep.add_argument("--dry-run", action="store_true", help="print the plan; run nothing")
-    sweep.add_argument("--json", action="store_true", help="with --dry-run: the plan as JSON")
-    sweep.add_argument("--date", metavar="YYYY-MM-DD", help="the date of {date} placeholders")
-    sweep.add_argument(
-        "--no-compare",
-        action="store_true",
-        help="skip the comparison page written after the sweep",
-    )
-    sweep.set_defaults(handler=cmd_sweep)
-    narrow = command(
-        "narrow", cmd_narrow, "write a new study file narrowed around the top K trials"
-    )
-    narrow.add_argument("--top", type=_positive_int, default=5, metavar="K", help="default 5")
-    narrow.add_argument("-o", "--output", required=True, metavar="NEW", help="file to write")
-    narrow.add_argument("--name", help="the new study's name (default: <name>-narrow)")
-    export = command("export", cmd_export, "write the best trial's model with a model card")
-    export.add_argument("--to", required=True, metavar="DIR", help="the folder to write")
-    export.add_argument("--trial", type=int, metavar="N", help="export trial N, not the best")
-    export.add_argument(
-        "--force", action="store_true", help="replace a previous export in DIR (only that)"
-    )
-    init = commands.add_parser(
-        "init",
-        help="write a commented study file for your own data (texts or images)",
-        description="Look at DATA (a CSV, TSV, JSON lines or Parquet table of texts or of "
-        "image paths, or an image folder with one sub-folder per class), detect its columns, "
-        "count the classes, and write a study file sized for it that passes hpo validate as "
-        "it is.",
-    )
-    init.add_argument(
-        "data_file", metavar="DATA", help="your labelled examples: a table or an image folder"
-    )
-    init.add_argument(
-        "-o", "--output", default="study.yaml", metavar="FILE", help="default: study.yaml"
-    )
-    init.add_argument("--model", metavar="NAME", help="a local model folder or a hub id")
-    init.add_argument("--text-column", metavar="NAME", help="default: detected")
-    init.add_argument("--image-column", metavar="NAME", help="default: detected")
-    init.add_argument("--label-column", metavar="NAME", help="default: detected")
-    init.add_argument(
-        "--trainer",
-        metavar="REF",
-        help="a trainer with a draft_study hook (default: image or text classification, "
-        "from the data)",
-    )
-    init.add_argument("--force", action="store_true", help="replace an existing FILE")
-    _add_global_options(init, "not taken: edit the written file instead", prefix="")
-    init.set_defaults(handler=cmd_init)
-    schema = commands.add_parser(
-        "schema",
-        help="print the JSON Schema of study files (editor completion and checks)",
-        description="Print the JSON Schema of study files, with each shipped trainer's args. "
-        "Save it and start a study file with '# yaml-language-server: $schema=PATH'.",
-    )
-    schema.add_argument("--sweep", action="store_true", help="the schema of sweep files")
-    _add_global_options(schema, "not taken: the schema is the same for every file", prefix="")
-    schema.set_defaults(handler=cmd_schema)
+    for command in COMMANDS:
+        sub = commands.add_parser(
+            command.name, help=command.help, description=command.description or command.help
+        )
+        command.add_arguments(sub)
+        sub.set_defaults(handler=command.handler)
     parser.add_argument("--version", action="version", version=f"hpo {_version()}")
     _add_global_options(parser, "override a study field (repeatable)", prefix="global_")
     return parser
+
+
+def _add_study_file(parser: argparse.ArgumentParser) -> None:
+    """The study file most commands take, and the options every command takes."""
+    parser.add_argument("study_file", metavar="FILE", help="the study YAML file")
+    _add_global_options(parser, "override a field before validation (repeatable)")
+
+
+def _add_json_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON (see README)")
 
 
 def _add_global_options(parser: argparse.ArgumentParser, help: str, prefix: str = "") -> None:
@@ -305,10 +199,15 @@ def _load(args: argparse.Namespace, *, import_trainer: bool = True) -> Any:
     return load_study(args.study_file, overrides, import_trainer=import_trainer)
 
 
+def add_validate_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_study_file(parser)
+    _add_json_option(parser)
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from hpo.config import describe_models
     from hpo.contract import legacy_ref
-    from hpo.space import describe, grid_size
+    from hpo.space import grid_size
 
     config = _load(args)
     current = legacy_ref(config.trainer.ref, config.study_dir)
@@ -324,7 +223,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     except ValueError:
         size = None
     if args.json:
-        _print_json(
+        print_json(
             {
                 "file": str(args.study_file),
                 "study": config.name,
@@ -343,55 +242,30 @@ def cmd_validate(args: argparse.Namespace) -> int:
             }
         )
         return 0
-    print(
-        f"{args.study_file}: ok — study {config.name!r}, sampler {config.sampler.type}, "
-        f"pruner {config.pruner.type if config.pruner else 'none'}, "
-        f"{config.budget.n_trials} trials"
-    )
-    print("search space:")
-    for line in describe(config.search_space):
-        print(f"  {line}")
-    print(f"grid size: {size if size is not None else 'not griddable (continuous floats)'}")
-    if models:
-        print("models:")
-        for line in _model_table(models):
-            print(f"  {line}")
+    print_validation(args.study_file, config, size, models)
     return 0
 
 
-def _model_table(models: list[dict[str, Any]]) -> list[str]:
-    """One aligned row per candidate base model: what its own files say."""
-
-    def count(n: int | None) -> str:
-        for unit, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
-            if n is not None and n >= scale:
-                return f"{n / scale:.1f}{unit}"
-        return "?" if n is None else str(n)
-
-    header = ("model", "resolves to", "arch", "params", "size MB", "max len", "license", "data")
-    rows = [header]
-    for m in models:
-        where = m["source"] if m["source"] == "packaged" else f"{m['source']} {m['path']}"
-        if not m.get("checked", True):
-            where += " (not checked offline)"
-        data = m.get("datasets") or []
-        rows.append(
-            (
-                m["name"],
-                where,
-                m.get("architecture") or "?",
-                count(m.get("n_parameters")),
-                "?" if m.get("size_mb") is None else f"{m['size_mb']:g}",
-                str(m.get("max_seq_length") or "?"),
-                m.get("license") or "unknown",
-                ", ".join(data[:3]) + (f" +{len(data) - 3} more" if len(data) > 3 else "")
-                or "unknown",
-            )
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    return [
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
-    ]
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_study_file(parser)
+    parser.add_argument("--n-trials", type=int, help="shorthand for --set budget.n_trials=N")
+    parser.add_argument(
+        "--allow-space-change",
+        action="store_true",
+        help="resume even though search_space differs from the stored study",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="worker processes on this machine (each gets its share of the cores)",
+    )
+    parser.add_argument(
+        "--devices",
+        metavar="IDS",
+        help="GPU ids, one worker each (default: every visible GPU; 'none' for CPU only)",
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -425,16 +299,23 @@ def cmd_run(args: argparse.Namespace) -> int:
                 on_progress=view.update,
             )
     except FailureBudgetExceeded:
-        _print_failed_since(config, started)
+        print_failed_since(config, started)
         raise
     if summary.already_done:
         print(
             f"study {config.name!r} is already finished ({summary.finished}/"
             f"{summary.n_trials} trials); nothing to run. Raise budget.n_trials to run more."
         )
-    _print_summary(summary)
-    _print_failed_since(config, started)
+    print_summary(summary)
+    print_failed_since(config, started)
     return 0
+
+
+def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_study_file(parser)
+    parser.add_argument(
+        "--device", metavar="ID", help="GPU id for this worker (default: the first visible GPU)"
+    )
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -452,12 +333,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
         with sigterm_as_interrupt(), _live_view(args, config) as view:
             ran = run_worker(config, worker=worker, on_trial=lambda s, t: view.update(s))
     except FailureBudgetExceeded:
-        _print_failed_since(config, started)
+        print_failed_since(config, started)
         raise
     summary = summarize(open_study(config, allow_space_change=True), config, ran=ran)
-    _print_summary(summary)
-    _print_failed_since(config, started)
+    print_summary(summary)
+    print_failed_since(config, started)
     return 0
+
+
+def add_status_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_study_file(parser)
+    _add_json_option(parser)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -469,7 +355,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     lines = view.attention()
     disk = _checkpoint_disk(config)
     if args.json:
-        _print_json(
+        print_json(
             {
                 "study": summary.study_name,
                 "budget": summary.n_trials,
@@ -481,9 +367,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             }
         )
         return 0
-    _print_summary(summary)
-    print(_describe_disk(disk))
-    _print_attention(lines)
+    print_summary(summary)
+    print(describe_disk(disk))
+    print_attention(lines)
     return 0
 
 
@@ -501,12 +387,9 @@ def _checkpoint_disk(config: Any) -> dict[str, Any]:
     }
 
 
-def _describe_disk(disk: dict[str, Any]) -> str:
-    kept = {
-        "all": "every trial's kept",
-        "pareto_front": "the Pareto front's kept",
-    }.get(disk["keep"], f"the best {disk['keep']} trials' kept")
-    return f"checkpoints: {disk['bytes'] / 1e6:.1f} MB in {disk['dir']} ({kept})"
+def add_best_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_study_file(parser)
+    _add_json_option(parser)
 
 
 def cmd_best(args: argparse.Namespace) -> int:
@@ -522,11 +405,9 @@ def cmd_best(args: argparse.Namespace) -> int:
         feasible = " that meets the constraints" if config.constraints else ""
         raise HpoError(f"study {config.name!r} has no completed trial{feasible} yet")
     if args.json:
-        _print_json(data)
+        print_json(data)
     else:
-        print(f"trial {data['trial']}: {config.objective.metric}={data['value']:.4f}")
-        for key, value in {**data["params"], **data["metrics"]}.items():
-            print(f"  {key}: {value}")
+        print_best(config.objective.metric, data)
     return 0
 
 
@@ -544,7 +425,7 @@ def _print_front(config: Any, study: Any, *, as_json: bool) -> int:
         feasible = " feasible" if config.constraints else ""
         raise HpoError(f"study {config.name!r} has no completed{feasible} trial yet")
     if as_json:
-        _print_json(
+        print_json(
             {
                 "study": config.name,
                 "objectives": [o.model_dump() for o in config.objectives],
@@ -552,34 +433,8 @@ def _print_front(config: Any, study: Any, *, as_json: bool) -> int:
             }
         )
         return 0
-    feasible = " (feasible trials only)" if config.constraints else ""
-    print(f"Pareto front of study {config.name!r}: {len(rows)} trials{feasible}")
-    for line in front_table(rows):
-        print(f"  {line}")
+    print_front(config.name, rows, constrained=bool(config.constraints))
     return 0
-
-
-def front_table(rows: list[dict[str, Any]]) -> list[str]:
-    """The front as aligned rows: trial, model, each objective, the other params."""
-    metrics = list(rows[0]["values"]) if rows else []
-    header = ["trial", "model", *metrics, "params"]
-    table = [header]
-    for row in rows:
-        params = {k: v for k, v in row["params"].items() if k != "model"}
-        model = row.get("model") or "?"
-        table.append(
-            [
-                str(row["number"]),
-                str(model),
-                *(f"{row['values'][m]:.4g}" for m in metrics),
-                ", ".join(
-                    f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                    for k, v in params.items()
-                ),
-            ]
-        )
-    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in table]
 
 
 def _best_data(config: Any, summary: Any) -> dict[str, Any] | None:
@@ -597,31 +452,17 @@ def _best_data(config: Any, summary: Any) -> dict[str, Any] | None:
     }
 
 
-def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, default=str))
-
-
-def _print_attention(lines: list[Any]) -> None:
-    if not lines:
-        return
-    print("trials needing attention:")
-    for line in lines:
-        print(f"  {line.describe()}")
-
-
-def _print_failed_since(config: Any, started: dt.datetime) -> None:
-    """The run's closing lines name the trials that failed in it, with their first message."""
-    from hpo.status import attention, failed_since
-    from hpo.study import load_existing_study
-
-    try:
-        failed = failed_since(attention(load_existing_study(config)), started)
-    except HpoError:  # nothing stored (e.g. a dry start); the summary said what it could
-        return
-    if failed:
-        print(f"{len(failed)} trials failed in this run:")
-        for line in failed:
-            print(f"  {line.describe()}")
+def add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_study_file(parser)
+    parser.add_argument(
+        "-o", "--output", metavar="DIR", help="output folder (default: dashboards/<study name>/)"
+    )
+    parser.add_argument(
+        "--attach",
+        action="store_true",
+        help="also save the figures into the study, where optuna-dashboard shows them "
+        "(the only report option that writes to the storage)",
+    )
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -636,8 +477,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(f"data: {report.trials_csv}, {report.summary_json}")
     from hpo.status import TrialLine
 
-    _print_attention([TrialLine(**line) for line in report.summary["attention"]])
+    print_attention([TrialLine(**line) for line in report.summary["attention"]])
     return 0
+
+
+def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("study_files", nargs="+", metavar="FILE", help="study YAML files")
+    _add_global_options(parser, "override a field of every study file (repeatable)")
+    parser.add_argument(
+        "-o", "--output", metavar="DIR", help="output folder (default: dashboards/compare-...)"
+    )
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -671,6 +520,26 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_dashboard_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_study_file(parser)
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1: this machine; any other address lets "
+        "whoever reaches the port read the study, and warns)",
+    )
+    parser.add_argument("--port", type=int, default=8080, help="port (default 8080; 0: any)")
+    parser.add_argument(
+        "--allow-writes",
+        action="store_true",
+        help="let the dashboard write to the storage: notes and artifact uploads (into "
+        "<output_dir>/artifacts, if it exists) are legitimate for a human in the loop and "
+        "need this flag; it also lets whoever reaches the port rename or delete the study. "
+        "Without it the dashboard is read-only: every request that could write is refused "
+        "(403)",
+    )
+
+
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from hpo.dashboards.server import serve_dashboard
 
@@ -694,6 +563,26 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
+def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("sweep_file", metavar="SWEEP_FILE", help="the sweep YAML file")
+    _add_global_options(parser, "override a field of every study, after the matrix (repeatable)")
+    parser.add_argument(
+        "--parallel",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="run N studies at a time, one process each (default 1)",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="print the plan; run nothing")
+    parser.add_argument("--json", action="store_true", help="with --dry-run: the plan as JSON")
+    parser.add_argument("--date", metavar="YYYY-MM-DD", help="the date of {date} placeholders")
+    parser.add_argument(
+        "--no-compare",
+        action="store_true",
+        help="skip the comparison page written after the sweep",
+    )
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     import datetime as dt
 
@@ -715,7 +604,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + ([f"storage={args.storage}"] if args.storage else [])
     sweep = load_sweep(args.sweep_file, overrides, today=today)
     if args.dry_run and args.json:
-        _print_json(
+        print_json(
             {
                 "sweep": sweep.name,
                 "studies": [
@@ -735,14 +624,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.json:
         raise ConfigError("--json goes with --dry-run (a sweep's run prints its summary)")
     if args.dry_run:
-        print(f"sweep {sweep.name!r}: {len(sweep.studies)} studies (dry run; nothing runs)")
-        for row in plan_sweep(sweep):
-            changes = ", ".join(f"{k}={v}" for k, v in shown_overrides(row.study).items())
-            print(
-                f"{row.study.name}: {row.remaining} of {row.budget} trials remaining"
-                f"{'' if row.exists else ' (new study)'}; overrides: {changes or 'none'}"
-            )
-            print(f"  {run_command(sweep, row.study)}")
+        print_sweep_plan(sweep, plan_sweep(sweep))
         return 0
     show_workers(args.parallel > 1)  # lines of studies running side by side carry their name
     with sigterm_as_interrupt():  # a CronJob's pod is stopped with SIGTERM: stop as Ctrl-C
@@ -798,6 +680,13 @@ def _quiet_optuna(debug: bool) -> None:
     optuna.logging.set_verbosity(optuna.logging.DEBUG if debug else optuna.logging.ERROR)
 
 
+def add_narrow_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_study_file(parser)
+    parser.add_argument("--top", type=_positive_int, default=5, metavar="K", help="default 5")
+    parser.add_argument("-o", "--output", required=True, metavar="NEW", help="file to write")
+    parser.add_argument("--name", help="the new study's name (default: <name>-narrow)")
+
+
 def cmd_narrow(args: argparse.Namespace) -> int:
     from hpo.config import check_folder_name, load_study
     from hpo.narrow import narrow_study
@@ -831,6 +720,15 @@ def cmd_narrow(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_study_file(parser)
+    parser.add_argument("--to", required=True, metavar="DIR", help="the folder to write")
+    parser.add_argument("--trial", type=int, metavar="N", help="export trial N, not the best")
+    parser.add_argument(
+        "--force", action="store_true", help="replace a previous export in DIR (only that)"
+    )
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from hpo.export import export_best
 
@@ -839,6 +737,27 @@ def cmd_export(args: argparse.Namespace) -> int:
     values = ", ".join(f"{o['metric']}={o['value']:.4f}" for o in facts["objectives"])
     print(f"exported trial {facts['trial']} of study {config.name!r} ({values}) to {args.to}")
     return 0
+
+
+def add_init_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "data_file", metavar="DATA", help="your labelled examples: a table or an image folder"
+    )
+    parser.add_argument(
+        "-o", "--output", default="study.yaml", metavar="FILE", help="default: study.yaml"
+    )
+    parser.add_argument("--model", metavar="NAME", help="a local model folder or a hub id")
+    parser.add_argument("--text-column", metavar="NAME", help="default: detected")
+    parser.add_argument("--image-column", metavar="NAME", help="default: detected")
+    parser.add_argument("--label-column", metavar="NAME", help="default: detected")
+    parser.add_argument(
+        "--trainer",
+        metavar="REF",
+        help="a trainer with a draft_study hook (default: image or text classification, "
+        "from the data)",
+    )
+    parser.add_argument("--force", action="store_true", help="replace an existing FILE")
+    _add_global_options(parser, "not taken: edit the written file instead", prefix="")
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -870,6 +789,11 @@ def cmd_init(args: argparse.Namespace) -> int:
 INIT_OPTIONS = ("model", "text_column", "image_column", "label_column")
 
 
+def add_schema_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sweep", action="store_true", help="the schema of sweep files")
+    _add_global_options(parser, "not taken: the schema is the same for every file", prefix="")
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     if args.overrides or args.storage:
         raise ConfigError(
@@ -893,32 +817,6 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_summary(summary: Any) -> None:
-    from hpo.status import shown_metrics
-
-    states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(summary.counts.items())) or "none"
-    print(
-        f"study {summary.study_name!r}: {summary.finished}/{summary.n_trials} trials "
-        f"finished ({states})"
-    )
-    if summary.ran or summary.wall_time_s:
-        print(f"ran {summary.ran} trials in {summary.wall_time_s:.1f} s wall time")
-    if summary.pareto_front:
-        print(f"Pareto front: {len(summary.pareto_front)} trials")
-        for line in front_table(summary.pareto_front):
-            print(f"  {line}")
-        return
-    if summary.best_number is None:
-        feasible = " that meets the constraints" if summary.constrained else ""
-        print(f"no completed trial{feasible} yet")
-        return
-    print(f"best: trial {summary.best_number}, value {summary.best_value:.4f}")
-    print("best params: " + ", ".join(f"{k}={v}" for k, v in summary.best_params.items()))
-    shown = shown_metrics(summary.best_metrics)
-    if shown:
-        print("best metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in shown.items()))
-
-
 def _live_view(args: argparse.Namespace, config: Any) -> LiveView:
     """The live area of ``run`` and ``worker``, starting from what the study has stored."""
     from hpo.budget import effective_budget
@@ -935,3 +833,96 @@ def _live_view(args: argparse.Namespace, config: Any) -> LiveView:
     except StudyStateError:  # a new study (nothing stored, nothing created here) starts at 0
         pass
     return view
+
+
+# The command table, in the order `hpo --help` lists the commands.
+COMMANDS = (
+    Command(
+        "run",
+        "run the study until its budget is met (resumes)",
+        add_run_arguments,
+        cmd_run,
+    ),
+    Command(
+        "worker",
+        "join a study (same storage) as one more worker until it is done",
+        add_worker_arguments,
+        cmd_worker,
+    ),
+    Command(
+        "validate",
+        "check a study file; print its search space",
+        add_validate_arguments,
+        cmd_validate,
+    ),
+    Command(
+        "status",
+        "trials by state, failed and running trials",
+        add_status_arguments,
+        cmd_status,
+    ),
+    Command(
+        "best",
+        "the best trial's value, params and metrics",
+        add_best_arguments,
+        cmd_best,
+    ),
+    Command(
+        "report",
+        "write an HTML report, trials.csv and summary.json",
+        add_report_arguments,
+        cmd_report,
+    ),
+    Command(
+        "dashboard",
+        "browse the study live in optuna-dashboard",
+        add_dashboard_arguments,
+        cmd_dashboard,
+    ),
+    Command(
+        "compare",
+        "compare search strategies: best value against compute",
+        add_compare_arguments,
+        cmd_compare,
+        description="Best-so-far value against cumulative training compute, one line per "
+        "study, and the compute each needed to reach random search's best.",
+    ),
+    Command(
+        "sweep",
+        "run a batch of studies from a sweep file (resumable, safe from cron)",
+        add_sweep_arguments,
+        cmd_sweep,
+        description="Run every study of a sweep file (base + matrix, and/or study files) to "
+        "its budget. A second invocation while one runs exits with 'already running'.",
+    ),
+    Command(
+        "narrow",
+        "write a new study file narrowed around the top K trials",
+        add_narrow_arguments,
+        cmd_narrow,
+    ),
+    Command(
+        "export",
+        "write the best trial's model with a model card",
+        add_export_arguments,
+        cmd_export,
+    ),
+    Command(
+        "init",
+        "write a commented study file for your own data (texts or images)",
+        add_init_arguments,
+        cmd_init,
+        description="Look at DATA (a CSV, TSV, JSON lines or Parquet table of texts or of "
+        "image paths, or an image folder with one sub-folder per class), detect its columns, "
+        "count the classes, and write a study file sized for it that passes hpo validate as "
+        "it is.",
+    ),
+    Command(
+        "schema",
+        "print the JSON Schema of study files (editor completion and checks)",
+        add_schema_arguments,
+        cmd_schema,
+        description="Print the JSON Schema of study files, with each shipped trainer's args. "
+        "Save it and start a study file with '# yaml-language-server: $schema=PATH'.",
+    ),
+)

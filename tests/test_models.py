@@ -229,6 +229,9 @@ def context(tmp_path: Path, trial: object, **params) -> TrialContext:
 def test_each_trial_trains_its_model_with_its_own_cache_and_costs(
     tmp_path: Path, minilm_l3: Path
 ) -> None:
+    # The per-worker cache of this process, as a fresh worker has it: tests that trained
+    # in-process before this one left their own entries (other max_seq_length values).
+    tc._CACHE.clear()
     study = optuna.create_study(direction="maximize")
     common = {
         "dataset": {

@@ -112,7 +112,8 @@ def test_dockerfile_copies_everything_the_package_needs(tmp_path: Path) -> None:
     (wheel,) = (tmp_path / "dist").glob("*.whl")
     assert wheel.name.startswith("hpo_finetune-0.1.0-")
     names = zipfile.ZipFile(wheel).namelist()
-    for module in ("hpo/__main__.py", "hpo/cli.py", "hpo/trainers/toy.py", "hpo/dashboards/page.py"):
+    shipped = ("hpo/__main__.py", "hpo/cli.py", "hpo/trainers/toy.py", "hpo/dashboards/page.py")
+    for module in shipped:
         assert module in names
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert "hpo = hpo.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()

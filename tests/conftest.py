@@ -183,6 +183,24 @@ def unique_name() -> str:
     return f"t{uuid.uuid4().hex[:10]}"
 
 
+def trials_when_ready(storage: str, name: str) -> list | None:
+    """The trials of study ``name``, or None while a process is still creating the storage
+    or the study. Read as hpo's readers read: ``optuna.load_study`` on a storage being
+    created writes Optuna's version rows itself and raced the process creating them
+    (``UNIQUE constraint failed: alembic_version``)."""
+    import optuna
+
+    from hpo.storage import open_storage, storage_exists
+
+    if not storage_exists(storage):
+        return None
+    try:
+        study = optuna.load_study(study_name=name, storage=open_storage(storage, read_only=True))
+    except KeyError:
+        return None
+    return study.get_trials()
+
+
 def count_states(study) -> Counter[str]:
     """A study's trials by state name (COMPLETE, PRUNED, FAIL, RUNNING, WAITING), read
     through Optuna's own API."""

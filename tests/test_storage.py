@@ -596,7 +596,7 @@ def test_a_file_that_is_no_database_on_a_read_only_mount_is_named_as_such(
     study = toy_study(storage=f"sqlite:///{read_only_folder / 'hpo.db'}")
     result = _hpo_on_read_only_mount(read_only_folder, "status", str(study))
     assert result.returncode == 2, result.stderr
-    assert "the file exists but has no Optuna tables" in result.stderr
+    assert "the file exists but has no complete Optuna tables" in result.stderr
 
 
 def _driver_error() -> None:
@@ -621,3 +621,25 @@ def test_a_url_that_cannot_be_expanded_leaves_the_storage_error_as_it_was(
     monkeypatch.setenv("HPO_TEST_PORT", "not-a-port")
     with pytest.raises(StorageError, match="could not translate host name"):
         storage_module._guarded("postgresql://u:s3cret@db:${HPO_TEST_PORT}/d", _driver_error)
+
+
+def test_a_storage_still_being_created_reads_as_missing_and_is_left_alone(
+    toy_study, tmp_path: Path, capsys
+) -> None:
+    """A reader that comes while ``hpo run`` creates Optuna's tables (a cron ``hpo
+    status``) must neither write Optuna's version rows itself (it raced the creator:
+    ``UNIQUE constraint failed: alembic_version``) nor fail with a traceback."""
+    import sqlalchemy
+    from optuna.storages._rdb import models
+
+    from hpo.cli import main
+
+    study_file = toy_study()
+    engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path / 'hpo.db'}")
+    models.BaseModel.metadata.create_all(engine)  # the tables; the version rows come next
+    engine.dispose()
+    before = _snapshot(tmp_path)
+    assert main(["status", str(study_file)]) == 2
+    err = capsys.readouterr().err
+    assert "no study 'toy'" in err and "Traceback" not in err
+    assert _snapshot(tmp_path) == before

@@ -17,7 +17,7 @@ import pytest
 from hpo.cli import main
 from hpo.errors import ConfigError
 from hpo.sweep import MAX_STUDIES, load_sweep
-from tests.conftest import ROOT, run_hpo
+from tests.conftest import ROOT, run_hpo, trials_when_ready
 
 BASE = """\
 name: {name}
@@ -285,11 +285,8 @@ def _wait_for_trials(storage: str, name: str, n: int, process: subprocess.Popen)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()
-        try:
-            if len(optuna.load_study(study_name=name, storage=storage).get_trials()) >= n:
-                return
-        except KeyError:
-            pass
+        if len(trials_when_ready(storage, name) or []) >= n:
+            return
         time.sleep(0.1)
     raise AssertionError(f"study {name} never reached {n} trials")
 
@@ -481,10 +478,7 @@ def test_sigterm_stops_a_sweep_like_ctrl_c(tmp_path: Path, parallel: str) -> Non
     while not running:
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()
         time.sleep(0.2)
-        try:
-            trials = optuna.load_study(study_name="toy-1", storage=storage).get_trials()
-        except KeyError:
-            continue
+        trials = trials_when_ready(storage, "toy-1") or []
         running = [t for t in trials if t.state.name == "RUNNING"]
     children = _children(process.pid)
     try:

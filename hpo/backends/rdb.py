@@ -59,8 +59,15 @@ def url_query(real_url: str) -> dict[str, Any]:
     return dict(sqlalchemy.engine.make_url(real_url).query)
 
 
+# The table Optuna fills last when it creates a storage (``_VersionManager._init_alembic``).
+# Until it has its row, a run is still creating the storage, and a reader that opened it
+# would write Optuna's version rows itself, racing the creator ("UNIQUE constraint
+# failed: alembic_version"); readers call such a storage missing.
+COMPLETE_MARK = "alembic_version"
+
+
 def has_optuna_tables(real_url: str, **engine_kwargs: Any) -> bool:
-    """True when the database holds Optuna's tables; reads the catalog only."""
+    """True when the database holds Optuna's tables, completely created; reads only."""
     import sqlalchemy
 
     engine = sqlalchemy.create_engine(
@@ -68,9 +75,13 @@ def has_optuna_tables(real_url: str, **engine_kwargs: Any) -> bool:
     )
     try:
         tables = set(sqlalchemy.inspect(engine).get_table_names())
+        if not {"studies", "version_info", COMPLETE_MARK} <= tables:
+            return False
+        with engine.connect() as connection:
+            query = sqlalchemy.text(f"SELECT 1 FROM {COMPLETE_MARK}")
+            return connection.execute(query).first() is not None
     finally:
         engine.dispose()
-    return {"studies", "version_info"} <= tables
 
 
 class SqlLock(Lock):

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hpo.backends.base import Backend, FileLock, Lock, safe_name
-from hpo.backends.rdb import open_rdb
+from hpo.backends.rdb import COMPLETE_MARK, open_rdb
 from hpo.errors import StorageError
 
 SQLITE_BUSY_TIMEOUT_S = 60
@@ -65,10 +65,10 @@ class SqliteBackend(Backend):
         except sqlite3.DatabaseError:  # "file is not a database"
             return False
         try:
-            rows = connection.execute(
-                "SELECT name FROM sqlite_master WHERE type='table' AND name='studies'"
-            ).fetchall()
-        except sqlite3.DatabaseError:
+            # Optuna stamps alembic_version last: until then a run is still creating the
+            # storage, and a reader opening it would write the version rows itself.
+            rows = connection.execute(f"SELECT 1 FROM {COMPLETE_MARK} LIMIT 1").fetchall()
+        except sqlite3.DatabaseError:  # "no such table"
             return False
         finally:
             connection.close()
@@ -87,7 +87,8 @@ class SqliteBackend(Backend):
         if path is None:
             return f"no hpo study database at {shown_url}"
         why = (
-            "the file exists but has no Optuna tables: it is empty or not a study database"
+            "the file exists but has no complete Optuna tables: it is empty, not a study "
+            "database, or a run is creating them right now"
             if path.is_file()
             else "the file does not exist"
         )

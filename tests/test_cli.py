@@ -169,7 +169,8 @@ def test_no_study_yet_names_the_run_that_creates_it_where_asked(
     (tmp_path / "empty.db").touch()
     empty = run_cli("best", "toy.yaml", "--storage", "sqlite:///empty.db")
     assert empty.returncode == 2 and "does not exist" not in empty.stderr
-    assert f"{tmp_path / 'empty.db'} (the file exists but has no complete Optuna tables" in empty.stderr
+    why = "(the file exists but has no complete Optuna tables"
+    assert f"{tmp_path / 'empty.db'} {why}" in empty.stderr
     assert "hpo run toy.yaml --set storage=sqlite:///empty.db" in empty.stderr
     # A storage that exists without the study: the same hint.
     other = run_cli("status", "toy.yaml", "--set", "storage=sqlite:///ro db.db", "--set", "name=b")

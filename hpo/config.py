@@ -388,12 +388,11 @@ def load_study(
         ConfigError: the file is missing, is not valid YAML, or fails validation; it
             carries every problem found (one line each, with the file's line numbers).
     """
-    if isinstance(study, Mapping):
-        source = mapping_source(study)
-    elif isinstance(study, str | os.PathLike):
+    # Anything but a path is taken as a mapping (mapping_source says what it expected).
+    if isinstance(study, str | os.PathLike):
         source = read_source(study)
     else:
-        source = mapping_source(study)  # says what it expected
+        source = mapping_source(study)
     texts = override_texts(overrides, what=what)
     for override in texts:
         apply_override(source, override, what=what)

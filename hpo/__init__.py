@@ -10,6 +10,7 @@ from importlib.machinery import ModuleSpec
 from pathlib import Path
 from types import ModuleType
 
+from hpo.api import StudyResult, best, optimize, pareto_front, study_status
 from hpo.budget import Summary
 from hpo.config import StudyConfig, load_study
 from hpo.contract import Trainer
@@ -23,12 +24,17 @@ __all__ = [
     "NonFiniteError",
     "StorageError",
     "StudyConfig",
+    "StudyResult",
     "Summary",
     "Trainer",
     "TrainerFn",
     "TrialContext",
+    "best",
     "load_study",
+    "optimize",
+    "pareto_front",
     "run_study",
+    "study_status",
 ]
 __version__ = "0.1.0"
 # The name to `pip install` (and of the installed metadata); "hpo" on PyPI is another project.

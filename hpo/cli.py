@@ -347,44 +347,18 @@ def add_status_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from hpo.api import status_data
     from hpo.view import open_view
 
-    config = _load(args, import_trainer=False)
-    view = open_view(config)
-    summary = view.summary()
-    lines = view.attention()
-    disk = _checkpoint_disk(config)
+    view = open_view(_load(args, import_trainer=False))
+    data = status_data(view)  # what hpo.study_status() returns
     if args.json:
-        print_json(
-            {
-                "study": summary.study_name,
-                "budget": summary.n_trials,
-                "finished": summary.finished,
-                "trials_by_state": summary.counts,
-                "best": _best_data(config, summary),
-                "attention": [line.as_dict() for line in lines],
-                "checkpoints": disk,
-            }
-        )
+        print_json(data)
         return 0
-    print_summary(summary)
-    print(describe_disk(disk))
-    print_attention(lines)
+    print_summary(view.summary())
+    print(describe_disk(data["checkpoints"]))
+    print_attention(view.attention())
     return 0
-
-
-def _checkpoint_disk(config: Any) -> dict[str, Any]:
-    """What ``hpo status`` says about the study's folder: where, how big, what is kept."""
-    from hpo.checkpoints import checkpoint_bytes, study_folder
-
-    kept: int | str = config.checkpoint_limit or "all"
-    if config.multi_objective and config.checkpoint_limit is not None:
-        kept = "pareto_front"
-    return {
-        "dir": str(study_folder(config)),
-        "bytes": checkpoint_bytes(config),
-        "keep": kept,
-    }
 
 
 def add_best_arguments(parser: argparse.ArgumentParser) -> None:
@@ -393,63 +367,30 @@ def add_best_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_best(args: argparse.Namespace) -> int:
-    from hpo.budget import summarize
-    from hpo.study import load_existing_study
+    from hpo.api import best_data, front_data
+    from hpo.view import open_view
 
     config = _load(args, import_trainer=False)
+    view = open_view(config)
+    feasible = " that meets the constraints" if config.constraints else ""
     if config.multi_objective:
-        return _print_front(config, load_existing_study(config), as_json=args.json)
-    summary = summarize(load_existing_study(config), config)
-    data = _best_data(config, summary)
+        rows = front_data(view)  # what hpo.pareto_front() returns
+        if not rows:
+            raise HpoError(f"study {config.name!r} has no completed trial{feasible} yet")
+        if args.json:
+            objectives = [o.model_dump() for o in config.objectives]
+            print_json({"study": config.name, "objectives": objectives, "pareto_front": rows})
+        else:
+            print_front(config.name, rows, constrained=bool(config.constraints))
+        return 0
+    data = best_data(view)  # what hpo.best() returns
     if data is None:
-        feasible = " that meets the constraints" if config.constraints else ""
         raise HpoError(f"study {config.name!r} has no completed trial{feasible} yet")
     if args.json:
         print_json(data)
     else:
         print_best(config.objective.metric, data)
     return 0
-
-
-def _print_front(config: Any, study: Any, *, as_json: bool) -> int:
-    """``hpo best`` of a study with several objectives: its (feasible) Pareto front."""
-    from hpo.pareto import front_rows
-    from hpo.status import shown_metrics
-
-    # As for one objective: the metrics shown leave out runtimes, speeds and epochs.
-    rows = [
-        {**row, "metrics": shown_metrics(row["metrics"])}
-        for row in front_rows(study.get_trials(deepcopy=False), config)
-    ]
-    if not rows:
-        feasible = " feasible" if config.constraints else ""
-        raise HpoError(f"study {config.name!r} has no completed{feasible} trial yet")
-    if as_json:
-        print_json(
-            {
-                "study": config.name,
-                "objectives": [o.model_dump() for o in config.objectives],
-                "pareto_front": rows,
-            }
-        )
-        return 0
-    print_front(config.name, rows, constrained=bool(config.constraints))
-    return 0
-
-
-def _best_data(config: Any, summary: Any) -> dict[str, Any] | None:
-    """The best trial as ``hpo best --json`` prints it (quality and serving-cost metrics)."""
-    from hpo.status import shown_metrics
-
-    if summary.best_number is None:
-        return None
-    return {
-        "study": config.name,
-        "trial": summary.best_number,
-        "value": summary.best_value,
-        "params": summary.best_params,
-        "metrics": shown_metrics(summary.best_metrics),
-    }
 
 
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:

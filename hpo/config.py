@@ -11,6 +11,7 @@ import difflib
 import math
 import os
 import re
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -27,16 +28,18 @@ from pydantic import (
     model_validator,
 )
 
-from hpo.contract import Trainer, resolve_trainer
+from hpo.contract import Trainer, as_trainer, resolve_trainer, trainer_ref
 from hpo.errors import ConfigError, FieldValueError
 from hpo.registry import MULTI_OBJECTIVE_SAMPLERS, PrunerSpec, SamplerSpec
 from hpo.source import (
     Source,
     apply_override,
     expand_env,
+    mapping_source,
     name_as_written,
     read_source,
     validation_problems,
+    yaml_text,
 )
 from hpo.space import SearchSpace
 from hpo.storage import ENV_VAR, check_url, redact_url
@@ -354,36 +357,90 @@ def _put(data: Any, key: list[str], value: Any) -> None:
 
 
 def load_study(
-    path: str | Path, overrides: list[str] | None = None, *, import_trainer: bool = True
+    study: str | os.PathLike[str] | Mapping[str, Any],
+    overrides: Sequence[str] | Mapping[str, Any] | None = None,
+    *,
+    import_trainer: bool = True,
+    trainer: Trainer | Callable[..., Any] | None = None,
+    what: str = "--set",
 ) -> StudyConfig:
-    """Read, override and validate a study file.
+    """Read, override and validate a study file (or a study given as a mapping).
 
     Args:
-        path: the YAML study file.
+        study: the YAML study file, or its content as a mapping (validated the same way,
+            with the same messages; they name the field, as there is no file or line).
+            A mapping's relative paths resolve against the working directory, a file's
+            against its folder.
         overrides: ``key.path=value`` strings; values are parsed as YAML, so a whole
-            mapping can be given (``sampler={type: random}``).
+            mapping can be given (``sampler={type: random}``). Or a mapping of
+            ``key.path`` to a Python value (``{"budget.n_trials": 3}``).
         import_trainer: also import ``trainer.ref`` and check ``trainer.args`` against it
             (what ``validate`` and ``run`` need). Off, no trainer code runs: for commands
             that only read the stored study (``status``, ``best``, ``report`` ...), since
             importing a module runs it (SECURITY.md).
+        trainer: a Python trainer (a ``train(ctx)`` function or an :class:`hpo.Trainer`)
+            to run instead of importing ``trainer.ref``: ``trainer.ref`` may be left out
+            and becomes the function's ``module:name``; ``trainer.args`` are checked
+            against its hooks.
+        what: how errors name the overrides (``--set`` on the command line).
 
     Raises:
         ConfigError: the file is missing, is not valid YAML, or fails validation; it
             carries every problem found (one line each, with the file's line numbers).
     """
-    source = read_source(path)
-    for override in overrides or []:
-        apply_override(source, override)
-    config = validate_source(source, import_trainer=import_trainer)
-    config._overrides = tuple(overrides or ())
+    # Anything but a path is taken as a mapping (mapping_source says what it expected).
+    if isinstance(study, str | os.PathLike):
+        source = read_source(study)
+    else:
+        source = mapping_source(study)
+    texts = override_texts(overrides, what=what)
+    for override in texts:
+        apply_override(source, override, what=what)
+    resolved = None
+    if trainer is not None:
+        resolved = as_trainer(trainer)
+        _use_trainer(source, resolved)
+    config = validate_source(source, import_trainer=import_trainer, trainer=resolved)
+    config._overrides = tuple(texts)
     return config
 
 
-def validate_source(source: Source, *, import_trainer: bool = True) -> StudyConfig:
+def override_texts(
+    overrides: Sequence[str] | Mapping[str, Any] | None, *, what: str = "--set"
+) -> list[str]:
+    """Overrides as ``key.path=VALUE`` strings (a mapping's values written as YAML).
+
+    Raises:
+        ConfigError: a single string instead of a list (each character would be one).
+    """
+    if overrides is None:
+        return []
+    if isinstance(overrides, Mapping):
+        return [f"{key}={yaml_text(value)}" for key, value in overrides.items()]
+    if isinstance(overrides, str):
+        raise ConfigError(
+            f"{what} expects a list of key.path=value strings or a mapping, but got the "
+            f"string {overrides!r}; write [{overrides!r}]"
+        )
+    return list(overrides)
+
+
+def _use_trainer(source: Source, trainer: Trainer) -> None:
+    """Record a Python trainer in the study as ``trainer.ref`` (its ``module:name``)."""
+    section = source.data.setdefault("trainer", {})
+    if isinstance(section, dict):  # anything else is a problem validation reports
+        section["ref"] = trainer_ref(trainer)
+        source.overridden.add(("trainer", "ref"))
+
+
+def validate_source(
+    source: Source, *, import_trainer: bool = True, trainer: Trainer | None = None
+) -> StudyConfig:
     """Validate a read (and overridden) study file: every problem at once, with lines.
 
     ``import_trainer``: as in :func:`load_study`; off, ``trainer.ref`` is checked for its
-    shape only, and ``trainer.args`` not at all.
+    shape only, and ``trainer.args`` not at all. ``trainer``: the Python trainer that
+    runs in place of ``trainer.ref``'s (its hooks check ``trainer.args``).
     """
     expand_env(source, keep=KEEP_UNEXPANDED)
     name_as_written(source, ("name",))
@@ -398,7 +455,7 @@ def validate_source(source: Source, *, import_trainer: bool = True) -> StudyConf
             e, source.data, model=StudyConfig, path=source.path, source=source
         )
         if import_trainer:
-            problems += _trainer_args_problems(source)
+            problems += _trainer_args_problems(source, trainer)
     if (
         problems
         and {"base", "matrix", "studies"} & set(source.data)
@@ -410,25 +467,26 @@ def validate_source(source: Source, *, import_trainer: bool = True) -> StudyConf
             path=source.path,
         )
     if problems:
-        raise ConfigError.join(_unique(problems))
+        raise ConfigError.join(source.in_order(_unique(problems)))
     assert config is not None  # no problems means it validated
     if not import_trainer:
         return config
     try:
-        check_trainer(config, path=source.path)
+        check_trainer(config, path=source.path, trainer=trainer)
     except ConfigError as e:
         raise source.locate(e) from None
     return config
 
 
-def _trainer_args_problems(source: Source) -> list[ConfigError]:
+def _trainer_args_problems(source: Source, given: Trainer | None = None) -> list[ConfigError]:
     """Problems in trainer.args even when other fields failed, so all are shown at once."""
     trainer = source.data.get("trainer")
     if not isinstance(trainer, dict) or not isinstance(trainer.get("ref"), str):
         return []
     args = trainer.get("args") or {}
+    study_dir = Path(source.path).parent if source.path else Path.cwd()
     try:
-        args_model = resolve_trainer(trainer["ref"], Path(source.path).parent).args_model
+        args_model = (given or resolve_trainer(trainer["ref"], study_dir)).args_model
     except ConfigError:
         return []  # reported as trainer.ref already, or once the other fields are fixed
     if args_model is None or not isinstance(args, dict):
@@ -469,7 +527,7 @@ def config_error(
     error: ValidationError,
     raw: Any,
     *,
-    path: str,
+    path: str | None,
     prefix: str = "",
     model: type[BaseModel] | None = None,
     source: Source | None = None,
@@ -486,9 +544,12 @@ def config_error(
     return ConfigError.join(problems)
 
 
-def check_trainer(config: StudyConfig, *, path: str) -> None:
-    """Import ``trainer.ref`` and check its args, so a typo fails before anything runs."""
-    trainer = resolve_trainer(config.trainer.ref, config.study_dir, path=path)
+def check_trainer(
+    config: StudyConfig, *, path: str | None, trainer: Trainer | None = None
+) -> None:
+    """Import ``trainer.ref`` (or take ``trainer``, a Python trainer given in its place) and
+    check its args, so a typo fails before anything runs."""
+    trainer = trainer or resolve_trainer(config.trainer.ref, config.study_dir, path=path)
     args_model = trainer.args_model
     if args_model is None:
         return

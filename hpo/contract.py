@@ -12,9 +12,11 @@ installed packages register under the ``hpo.trainers`` entry-point group.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import logging
+import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -137,6 +139,54 @@ def resolve_trainer(ref: str, study_dir: Path, *, path: str | None = None) -> Tr
     if isinstance(exported, Trainer) and exported.train is found:
         return exported
     return Trainer(found)  # a plain function: a trainer with no hooks
+
+
+def as_trainer(train: Any) -> Trainer:
+    """A Python object given as the trainer (``hpo.optimize(trainer=...)``), as a Trainer.
+
+    A :class:`Trainer` is taken as it is; a plain function takes the hooks of its module's
+    ``TRAINER`` when that exports this very function (as :func:`resolve_trainer` does for
+    a ``trainer.ref``), else it is a trainer with no hooks.
+
+    Raises:
+        ConfigError: ``train`` is not callable.
+    """
+    if isinstance(train, Trainer):
+        return train
+    if not callable(train):
+        raise ConfigError(
+            f"expected a function train(ctx) -> dict or an hpo.Trainer, but got "
+            f"{type(train).__name__}",
+            field="trainer",
+        )
+    module = sys.modules.get(getattr(train, "__module__", None) or "")
+    exported = getattr(module, "TRAINER", None)
+    if isinstance(exported, Trainer) and exported.train is train:
+        return exported
+    return Trainer(train)
+
+
+def trainer_ref(trainer: Trainer) -> str:
+    """The ``trainer.ref`` a study run with a Python trainer records: ``module:name``.
+
+    It names where the function came from (``__main__:train`` for one defined in a notebook
+    or script); nothing imports it while the Python object is at hand. A name that is no
+    identifier (a lambda) is written with ``_`` for the rest; a ``functools.partial``
+    names the function it wraps.
+    """
+    train: Any = trainer.train
+    while isinstance(train, functools.partial):
+        train = train.func
+    module = getattr(train, "__module__", None) or "__main__"
+    name = getattr(train, "__name__", None) or type(train).__name__
+    return f"{_identifier(module, dots=True)}:{_identifier(name)}"
+
+
+def _identifier(text: str, *, dots: bool = False) -> str:
+    """``text`` with every character an identifier cannot hold as ``_``."""
+    allowed = r"[^\w.]" if dots else r"[^\w]"
+    cleaned = re.sub(allowed, "_", text)
+    return cleaned if cleaned[:1].isalpha() or cleaned[:1] == "_" else f"_{cleaned}"
 
 
 def legacy_ref(ref: str, study_dir: Path) -> str | None:

@@ -10,6 +10,7 @@ accounting lives in ``hpo.budget``, opening the study in ``hpo.study``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
@@ -31,7 +32,7 @@ from hpo.backends.rdb import is_connection_error
 from hpo.budget import Summary, effective_budget, summarize, usage
 from hpo.checkpoints import prune_checkpoints, study_folder
 from hpo.config import StudyConfig
-from hpo.contract import Trainer, resolve_trainer
+from hpo.contract import Trainer, as_trainer, resolve_trainer
 from hpo.errors import ClaimLost, FailureBudgetExceeded, StorageError
 from hpo.events import emit
 from hpo.space import suggest
@@ -41,6 +42,7 @@ from hpo.warmstart import enqueue_warm_start
 from hpo.workers import (
     Interrupts,
     Worker,
+    check_sendable,
     pin_device,
     plan_workers,
     run_worker_processes,
@@ -62,8 +64,11 @@ def run_worker(
     allow_space_change: bool = False,
     failures_before: int | None = None,
     on_trial: Callable[[Any, Any], None] | None = None,
+    trainer: Trainer | None = None,
 ) -> int:
     """Run trials until the study's budget is met, the timeout passes or failures run out.
+
+    ``trainer``: a Python trainer to call instead of importing ``trainer.ref``.
 
     Returns:
         The number of trials this worker ran.
@@ -74,7 +79,7 @@ def run_worker(
 
     worker = pin_device(worker or Worker())
     study = open_study(config, allow_space_change=allow_space_change, seed_offset=worker.index)
-    trainer = resolve_trainer(config.trainer.ref, config.study_dir)
+    trainer = trainer or resolve_trainer(config.trainer.ref, config.study_dir)
     lock = st.study_lock(config.storage, config.name)
     budget = effective_budget(config)
     deadline = time.monotonic() + config.budget.timeout if config.budget.timeout else math.inf
@@ -549,30 +554,62 @@ def run_study(
     devices: list[str] | None = None,
     allow_space_change: bool = False,
     on_progress: Callable[[Any], None] | None = None,
+    trainer: Trainer | Callable[..., Any] | None = None,
 ) -> Summary:
     """Run the study until its budget is met; a finished study runs nothing.
+
+    :func:`hpo.optimize` is the entry point for Python callers: it validates a study file
+    or mapping and returns the Optuna study as well.
 
     Args:
         workers: worker processes on this machine (1 runs in this process).
         devices: GPU ids, one worker per device; None uses every visible GPU, [] none.
         on_progress: called with the study after each finished trial (for a progress bar).
+        trainer: a Python trainer (a function or an :class:`hpo.Trainer`) to call instead
+            of importing ``trainer.ref``; with several workers it must be importable by
+            them (:func:`hpo.workers.check_sendable`).
 
     Raises:
         FailureBudgetExceeded: ``budget.max_failures`` trials failed in this run.
     """
+    return run_and_summarize(
+        config,
+        workers=workers,
+        devices=devices,
+        allow_space_change=allow_space_change,
+        on_progress=on_progress,
+        trainer=trainer,
+    )[1]
+
+
+def run_and_summarize(
+    config: StudyConfig,
+    *,
+    workers: int = 1,
+    devices: list[str] | None = None,
+    allow_space_change: bool = False,
+    on_progress: Callable[[Any], None] | None = None,
+    trainer: Trainer | Callable[..., Any] | None = None,
+) -> tuple[Any, Summary]:
+    """:func:`run_study`, returning the ``optuna.Study`` it ran as well as the summary."""
     started = time.monotonic()
+    given = as_trainer(trainer) if trainer is not None else None
+    if given is not None and workers > 1:
+        check_sendable(given)
     study = open_study(config, allow_space_change=allow_space_change)
     now = usage(study, config)
     if now.finished >= effective_budget(config):
         summary = summarize(study, config)
         summary.already_done = True
-        return summary
+        return study, summary
     plan = plan_workers(workers, visible_devices() if devices is None else devices)
     before = {t.number for t in study.get_trials(deepcopy=False)}
     if len(plan) == 1:
         on_trial = (lambda study, trial: on_progress(study)) if on_progress else None
-        run_worker(config, worker=plan[0], on_trial=on_trial)
+        run_worker(config, worker=plan[0], on_trial=on_trial, trainer=given)
     else:
-        run_worker_processes(config, plan, now.failures, study, run_worker, on_progress)
+        # The workers get the trainer by pickle: a module function travels as its name.
+        loop = functools.partial(run_worker, trainer=given) if given else run_worker
+        run_worker_processes(config, plan, now.failures, study, loop, on_progress)
     ran = sum(t.number not in before for t in study.get_trials(deepcopy=False))
-    return summarize(study, config, ran=ran, wall=time.monotonic() - started)
+    return study, summarize(study, config, ran=ran, wall=time.monotonic() - started)

@@ -18,6 +18,7 @@ import os
 import re
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -41,9 +42,13 @@ MAX_DEPTH = 100  # mappings and lists inside each other
 
 @dataclass
 class Source:
-    """A YAML mapping plus where each of its keys and values came from."""
+    """A YAML mapping plus where each of its keys and values came from.
 
-    path: str
+    ``path`` is None for a study given as a Python mapping (:func:`mapping_source`): its
+    problems name the field only.
+    """
+
+    path: str | None
     data: dict[str, Any]
     lines: dict[Key, int] = field(default_factory=dict)  # key path -> line of the key
     texts: dict[Key, str] = field(default_factory=dict)  # plain scalars as written
@@ -51,6 +56,8 @@ class Source:
     retyped: dict[Key, str] = field(default_factory=dict)  # mapping -> its type before --set
     templates: dict[str, str] = field(default_factory=dict)  # dotted path -> "${VAR}/..."
     problems: list[ConfigError] = field(default_factory=list)
+    # A mapping's keys in the order written (it has no lines to order its problems by).
+    order: dict[Key, int] = field(default_factory=dict)
 
     def line_of(self, key: Key) -> int | None:
         """Line of ``key`` (or of its closest parent in the file); None if --set gave it."""
@@ -67,6 +74,19 @@ class Source:
             message, path=self.path, field=".".join(key) or None, line=self.line_of(key)
         )
 
+    def in_order(self, problems: list[ConfigError]) -> list[ConfigError]:
+        """``problems`` in the order of their fields in a mapping, as a file's are by line."""
+        if not self.order:
+            return problems
+        last = len(self.order)
+
+        def position(problem: ConfigError) -> int:
+            key = tuple((problem.field or "").split("."))
+            found = [self.order[key[:i]] for i in range(len(key), 0, -1) if key[:i] in self.order]
+            return found[0] if found else last
+
+        return sorted(problems, key=position)
+
     def locate(self, error: ConfigError) -> ConfigError:
         """``error`` with line numbers filled in for the problems that concern this file."""
         for problem in error.problems:
@@ -75,7 +95,7 @@ class Source:
         return error
 
 
-def read_source(path: str | Path) -> Source:
+def read_source(path: str | os.PathLike[str]) -> Source:
     """Read a YAML file's top-level mapping with the line of every key.
 
     Raises:
@@ -116,6 +136,53 @@ def read_source(path: str | Path) -> Source:
     source = Source(str(path), data)
     _walk(node, (), source)
     return source
+
+
+def mapping_source(data: Any) -> Source:
+    """A study given as a Python mapping, read as :func:`read_source` reads a file.
+
+    The mapping is copied (``--set``-style overrides change the copy, never the caller's
+    data); paths (``os.PathLike``) become their text and tuples lists, as YAML would
+    give them. There is no file, so problems name the field without a file or line.
+
+    Raises:
+        ConfigError: ``data`` is not a mapping.
+    """
+    if not isinstance(data, Mapping):
+        raise ConfigError(
+            f"expected a mapping of study fields (or a study file path), but got "
+            f"{type(data).__name__}"
+        )
+    source = Source(None, _plain(data))
+    _number_keys(source.data, (), source.order)
+    return source
+
+
+def _number_keys(data: Any, key: Key, order: dict[Key, int]) -> None:
+    """Number every key path of ``data`` depth first: the order a YAML file's lines have."""
+    items = data.items() if isinstance(data, dict) else enumerate(data)
+    for name, value in items:
+        child = (*key, str(name))
+        order[child] = len(order)
+        if isinstance(value, dict | list):
+            _number_keys(value, child, order)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as the YAML loader would build it: dicts, lists, scalars (a deep copy)."""
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return value
+
+
+def yaml_text(value: Any) -> str:
+    """``value`` as YAML text that reads back as the same value (for :func:`apply_override`)."""
+    text = yaml.safe_dump(_plain(value), default_flow_style=True, width=10**9, sort_keys=False)
+    return text.removesuffix("\n").removesuffix("\n...").strip()
 
 
 def _read_text(path: Path) -> str:
@@ -357,7 +424,7 @@ def validation_problems(
     raw: Any,
     *,
     model: type[BaseModel],
-    path: str,
+    path: str | None,
     prefix: Key = (),
     source: Source | None = None,
 ) -> list[ConfigError]:
@@ -405,7 +472,7 @@ def _answered(problem: ConfigError, suggested: set[Key]) -> bool:
     )
 
 
-def _at(message: str, key: Key, path: str, source: Source | None) -> ConfigError:
+def _at(message: str, key: Key, path: str | None, source: Source | None) -> ConfigError:
     if source is not None and source.path == path:
         return source.problem(message, key)
     return ConfigError(message, path=path, field=".".join(key) or None)

@@ -62,13 +62,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from hpo.config import StudyConfig, config_error, validate_source
 from hpo.errors import ConfigError, StorageError, Terminated
 from hpo.events import forward_to_queue, start_relay, stop_relay
-from hpo.source import Source, apply_override, name_as_written, read_source
+from hpo.source import Source, apply_override, name_as_written, read_source, yaml_text
 from hpo.storage import redact_url
 from hpo.workers import die_with_parent, sigterm_as_interrupt, stop_workers
 
@@ -255,7 +254,7 @@ def _expand(spec: SweepFile, path: Path, overrides: list[str], today: dt.date) -
         name = _render(template, fields, path=str(path), field_name="name_template")
         try:
             for key, value in combo.items():
-                apply_override(study, f"{key}={_yaml_text(value)}", what="matrix key")
+                apply_override(study, f"{key}={yaml_text(value)}", what="matrix key")
         except ConfigError as e:
             raise ConfigError(
                 f"{e.message}; use a field path of the base study file",
@@ -354,12 +353,6 @@ def _render(template: str, fields: dict[str, str], *, path: str, field_name: str
     return _PLACEHOLDER.sub(substitute, template)
 
 
-def _yaml_text(value: Any) -> str:
-    """``value`` as YAML text that reads back as the same value (for apply_override)."""
-    text = yaml.safe_dump(value, default_flow_style=True, width=10**9, sort_keys=False)
-    return text.removesuffix("\n").removesuffix("\n...").strip()
-
-
 def _relative(sweep_path: Path, file: str) -> Path:
     candidate = Path(file).expanduser()
     return candidate if candidate.is_absolute() else sweep_path.parent / candidate
@@ -421,7 +414,7 @@ def run_command(sweep: Sweep, study: PlannedStudy) -> str:
         parts += ["--set", f"name={study.name}"]
         for key, value in study.overrides.items():
             if key != "warm_start.from":  # a template; the rendered name follows
-                parts += ["--set", redact_url(f"{key}={_yaml_text(value)}")]
+                parts += ["--set", redact_url(f"{key}={yaml_text(value)}")]
         warm = study.config.warm_start
         if warm is not None:
             parts += ["--set", f"warm_start.from={warm.from_study}"]

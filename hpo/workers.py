@@ -198,6 +198,50 @@ def plan_workers(workers: int, devices: list[str], cores: int | None = None) -> 
     ]
 
 
+def check_sendable(trainer: Any) -> None:
+    """Refuse a Python trainer that worker processes could not get, before anything runs.
+
+    Workers are spawned: each unpickles the trainer, which imports its function by module
+    and name. A lambda or a function defined inside another cannot be pickled; one defined
+    in a notebook (or ``python -c``) pickles as ``__main__.name``, but a new process has no
+    such ``__main__`` to import it from. A script's own functions are fine: spawn imports
+    the script in each worker (under ``if __name__ == "__main__":``, as multiprocessing asks).
+
+    Raises:
+        ConfigError: at ``trainer``, saying why and how to fix it.
+    """
+    import pickle
+    import pickletools
+    import sys
+
+    from hpo.errors import ConfigError
+
+    train = getattr(trainer, "train", trainer)
+    name = getattr(train, "__qualname__", None) or type(train).__name__
+    fix = "define it at the top level of a .py module and import it from there, or use workers=1"
+    try:
+        data = pickle.dumps(trainer, protocol=2)  # protocol 2 names every global it needs
+    except Exception as e:  # noqa: BLE001 - pickle raises several kinds for this
+        raise ConfigError(
+            f"{name} cannot be sent to worker processes ({e}); {fix}", field="trainer"
+        ) from e
+    modules = {
+        str(arg).partition(" ")[0]
+        for op, arg, _ in pickletools.genops(data)
+        if op.name == "GLOBAL"
+    }
+    main = sys.modules["__main__"]
+    # What multiprocessing's spawn imports in a worker as its __main__: a module run with
+    # -m, or a script file.
+    importable = main.__spec__ is not None or os.path.isfile(getattr(main, "__file__", "") or "")
+    if "__main__" in modules and not importable:
+        raise ConfigError(
+            f"{name} is defined in this notebook or interactive session, which worker "
+            f"processes cannot import; {fix}",
+            field="trainer",
+        )
+
+
 def run_worker_processes(
     config: StudyConfig,
     plan: list[Worker],
@@ -228,7 +272,7 @@ def run_worker_processes(
     processes = [
         context.Process(
             target=_worker_process,
-            args=(config, w, failures_before, logging.getLogger().level, loop, records),
+            args=(config, w, failures_before, _log_level(), loop, records),
             kwargs={"parent": os.getpid(), "done": done[w.index]},
             name=f"hpo-worker-{w.index}",
         )
@@ -259,6 +303,12 @@ def run_worker_processes(
             f"study {config.name!r}: {len(bad)} of {len(codes)} workers exited "
             f"with codes {bad}; rerun to continue (the study resumes)"
         )
+
+
+def _log_level() -> int:
+    """The level workers log at: what reaches hpo's loggers here (a Python caller may show
+    hpo's events without lowering the root logger's level)."""
+    return logging.getLogger("hpo").getEffectiveLevel()
 
 
 def _wait_for_workers(

@@ -98,8 +98,9 @@ def test_optuna_internals_only_in_the_compat_module() -> None:
 
 
 # Trackers a user opts into (trainer.args.report_to) and timm (a timm model in the image
-# trainer, the `timm` extra); each is imported only when chosen.
-OPTIONAL = {"mlflow", "wandb", "timm"}
+# trainer, the `timm` extra); each is imported only when chosen. IPython only in a Jupyter
+# kernel (the live area of hpo/console.py), which brings it.
+OPTIONAL = {"mlflow", "wandb", "timm", "IPython"}
 
 
 def test_every_library_the_code_imports_is_a_declared_dependency() -> None:

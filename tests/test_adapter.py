@@ -13,6 +13,7 @@ import csv
 import json
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import optuna
 import pytest
@@ -53,7 +54,7 @@ def text_params(model: Path | str, **extra) -> dict:
     }
 
 
-def text_model(model: Path, **extra) -> object:
+def text_model(model: Path, **extra) -> Any:
     """A trial's model for the tiny BERT, built as train builds it."""
     args = tc.TextClassificationArgs.model_validate(
         {"model": str(model), "dataset": {"path": "d.csv"}, **extra}
@@ -62,8 +63,8 @@ def text_model(model: Path, **extra) -> object:
     return tc.build_model(args, str(model), data, 0)
 
 
-def trainable(model: object) -> set[str]:
-    return {name for name, p in model.named_parameters() if p.requires_grad}  # type: ignore[attr-defined]
+def trainable(model: Any) -> set[str]:
+    return {name for name, p in model.named_parameters() if p.requires_grad}
 
 
 # --- what trains ------------------------------------------------------------------------

@@ -559,19 +559,21 @@ def check_trainer(
         raise config_error(
             e, config.trainer.args, path=path, prefix="trainer.args", model=args_model
         ) from None
-    known = args_model.model_fields
+    known = arg_paths(args_model)
     unknown = [name for name in config.search_space if name not in known]
     if unknown and args_model.model_config.get("extra") == "forbid":
-        close = difflib.get_close_matches(unknown[0], list(known), n=1, cutoff=0.6)
-        fix = (
-            f"did you mean `{close[0]}`?"
-            if close
-            else f"known: {', '.join(sorted(args_model.model_fields))}"
-        )
+        name = unknown[0]
+        parent = name.rpartition(".")[0]
+        # Suggestions and the list come from the same level: `adapter.rank` -> adapter's.
+        siblings = [p for p in known if p.rpartition(".")[0] == parent] or [
+            p for p in known if "." not in p
+        ]
+        close = difflib.get_close_matches(name, siblings, n=1, cutoff=0.6)
+        fix = f"did you mean `{close[0]}`?" if close else f"known: {', '.join(sorted(siblings))}"
         raise ConfigError(
-            f"{config.trainer.ref} takes no hyperparameter {unknown[0]!r}; {fix}",
+            f"{config.trainer.ref} takes no hyperparameter {name!r}; {fix}",
             path=path,
-            field=f"search_space.{unknown[0]}",
+            field=f"search_space.{name}",
         )
     if trainer.check_args is not None:
         args = args_model.model_validate(config.trainer.args)
@@ -587,6 +589,30 @@ def check_trainer(
             field, message = problem
             raise ConfigError(message, path=path, field=f"trainer.args.{field}")
     describe_models(config, trainer, path=path)
+
+
+def arg_paths(args_model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Every field of a trainer's args model by its path: ``learning_rate``, and the fields
+    of nested models too (``adapter.r``), which a search space may name."""
+    paths = []
+    for name, info in args_model.model_fields.items():
+        paths.append(prefix + name)
+        for nested in _models_in(info.annotation):
+            if nested is not args_model:  # a model that holds itself: its top level only
+                paths += arg_paths(nested, f"{prefix}{name}.")
+    return paths
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models an annotation holds: itself, or those in ``X | None``."""
+    import types
+    import typing
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+    return []
 
 
 def model_candidates(config: StudyConfig) -> tuple[str, list[str]]:

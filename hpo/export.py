@@ -41,6 +41,7 @@ from hpo import storage as st
 from hpo.config import StudyConfig
 from hpo.contract import resolve_trainer
 from hpo.errors import ConfigError, StudyStateError
+from hpo.space import trial_args
 from hpo.view import StudyView, TrialAttrs, open_view
 
 logger = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ def export_best(
         save_model = _trainer_hook(config, "save_model")
         # The trial's own arguments: those the study ran with, what it searched (a
         # max_seq_length...), and the base model it trained.
-        args = {**trained_with, **trial.params, "model": base_model_name(config, trial)}
+        args = {**trial_args(trained_with, trial.params), "model": base_model_name(config, trial)}
         try:
             save_model(checkpoint, staging, args, config.study_dir)
         except ValueError as e:  # the trainer's word on a checkpoint it cannot export

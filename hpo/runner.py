@@ -35,7 +35,7 @@ from hpo.config import StudyConfig
 from hpo.contract import Trainer, as_trainer, resolve_trainer
 from hpo.errors import ClaimLost, FailureBudgetExceeded, StorageError
 from hpo.events import emit
-from hpo.space import suggest
+from hpo.space import suggest, trial_args
 from hpo.study import mark_lost, open_study
 from hpo.trainer import NonFiniteError, TrialContext
 from hpo.warmstart import enqueue_warm_start
@@ -346,7 +346,7 @@ class _Objective:
         set_trial_user_attrs(trial, attrs, defer=True)
         return TrialContext(
             trial=trial,
-            params={**self.config.trainer.args, **params},
+            params=trial_args(self.config.trainer.args, params),
             objective=self.config.objectives[0].metric,
             direction=self.config.objectives[0].direction,
             prunable=not self.config.multi_objective,
@@ -397,12 +397,16 @@ class _Objective:
 
 def _param_templates(env_templates: dict[str, str], searched: dict[str, Any]) -> dict[str, str]:
     """The ``trainer.args`` that held ``${VAR}``, keyed by their path in a trial's params
-    (a searched hyperparameter replaces the arg of its name, and its template with it)."""
+    (a searched hyperparameter replaces the arg at its path, and its template with it)."""
     prefix = "trainer.args."
+
+    def replaced(path: str) -> bool:
+        return any(path == name or path.startswith(name + ".") for name in searched)
+
     return {
         path.removeprefix(prefix): template
         for path, template in env_templates.items()
-        if path.startswith(prefix) and path.removeprefix(prefix).split(".")[0] not in searched
+        if path.startswith(prefix) and not replaced(path.removeprefix(prefix))
     }
 
 

@@ -352,7 +352,7 @@ def apply_override(source: Source, override: str, *, what: str = "--set") -> Non
         raise ConfigError(f"{what} {key.strip()}: {e.message}", path=source.path) from e
     except yaml.YAMLError:
         value = text
-    parts = key.strip().split(".")
+    parts = _key_parts(source.data, key.strip().split("."))
     node = source.data
     for i, part in enumerate(parts[:-1]):
         child = node.setdefault(part, {})
@@ -369,6 +369,26 @@ def apply_override(source: Source, override: str, *, what: str = "--set") -> Non
     source.texts = {k: v for k, v in source.texts.items() if k[: len(path)] != path}
     if not isinstance(value, (dict, list)):
         source.texts[path] = text.strip()
+
+
+# The fields of a search-space parameter (hpo.space): what follows its name in a --set path.
+_PARAM_FIELDS = frozenset({"type", "low", "high", "log", "step", "choices"})
+
+
+def _key_parts(data: dict[str, Any], parts: list[str]) -> list[str]:
+    """An override's path as keys: a search-space name may hold dots (``adapter.r``).
+
+    ``search_space.adapter.r.high`` is the field ``high`` of the parameter ``adapter.r``:
+    the longest name the file already has, else the parts up to a parameter field.
+    """
+    if len(parts) < 2 or parts[0] != "search_space":
+        return parts
+    rest, space = parts[1:], data.get("search_space")
+    names = space if isinstance(space, dict) else {}
+    end = next((i for i in range(len(rest), 0, -1) if ".".join(rest[:i]) in names), None)
+    if end is None:
+        end = next((i for i, p in enumerate(rest) if i and p in _PARAM_FIELDS), len(rest))
+    return [parts[0], ".".join(rest[:end]), *rest[end:]]
 
 
 def expand_env(source: Source, *, keep: set[Key]) -> None:

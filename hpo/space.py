@@ -4,6 +4,10 @@ A parameter is ``{type: float|int, low, high, log, step}`` or
 ``{type: categorical, choices}``. Specs validate themselves (Optuna's messages are
 reused where they exist), turn into Optuna distributions, and expand into grid
 values with both bounds included.
+
+A parameter's name is its path in ``trainer.args``: ``learning_rate``, or a dotted path
+into a nested argument (``adapter.r`` sets ``r`` of ``trainer.args.adapter``);
+:func:`trial_args` is the one place a trial's values meet the fixed arguments.
 """
 
 from __future__ import annotations
@@ -151,6 +155,26 @@ def to_distributions(space: SearchSpace) -> dict[str, Any]:
 def suggest(trial: Any, space: SearchSpace) -> dict[str, Any]:
     """Ask ``trial`` for one value of every parameter, in the file's order."""
     return {name: spec.suggest(trial, name) for name, spec in space.items()}
+
+
+def trial_args(args: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """``args`` (``trainer.args``) with a trial's ``params`` set at their paths.
+
+    A plain name replaces the argument of that name; a dotted one (``adapter.r``) sets a
+    field inside a nested argument, keeping its other fields (``adapter.type`` as fixed in
+    ``args``), and makes the mapping when ``args`` has none. ``args`` is not changed.
+    """
+    merged = dict(args)
+    for name, value in params.items():
+        *parents, last = name.split(".")
+        node = merged
+        for part in parents:
+            child = node.get(part)
+            # A copy: the fixed args are shared by every trial of the study.
+            node[part] = dict(child) if isinstance(child, dict) else {}
+            node = node[part]
+        node[last] = value
+    return merged
 
 
 def grid(space: SearchSpace) -> dict[str, list[Scalar]]:

@@ -43,9 +43,10 @@ ATTR_DURATION = "hpo:duration_s"
 ATTR_EPOCHS = "hpo:epochs"  # training epochs actually run (pruned trials run fewer)
 ATTR_RESUMED_FROM = "hpo:resumed_from"  # trial number whose checkpoint a retry resumed
 ATTR_WARM_START = "hpo:warm_start"  # {"study": source name, "trial": number}
-# Written by trainers (ctx.set_attr("model"), ctx.set_attr("error_analysis")).
+# Written by trainers (ctx.set_attr("model"), ctx.set_attr("error_analysis"), ...).
 ATTR_MODEL = "hpo:model"  # facts about the base model: name, size, ...
 ATTR_ERROR_ANALYSIS = "hpo:error_analysis"
+ATTR_ADAPTER = "hpo:adapter"  # what trained: {"type": "none"} or a LoRA adapter's settings
 # Study attribute: numbers of FAIL trials whose worker died (a finished trial's own
 # attributes are read-only, so the mark goes on the study).
 STUDY_ATTR_LOST = "hpo:lost"

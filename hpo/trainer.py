@@ -1,10 +1,11 @@
 """What a trainer gets per trial: the :class:`TrialContext` of ``train(ctx) -> dict``.
 
 hpo calls one shared trainer function per trial with a :class:`TrialContext`. The
-trainer reads ``ctx.params`` (fixed ``trainer.args`` merged with this trial's
-hyperparameters), calls ``ctx.report(step, metrics)`` after each evaluation, stops
-early when ``ctx.should_prune()`` says so, and returns its final metrics. The runner,
-not the trainer, turns a prune decision into a pruned trial and picks the objective.
+trainer reads ``ctx.params`` (fixed ``trainer.args`` with this trial's hyperparameters
+set at their paths, :func:`hpo.space.trial_args`), calls ``ctx.report(step, metrics)``
+after each evaluation, stops early when ``ctx.should_prune()`` says so, and returns its
+final metrics. The runner, not the trainer, turns a prune decision into a pruned trial
+and picks the objective.
 
 The base model is the ``model`` argument (``trainer.args.model``, or a categorical
 ``search_space.model`` whose choices are the candidates). The hooks a trainer offers
@@ -47,7 +48,8 @@ class TrialContext:
 
     Attributes:
         trial: the Optuna trial (for attributes; samplers are hpo's business).
-        params: ``trainer.args`` merged with this trial's hyperparameters.
+        params: ``trainer.args`` with this trial's hyperparameters set at their paths
+            (``adapter.r`` inside ``adapter``: :func:`hpo.space.trial_args`).
         objective: the metric name the study optimizes; ``report`` feeds it to the pruner.
         direction: ``"maximize"`` or ``"minimize"`` (for a trainer's own early stopping).
         seed: a per-trial seed derived from the study seed.

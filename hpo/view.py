@@ -65,6 +65,8 @@ class TrialAttrs:
     resumed_from: int | None = None  # the trial whose checkpoint a retry resumed
     model: dict[str, Any] = field(default_factory=dict)  # the trainer's base-model facts
     error_analysis: Any = None  # the trainer's confusion matrix and confident errors
+    # What trained (HF trainers): {"type": "none"}, or {"type": "lora", "r", "alpha", ...}.
+    adapter: dict[str, Any] = field(default_factory=dict)
     warm_start: dict[str, Any] | None = None  # {"study": source, "trial": number}
 
 
@@ -86,6 +88,7 @@ def trial_attrs(trial: Any, study_attrs: dict[str, Any]) -> TrialAttrs:
         resumed_from=attrs.get(st.ATTR_RESUMED_FROM),
         model=dict(attrs.get(st.ATTR_MODEL) or {}),
         error_analysis=attrs.get(st.ATTR_ERROR_ANALYSIS),
+        adapter=dict(attrs.get(st.ATTR_ADAPTER) or {}),
         warm_start=attrs.get(st.ATTR_WARM_START),
     )
 

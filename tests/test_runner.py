@@ -432,3 +432,20 @@ def test_a_trial_another_worker_failed_meanwhile_ends_only_that_trial(
     assert summary.finished == 2
     states = [t.state.name for t in stored(tmp_path / "hpo.db").trials]
     assert states == ["FAIL", "COMPLETE", "COMPLETE"]
+
+
+def test_a_searched_field_replaces_only_its_own_env_template() -> None:
+    """A trial's ``${VAR}`` templates (what a checkpoint saves in place of secrets): a
+    searched name replaces the arg at its path, nested (``adapter.r``) or whole."""
+    from hpo.runner import _param_templates
+
+    templates = {
+        "trainer.args.adapter.r": "${R}",
+        "trainer.args.adapter.type": "${T}",
+        "trainer.args.training_args.hub_token": "${TOKEN}",
+    }
+    assert _param_templates(templates, {"adapter.r": 4}) == {
+        "adapter.type": "${T}",
+        "training_args.hub_token": "${TOKEN}",
+    }
+    assert _param_templates(templates, {"adapter": {}, "training_args.hub_token": "x"}) == {}

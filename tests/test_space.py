@@ -6,7 +6,15 @@ import optuna
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from hpo.space import ParamSpec, describe, grid, grid_size, suggest, to_distributions
+from hpo.space import (
+    ParamSpec,
+    describe,
+    grid,
+    grid_size,
+    suggest,
+    to_distributions,
+    trial_args,
+)
 
 SPEC = TypeAdapter(ParamSpec)
 
@@ -95,3 +103,20 @@ def test_suggest_uses_the_trial_and_keeps_order() -> None:
 def test_describe_lines() -> None:
     lines = describe(space(lr={"type": "float", "low": 1e-5, "high": 1e-3, "log": True}))
     assert lines == ["lr: float in [1e-05, 0.001] (log)"]
+
+
+def test_a_dotted_name_sets_a_field_of_a_nested_arg_and_keeps_the_rest() -> None:
+    args = {"model": "m", "adapter": {"type": "lora", "r": 8}, "dataset": {"path": "d.csv"}}
+    merged = trial_args(args, {"adapter.r": 16, "adapter.alpha": 32, "learning_rate": 0.1})
+    assert merged == {
+        "model": "m",
+        "adapter": {"type": "lora", "r": 16, "alpha": 32},
+        "dataset": {"path": "d.csv"},
+        "learning_rate": 0.1,
+    }
+    assert args["adapter"] == {"type": "lora", "r": 8}  # the study's fixed args stay as written
+    # No adapter in the fixed args: the searched field makes one.
+    assert trial_args({"model": "m"}, {"adapter.type": "none"}) == {
+        "model": "m",
+        "adapter": {"type": "none"},
+    }

@@ -8,6 +8,13 @@ training through ``control``), records checkpoints and resumes from one, scores
 validation and test, and stores the error analysis. :func:`with_oom_retry` halves the
 batch once on out-of-memory; :data:`CACHE` keeps what does not change between trials
 (decoded data, base weights) in the worker process.
+
+Adapters: ``trainer.args.adapter`` (:class:`AdapterArgs`) trains a peft LoRA adapter in
+place of every weight (:func:`with_adapter`); the task head always trains in full. Each
+trial wraps a fresh model built from the cached base weights, so the cache never holds an
+adapter. :func:`cost_metrics` adds what a trial costs to train and ship
+(``trainable_parameters``, ``adapter_size_mb``, ``peak_memory_mb``,
+``train_samples_per_second``) beside what it costs to serve.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +30,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from hpo.space import trial_args
 from hpo.trainer import NonFiniteError, TrialContext, available_cores
 from hpo.trainers import trackers
 from hpo.trainers.trackers import Tracker
@@ -32,10 +41,51 @@ logger = logging.getLogger(__name__)
 CACHE: dict[tuple, Any] = {}
 
 
+class AdapterArgs(BaseModel):
+    """What trains: every weight (``type: none``), or a LoRA adapter through peft.
+
+    Any field may be fixed in ``trainer.args.adapter`` or searched by its dotted name
+    (``adapter.type``, ``adapter.r``, ...), so full fine-tuning and adapters of several
+    ranks compete in one study. The defaults of r, alpha and dropout are peft's
+    (``LoraConfig``).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["none", "lora"] = Field(
+        "none", description="none: full fine-tuning; lora: a LoRA adapter (peft)"
+    )
+    r: int = Field(8, gt=0, description="the adapter's rank")
+    alpha: float = Field(8, gt=0, description="scale: updates are multiplied by alpha / r")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapter's input")
+    target_modules: Literal["auto", "all-linear"] | list[str] = Field(
+        "auto",
+        description="auto: peft's default for the architecture, else all-linear; "
+        "all-linear: every linear layer of the backbone (a CNN without any: its "
+        "convolutions); or module names, as peft matches them (query, attention.self.query)",
+    )
+    use_rslora: bool = Field(False, description="rank-stabilized scale: alpha / sqrt(r)")
+    use_dora: bool = Field(False, description="weight-decomposed LoRA (DoRA)")
+
+    @field_validator("target_modules")
+    @classmethod
+    def _named_once(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("name at least one module, or use auto")
+            if len(set(value)) != len(value):
+                raise ValueError(f"a module is named twice in {value}")
+        return value
+
+
 class HFTrainingArgs(BaseModel):
     """The hyperparameters and run options every HF trainer takes (any may be searched)."""
 
     model_config = ConfigDict(extra="forbid")
+
+    adapter: AdapterArgs = Field(
+        default_factory=AdapterArgs, description="full fine-tuning, or a LoRA adapter"
+    )
 
     learning_rate: float = Field(5e-5, gt=0)
     per_device_train_batch_size: int = Field(16, gt=0)
@@ -124,7 +174,7 @@ def check_search_space(
     for name, spec in search_space.items():
         for choice in getattr(spec, "choices", None) or []:
             try:
-                args_model.model_validate({**base, name: choice})
+                args_model.model_validate(trial_args(base, {name: choice}))
             except ValidationError as e:
                 message = e.errors()[0]["msg"].removeprefix("Value error, ")
                 return name, f"choice {choice!r} in search_space.{name}: {message}"
@@ -266,12 +316,205 @@ def backbone_keys(model: Any) -> Callable[[str], bool]:
     ``head.fc``, ``classifier``).
     """
     prefix = model.base_model_prefix + "."
-    inner = getattr(model, model.base_model_prefix, None)
-    heads: tuple[str, ...] = ()
-    if hasattr(inner, "get_classifier"):
-        head = inner.get_classifier()
-        heads = tuple(f"{prefix}{n}." for n, module in inner.named_modules() if module is head)
+    heads = tuple(f"{name}." for name in _heads_inside(model))
     return lambda key: key.startswith(prefix) and not key.startswith(heads)
+
+
+def _heads_inside(model: Any) -> list[str]:
+    """The head modules inside the backbone, by name (timm: ``timm_model.fc``)."""
+    prefix = model.base_model_prefix
+    inner = getattr(model, prefix, None)
+    if not hasattr(inner, "get_classifier"):
+        return []
+    head = inner.get_classifier()
+    return [f"{prefix}.{n}" for n, module in inner.named_modules() if module is head]
+
+
+def head_modules(model: Any) -> list[str]:
+    """The task head by module name: what the base weights do not hold (each trial seeds it).
+
+    The modules beside the backbone that have weights (``classifier``; DistilBERT's
+    ``pre_classifier`` too), and a timm model's classifier inside it (see
+    :func:`backbone_keys`).
+    """
+    outside = [
+        name
+        for name, module in model.named_children()
+        if name != model.base_model_prefix and any(True for _ in module.parameters())
+    ]
+    return outside + _heads_inside(model)
+
+
+# --- adapters (peft) ----------------------------------------------------------------------
+
+
+def with_adapter(model: Any, adapter: AdapterArgs, task_type: str | None = None) -> Any:
+    """``model`` for full fine-tuning; else ``model`` wrapped in a new LoRA adapter (peft).
+
+    peft freezes the base weights and trains the adapter. The task head
+    (:func:`head_modules`, seeded by this trial) trains in full through peft's
+    ``modules_to_save`` and is saved with the adapter: left frozen, the random head holds
+    back whatever the adapter learns (tests/test_adapter.py measures it). ``task_type``:
+    peft's (``SEQ_CLS`` for text classification, whose models peft knows; None for
+    others, which peft wraps as they are).
+    """
+    if adapter.type == "none":
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    head = head_modules(model)
+    config = LoraConfig(
+        r=adapter.r,
+        lora_alpha=adapter.alpha,
+        lora_dropout=adapter.dropout,
+        target_modules=adapter_targets(model, adapter.target_modules, head),
+        use_rslora=adapter.use_rslora,
+        use_dora=adapter.use_dora,
+        modules_to_save=head,
+        task_type=task_type,
+    )
+    return get_peft_model(model, config)
+
+
+def adapter_targets(model: Any, wanted: str | list[str], head: list[str]) -> list[str] | str:
+    """The modules an adapter goes into, as peft matches them.
+
+    Named modules are taken as they are (checked at validate: :func:`check_targets`).
+    ``auto`` is peft's own default for the architecture
+    (``TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING``: query and value for BERT-likes,
+    q_proj and v_proj for Llama-likes, ...); an architecture peft has none for (ViT, ResNet,
+    timm models) falls back on ``all-linear``: every linear layer of the backbone, by full
+    name, never the head (peft's own ``all-linear`` knows the head of text models only), or
+    for a CNN whose only linear layer is its head, its convolutions (peft's LoRA takes
+    ``Conv2d``; grouped convolutions are left out, peft cannot merge them).
+    """
+    if isinstance(wanted, list):
+        return wanted
+    if wanted == "auto":
+        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
+        default = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model.config.model_type)
+        if default:
+            return default
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    layers = [(n, m) for n, m in model.named_modules() if not _within(n, head)]
+    linear = [n for n, m in layers if isinstance(m, torch.nn.Linear | Conv1D)]
+    if linear:
+        return linear
+    convolutions = [n for n, m in layers if isinstance(m, torch.nn.Conv2d) and m.groups == 1]
+    if convolutions:
+        return convolutions
+    raise ValueError(
+        f"adapter.target_modules: {type(model).__name__} has no linear or convolution layer "
+        "outside its head for an adapter; name the modules, or use adapter.type: none"
+    )
+
+
+def unwrapped(model: Any) -> Any:
+    """The transformers model inside a peft adapter (its layers hold the adapter's), or
+    ``model`` itself."""
+    return model.get_base_model() if is_adapter_model(model) else model
+
+
+def is_adapter_model(model: Any) -> bool:
+    """Whether ``model`` is a peft adapter model (peft never imported: it cannot be)."""
+    peft = sys.modules.get("peft")
+    return peft is not None and isinstance(model, peft.PeftModel)
+
+
+def adapter_facts(model: Any) -> dict[str, Any]:
+    """What a trial trained, stored as ``hpo:adapter``: ``{"type": "none"}`` for full
+    fine-tuning, else the adapter's settings as peft resolved them.
+
+    ``targets``: the names of the modules the adapter went into (their last part, once
+    each; ``n_targets`` counts them all); ``modules_to_save``: the head, trained in full.
+    """
+    if not is_adapter_model(model):
+        return {"type": "none"}
+    config = model.peft_config[model.active_adapter]
+    inner = model.get_base_model()
+    targeted = [n for n, m in inner.named_modules() if hasattr(m, "lora_A")]
+    # peft's SEQ_CLS adds its usual head names to ours: those the model has.
+    saved = [n for n, m in inner.named_modules() if hasattr(m, "modules_to_save")]
+    return {
+        "type": "lora",
+        "r": config.r,
+        "alpha": config.lora_alpha,
+        "dropout": config.lora_dropout,
+        "use_rslora": config.use_rslora,
+        "use_dora": bool(config.use_dora),
+        "targets": sorted({n.rsplit(".", 1)[-1] for n in targeted}),
+        "n_targets": len(targeted),
+        "modules_to_save": saved,
+    }
+
+
+def check_targets(auto_class: str, model_path: str, adapter: AdapterArgs) -> str | None:
+    """Why ``adapter.target_modules`` cannot work on the model at ``model_path``: a named
+    module it lacks, or its head (which trains in full); None when they can, or when the
+    model's config cannot be read here (a hub id, offline).
+
+    The model's layout comes from its ``config.json`` alone, built on the meta device (no
+    weights read), once per process. Names match as in peft: the whole module name, or
+    its last parts (``query`` or ``attention.self.query``).
+    """
+    wanted = adapter.target_modules
+    if not isinstance(wanted, list) or not (Path(model_path) / "config.json").is_file():
+        return None
+    names, head, layers = cached(
+        ("layout", model_path, auto_class), lambda: _model_layout(auto_class, model_path)
+    )
+
+    def matches(target: str, name: str) -> bool:
+        return name == target or name.endswith("." + target)
+
+    for target in wanted:
+        found = [n for n in names if matches(target, n)]
+        if found and all(_within(n, head) for n in found):
+            return (
+                f"{target!r} is the model's head ({', '.join(head)}), which trains in full "
+                "beside the adapter; leave it out of adapter.target_modules"
+            )
+        if not found:
+            shown = ", ".join(layers[:_SHOWN_LAYERS])
+            more = (
+                f" and {len(layers) - _SHOWN_LAYERS} more" if len(layers) > _SHOWN_LAYERS else ""
+            )
+            return (
+                f"the model has no module {target!r}; its layers an adapter can go into: "
+                f"{shown}{more}"
+            )
+    return None
+
+
+_SHOWN_LAYERS = 20
+
+
+def _model_layout(auto_class: str, model_path: str) -> tuple[list[str], list[str], list[str]]:
+    """Every module name of the model, its head, and the names (last parts, once each) of
+    the layers an adapter can go into, read from its config without its weights."""
+    import torch
+    import transformers
+    from transformers.pytorch_utils import Conv1D
+
+    config = transformers.AutoConfig.from_pretrained(model_path)
+    with torch.device("meta"):
+        model = getattr(transformers, auto_class).from_config(config)
+    adaptable = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.Embedding, Conv1D)
+    modules, head = list(model.named_modules()), head_modules(model)
+    layers = {
+        n.rsplit(".", 1)[-1]
+        for n, m in modules
+        if isinstance(m, adaptable) and not _within(n, head)
+    }
+    return [n for n, _ in modules], head, sorted(layers)
+
+
+def _within(name: str, modules: list[str]) -> bool:
+    """Whether module ``name`` is one of ``modules`` or lies inside one."""
+    return any(name == m or name.startswith(m + ".") for m in modules)
 
 
 def check_args(
@@ -331,10 +574,13 @@ def fit(
     """Train ``model`` with the HF ``Trainer``, report to hpo, score validation and test.
 
     Returns the final metrics (``eval_*``, ``test_*``, ``epoch`` and the cost metrics);
-    a pruned trial returns its last evaluation.
+    a pruned trial returns its last evaluation. ``model`` may be a peft adapter model
+    (:func:`with_adapter`); what it trained is stored as ``hpo:adapter``.
     """
     from transformers import PrinterCallback
 
+    ctx.set_attr("adapter", adapter_facts(model))
+    memory = PeakMemory(ctx.device)
     reporter = reporter_class()(ctx, args.early_stopping_patience)
     last_eval: dict[str, Any] = {}
 
@@ -347,7 +593,10 @@ def fit(
         args=training_arguments(args, ctx),
         train_dataset=data.train,
         eval_dataset=data.validation,
-        data_collator=data.collator,
+        # Its __call__, not the collator: the Trainer saves a collator's tokenizer into
+        # every checkpoint (Trainer._save), 0.7 MB for MiniLM's, several times an adapter;
+        # export takes the base model's, which training never changes.
+        data_collator=data.collator.__call__ if data.collator is not None else None,
         compute_metrics=metrics_keeping_predictions,
         compute_loss_func=weighted_loss(args, data),
         callbacks=[reporter],
@@ -357,7 +606,7 @@ def fit(
     resume = str(ctx.resume_from) if ctx.resume_from else None
     trackers.start_runs(args.report_to, ctx)
     try:
-        trainer.train(resume_from_checkpoint=resume)
+        trained = trainer.train(resume_from_checkpoint=resume)
     except BaseException:
         trackers.end_runs_after_failure(args.report_to)
         raise
@@ -382,6 +631,9 @@ def fit(
     if len(data.test) and (args.score_test == "all" or ctx.leads_study(metrics)):
         metrics.update(trainer.predict(data.test, metric_key_prefix="test").metrics)
     metrics["epoch"] = float(trainer.state.epoch or 0)
+    metrics["peak_memory_mb"] = memory.peak_mb()
+    if "train_samples_per_second" in trained.metrics:
+        metrics["train_samples_per_second"] = float(trained.metrics["train_samples_per_second"])
     metrics.update(cost_metrics(trainer.model, data, metrics))
     if args.error_examples:
         analysis = (error_analysis or confusion_analysis)(validation, data, args.error_examples)
@@ -479,7 +731,9 @@ def training_arguments(args: HFTrainingArgs, ctx: TrialContext) -> Any:
         # shows in its validation loss instead (the reporter checks it too).
         logging_nan_inf_filter=precision == "fp16",
         dataloader_pin_memory=cuda,
-        **training_args,
+        # The batches' label key, named: the Trainer reads it from the model's forward
+        # signature, which a peft model wrapped as it is (images) does not show.
+        **{"label_names": ["labels"], **training_args},
     )
     hf_args.written = as_written(training_args, ctx.templates)
     return hf_args
@@ -677,22 +931,91 @@ _WARMUP = 2
 
 
 def cost_metrics(model: Any, data: Datasets, metrics: dict[str, Any]) -> dict[str, float]:
-    """What serving this model costs, beside its accuracy.
+    """What training, shipping and serving this model cost, beside its accuracy.
 
     ``n_parameters`` and ``model_size_mb`` (fp32 parameters and buffers, what a saved copy
-    weighs); ``latency_ms``: the median time of one validation example at batch size 1 on
-    the trial's device, after warm-up (see :func:`latency_ms`); ``throughput``: validation
+    weighs; an adapter model's count its adapter, not peft's frozen copy of the head);
+    ``trainable_parameters``: those training updated; ``adapter_size_mb``: the weights a
+    trial adds to its base model, as saved: an adapter and its head (peft's
+    ``get_peft_model_state_dict``), or for full fine-tuning the whole model;
+    ``latency_ms``: the median time of one validation example at batch size 1 on the
+    trial's device, after warm-up (see :func:`latency_ms`); ``throughput``: validation
     examples per second at the eval batch size, from the final evaluation.
     """
-    n_parameters = sum(p.numel() for p in model.parameters())
-    size = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
-    result = {"n_parameters": float(n_parameters), "model_size_mb": round(size / 2**20, 2)}
+    weights = [p for name, p in model.named_parameters() if f".{_PEFT_HEAD_ORIGINAL}." not in name]
+    n_parameters = sum(p.numel() for p in weights)
+    size = _mb([*weights, *model.buffers()])
+    adapter = is_adapter_model(model)
+    result = {
+        "n_parameters": float(n_parameters),
+        "model_size_mb": size,
+        "trainable_parameters": float(sum(p.numel() for p in weights if p.requires_grad)),
+        # To 0.1 KB: a small adapter weighs a few KB.
+        "adapter_size_mb": _mb(adapter_weights(model), digits=4) if adapter else size,
+    }
     latency = latency_ms(model, data)
     if latency is not None:
         result["latency_ms"] = latency
     if "eval_samples_per_second" in metrics:
         result["throughput"] = float(metrics["eval_samples_per_second"])
     return result
+
+
+# peft keeps the head as trained and, frozen beside it, the head it started from.
+_PEFT_HEAD_ORIGINAL = "original_module"
+
+
+def adapter_weights(model: Any) -> Any:
+    """The tensors an adapter model saves: the adapter's and the head's."""
+    from peft import get_peft_model_state_dict
+
+    return get_peft_model_state_dict(model).values()
+
+
+def _mb(tensors: Any, digits: int = 2) -> float:
+    return round(sum(t.numel() * t.element_size() for t in tensors) / 2**20, digits)
+
+
+class PeakMemory:
+    """The most memory training took, from its start (``peak_memory_mb``).
+
+    On a GPU, the most CUDA memory tensors held (``torch.cuda.max_memory_allocated``).
+    On a CPU, the process's resident-set high-water mark: Linux's ``VmHWM``, reset at the
+    start (``/proc/self/clear_refs``) so an earlier trial's peak in the same worker is not
+    counted; it includes what the process held before (Python, the libraries, the cached
+    data and base weights). Elsewhere ``getrusage``'s ``ru_maxrss``, which cannot be reset:
+    the worker's peak so far.
+    """
+
+    def __init__(self, device: str):
+        import torch
+
+        self.cuda = device.startswith("cuda") and torch.cuda.is_available()
+        self.device = device
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+            return
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # 5: reset the peak RSS only
+        except OSError:
+            pass  # not Linux (or not allowed): the process's peak so far
+
+    def peak_mb(self) -> float:
+        """Megabytes (2**20 bytes) at the peak since this object was made."""
+        import torch
+
+        if self.cuda:
+            return round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
+        try:
+            status = Path("/proc/self/status").read_text()
+            kib = next(int(line.split()[1]) for line in status.splitlines() if "VmHWM" in line)
+        except (OSError, StopIteration, ValueError, IndexError):
+            import resource
+            import sys
+
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            kib = peak // 1024 if sys.platform == "darwin" else peak  # macOS: bytes
+        return round(kib / 1024, 1)
 
 
 def latency_ms(model: Any, data: Datasets) -> float | None:
@@ -801,10 +1124,26 @@ def reporter_class() -> type:
             if state.global_step >= state.max_steps:
                 args.save_only_model = True  # read by Trainer._save_checkpoint, just after
 
-        def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            self.ctx.set_checkpoint(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+        def on_save(
+            self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any
+        ) -> None:
+            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            save_base_config(model, checkpoint)
+            self.ctx.set_checkpoint(checkpoint)
 
     return HpoReporter
+
+
+def save_base_config(model: Any, checkpoint: Path) -> None:
+    """Beside an adapter checkpoint's weights, the ``config.json`` of the model it adapts.
+
+    peft saves the adapter and head only (``adapter_config.json``,
+    ``adapter_model.safetensors``); the base model's config as this trial built it (its
+    labels, dropout) is what loading it again needs besides the base weights. A full
+    model's checkpoint holds its config already.
+    """
+    if is_adapter_model(model) and checkpoint.is_dir():
+        model.get_base_model().config.save_pretrained(str(checkpoint))
 
 
 def _is_oom(error: BaseException) -> bool:

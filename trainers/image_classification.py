@@ -298,7 +298,8 @@ def base_weights(model_path: str) -> tuple[Any, dict[str, Any]]:
 def build_model(
     args: ImageClassificationArgs, model_path: str, label_names: list[str], seed: int
 ) -> Any:
-    """A fresh model: this trial's dropout, backbone weights from memory, a seeded head."""
+    """A fresh model: this trial's dropout, backbone weights from memory, a seeded head,
+    and its adapter (``args.adapter``) if it trains one."""
     import copy
 
     config, state = base_weights(model_path)
@@ -310,7 +311,9 @@ def build_model(
         config.label_names = list(label_names)
     _set_regularization(config, args)
     model = _hf.model_from_base(_AUTO_CLASS, config, state, seed)
-    freeze(model, args.freeze_layers)
+    model = _hf.with_adapter(model, args.adapter)
+    # With an adapter, its layers in the frozen stages freeze too: it trains above them.
+    freeze(_hf.unwrapped(model), args.freeze_layers)
     return model
 
 
@@ -493,7 +496,8 @@ def check_files(args: ImageClassificationArgs, study_dir: Path) -> tuple[str, st
 
     Each class must be large enough for the stratified splits (:mod:`trainers.labels`)
     and every image readable (its headers; see :func:`unreadable_images`); a table's
-    labels and image paths are read too.
+    labels and image paths are read too. Modules ``adapter.target_modules`` names must be
+    in a local model (:func:`trainers._hf.check_targets`).
     """
     if args.dataset.path:
         path = relative_to(args.dataset.path, study_dir)
@@ -512,6 +516,9 @@ def check_files(args: ImageClassificationArgs, study_dir: Path) -> tuple[str, st
         path = relative_to(args.model, study_dir)
         if not (path / "config.json").is_file():
             return ("model", f"{path} is not a model folder (no config.json)")
+    problem = _hf.check_targets(_AUTO_CLASS, resolve_model(args.model, study_dir), args.adapter)
+    if problem:
+        return "adapter.target_modules", problem
     return None
 
 

@@ -130,8 +130,9 @@ def describe_model(args: TextClassificationArgs, study_dir: Path, name: str) -> 
     """The trainer hook ``hpo validate`` calls per candidate: facts, or why it cannot train.
 
     Raises:
-        ValueError: the candidate is missing, fails ``model_filter``, or is not BERT-like
-            while the study sets freeze_layers or dropout (one phrase, without the name).
+        ValueError: the candidate is missing, fails ``model_filter``, is not BERT-like
+            while the study sets freeze_layers or dropout, or lacks a module that
+            ``adapter.target_modules`` names (one phrase, without the name).
     """
     facts = model_facts(name, study_dir)
     reason = args.model_filter.reject(facts) if args.model_filter else None
@@ -144,6 +145,9 @@ def describe_model(args: TextClassificationArgs, study_dir: Path, name: str) -> 
             f"freeze_layers {args.freeze_layers} is more than its {facts.layers} layers; "
             f"freeze at most {facts.layers}, or leave this model out"
         )
+    problem = _hf.check_targets(_AUTO_CLASS, resolve_model(name, study_dir), args.adapter)
+    if problem:
+        raise ValueError(f"adapter.target_modules: {problem}")
     return facts.as_dict()
 
 
@@ -263,7 +267,8 @@ def base_weights(model_path: str, num_labels: int) -> tuple[Any, dict[str, Any]]
 def build_model(
     args: TextClassificationArgs, model_path: str, data: PreparedData, seed: int
 ) -> Any:
-    """A fresh model for this trial: its dropout, base weights from memory, a seeded head."""
+    """A fresh model for this trial: its dropout, base weights from memory, a seeded head,
+    and its adapter (``args.adapter``) if it trains one."""
     import copy
 
     config, state = base_weights(model_path, len(data.label_names))
@@ -291,7 +296,9 @@ def build_model(
         if value is not None and hasattr(config, name):
             setattr(config, name, value)
     model = _hf.model_from_base(_AUTO_CLASS, config, state, seed)
-    freeze(model, args.freeze_layers)
+    model = _hf.with_adapter(model, args.adapter, task_type="SEQ_CLS")
+    # With an adapter, its layers in the frozen part freeze too: it trains above them.
+    freeze(_hf.unwrapped(model), args.freeze_layers)
     return model
 
 

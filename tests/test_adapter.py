@@ -384,3 +384,9 @@ def test_full_fine_tuning_and_lora_compete_on_one_pareto_front(tmp_path: Path, r
     result = run_cli("best", str(study_file))
     assert result.returncode == 0, result.stderr
     assert "adapter.type=lora" in result.stdout
+    # The report's front and model table say which trial trained what.
+    result = run_cli("report", str(study_file), "-o", str(tmp_path / "report"))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert {m["adapter"] for m in summary["models"]} == {"full", "LoRA r=4"}
+    assert {r["number"]: r["adapter"] for r in summary["pareto_front"]}[lora.number] == "LoRA r=4"

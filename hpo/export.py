@@ -12,7 +12,9 @@ study file, its storage file or its output_dir). The folder loads with
 ``AutoModelForSequenceClassification.from_pretrained(DIR)`` and
 ``AutoTokenizer.from_pretrained(DIR)``; the tokenizer's ``model_max_length`` is the
 study's ``max_seq_length``, so ``tokenizer(text, truncation=True)`` tokenizes as
-training did.
+training did. An adapter trial's export is its adapter in peft's format (loaded with
+``PeftModel.from_pretrained(base, DIR)``; the card says ``library_name: peft``), or with
+``merge`` the adapter merged into its base: a folder as above.
 
 It lives in hpo (not in the trainer) because it is a command over a stored study; the
 trainer-specific steps go through the trainer contract (``hpo/contract.py``): the

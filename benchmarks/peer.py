@@ -76,21 +76,14 @@ def study_yaml(s: dict[str, Any], storage: str, output_dir: str) -> str:
             "seed": s["seed"],
             "objective": {"metric": "eval_accuracy", "direction": "maximize"},
             "sampler": {"type": "tpe"},
-            "pruner": {
-                "type": "hyperband",
-                "min_resource": low,
-                "max_resource": high,
-                "reduction_factor": 3,
-            },  # fmt: skip
+            "pruner": {"type": "hyperband", "min_resource": low, "max_resource": high,
+                       "reduction_factor": 3},  # fmt: skip
             "budget": {"n_trials": s["n_trials"]},
             "output_dir": output_dir,
             "trainer": {
                 "ref": "hpo.trainers.text_classification:train",
-                "args": {
-                    "model": MODEL,
-                    "dataset": s["dataset"],
-                    "max_seq_length": s["max_seq_length"],
-                },  # fmt: skip
+                "args": {"model": MODEL, "dataset": s["dataset"],
+                         "max_seq_length": s["max_seq_length"]},  # fmt: skip
             },
             "search_space": {
                 "learning_rate": {"type": "float", "low": 1e-5, "high": 5e-4, "log": True},
@@ -160,13 +153,8 @@ def run_peer(s: dict[str, Any], work: Path) -> dict[str, Any]:
     trainer = Trainer(
         model_init=model_init,
         args=TrainingArguments(
-            output_dir=str(work / "peer"),
-            eval_strategy="epoch",
-            save_strategy="no",
-            report_to="none",
-            disable_tqdm=True,
-            seed=s["seed"],
-            use_cpu=True,
+            output_dir=str(work / "peer"), eval_strategy="epoch", save_strategy="no",
+            report_to="none", disable_tqdm=True, seed=s["seed"], use_cpu=True,
         ),  # fmt: skip
         train_dataset=splits["train"],
         eval_dataset=splits["validation"],
@@ -186,9 +174,8 @@ def run_peer(s: dict[str, Any], work: Path) -> dict[str, Any]:
         # sides would prune different trials for the same draws.
         study_name="peer",
         sampler=optuna.samplers.TPESampler(seed=s["seed"]),
-        pruner=optuna.pruners.HyperbandPruner(
-            min_resource=low, max_resource=high, reduction_factor=3
-        ),  # fmt: skip
+        pruner=optuna.pruners.HyperbandPruner(min_resource=low, max_resource=high,
+                                              reduction_factor=3),  # fmt: skip
     )
     searched = time.perf_counter() - started
     search_epochs = epochs["n"]

@@ -39,6 +39,9 @@ class TrialRecord:
     # Every objective's value of a completed trial (``value`` is the only one's, or None
     # when a study has several).
     values: tuple[float, ...] = ()
+    # What trained (``hpo:adapter``): {"type": "none"}, {"type": "lora", "r": 8, ...}, or
+    # {} when the trainer records none.
+    adapter: dict[str, Any] = field(default_factory=dict)
 
 
 def trial_records(trials: Iterable[Any], study_attrs: dict[str, Any]) -> list[TrialRecord]:
@@ -81,9 +84,40 @@ def trial_records(trials: Iterable[Any], study_attrs: dict[str, Any]) -> list[Tr
                 failure_message=attrs.failure_message,
                 metrics=attrs.metrics,
                 values=tuple(float(v) for v in values),
+                adapter=attrs.adapter,
             )
         )
     return sorted(records, key=lambda r: r.number)
+
+
+def adapter_label(adapter: dict[str, Any]) -> str:
+    """How a report names what a trial trained: ``full`` (full fine-tuning), ``LoRA r=8``
+    (the adapter's type and rank), or "" when its trainer records no adapter."""
+    kind = adapter.get("type")
+    if not kind:
+        return ""
+    if kind == "none":
+        return "full"
+    name = {"lora": "LoRA"}.get(kind, str(kind))
+    return f"{name} r={adapter['r']}" if "r" in adapter else name
+
+
+def adapter_labels(records: Sequence[TrialRecord]) -> dict[int, str]:
+    """Trial number -> :func:`adapter_label`, when a trial of the study trained an adapter;
+    else {} (a study of full fine-tunes only says nothing about adapters)."""
+    labels = {r.number: adapter_label(r.adapter) for r in records}
+    return labels if any(v not in ("", "full") for v in labels.values()) else {}
+
+
+def model_labels(records: Sequence[TrialRecord], models: dict[int, str]) -> dict[int, str]:
+    """Trial number -> its base model, and what trained on it when the study used adapters
+    (``minilm-l6 · LoRA r=8``, ``minilm-l6 · full``): on the Pareto front, full
+    fine-tuning and each rank get a colour, a legend entry and a hover label of their own."""
+    adapters = adapter_labels(records)
+    return {
+        number: f"{model} · {adapters[number]}" if adapters.get(number) else model
+        for number, model in models.items()
+    }
 
 
 def better(a: float, b: float, direction: str) -> bool:
@@ -372,8 +406,16 @@ def split_metrics(metrics: dict[str, float]) -> tuple[dict[str, float], dict[str
     return validation, test
 
 
-# What a candidate base model costs, as the HF trainers report it (trainers/_hf.py).
-COST_METRICS = ("n_parameters", "model_size_mb", "latency_ms", "throughput")
+# What a candidate base model costs, as the HF trainers report it (trainers/_hf.py), and
+# what an adapter trial costs to train and ship.
+COST_METRICS = (
+    "n_parameters",
+    "model_size_mb",
+    "latency_ms",
+    "throughput",
+    "trainable_parameters",
+    "adapter_size_mb",
+)
 
 
 @dataclass(frozen=True)
@@ -387,6 +429,8 @@ class ModelRow:
     best: dict[str, float]  # per objective, the best value among its feasible trials
     best_trial: int | None  # its best trial in the first objective
     cost: dict[str, float]  # COST_METRICS of that trial
+    # What trained, when the study used adapters: "full" or "LoRA r=8" (the type and rank).
+    adapter: str = ""
 
 
 def model_comparison(
@@ -404,13 +448,17 @@ def model_comparison(
         feasible: completed trials that meet the constraints (all completed without any).
         front: trials on the feasible Pareto front.
 
+    A study that trained adapters gets a row per base model and adapter (full
+    fine-tuning, each type and rank: :func:`adapter_labels`).
     Rows are ordered by the best value of the first objective, best first.
     """
     first_metric, first_direction = objectives[0]
     sign = -1.0 if first_direction == "maximize" else 1.0
+    adapters = adapter_labels(records)
+    groups = {n: (model, adapters.get(n, "")) for n, model in models.items()}
     rows = []
-    for model in sorted(set(models.values())):
-        mine = [r for r in records if models.get(r.number) == model]
+    for model, adapter in sorted(set(groups.values())):
+        mine = [r for r in records if groups.get(r.number) == (model, adapter)]
         done = [r for r in mine if r.values and r.number in feasible]
         best = {
             metric: _best_of([r.values[i] for r in done], direction)
@@ -428,6 +476,7 @@ def model_comparison(
                 best=best,
                 best_trial=top.number if top else None,
                 cost={k: top.metrics[k] for k in COST_METRICS if top and k in top.metrics},
+                adapter=adapter,
             )
         )
     return sorted(

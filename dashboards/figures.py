@@ -312,6 +312,10 @@ def pareto_figure(
 ) -> Any:
     """Optuna's Pareto-front plot, its points coloured by the base model each trial trained.
 
+    ``models``: trial number -> its label (:func:`dashboards.data.model_labels`: the base
+    model, and in a study that trained adapters, ``full`` or the adapter's type and rank),
+    shown in the legend and beside each point's hover text.
+
     Optuna colours points by trial number; to choose a model, the colour that matters is
     the model. Its traces are kept (infeasible grey, dominated, front) and split by model,
     front points filled, dominated ones open. Only the first two objectives are drawn.

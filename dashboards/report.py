@@ -192,12 +192,15 @@ def _build_front_report(
 ) -> Report:
     """The report of a study with several objectives: there is no single best trial, so
     it shows the feasible Pareto front (table and Optuna's plot, coloured by base model)
-    and what each base model achieved and costs."""
+    and what each base model achieved and costs. A study that trained adapters shows
+    each trial's (full fine-tuning, or the type and rank: ``LoRA r=8``) in the tables, and
+    colours and labels the plot by base model and adapter."""
     from hpo.dashboards import figures as f
 
     objectives = [(o.metric, o.direction) for o in config.objectives]
     models = {t.number: view.base_model(t) or "(unnamed model)" for t in view.trials}
-    front = view.front_rows()
+    adapters = d.adapter_labels(records)  # {} unless the study trained adapters
+    front = [{**row, "adapter": adapters.get(row["number"], "")} for row in view.front_rows()]
     feasible = {t.number for t in view.feasible()}
     by_model = d.model_comparison(
         records, models, objectives, feasible, {row["number"] for row in front}
@@ -210,7 +213,7 @@ def _build_front_report(
         "pareto": f.pareto_figure(
             view.study,
             [m for m, _ in objectives],
-            models,
+            d.model_labels(records, models),  # and the adapter: a colour per adapter rank
             constraint_values if config.constraints else None,
         ),
         "timeline": f.timeline_figure(d.worker_timeline(records, _now(records))),
@@ -252,12 +255,15 @@ def _front_sections(
 ) -> list[Section]:
     metrics = [m for m, _ in objectives]
     feasible = " (trials that meet the constraints only)" if summary["constraints"] else ""
+    # An adapter column (full, LoRA r=8, ...) where the study trained adapters.
+    adapted = any(m["adapter"] for m in summary["models"])
     front_table = table_html(
-        ["trial", "model", *metrics, "params"],
+        ["trial", "model", *(["adapter"] if adapted else []), *metrics, "params"],
         [
             [
                 row["number"],
                 row["model"] or "",
+                *([row["adapter"]] if adapted else []),
                 *[row["values"][m] for m in metrics],
                 ", ".join(
                     f"{k}={format_number(v) if isinstance(v, float) else v}"
@@ -294,10 +300,12 @@ def _front_sections(
     )
     cost_names = [c for c in d.COST_METRICS if any(c in m["cost"] for m in summary["models"])]
     models_table = table_html(
-        ["model", "trials", "completed", "on the front", *[f"best {m}" for m in metrics]]
+        ["model", *(["adapter"] if adapted else []), "trials", "completed", "on the front"]
+        + [f"best {m}" for m in metrics]
         + [*cost_names, "best trial"],
         [
-            [m["model"], m["trials"], m["completed"], m["on_front"]]
+            [m["model"], *([m["adapter"]] if adapted else [])]
+            + [m["trials"], m["completed"], m["on_front"]]
             + [m["best"].get(metric, "") for metric in metrics]
             + [m["cost"].get(c, "") for c in cost_names]
             + ["" if m["best_trial"] is None else m["best_trial"]]

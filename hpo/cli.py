@@ -668,13 +668,21 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--force", action="store_true", help="replace a previous export in DIR (only that)"
     )
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="an adapter trial: merge the adapter into its base model (a plain model "
+        "folder), not the adapter alone",
+    )
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from hpo.export import export_best
 
     config = _load(args)
-    facts = export_best(config, args.to, trial_number=args.trial, force=args.force)
+    facts = export_best(
+        config, args.to, trial_number=args.trial, force=args.force, merge=args.merge
+    )
     values = ", ".join(f"{o['metric']}={o['value']:.4f}" for o in facts["objectives"])
     print(f"exported trial {facts['trial']} of study {config.name!r} ({values}) to {args.to}")
     return 0

@@ -51,7 +51,8 @@ class Trainer:
             training resolves it (``hpo export``).
         save_model: ``(checkpoint, target, args, study_dir)``: write a loadable model
             folder from a checkpoint; a ``ValueError`` says why it cannot. A trainer
-            without it cannot be exported.
+            without it cannot be exported. ``hpo export --merge`` passes ``merge=True``
+            (merge an adapter into its base); a hook without that keyword cannot merge.
         hub_ids: packaged model alias -> hub id, for the model card.
         task: the Hugging Face task (the card's pipeline tag and loading snippet).
         recognises_data: ``(path) -> bool``: ``hpo init`` drafts this trainer's study for
@@ -65,7 +66,7 @@ class Trainer:
     check_files: Callable[[Any, Path], Problem] | None = None
     describe_model: Callable[[Any, Path, str], dict[str, Any]] | None = None
     resolve_model: Callable[[str, Path], str] | None = None
-    save_model: Callable[[Path, Path, dict[str, Any], Path], None] | None = None
+    save_model: Callable[..., None] | None = None
     hub_ids: Mapping[str, str] = field(default_factory=dict)
     task: str = "text-classification"
     recognises_data: Callable[[Path], bool] | None = None

@@ -12,7 +12,9 @@ study file, its storage file or its output_dir). The folder loads with
 ``AutoModelForSequenceClassification.from_pretrained(DIR)`` and
 ``AutoTokenizer.from_pretrained(DIR)``; the tokenizer's ``model_max_length`` is the
 study's ``max_seq_length``, so ``tokenizer(text, truncation=True)`` tokenizes as
-training did.
+training did. An adapter trial's export is its adapter in peft's format (loaded with
+``PeftModel.from_pretrained(base, DIR)``; the card says ``library_name: peft``), or with
+``merge`` the adapter merged into its base: a folder as above.
 
 It lives in hpo (not in the trainer) because it is a command over a stored study; the
 trainer-specific steps go through the trainer contract (``hpo/contract.py``): the
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -53,9 +56,17 @@ FACTS_FILE = "hpo_export.json"
 
 
 def export_best(
-    config: StudyConfig, to: str | Path, *, trial_number: int | None = None, force: bool = False
+    config: StudyConfig,
+    to: str | Path,
+    *,
+    trial_number: int | None = None,
+    force: bool = False,
+    merge: bool = False,
 ) -> dict[str, Any]:
     """Write the best (or the given) trial's model to ``to``; return the card's facts.
+
+    An adapter trial's export is its adapter (peft's format), or with ``merge`` the
+    adapter merged into the base model; a full fine-tune's is the same either way.
 
     Raises:
         ConfigError: ``to`` is a non-empty folder and ``force`` is off.
@@ -67,6 +78,7 @@ def export_best(
     checkpoint = _checkpoint(trial, view)
     trained_with = trained_args(view)
     facts = model_facts(config, trial, view.attrs(trial), checkpoint, trained_with)
+    facts["merged"] = merge and facts["adapter"].get("type", "none") != "none"
     target.parent.mkdir(parents=True, exist_ok=True)
     # A name of its own beside the target: a rename into place is atomic on one file system.
     # A plain mkdir, not mkdtemp (0700): the export's mode follows the umask, as any folder.
@@ -77,8 +89,15 @@ def export_best(
         # The trial's own arguments: those the study ran with, what it searched (a
         # max_seq_length...), and the base model it trained.
         args = {**trial_args(trained_with, trial.params), "model": base_model_name(config, trial)}
+        # Only a merge passes the keyword: hooks written before it keep working.
+        extra = {"merge": True} if facts["merged"] else {}
+        if extra and "merge" not in inspect.signature(save_model).parameters:
+            raise StudyStateError(
+                f"trainer {config.trainer.ref} cannot merge adapters (its save_model hook "
+                "takes no merge keyword); export without --merge"
+            )
         try:
-            save_model(checkpoint, staging, args, config.study_dir)
+            save_model(checkpoint, staging, args, config.study_dir, **extra)
         except ValueError as e:  # the trainer's word on a checkpoint it cannot export
             raise StudyStateError(f"trial {trial.number}: {e}") from None
         (staging / FACTS_FILE).write_text(json.dumps(facts, indent=2) + "\n")
@@ -308,6 +327,8 @@ def model_facts(
             "name": base_model_name(config, trial),
             "path": base_model_path(config, trial),
         },
+        # What trained: {"type": "none"} or the adapter's settings (hpo:adapter).
+        "adapter": attrs.adapter or {"type": "none"},
         "data": _data_facts(config, args),
         "checkpoint": str(checkpoint),
         "seed": config.seed,
@@ -353,13 +374,27 @@ def model_card(facts: dict[str, Any]) -> str:
         base_model=base_model_id(base["name"], base["path"], facts["trainer"]["ref"]),
         license=base.get("license") or (base_card.license if base_card else None),
         datasets=base.get("datasets") or (base_card.datasets if base_card else None),
-        library_name="transformers",
+        library_name="peft" if _adapter_only(facts) else "transformers",
         pipeline_tag=_task(facts),
-        tags=["hpo", "optuna", _task(facts)],
+        tags=["hpo", "optuna", _task(facts), *_adapter_tags(facts)],
         eval_results=_eval_results(facts) or None,
         hpo=_provenance(facts),
     )
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n{_card_body(facts)}"))
+
+
+def _adapter_only(facts: dict[str, Any]) -> bool:
+    """Whether the export is an adapter (peft's format), not a whole model."""
+    adapter = facts.get("adapter") or {"type": "none"}
+    return adapter["type"] != "none" and not facts.get("merged")
+
+
+def _adapter_tags(facts: dict[str, Any]) -> list[str]:
+    """``lora`` for an adapter trial, and ``merged`` once merged into its base."""
+    kind = (facts.get("adapter") or {"type": "none"})["type"]
+    if kind == "none":
+        return []
+    return [kind, "merged"] if facts.get("merged") else [kind]
 
 
 def base_model_id(name: str, path: str, trainer_ref: str) -> str:
@@ -459,6 +494,47 @@ _LOADING = {
 }
 
 
+def _loading(facts: dict[str, Any], base_id: str) -> str:
+    """The card's loading snippet: the task's, or for an adapter, its base then peft."""
+    if not _adapter_only(facts):
+        return _LOADING.get(_task(facts), _LOADING["text-classification"])
+    load = _ADAPTER_LOADING.get(_task(facts), _ADAPTER_LOADING["text-classification"])
+    return load.replace("BASE", base_id)
+
+
+def _adapter_line(facts: dict[str, Any]) -> str:
+    adapter = facts.get("adapter") or {"type": "none"}
+    if adapter["type"] == "none":
+        return ""
+    shown = [k for k in ("r", "alpha", "dropout") if k in adapter]
+    settings = ", ".join(f"{k}={_fmt(adapter[k])}" for k in shown)
+    form = "merged into the base weights" if facts.get("merged") else "in peft's format"
+    name = {"lora": "LoRA"}.get(adapter["type"], adapter["type"])
+    return f"\nA {name} adapter ({settings}), {form}.\n"
+
+
+# An adapter loads on its base model, built with the trial's config (its labels).
+_ADAPTER_LOADING = {
+    "text-classification": (
+        "from peft import PeftModel\n"
+        "from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer\n"
+        'config = AutoConfig.from_pretrained("path/to/this/folder")\n'
+        'base = AutoModelForSequenceClassification.from_pretrained("BASE", config=config)\n'
+        'model = PeftModel.from_pretrained(base, "path/to/this/folder")\n'
+        'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")  # truncation=True'
+    ),
+    "image-classification": (
+        "from peft import PeftModel\n"
+        "from transformers import AutoConfig, AutoImageProcessor\n"
+        "from transformers import AutoModelForImageClassification\n"
+        'config = AutoConfig.from_pretrained("path/to/this/folder")\n'
+        'base = AutoModelForImageClassification.from_pretrained("BASE", config=config)\n'
+        'model = PeftModel.from_pretrained(base, "path/to/this/folder")\n'
+        'processor = AutoImageProcessor.from_pretrained("path/to/this/folder")'
+    ),
+}
+
+
 def _card_body(facts: dict[str, Any]) -> str:
     def table(values: dict[str, Any]) -> str:
         rows = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in values.items())
@@ -474,9 +550,9 @@ def _card_body(facts: dict[str, Any]) -> str:
 Fine-tuned from `{base_id}` (`{base["name"]}` in the
 study) by hpo: trial {facts["trial"]} of study `{facts["study"]}` ({facts["storage"]}),
 {objective["metric"]} = {_fmt(objective["value"])} ({objective["direction"]}).
-
+{_adapter_line(facts)}
 ```python
-{_LOADING.get(_task(facts), _LOADING["text-classification"])}
+{_loading(facts, base_id)}
 ```
 
 ## Hyperparameters

@@ -237,7 +237,7 @@ def test_an_adapter_checkpoint_holds_adapter_and_head_and_a_retry_resumes_from_i
     assert metrics["eval_loss"] == pytest.approx(uninterrupted["eval_loss"], abs=1e-6)
 
 
-def test_an_image_adapter_trial_trains_scores_and_saves_its_adapter(
+def test_an_image_adapter_trial_trains_scores_saves_and_exports_its_adapter(
     tmp_path: Path, bars: Path
 ) -> None:
     vit = tiny_vit(tmp_path / "vit")
@@ -250,6 +250,24 @@ def test_an_image_adapter_trial_trains_scores_and_saves_its_adapter(
     checkpoint = Path(ctx.trial.user_attrs["hpo:checkpoint"])
     assert (checkpoint / "adapter_model.safetensors").is_file()
     assert not (checkpoint / "model.safetensors").exists()
+    # Its export: the adapter on its base (peft), and merged, predict alike.
+    import torch
+    from peft import PeftModel
+    from transformers import AutoConfig, AutoModelForImageClassification
+
+    (tmp_path / "adapter").mkdir()
+    ic.save_model(checkpoint, tmp_path / "adapter", ctx.params, tmp_path)
+    (tmp_path / "merged").mkdir()
+    ic.save_model(checkpoint, tmp_path / "merged", ctx.params, tmp_path, merge=True)
+    base = AutoModelForImageClassification.from_pretrained(
+        vit, config=AutoConfig.from_pretrained(tmp_path / "adapter")
+    )
+    adapter = PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
+    merged = AutoModelForImageClassification.from_pretrained(tmp_path / "merged").eval()
+    pixels = torch.rand(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected, got = adapter(pixel_values=pixels).logits, merged(pixel_values=pixels).logits
+    assert torch.allclose(got, expected, atol=1e-5)
 
 
 # --- costs, and full fine-tuning against LoRA ---------------------------------------------
@@ -384,3 +402,9 @@ def test_full_fine_tuning_and_lora_compete_on_one_pareto_front(tmp_path: Path, r
     result = run_cli("best", str(study_file))
     assert result.returncode == 0, result.stderr
     assert "adapter.type=lora" in result.stdout
+    # The report's front and model table say which trial trained what.
+    result = run_cli("report", str(study_file), "-o", str(tmp_path / "report"))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert {m["adapter"] for m in summary["models"]} == {"full", "LoRA r=4"}
+    assert {r["number"]: r["adapter"] for r in summary["pareto_front"]}[lora.number] == "LoRA r=4"

@@ -520,3 +520,169 @@ def test_an_export_folder_follows_the_umask_as_any_new_folder(exportable: Path) 
     finally:
         os.umask(old)
     assert Path("model").stat().st_mode & 0o777 == 0o755
+
+
+# --- export: an adapter trial (peft), as it is or merged into its base ---------------------
+
+LORA_STUDY = """\
+name: lora
+storage: sqlite:///{folder}/hpo.db
+seed: 5
+budget: {{n_trials: 1}}
+output_dir: {folder}/runs
+trainer:
+  ref: trainers.text_classification:train
+  args:
+    model: minilm-l6
+    dataset: {{path: {data}, max_train_samples: 32}}
+    num_train_epochs: 1
+    max_seq_length: 16
+    learning_rate: 0.005
+    error_examples: 0
+    adapter: {{type: lora, alpha: 8}}
+search_space:
+  adapter.r: {{type: categorical, choices: [4]}}
+"""
+
+
+@pytest.fixture(scope="module")
+def lora_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One LoRA trial on the packaged MiniLM, trained once for the tests below."""
+    folder = tmp_path_factory.mktemp("lora")
+    study_file = folder / "lora.yaml"
+    study_file.write_text(LORA_STUDY.format(folder=folder, data=STUDIES / "data" / "reviews.csv"))
+    assert run_study(load_study(study_file)).finished == 1
+    return study_file
+
+
+def _validation_batch(study_file: Path) -> tuple:
+    """The base model's folder, the trial's validation split as the trainer drew it, and
+    the trial's metrics."""
+    from hpo.export import base_model_path
+    from hpo.trainer import TrialContext
+    from hpo.trainers.text_classification import TextClassificationArgs, prepare_data
+
+    config = load_study(study_file)
+    trial = optuna.load_study(study_name="lora", storage=config.storage).trials[0]
+    ctx = TrialContext(trial=None, params={}, objective="", seed=5, output_dir=Path("."),
+                       study_dir=config.study_dir)  # fmt: skip
+    args = TextClassificationArgs.model_validate(
+        {**config.trainer.args, "adapter": {"type": "lora", "r": 4, "alpha": 8}}
+    )
+    base = base_model_path(config, trial)
+    data = prepare_data(args, base, ctx)
+    return base, data, trial.user_attrs["hpo:metrics"]
+
+
+def _logits(model, tokenizer, texts: list[str]):
+    import torch
+
+    batch = tokenizer(texts, truncation=True, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        return model.eval()(**batch).logits
+
+
+@pytest.mark.slow
+def test_an_adapter_export_loads_on_its_base_through_peft_and_scores_as_the_trial(
+    lora_study: Path, capsys
+) -> None:
+    import numpy as np
+    import torch
+    from peft import PeftModel
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    assert main(["export", str(lora_study), "--to", "adapter"]) == 0
+    files = {p.name for p in Path("adapter").iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "config.json"} <= files
+    assert "tokenizer.json" in files and "model.safetensors" not in files
+    peft_config = json.loads(Path("adapter/adapter_config.json").read_text())
+    # The hub id, not this machine's site-packages folder.
+    assert peft_config["base_model_name_or_path"] == "sentence-transformers/all-MiniLM-L6-v2"
+
+    base, data, metrics = _validation_batch(lora_study)
+    accuracy = metrics["eval_accuracy"]
+    tokenizer = AutoTokenizer.from_pretrained("adapter")
+    config = AutoConfig.from_pretrained("adapter")
+    assert config.id2label == {0: "negative", 1: "positive"}
+    model = PeftModel.from_pretrained(
+        AutoModelForSequenceClassification.from_pretrained(base, config=config), "adapter"
+    )
+    logits = _logits(model, tokenizer, data.validation_texts)
+    labels = np.array(data.splits["validation"]["label"])
+    assert float((logits.argmax(-1).numpy() == labels).mean()) == pytest.approx(accuracy)
+    loss = torch.nn.functional.cross_entropy(logits, torch.tensor(labels))
+    assert float(loss) == pytest.approx(metrics["eval_loss"], abs=1e-5)  # the same logits
+    # Loaded on the plain base (two labels, as the reviews have), it predicts the same:
+    # the head comes with the adapter.
+    plain = PeftModel.from_pretrained(
+        AutoModelForSequenceClassification.from_pretrained(base), "adapter"
+    )
+    assert torch.allclose(_logits(plain, tokenizer, data.validation_texts), logits)
+
+
+@pytest.mark.slow
+def test_a_merged_export_loads_with_plain_from_pretrained_and_predicts_as_the_adapter(
+    lora_study: Path, capsys
+) -> None:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    assert main(["export", str(lora_study), "--to", "merged", "--merge"]) == 0
+    assert main(["export", str(lora_study), "--to", "adapter"]) == 0
+    files = {p.name for p in Path("merged").iterdir()}
+    assert "model.safetensors" in files and not files & {"adapter_config.json"}
+    merged = AutoModelForSequenceClassification.from_pretrained("merged")
+    assert merged.config.id2label == {0: "negative", 1: "positive"}
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+
+    base, data, _ = _validation_batch(lora_study)
+    tokenizer = AutoTokenizer.from_pretrained("merged")
+    adapter = PeftModel.from_pretrained(
+        AutoModelForSequenceClassification.from_pretrained(
+            base, config=AutoConfig.from_pretrained("adapter")
+        ),
+        "adapter",
+    )
+    expected = _logits(adapter, tokenizer, data.validation_texts)
+    got = _logits(merged, tokenizer, data.validation_texts)
+    assert torch.allclose(got, expected, atol=1e-4)
+    assert torch.equal(got.argmax(-1), expected.argmax(-1))
+
+
+@pytest.mark.slow
+def test_an_adapter_card_says_peft_and_its_base_and_a_merged_card_says_merged(
+    lora_study: Path, capsys
+) -> None:
+    from huggingface_hub import ModelCard
+
+    assert main(["export", str(lora_study), "--to", "adapter"]) == 0
+    assert main(["export", str(lora_study), "--to", "merged", "--merge"]) == 0
+    adapter, merged = ModelCard.load("adapter/README.md"), ModelCard.load("merged/README.md")
+    assert adapter.data.library_name == "peft"
+    assert adapter.data.base_model == "sentence-transformers/all-MiniLM-L6-v2"
+    assert "lora" in adapter.data.tags and "merged" not in adapter.data.tags
+    assert "PeftModel.from_pretrained(base" in adapter.text
+    assert "A LoRA adapter (r=4, alpha=8, dropout=0), in peft's format." in adapter.text
+    assert merged.data.library_name == "transformers"
+    assert merged.data.base_model == "sentence-transformers/all-MiniLM-L6-v2"
+    assert {"lora", "merged"} <= set(merged.data.tags)
+    assert "PeftModel" not in merged.text
+    facts = json.loads(Path("adapter/hpo_export.json").read_text())
+    assert (facts["adapter"]["type"], facts["adapter"]["r"], facts["merged"]) == ("lora", 4, False)
+    assert json.loads(Path("merged/hpo_export.json").read_text())["merged"] is True
+
+
+def test_a_card_for_a_full_fine_tune_says_transformers_and_no_adapter(tmp_path: Path) -> None:
+    from huggingface_hub import ModelCard
+
+    from hpo.export import model_card
+
+    full = ModelCard(model_card({**_facts("org/some-bert", "org/some-bert"),
+                                 "adapter": {"type": "none"}, "merged": False}))  # fmt: skip
+    assert full.data.library_name == "transformers" and "lora" not in full.data.tags
+    lora = {"type": "lora", "r": 8, "alpha": 16, "dropout": 0.05}
+    adapter = ModelCard(model_card({**_facts("org/some-bert", "org/some-bert"),
+                                    "adapter": lora, "merged": False}))  # fmt: skip
+    assert (adapter.data.library_name, adapter.data.base_model) == ("peft", "org/some-bert")
+    assert 'from_pretrained("org/some-bert", config=config)' in adapter.text

@@ -172,6 +172,90 @@ def test_trial_records_fall_back_to_timestamps_and_reported_steps() -> None:
     assert rows[0]["state"] == "PRUNED" and rows[0]["value"] is None
 
 
+# --- adapters: full fine-tuning against LoRA at several ranks ---------------------------
+
+LORA_8 = {"type": "lora", "r": 8, "alpha": 16, "dropout": 0.05, "targets": ["query", "value"]}
+ADAPTERS = [{"type": "none"}, {**LORA_8, "r": 4}, LORA_8, LORA_8]
+
+
+def adapter_trials() -> list:
+    """Full fine-tuning, LoRA r=4, and LoRA r=8 twice, as the HF trainers store them:
+    (accuracy, trainable parameters) each, hpo:adapter and the cost metrics."""
+    distribution = optuna.distributions.CategoricalDistribution([4, 8])
+    values = [(0.90, 22e6), (0.86, 0.1e6), (0.88, 0.2e6), (0.80, 0.2e6)]
+    trials = []
+    for number, (adapter, (accuracy, trainable)) in enumerate(zip(ADAPTERS, values, strict=True)):
+        trial = optuna.trial.create_trial(
+            values=[accuracy, trainable],
+            params={"adapter.r": adapter.get("r", 8)},
+            distributions={"adapter.r": distribution},
+            user_attrs={
+                "hpo:adapter": adapter,
+                "hpo:metrics": {"eval_accuracy": accuracy, "trainable_parameters": trainable},
+            },
+        )
+        trial.number = number
+        trials.append(trial)
+    return trials
+
+
+def test_the_report_data_names_each_trials_adapter_type_and_rank() -> None:
+    records = d.trial_records(adapter_trials(), {})
+    assert [d.adapter_label(r.adapter) for r in records] == [
+        "full", "LoRA r=4", "LoRA r=8", "LoRA r=8"]  # fmt: skip
+    models = dict.fromkeys(range(4), "minilm-l6")
+    # The Pareto plot's colours, legend and hover: the model and what trained on it.
+    assert d.model_labels(records, models) == {
+        0: "minilm-l6 · full",
+        1: "minilm-l6 · LoRA r=4",
+        2: "minilm-l6 · LoRA r=8",
+        3: "minilm-l6 · LoRA r=8",
+    }
+    objectives = [("eval_accuracy", "maximize"), ("trainable_parameters", "minimize")]
+    rows = d.model_comparison(records, models, objectives, {0, 1, 2, 3}, {0, 1, 2})
+    assert [(r.model, r.adapter, r.trials, r.best_trial) for r in rows] == [
+        ("minilm-l6", "full", 1, 0),
+        ("minilm-l6", "LoRA r=8", 2, 2),
+        ("minilm-l6", "LoRA r=4", 1, 1),
+    ]
+    assert rows[2].cost == {"trainable_parameters": 0.1e6}
+    # A study of full fine-tunes only (or a trainer with no adapters) says nothing of them.
+    plain = [record(0, values=(0.9, 1.0)), record(1, values=(0.8, 2.0), adapter={"type": "none"})]
+    assert d.model_labels(plain, {0: "m", 1: "m"}) == {0: "m", 1: "m"}
+    assert [r.adapter for r in d.model_comparison(plain, {0: "m", 1: "m"}, objectives,
+                                                  {0, 1}, {0})] == [""]  # fmt: skip
+
+
+def test_the_report_of_an_adapter_study_shows_adapter_and_rank_in_front_and_tables(
+    tmp_path: Path,
+) -> None:
+    storage = f"sqlite:///{tmp_path / 'hpo.db'}"
+    study = optuna.create_study(
+        study_name="lora", storage=storage, directions=["maximize", "minimize"]
+    )
+    study.add_trials(adapter_trials())
+    study_file = tmp_path / "lora.yaml"
+    study_file.write_text(
+        f"name: lora\nstorage: {storage}\nbudget: {{n_trials: 4}}\n"
+        "objective:\n  - {metric: eval_accuracy, direction: maximize}\n"
+        "  - {metric: trainable_parameters, direction: minimize}\n"
+        "trainer: {ref: trainers.toy:train, args: {model: minilm-l6}}\n"
+        "search_space: {learning_rate: {type: float, low: 1.0e-5, high: 1.0e-3}}\n"
+    )
+    build_report(load_study(study_file), tmp_path / "report")
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert [(r["number"], r["adapter"]) for r in summary["pareto_front"]] == [
+        (0, "full"), (1, "LoRA r=4"), (2, "LoRA r=8")]  # fmt: skip
+    assert {(m["adapter"], m["on_front"]) for m in summary["models"]} == {
+        ("full", 1), ("LoRA r=4", 1), ("LoRA r=8", 1)}  # fmt: skip
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "<th>adapter</th>" in page and "<td>LoRA r=4</td>" in page
+    # The Pareto plot's legend, and its hover (the trace's name beside each point).
+    for trace in ("minilm-l6 · LoRA r=8, dominated", "minilm-l6 · full, on the front"):
+        assert trace in page
+    assert "\\u003cextra\\u003eminilm-l6 · LoRA r=4\\u003c" in page
+
+
 # --- real studies ----------------------------------------------------------------------
 
 

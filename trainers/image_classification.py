@@ -583,12 +583,15 @@ def _cannot_be_read(bad: list[tuple[int, str]], shown: str) -> str:
     return f"{plural(len(bad), 'image')} cannot be read: {shown}{more}; replace or remove {them}"
 
 
-def save_model(checkpoint: Path, target: Path, args: dict[str, Any], study_dir: Path) -> None:
-    """Export hook: a loadable model folder (weights and image processor)."""
+def save_model(
+    checkpoint: Path, target: Path, args: dict[str, Any], study_dir: Path, merge: bool = False
+) -> None:
+    """Export hook: a loadable model folder (weights and image processor); an adapter
+    trial's adapter, or with ``merge`` the merged model."""
     from hpo.trainers.hf_export import save_hf_model
 
     base = resolve_model(str(args.get("model") or ""), study_dir)
-    save_hf_model(checkpoint, target, base, None, preprocessor="image")
+    save_hf_model(checkpoint, target, base, None, "image", merge=merge)
 
 
 # What hpo calls around train (hpo/contract.py): validate, export and hpo init.

@@ -418,17 +418,28 @@ def _trial_model_facts(name: str, study_dir: Path) -> dict[str, Any]:
 _reporter_class = reporter_class  # the name the tests and older callers use
 
 
-def save_model(checkpoint: Path, target: Path, args: dict[str, Any], study_dir: Path) -> None:
-    """Export hook: a loadable model folder (weights and tokenizer) from a checkpoint."""
+def save_model(
+    checkpoint: Path, target: Path, args: dict[str, Any], study_dir: Path, merge: bool = False
+) -> None:
+    """Export hook: a loadable model folder (weights and tokenizer) from a checkpoint; an
+    adapter trial's adapter, or with ``merge`` the merged model."""
     from hpo.trainers.hf_export import save_hf_model
 
-    base = resolve_model(str(args.get("model") or "minilm-l6"), study_dir)
+    name = str(args.get("model") or "minilm-l6")
+    base = resolve_model(name, study_dir)
     # As in training: the study's max_seq_length (128 unless set), capped at the model's.
     wanted = int(
         args.get("max_seq_length") or TextClassificationArgs.model_fields["max_seq_length"].default
     )
     limit = _model_limit(base)
-    save_hf_model(checkpoint, target, base, min(wanted, limit) if limit else wanted)
+    save_hf_model(
+        checkpoint,
+        target,
+        base,
+        min(wanted, limit) if limit else wanted,
+        base_id=PACKAGED_HUB_IDS.get(name, base),
+        merge=merge,
+    )
 
 
 # What hpo calls around train (hpo/contract.py): validate, export and hpo init.

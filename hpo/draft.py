@@ -169,3 +169,39 @@ def _flow(value: Any) -> str:
     """``value`` as one line of YAML that reads back as the same value."""
     text = yaml.safe_dump(value, default_flow_style=True, width=10**9, sort_keys=False)
     return text.removesuffix("\n").removesuffix("\n...").strip()
+
+
+# The quickstart hpo ships: pyproject's package-data puts studies/ under hpo/studies in a
+# wheel, so an install without the repository (no studies/ folder) can still run it.
+EXAMPLE_FILES = ("quickstart.yaml", "data/reviews.csv")
+
+
+def example_folder() -> Path:
+    """Where this install keeps the example study: ``hpo/studies`` installed from a wheel,
+    the repository's ``studies/`` in a checkout or an editable install."""
+    here = Path(__file__).resolve().parent
+    for folder in (here / "studies", here.parent / "studies"):
+        if all((folder / name).is_file() for name in EXAMPLE_FILES):
+            return folder
+    raise ConfigError(f"this install of hpo ships no example study (looked in {here})")
+
+
+def write_example(folder: Path, *, force: bool = False) -> list[Path]:
+    """Copy the quickstart study and its data into ``folder`` (``hpo init --example``).
+
+    Raises:
+        ConfigError: a file it would write exists (and ``force`` is off); nothing is written.
+    """
+    import shutil
+
+    source = example_folder()
+    targets = [folder / name for name in EXAMPLE_FILES]
+    existing = [str(t) for t in targets if t.exists() or t.is_symlink()]
+    if existing and not force:
+        raise ConfigError(
+            f"{existing[0]} exists; choose another folder or pass --force", field="--example"
+        )
+    for name, target in zip(EXAMPLE_FILES, targets, strict=True):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source / name, target)
+    return targets

@@ -104,3 +104,14 @@ class Terminated(KeyboardInterrupt):
     """
 
     exit_code = 143
+
+
+def missing_extra(module: str, extra: str, needed_by: str) -> str | None:
+    """Why ``needed_by`` cannot run on this install, naming the extra of hpo-finetune that
+    brings ``module`` (README "Install"); None when ``module`` can be imported."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is not None:
+        return None
+    fix = f"pip install 'hpo-finetune[{extra}]'"
+    return f"{needed_by} needs {module}, which is not installed; {fix}"

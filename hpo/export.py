@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import uuid
 from importlib import metadata
 from pathlib import Path
@@ -43,7 +44,7 @@ from hpo import DISTRIBUTION
 from hpo import storage as st
 from hpo.config import StudyConfig
 from hpo.contract import resolve_trainer
-from hpo.errors import ConfigError, StudyStateError
+from hpo.errors import ConfigError, HpoError, StudyStateError
 from hpo.space import trial_args
 from hpo.view import StudyView, TrialAttrs, open_view
 
@@ -57,21 +58,32 @@ FACTS_FILE = "hpo_export.json"
 
 def export_best(
     config: StudyConfig,
-    to: str | Path,
+    to: str | Path | None,
     *,
     trial_number: int | None = None,
     force: bool = False,
     merge: bool = False,
+    push_to_hub: str | None = None,
 ) -> dict[str, Any]:
     """Write the best (or the given) trial's model to ``to``; return the card's facts.
 
     An adapter trial's export is its adapter (peft's format), or with ``merge`` the
     adapter merged into the base model; a full fine-tune's is the same either way.
+    ``push_to_hub``: also upload the folder to this Hub model repository (created if
+    needed), in one commit, before the folder is moved into place; with ``to`` None the
+    folder is only pushed.
 
     Raises:
         ConfigError: ``to`` is a non-empty folder and ``force`` is off.
         StudyStateError: no such study, no completed trial, or its checkpoint is gone.
+        HpoError: the push failed (offline, no token, refused); nothing was written.
     """
+    if to is None:  # pushed only: made in a temporary folder, gone afterwards
+        with tempfile.TemporaryDirectory() as folder:
+            pushed = Path(folder) / "export"
+            return export_best(
+                config, pushed, trial_number=trial_number, merge=merge, push_to_hub=push_to_hub
+            )
     target = export_target(config, to, force=force)
     view = _load(config)
     trial = _pick_trial(view, trial_number)
@@ -79,6 +91,8 @@ def export_best(
     trained_with = trained_args(view)
     facts = model_facts(config, trial, view.attrs(trial), checkpoint, trained_with)
     facts["merged"] = merge and facts["adapter"].get("type", "none") != "none"
+    if push_to_hub:
+        _create_hub_repo(push_to_hub)  # offline, no token, a bad id: said before any write
     target.parent.mkdir(parents=True, exist_ok=True)
     # A name of its own beside the target: a rename into place is atomic on one file system.
     # A plain mkdir, not mkdtemp (0700): the export's mode follows the umask, as any folder.
@@ -102,10 +116,40 @@ def export_best(
             raise StudyStateError(f"trial {trial.number}: {e}") from None
         (staging / FACTS_FILE).write_text(json.dumps(facts, indent=2) + "\n")
         (staging / "README.md").write_text(model_card(facts), encoding="utf-8")
+        if push_to_hub:
+            _upload_to_hub(staging, push_to_hub, facts)
         _replace(target, staging)  # readers never see a half-written export
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return facts
+
+
+def _create_hub_repo(repo_id: str) -> None:
+    from huggingface_hub import HfApi
+
+    try:
+        HfApi().create_repo(repo_id, exist_ok=True)
+    except (OSError, ValueError) as e:  # the hub client's errors: connection, HTTP, bad id
+        raise _hub_error(repo_id, e) from e
+
+
+def _upload_to_hub(folder: Path, repo_id: str, facts: dict[str, Any]) -> None:
+    """The export folder as one commit (huggingface_hub's upload_folder): never half there."""
+    from huggingface_hub import HfApi
+
+    message = f"hpo export: trial {facts['trial']} of study {facts['study']}"
+    try:
+        HfApi().upload_folder(repo_id=repo_id, folder_path=folder, commit_message=message)
+    except (OSError, ValueError) as e:
+        raise _hub_error(repo_id, e) from e
+
+
+def _hub_error(repo_id: str, error: Exception) -> HpoError:
+    said = str(error).strip().splitlines()
+    return HpoError(
+        f"cannot push to the Hub repository {repo_id}: "
+        f"{said[0] if said else type(error).__name__}; nothing was exported"
+    )
 
 
 def export_target(config: StudyConfig, to: str | Path, *, force: bool = False) -> Path:
@@ -362,25 +406,43 @@ def model_card(facts: dict[str, Any]) -> str:
 
     Built with huggingface_hub's ``ModelCardData``, so the front matter is what the Hub
     reads: ``base_model`` (the hub id or folder name the trial fine-tuned), ``license``
-    and ``datasets`` from the base model's own card, the validation and test metrics as
-    ``model-index`` evaluation results, and the study's provenance under ``hpo``.
+    from the base model's own card (the model's licence, not a package's that ships it),
+    ``datasets``: the data it was fine-tuned on, the validation and test metrics as
+    ``model-index`` evaluation results, and the study's provenance under ``hpo``, with the
+    base model's own data sets under ``hpo.base_model`` (the Hub would otherwise credit
+    this model with the base model's pre-training sets).
     """
     from huggingface_hub import ModelCard, ModelCardData
 
-    base = facts["base_model"]
-    base_card = _base_card(base["path"])
+    base = base_model_card_facts(facts)
     data = ModelCardData(
         model_name=f"{facts['study']}-trial-{facts['trial']}",
-        base_model=base_model_id(base["name"], base["path"], facts["trainer"]["ref"]),
-        license=base.get("license") or (base_card.license if base_card else None),
-        datasets=base.get("datasets") or (base_card.datasets if base_card else None),
+        base_model=base["id"],
+        license=base["license"],
+        datasets=[_dataset_id(facts["data"])],
         library_name="peft" if _adapter_only(facts) else "transformers",
         pipeline_tag=_task(facts),
         tags=["hpo", "optuna", _task(facts), *_adapter_tags(facts)],
         eval_results=_eval_results(facts) or None,
-        hpo=_provenance(facts),
+        hpo={**_provenance(facts), "base_model": base},
     )
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n{_card_body(facts)}"))
+
+
+def base_model_card_facts(facts: dict[str, Any]) -> dict[str, Any]:
+    """The base model's hub id (or folder name), licence and data sets, as its card says."""
+    base = facts["base_model"]
+    card = _base_card(base["path"])
+    return {
+        "id": base_model_id(base["name"], base["path"], facts["trainer"]["ref"]),
+        "license": base.get("license") or (card.license if card else None),
+        "datasets": base.get("datasets") or (card.datasets if card else None),
+    }
+
+
+def _dataset_id(data: dict[str, Any]) -> str:
+    """How a card names the fine-tuning data: its hub id, else its file's name."""
+    return str(data.get("hub") or Path(str(data.get("path") or "data")).name)
 
 
 def _adapter_only(facts: dict[str, Any]) -> bool:
@@ -434,17 +496,19 @@ def _eval_results(facts: dict[str, Any]) -> list[Any]:
     from hpo.status import shown_metrics
 
     data = facts["data"]
-    dataset = Path(str(data.get("path") or "data")).name
+    dataset = _dataset_id(data)
     results = []
     for split, key, prefix in (
         ("validation", "validation_metrics", "eval_"),
         ("test", "test_metrics", "test_"),
     ):
         for name, value in shown_metrics(facts[key]).items():
+            if name.removeprefix(prefix) == "loss":
+                continue  # what training minimized, not a result to compare models by
             results.append(
                 EvalResult(
                     task_type=_task(facts),
-                    dataset_type=Path(dataset).stem,
+                    dataset_type=dataset if data.get("hub") else Path(dataset).stem,
                     dataset_name=dataset,
                     dataset_split=split,
                     metric_type=name.removeprefix(prefix),
@@ -542,7 +606,13 @@ def _card_body(facts: dict[str, Any]) -> str:
 
     objective = facts["objective"]
     base = facts["base_model"]
-    base_id = base_model_id(base["name"], base["path"], facts["trainer"]["ref"])
+    card = base_model_card_facts(facts)
+    base_id = card["id"]
+    licence = (
+        f"`{card['license']}`, the base model's (as its own card states it)"
+        if card["license"]
+        else "not stated by the base model's card; check its terms before sharing"
+    )
     versions = ", ".join(f"{k} {v}" for k, v in facts["packages"].items() if v)
     return f"""
 # {facts["study"]} — trial {facts["trial"]}
@@ -550,6 +620,8 @@ def _card_body(facts: dict[str, Any]) -> str:
 Fine-tuned from `{base_id}` (`{base["name"]}` in the
 study) by hpo: trial {facts["trial"]} of study `{facts["study"]}` ({facts["storage"]}),
 {objective["metric"]} = {_fmt(objective["value"])} ({objective["direction"]}).
+
+Licence: {licence}.
 {_adapter_line(facts)}
 ```python
 {_loading(facts, base_id)}

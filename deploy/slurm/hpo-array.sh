@@ -35,7 +35,8 @@ if [[ -n "${HPO_IMAGE:-}" ]]; then
   # shellcheck disable=SC2206  # the flags are meant to split
   run=(apptainer exec ${HPO_APPTAINER_ARGS:-} "$HPO_IMAGE" python)
 else
-  run=("${HPO_PYTHON:-python}")  # an environment with `pip install hpo-finetune` (or -e .)
+  # An environment with `pip install 'hpo-finetune[postgres]'` (or -e '.[postgres]').
+  run=("${HPO_PYTHON:-python}")
 fi
 exec "${run[@]}" -m hpo worker "$study_file" --storage "$storage" \
   --set "output_dir=${HPO_OUTPUT_DIR:-runs}"

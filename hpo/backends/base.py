@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import SplitResult, unquote_plus, urlsplit
 
-from hpo.errors import StorageError
+from hpo.errors import StorageError, missing_extra
 
 logger = logging.getLogger(__name__)
 
@@ -222,10 +222,16 @@ class Backend:
     #: False where the URL names a file (no user, password or host): ``${VAR}`` fills
     #: its path in as text, not into the fields of a server URL.
     credentials: bool = True
+    #: The driver module a database server's URLs connect through, and the extra of
+    #: hpo-finetune that installs it (None: the standard library's).
+    driver: tuple[str, str] | None = None
 
     def refusal(self, real_url: str) -> str | None:
-        """Why hpo cannot use this URL (e.g. no lock across processes), or None."""
-        return None
+        """Why hpo cannot use this URL (e.g. no lock across processes, no driver), or None."""
+        if self.driver is None:
+            return None
+        module, extra = self.driver
+        return missing_extra(module, extra, f"a {real_url.partition(':')[0]}:// storage")
 
     def open(self, real_url: str, *, read_only: bool = False, **heartbeat: Any) -> Any:
         """An Optuna storage; ``read_only`` creates no file, table or row."""

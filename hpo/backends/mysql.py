@@ -47,6 +47,7 @@ class NamedLock(SqlLock):
 
 class MysqlBackend(Backend):
     schemes = ("mysql+pymysql",)
+    driver = ("pymysql", "mysql")
 
     def open(self, real_url: str, *, read_only: bool = False, **heartbeat: Any) -> Any:
         # pool_recycle: MySQL drops idle connections after wait_timeout (8 h by default).

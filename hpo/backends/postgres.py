@@ -77,6 +77,7 @@ class AdvisoryLock(SqlLock):
 
 class PostgresBackend(Backend):
     schemes = ("postgresql", "postgresql+psycopg2")
+    driver = ("psycopg2", "postgres")  # psycopg2-binary, or a psycopg2 built from source
 
     def open(self, real_url: str, *, read_only: bool = False, **heartbeat: Any) -> Any:
         # No pool pre-ping: it was a round trip per storage call (about 15 a trial, +6 ms a

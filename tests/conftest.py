@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
+import tempfile
 import types
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -124,10 +127,6 @@ def toy_study(tmp_path: Path):
     return make
 
 
-def _postgres_url() -> str | None:
-    return os.environ.get("HPO_TEST_POSTGRES_URL")
-
-
 def _server_url(variable: str, what: str) -> str:
     """The URL in ``variable`` of a test database server, checked to answer.
 
@@ -152,11 +151,34 @@ def _server_url(variable: str, what: str) -> str:
     return url
 
 
+@contextmanager
+def _postgres_lock(whole_server: bool) -> Iterator[None]:
+    """Held while a test uses the shared test Postgres: shared by ordinary tests, which
+    keep to their own study or database, exclusive for a test marked ``whole_postgres``
+    (it restarts the server or ends every session). The suite runs in parallel workers
+    (pytest-xdist); the lock files sit where every worker, and every other test run on
+    this machine, finds them."""
+    folder = Path(tempfile.gettempdir())
+    with (
+        open(folder / "hpo-tests-postgres.lock", "a") as lock,
+        open(folder / "hpo-tests-postgres.queue", "a") as queue,
+    ):
+        # Everyone passes the queue lock first, so a waiting whole-server test holds it
+        # and new tests wait behind it instead of keeping the shared lock held forever.
+        fcntl.flock(queue, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX if whole_server else fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(queue, fcntl.LOCK_UN)
+        yield  # closing the file at the end releases the lock
+
+
 @pytest.fixture
-def postgres_url() -> str:
+def postgres_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """A URL of the test Postgres (HPO_TEST_POSTGRES_URL); a fresh study name keeps tests
-    apart."""
-    return _server_url("HPO_TEST_POSTGRES_URL", "Postgres")
+    apart, and :func:`_postgres_lock` keeps them clear of whole-server tests."""
+    with _postgres_lock(request.node.get_closest_marker("whole_postgres") is not None):
+        yield _server_url("HPO_TEST_POSTGRES_URL", "Postgres")
 
 
 @pytest.fixture

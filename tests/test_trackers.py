@@ -14,7 +14,6 @@ import pytest
 
 from hpo.config import load_study
 from hpo.runner import run_study
-from tests.conftest import run_hpo
 from tests.test_text_classification import REVIEWS, tiny_model  # noqa: F401 - a fixture
 
 STUDY = """\
@@ -129,16 +128,16 @@ def test_a_pruned_trial_closes_its_mlflow_run_with_params_and_last_metrics(
     ],
 )
 def test_training_args_are_checked_before_anything_runs(
-    tmp_path: Path, training_args: str, field: str, message: str
+    run_cli, tmp_path: Path, training_args: str, field: str, message: str
 ) -> None:
     study_file = write(tmp_path, Path("minilm-l6"), training_args=training_args)
-    result = run_hpo("validate", str(study_file))
+    result = run_cli("validate", str(study_file))
     assert result.returncode == 2
     assert f"trainer.args.{field}:" in result.stderr and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "hpo.db").exists()
 
 
-def test_report_to_takes_known_trackers_only(tmp_path: Path) -> None:
-    result = run_hpo("validate", str(write(tmp_path, Path("minilm-l6"), report_to="neptune")))
+def test_report_to_takes_known_trackers_only(run_cli, tmp_path: Path) -> None:
+    result = run_cli("validate", str(write(tmp_path, Path("minilm-l6"), report_to="neptune")))
     assert result.returncode == 2 and "trainer.args.report_to" in result.stderr

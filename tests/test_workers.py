@@ -221,6 +221,7 @@ def test_sixteen_workers_on_one_sqlite_file(tmp_path: Path) -> None:
     assert Counter(t.state.name for t in trials) == {"COMPLETE": 32}
 
 
+@pytest.mark.whole_postgres
 def test_dropped_postgres_connections_cost_no_trial(
     tmp_path: Path, postgres_url: str, unique_name: str
 ) -> None:
@@ -291,6 +292,7 @@ def _restart_postgres() -> bool:
     return result.returncode == 0
 
 
+@pytest.mark.whole_postgres
 def test_postgres_restart_mid_study(tmp_path: Path, postgres_url: str, unique_name: str) -> None:
     study_file = make_study(
         tmp_path, postgres_url, unique_name, n_trials=10, epochs=2, epoch_s=0.3
@@ -406,15 +408,23 @@ def _hpo(command: str, study_file: Path, cwd: Path, *extra: str) -> subprocess.P
 
 
 def _wait_for_trials(config, process: subprocess.Popen, complete: int = 1) -> None:
-    """Poll until ``complete`` trials finished and one runs (the run is mid-trial)."""
+    """Poll until ``complete`` trials finished and one runs with 2 of its 4 epochs (0.5 s
+    each) still to go: a signal sent now finds it mid-trial. A trial merely RUNNING may end
+    before the signal comes and leave every worker between trials on a loaded machine."""
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.2)
         try:
-            states = count_states(open_study(config))
+            trials = open_study(config).trials
         except Exception:
             continue
-        if states["COMPLETE"] >= complete and states["RUNNING"] >= 1:
+        complete_now = sum(t.state.name == "COMPLETE" for t in trials)
+        early = [
+            t
+            for t in trials
+            if t.state.name == "RUNNING" and 1 <= t.user_attrs.get("hpo:epochs", 0) <= 2
+        ]
+        if complete_now >= complete and early:
             return
     raise AssertionError(f"no trial ran: {process.stderr.read() if process.poll() else ''}")
 

@@ -187,6 +187,64 @@ def test_wandb_offline_groups_a_study_and_names_each_trial(
 
 
 @pytest.mark.slow
+def test_a_failed_trial_closes_its_runs_as_failed_and_the_next_gets_its_own(
+    tmp_path: Path,
+    tiny_model: Path,  # noqa: F811 - the fixture imported above
+    monkeypatch,
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    pytest.importorskip("wandb")
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    for key, value in {
+        "MLFLOW_TRACKING_URI": store,
+        "WANDB_MODE": "offline",
+        "WANDB_DIR": str(tmp_path),
+        "WANDB_SILENT": "true",
+    }.items():
+        monkeypatch.setenv(key, value)
+    study_file = write(tmp_path, tiny_model, "[wandb, mlflow]")
+    # bitsandbytes is not installed: that optimizer fails when training starts.
+    config = load_study(
+        study_file,
+        [
+            "search_space.optim={type: categorical, choices: [adamw_torch, adamw_bnb_8bit]}",
+            "budget.n_trials=2",
+            "workers.max_retries=0",
+        ],
+    )
+    assert run_study(config).counts == {"COMPLETE": 1, "FAIL": 1}
+    failed = next(t.number for t in config_trials(config) if t.state.name == "FAIL")
+    assert failed == 0  # the grid's order under seed 0: a trial starts after the failure
+
+    exits = {}
+    for run_file in (tmp_path / "wandb").glob("offline-run-*/run-*.wandb"):
+        records = wandb_records(run_file)
+        (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+        exits[run.display_name] = [
+            r.exit.exit_code for r in records if r.WhichOneof("record_type") == "exit"
+        ]
+    assert exits == {
+        f"tiny/trial-{failed:04d}": [1],
+        f"tiny/trial-{1 - failed:04d}": [0],
+    }
+    client = MlflowClient(tracking_uri=store)
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    statuses = {r.info.run_name: r.info.status for r in runs}
+    assert statuses == {
+        "tiny": "FINISHED",
+        f"tiny/trial-{failed:04d}": "FAILED",
+        f"tiny/trial-{1 - failed:04d}": "FINISHED",
+    }
+
+
+def config_trials(config: Any) -> list[Any]:
+    import optuna
+
+    return optuna.load_study(study_name=config.name, storage=config.storage).trials
+
+
+@pytest.mark.slow
 def test_a_pruned_trial_closes_its_mlflow_run_with_params_and_last_metrics(
     tmp_path: Path,
     tiny_model: Path,  # noqa: F811 - the fixture imported above

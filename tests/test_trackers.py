@@ -146,13 +146,14 @@ def wandb_records(run_file: Path) -> list[Any]:
     return records
 
 
-@pytest.mark.slow
-def test_wandb_offline_groups_a_study_and_names_each_trial(
-    tmp_path: Path,
-    tiny_model: Path,  # noqa: F811 - the fixture imported above
-    monkeypatch,
-) -> None:
-    pytest.importorskip("wandb")
+@pytest.fixture
+def wandb_offline(tmp_path: Path, monkeypatch):
+    """W&B in offline mode, its run files under ``tmp_path/wandb``.
+
+    wandb reads its settings (WANDB_DIR among them) once per process; teardown makes the
+    next test's settings count.
+    """
+    wandb = pytest.importorskip("wandb")
     for key, value in {
         "WANDB_MODE": "offline",
         "WANDB_DIR": str(tmp_path),
@@ -161,11 +162,22 @@ def test_wandb_offline_groups_a_study_and_names_each_trial(
     }.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("WANDB_RUN_GROUP", raising=False)
+    wandb.teardown()
+    yield tmp_path / "wandb"
+    wandb.teardown()
+
+
+@pytest.mark.slow
+def test_wandb_offline_groups_a_study_and_names_each_trial(
+    tmp_path: Path,
+    tiny_model: Path,  # noqa: F811 - the fixture imported above
+    wandb_offline: Path,
+) -> None:
     study_file = write(tmp_path, tiny_model, "wandb", rates="[1.0e-3, 2.0e-3]")
     config = load_study(study_file, ["budget.n_trials=2"])
     assert run_study(config).finished == 2
 
-    run_files = sorted((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    run_files = sorted(wandb_offline.glob("offline-run-*/run-*.wandb"))
     assert len(run_files) == 2  # a run per trial: the second did not log into the first's
     names = []
     for run_file in run_files:
@@ -191,18 +203,12 @@ def test_a_failed_trial_closes_its_runs_as_failed_and_the_next_gets_its_own(
     tmp_path: Path,
     tiny_model: Path,  # noqa: F811 - the fixture imported above
     monkeypatch,
+    wandb_offline: Path,
 ) -> None:
     from mlflow.tracking import MlflowClient
 
-    pytest.importorskip("wandb")
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    for key, value in {
-        "MLFLOW_TRACKING_URI": store,
-        "WANDB_MODE": "offline",
-        "WANDB_DIR": str(tmp_path),
-        "WANDB_SILENT": "true",
-    }.items():
-        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     study_file = write(tmp_path, tiny_model, "[wandb, mlflow]")
     # bitsandbytes is not installed: that optimizer fails when training starts.
     config = load_study(
@@ -218,7 +224,7 @@ def test_a_failed_trial_closes_its_runs_as_failed_and_the_next_gets_its_own(
     assert failed == 0  # the grid's order under seed 0: a trial starts after the failure
 
     exits = {}
-    for run_file in (tmp_path / "wandb").glob("offline-run-*/run-*.wandb"):
+    for run_file in wandb_offline.glob("offline-run-*/run-*.wandb"):
         records = wandb_records(run_file)
         (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
         exits[run.display_name] = [

@@ -123,9 +123,9 @@ def check_report_to(report_to: str | list[str]) -> str | None:
             )
         if name == "kubeflow" and not os.environ.get("KUBEFLOW_TRAINER_SERVER_URL"):
             return "kubeflow reports from a Kubeflow TrainJob only (KUBEFLOW_TRAINER_SERVER_URL)"
+        # tensorboard, not transformers' other choice tensorboardX: hpo writes the final
+        # metrics with torch's SummaryWriter, which needs it.
         modules = _MODULES.get(name, (name,))
-        if name == "tensorboard" and _installed("tensorboardX"):
-            modules = ()
         if not all(_installed(m) for m in modules):
             return f"{name} is not installed; pip install {_PACKAGES.get(name, name)}"
     return None

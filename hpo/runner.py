@@ -385,6 +385,7 @@ class _Objective:
             raise error
         clean = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
         attrs: dict[str, Any] = {st.ATTR_DURATION: duration, st.ATTR_METRICS: clean}
+        attrs.update({st.ATTR_METRIC_PREFIX + name: value for name, value in clean.items()})
         # Optuna's samplers (tpe, gp, nsga2, nsga3, cmaes) and best_trials read these.
         for i, violation in enumerate(self.config.constraint_values(clean)):
             trial.set_constraint(f"{i}:{self.config.constraints[i].metric}", violation)

@@ -32,6 +32,9 @@ ATTR_PREFIX = "hpo:"
 ATTR_CONFIG = "hpo:config"
 # Trial attributes.
 ATTR_METRICS = "hpo:metrics"  # final metrics the trainer returned (validation and test)
+# Each of those metrics again, flat (hpo:metric:eval_f1): a number per attribute is what
+# optuna-dashboard shows as a sortable trials-table column and offers to plot.
+ATTR_METRIC_PREFIX = "hpo:metric:"
 ATTR_HISTORY = "hpo:history"  # every report: [{"step": 1, "eval_accuracy": ...}, ...]
 ATTR_FAILURE = "hpo:failure"  # exception | nan | oom | worker_lost | interrupted | storage
 ATTR_FAILURE_MESSAGE = "hpo:failure_message"

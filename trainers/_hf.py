@@ -33,7 +33,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from hpo.space import trial_args
 from hpo.trainer import NonFiniteError, TrialContext, available_cores
 from hpo.trainers import trackers
-from hpo.trainers.trackers import Tracker
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +112,11 @@ class HFTrainingArgs(BaseModel):
         "when it finishes (the best trial always does); all: every completed trial",
     )
     # Experiment trackers and any other TrainingArguments field (see trainers/trackers.py).
-    report_to: Tracker | list[Tracker] = "none"
+    report_to: str | list[str] = Field(
+        "none",
+        description="none, all, or integrations of the installed transformers (tensorboard, "
+        "mlflow, wandb, trackio, comet_ml, ...): one or a list",
+    )
     training_args: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("mixed_precision", mode="before")
@@ -603,23 +606,40 @@ def fit(
     )
     # hpo logs one line per trial; the Trainer's own per-log dict prints would drown it.
     trainer.remove_callback(PrinterCallback)
-    resume = str(ctx.resume_from) if ctx.resume_from else None
-    trackers.start_runs(args.report_to, ctx)
+    runs = trackers.start_runs(args.report_to, ctx)
+    trackers.attach(trainer, runs)
     try:
-        trained = trainer.train(resume_from_checkpoint=resume)
+        returned, final = _train_and_score(
+            trainer, args, ctx, data, reporter, last_eval, memory, error_analysis
+        )
     except BaseException:
-        trackers.end_runs_after_failure(args.report_to)
+        trackers.end_runs_after_failure(runs)
         raise
+    # A pruned trial is a finished run too: its trackers get its params and last metrics.
+    trackers.log_final(runs, dict(ctx.trial.params), final)
+    return returned
+
+
+def _train_and_score(
+    trainer: Any,
+    args: HFTrainingArgs,
+    ctx: TrialContext,
+    data: Datasets,
+    reporter: Any,
+    last_eval: dict[str, Any],
+    memory: PeakMemory,
+    error_analysis: Callable[[Any, Datasets, int], dict[str, Any]] | None,
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """Train, then score; (what :func:`fit` returns, the final metrics as numbers)."""
+    resume = str(ctx.resume_from) if ctx.resume_from else None
+    trained = trainer.train(resume_from_checkpoint=resume)
     if reporter.non_finite:
         raise NonFiniteError(
             f"{reporter.non_finite} at step {trainer.state.global_step}; lower learning_rate"
         )
     if ctx.pruned:
         last = dict(ctx.history[-1]) if ctx.history else {}
-        # A pruned trial is a finished run too: its trackers get its params and last metrics.
-        numbers = {k: float(v) for k, v in last.items() if isinstance(v, int | float)}
-        trackers.log_final(args.report_to, ctx, dict(ctx.trial.params), numbers)
-        return last
+        return last, {k: float(v) for k, v in last.items() if isinstance(v, int | float)}
     if reporter.last_step == trainer.state.global_step and "prediction" in last_eval:
         # The last evaluation already scored the final model: reuse it, do not predict again.
         validation, metrics = last_eval["prediction"], dict(reporter.last_metrics)
@@ -639,8 +659,7 @@ def fit(
         analysis = (error_analysis or confusion_analysis)(validation, data, args.error_examples)
         ctx.set_attr("error_analysis", analysis)
     final = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
-    trackers.log_final(args.report_to, ctx, dict(ctx.trial.params), final)
-    return final
+    return final, final
 
 
 def weighted_loss(args: HFTrainingArgs, data: Datasets) -> Callable[..., Any] | None:

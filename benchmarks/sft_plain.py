@@ -68,6 +68,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--lora", type=int, default=0, help="LoRA rank (0: full fine-tuning)")
     args = parser.parse_args()
 
     import torch
@@ -109,11 +110,23 @@ def main() -> None:
             train_dataset=train_set,
             eval_dataset=eval_set,
             processing_class=tokenizer,
+            peft_config=lora,
         )
 
+    lora = None
+    if args.lora:
+        from peft import LoraConfig
+
+        lora = LoraConfig(
+            r=args.lora,
+            lora_alpha=2 * args.lora,
+            target_modules="all-linear",
+            task_type="CAUSAL_LM",
+        )
     base = AutoModelForCausalLM.from_pretrained(args.model)
     with tempfile.TemporaryDirectory() as out:
         base_loss = trainer_for(base, 1e-4, out).evaluate()["eval_loss"]
+    base = AutoModelForCausalLM.from_pretrained(args.model)  # without the adapter
     base_em = exact_match(base, tokenizer, held, args.max_new_tokens)
     print(f"base: eval_loss {base_loss:.4f} exact_match {base_em:.3f}", flush=True)
 
@@ -126,11 +139,12 @@ def main() -> None:
             trainer.train()
             loss = trainer.evaluate()["eval_loss"]
         seconds = time.perf_counter() - start
-        em = exact_match(model, tokenizer, held, args.max_new_tokens)
+        em = exact_match(trainer.model, tokenizer, held, args.max_new_tokens)
         results.append((lr, loss, em))
         print(
             f"lr {lr:g}: eval_loss {loss:.4f} exact_match {em:.3f} "
-            f"({args.epochs:g} epochs, {seconds:.0f} s)",
+            f"({args.epochs:g} epochs, {f'LoRA r {args.lora}' if lora else 'full'}, "
+            f"{seconds:.0f} s)",
             flush=True,
         )
     losses = [loss for _, loss, _ in results]

@@ -199,11 +199,16 @@ class TrialContext:
 
 
 def available_cores() -> int:
-    """CPU cores this process may run on (its affinity, not the machine's total)."""
+    """CPU cores this process may run on: its affinity, not the machine's total, and no
+    more than ``OMP_NUM_THREADS`` when that is set (how a shared machine, a batch system or
+    parallel test workers say "use fewer"; torch would honour it, were it not for hpo
+    setting the thread count itself)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS and Windows have no affinity call
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    limit = os.environ.get("OMP_NUM_THREADS", "")
+    return min(cores, int(limit)) if limit.isdigit() and int(limit) > 0 else cores
 
 
 def _floats(metrics: dict[str, Any]) -> dict[str, float]:

@@ -20,6 +20,12 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Under pytest-xdist (the README's `pytest` runs 3 workers) each worker, and every process it
+# starts, trains on one thread: three workers of two torch threads each on a 2-core machine
+# ran the training tests several times slower (hpo honours the variable: available_cores).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDIES = ROOT / "studies"

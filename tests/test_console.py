@@ -57,9 +57,11 @@ def test_live_area_stays_below_the_log(toy_study, tmp_path: Path, width: int, wo
         study_file.read_text().replace("trainers.toy:train", "tests.fake_trainers:slow_epochs")
     )
     session = f"hpo-{uuid.uuid4().hex[:8]}"
+    # 0.8 s epochs: on a loaded machine (parallel test workers) a shorter epoch can come and
+    # go between two still screens, and the test would see no epoch at all.
     command = (
         f"cd {shlex.quote(str(tmp_path))} && PYTHONPATH={shlex.quote(str(ROOT))} "
-        f"HPO_TEST_EPOCH_S=0.4 HF_HUB_OFFLINE=1 {shlex.quote(os.sys.executable)} -m hpo run "
+        f"HPO_TEST_EPOCH_S=0.8 HF_HUB_OFFLINE=1 {shlex.quote(os.sys.executable)} -m hpo run "
         f"{study_file.name} --workers {workers}; echo HPO-EXIT=$?; sleep 60"
     )
     subprocess.run(

@@ -73,6 +73,24 @@ def trials_of(config) -> list:
     ).get_trials()
 
 
+def test_omp_num_threads_caps_the_cores_workers_split(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A user (or a batch system) who sets OMP_NUM_THREADS gets no more threads than that:
+    hpo sets torch's thread count itself, so it must honour the variable torch would."""
+    import os
+
+    from hpo.trainer import available_cores
+
+    affinity = len(os.sched_getaffinity(0))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert available_cores() == affinity
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert available_cores() == 1 and plan_workers(1, [])[0].threads == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", str(affinity + 8))  # never more than the affinity
+    assert available_cores() == affinity
+    monkeypatch.setenv("OMP_NUM_THREADS", "nonsense")
+    assert available_cores() == affinity
+
+
 def test_plan_splits_cores_and_devices() -> None:
     plan = plan_workers(4, [], cores=8)
     assert [(w.device, w.threads) for w in plan] == [("cpu", 2)] * 4

@@ -305,6 +305,7 @@ def test_resume_from_checkpoint_trains_only_the_rest(
     lm.train(first)
     checkpoint = Path(first.trial.user_attrs["hpo:checkpoint"])
     assert (checkpoint / "optimizer.pt").exists()
+    assert not (checkpoint / "tokenizer.json").exists()  # export takes the base model's
     resumed = context(tmp_path, **params)
     resumed.resume_from, resumed.output_dir = checkpoint, checkpoint.parent
     metrics = lm.train(resumed)

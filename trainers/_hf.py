@@ -15,6 +15,10 @@ trial wraps a fresh model built from the cached base weights, so the cache never
 adapter. :func:`cost_metrics` adds what a trial costs to train and ship
 (``trainable_parameters``, ``adapter_size_mb``, ``peak_memory_mb``,
 ``train_samples_per_second``) beside what it costs to serve.
+
+A family that does not classify (the causal-LM trainer) passes a :class:`Family` to
+:func:`fit`: its Trainer and arguments classes (TRL's ``SFTTrainer``, ``SFTConfig``),
+validation scored by its loss alone, and metrics of its own after training.
 """
 
 from __future__ import annotations

@@ -45,7 +45,20 @@ from hpo.trainers.model_facts import BERT_LIKE, ModelFacts, describe_folder, des
 logger = logging.getLogger(__name__)
 
 _AUTO_CLASS = "AutoModelForCausalLM"
-DATA_FORMATS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+DATA_FORMATS = {
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".jsonl": "json",
+    ".json": "json",
+    ".parquet": "parquet",
+}
+# The dataset field naming a column -> the column's name in TRL's dataset formats.
+_TRL_COLUMNS = {
+    "text_column": "text",
+    "prompt_column": "prompt",
+    "completion_column": "completion",
+    "messages_column": "messages",
+}
 # Per-example losses for the error analysis are computed on at most this many validation
 # examples (one more forward pass over them after training).
 ERROR_ANALYSIS_POOL = 512
@@ -147,8 +160,7 @@ def load_examples(spec: CausalLMDatasetArgs, ctx: TrialContext) -> Any:
 
     raw = load_table(spec, ctx)  # type: ignore[arg-type]  # same path/hub fields
     wanted = spec.columns()
-    names = {"text_column": "text", "prompt_column": "prompt", "completion_column": "completion"}
-    names["messages_column"] = "messages"
+    names = _TRL_COLUMNS
     for field_name, column in wanted.items():
         if column not in raw["train"].column_names:
             raise KeyError(
@@ -264,7 +276,8 @@ def build_model(args: CausalLMArgs, model_path: str, tokenizer: Any, seed: int) 
 @functools.cache
 def _perplexity_trainer() -> type:
     """TRL's ``SFTTrainer`` whose evaluations also give ``perplexity`` (exp of the loss),
-    before the callbacks see them (hpo reports and prunes on any metric)."""
+    before the callbacks see them (hpo reports and prunes on any metric), and whose
+    checkpoints hold no tokenizer."""
     from trl import SFTTrainer
 
     class PerplexitySFTTrainer(SFTTrainer):
@@ -275,6 +288,15 @@ def _perplexity_trainer() -> type:
             if loss is not None:
                 output.metrics[f"{prefix}_perplexity"] = perplexity(loss)
             return output
+
+        def _save(self, *args: Any, **kwargs: Any) -> None:
+            # The Trainer saves its tokenizer into every checkpoint; export takes the base
+            # model's, which training never changes (as the classification trainers do).
+            tokenizer, self.processing_class = self.processing_class, None
+            try:
+                super()._save(*args, **kwargs)
+            finally:
+                self.processing_class = tokenizer
 
     return PerplexitySFTTrainer
 

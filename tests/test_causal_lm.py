@@ -18,7 +18,7 @@ import pytest
 
 from hpo.trainer import TrialContext
 from hpo.trainers import causal_lm as lm
-from tests.conftest import run_hpo
+from tests.conftest import STUDIES, run_hpo
 
 WORDS = "red green blue cat dog sun moon tree river stone fire wind".split()
 # A template that marks the assistant's tokens ({% generation %}), as TRL's
@@ -383,6 +383,29 @@ def test_bad_input_is_refused_at_validate_naming_the_field(
     facts = run_cli("validate", str(study))
     assert facts.returncode == 0, facts.stderr
     assert "llama" in facts.stdout and "mit" in facts.stdout and "128" in facts.stdout
+
+
+def test_init_drafts_a_study_for_each_shape(
+    tmp_path: Path, tiny_lm: Path, data: Path, run_cli
+) -> None:
+    """``hpo init`` picks this trainer for prompts and completions, chats and a lone text
+    column (a table with labels stays the text classifier's); each draft validates."""
+    from hpo.cli import drafting_trainer
+
+    notes = write_jsonl(
+        tmp_path / "notes.jsonl", [{"text": r["prompt"]} for r in reversal_rows(9, 4)]
+    )
+    shapes = {"prompt_completion": data / "pc.jsonl", "messages": data / "chat.jsonl"}
+    for form, table in {**shapes, "text": notes}.items():
+        assert drafting_trainer(table) == "hpo.trainers.causal_lm:train"
+        study = tmp_path / f"{form}.yaml"
+        drafted = run_cli("init", str(table), "-o", str(study), "--model", str(tiny_lm))
+        assert drafted.returncode == 0, drafted.stderr
+        text = study.read_text()
+        assert f"format: {form}" in text and "eval_loss, direction: minimize" in text
+        assert ("generate:" in text) == (form != "text")
+        assert run_cli("validate", str(study)).returncode == 0
+    assert drafting_trainer(STUDIES / "data" / "reviews.csv").endswith("text_classification:train")
 
 
 # --- the CLI, end to end --------------------------------------------------------------------

@@ -40,6 +40,7 @@ from hpo.trainers._hf import CACHE as _CACHE
 from hpo.trainers._hf import HFTrainingArgs
 from hpo.trainers._hf import relative_to as _relative_to
 from hpo.trainers.dataset import SplitDatasetArgs, missing_path, split
+from hpo.trainers.drafts import draft_causal_lm, recognises_text_data
 from hpo.trainers.model_facts import BERT_LIKE, ModelFacts, describe_folder, describe_hub
 
 logger = logging.getLogger(__name__)
@@ -683,4 +684,6 @@ TRAINER = Trainer(
     resolve_model=resolve_model,
     save_model=save_model,
     task="text-generation",
+    recognises_data=recognises_text_data,
+    draft_study=draft_causal_lm,
 )

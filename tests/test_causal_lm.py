@@ -290,6 +290,25 @@ def test_chat_and_packed_text_studies_train(tmp_path: Path, tiny_lm: Path, data:
         assert len(ctx.trial.user_attrs["hpo:generations"]) == 2
 
 
+def test_batches_hold_examples_of_similar_length_unless_packed(
+    tmp_path: Path, tiny_lm: Path, data: Path, monkeypatch
+) -> None:
+    from hpo.trainers import _hf
+
+    bucketed: list[list[int]] = []
+    original = _hf.LengthBucketSampler.__init__
+
+    def spy(self, lengths, *rest, **options):
+        bucketed.append(lengths)
+        original(self, lengths, *rest, **options)
+
+    monkeypatch.setattr(_hf.LengthBucketSampler, "__init__", spy)
+    for packing in (False, True):
+        params = trial_params(tiny_lm, data, num_train_epochs=1, error_examples=0)
+        lm.train(context(tmp_path, **{**params, "packing": packing, "max_seq_length": 128}))
+    assert len(bucketed) == 1 and len(bucketed[0]) == 36  # the unpacked training rows
+
+
 def test_resume_from_checkpoint_trains_only_the_rest(
     tmp_path: Path, tiny_lm: Path, data: Path
 ) -> None:

@@ -124,6 +124,12 @@ class CausalLMArgs(HFTrainingArgs):
         "count in the loss; false: every token",
     )
     generate: GenerateArgs | None = None
+    group_by_length: bool = Field(
+        True,
+        description="train on batches of examples of similar length, in random order (less "
+        "padding); false: random batches, as a plain SFTTrainer draws them. Packed rows "
+        "are all about max_seq_length long: packing batches them at random",
+    )
 
 
 # --- data -------------------------------------------------------------------------------
@@ -138,6 +144,7 @@ class PreparedData:
     validation: Any
     test: Any
     tokenizer: Any
+    train_lengths: list[int]  # tokens per training row, for length-bucketed batches
 
 
 def resolve_model(name: str, study_dir: Path) -> str:
@@ -215,7 +222,10 @@ def prepare_data(args: CausalLMArgs, model_path: str, ctx: TrialContext) -> Prep
             f"trainer.args.max_seq_length: every training example's prompt is longer than "
             f"{args.max_seq_length} tokens, so nothing is left to learn; raise max_seq_length"
         )
-    data = PreparedData(prepared["train"], prepared["validation"], prepared["test"], tokenizer)
+    lengths = [len(ids) for ids in prepared["train"]["input_ids"]]
+    data = PreparedData(
+        prepared["train"], prepared["validation"], prepared["test"], tokenizer, lengths
+    )
     _CACHE[key] = data
     return data
 
@@ -341,6 +351,7 @@ def _train(args: CausalLMArgs, ctx: TrialContext) -> dict[str, float]:
         test=data.test,
         label_names=[],
         example_inputs=example_inputs,
+        train_lengths=data.train_lengths if args.group_by_length and not args.packing else None,
     )
     family = _hf.Family(
         trainer=_perplexity_trainer(),

@@ -427,6 +427,25 @@ def test_init_drafts_a_study_for_each_shape(
     assert drafting_trainer(STUDIES / "data" / "reviews.csv").endswith("text_classification:train")
 
 
+def test_training_args_take_sft_config_fields_hpo_leaves_free() -> None:
+    def problem(training_args: dict) -> tuple[str, str] | None:
+        spec = lm.CausalLMArgs.model_validate(
+            {"model": "m", "dataset": {"path": "d.jsonl"}, "training_args": training_args}
+        )
+        return lm.check_args(spec, {})
+
+    assert problem({"packing_strategy": "wrapped", "gradient_checkpointing": False}) is None
+    assert problem({"max_length": 32}) == (
+        "training_args.max_length",
+        "hpo sets it: set trainer.args.max_seq_length",
+    )
+    assert problem({"packing": True})[0] == "training_args.packing"
+    assert problem({"nope": 1}) == (
+        "training_args.nope",
+        "not a field of the installed trl SFTConfig",
+    )
+
+
 # --- the CLI, end to end --------------------------------------------------------------------
 
 

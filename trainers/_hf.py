@@ -530,12 +530,21 @@ def _within(name: str, modules: list[str]) -> bool:
 
 
 def check_args(
-    args_model: type[HFTrainingArgs], args: HFTrainingArgs, search_space: dict[str, Any]
+    args_model: type[HFTrainingArgs],
+    args: HFTrainingArgs,
+    search_space: dict[str, Any],
+    **arguments_class: Any,
 ) -> tuple[str, str] | None:
     """A trainer's ``check_args`` hook: trackers installed, ``training_args`` fields hpo
-    leaves free, searched choices valid; ``(field, message)`` for the first problem."""
+    leaves free, searched choices valid; ``(field, message)`` for the first problem.
+    ``arguments_class``: ``config`` and ``owned`` of :func:`trackers.check_tracking`, for a
+    trainer whose arguments are a subclass of ``TrainingArguments``."""
     return trackers.check_tracking(
-        args.report_to, args.training_args, args_model.model_fields, search_space
+        args.report_to,
+        args.training_args,
+        args_model.model_fields,
+        search_space,
+        **arguments_class,
     ) or check_search_space(args_model, args, search_space)
 
 

@@ -63,6 +63,16 @@ _TRL_COLUMNS = {
 # Per-example losses for the error analysis are computed on at most this many validation
 # examples (one more forward pass over them after training).
 ERROR_ANALYSIS_POOL = 512
+# SFTConfig fields the trainer sets itself (training_args may set any other, such as
+# packing_strategy, loss_type or gradient_checkpointing).
+SFT_OWNED = {
+    "max_length": "set trainer.args.max_seq_length",
+    "eval_packing": "validation and test are never packed (each example scored alone)",
+    "dataset_kwargs": "hpo prepares the data once per worker",
+    "dataset_text_field": "set trainer.args.dataset.text_column",
+    "assistant_only_loss": "set trainer.args.completion_only_loss",
+    "prediction_loss_only": "hpo scores validation by its loss",
+}
 # hpo validate reads at most this many rows of a data file for its content checks.
 CHECKED_ROWS = 100_000
 # What a config's architectures end with when they generate text left to right.
@@ -573,7 +583,9 @@ def check_args(args: CausalLMArgs, search_space: dict[str, Any]) -> tuple[str, s
     no class weights (a language model has no classes)."""
     if args.class_weights != "none":
         return "class_weights", "a language model has no classes; remove class_weights"
-    return _hf.check_args(CausalLMArgs, args, search_space)
+    return _hf.check_args(
+        CausalLMArgs, args, search_space, config="trl:SFTConfig", owned=SFT_OWNED
+    )
 
 
 def check_files(args: CausalLMArgs, study_dir: Path) -> tuple[str, str] | None:

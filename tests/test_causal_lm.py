@@ -115,6 +115,10 @@ def data(tmp_path_factory) -> Path:
         for r in rows
     ]
     write_jsonl(folder / "chat.jsonl", chats)
+    with (folder / "chat.csv").open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, ["messages"])  # a CSV holds each chat as JSON text
+        writer.writeheader()
+        writer.writerows({"messages": json.dumps(chat["messages"])} for chat in chats)
     with (folder / "text.csv").open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, ["body"])
         writer.writeheader()
@@ -278,7 +282,7 @@ def test_an_adapter_trains_while_the_base_and_lm_head_stay_frozen(
 
 def test_chat_and_packed_text_studies_train(tmp_path: Path, tiny_lm: Path, data: Path) -> None:
     for dataset, packing in (
-        ({"path": str(data / "chat.jsonl"), "format": "messages"}, False),
+        ({"path": str(data / "chat.csv"), "format": "messages"}, False),
         ({"path": str(data / "text.csv"), "format": "text", "text_column": "body"}, True),
     ):
         params = trial_params(tiny_lm, data, num_train_epochs=1, dataset=dataset)

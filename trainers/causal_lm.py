@@ -189,9 +189,9 @@ def load_examples(spec: CausalLMDatasetArgs, ctx: TrialContext) -> Any:
     raw = raw.rename_columns(
         {column: names[f] for f, column in wanted.items() if column != names[f]}
     )
-    if (
-        spec.format == "messages"
-        and getattr(raw["train"].features["messages"], "dtype", None) == "string"
+    if spec.format == "messages" and getattr(raw["train"].features["messages"], "dtype", None) in (
+        "string",
+        "large_string",
     ):
         # A CSV holds each chat as JSON text.
         raw = raw.map(lambda row: {"messages": json.loads(row["messages"])})
@@ -229,8 +229,9 @@ def prepare_data(args: CausalLMArgs, model_path: str, ctx: TrialContext) -> Prep
     }
     if not len(prepared["train"]):
         raise ValueError(
-            f"trainer.args.max_seq_length: every training example's prompt is longer than "
-            f"{args.max_seq_length} tokens, so nothing is left to learn; raise max_seq_length"
+            f"trainer.args.max_seq_length: no training example keeps a token to learn within "
+            f"{args.max_seq_length} tokens (its prompt fills them, or it has no completion or "
+            "assistant turn); raise max_seq_length, or check dataset.format"
         )
     lengths = [len(ids) for ids in prepared["train"]["input_ids"]]
     data = PreparedData(

@@ -431,6 +431,7 @@ def test_init_drafts_a_study_for_each_shape(
     assert drafting_trainer(STUDIES / "data" / "reviews.csv").endswith("text_classification:train")
 
 
+@pytest.mark.fast  # the module's name says causal_lm; these load no model
 def test_training_args_take_sft_config_fields_hpo_leaves_free() -> None:
     def problem(training_args: dict) -> tuple[str, str] | None:
         spec = lm.CausalLMArgs.model_validate(
@@ -493,6 +494,7 @@ def test_study_runs_reports_and_exports_a_model_that_generates(
 # --- the report ------------------------------------------------------------------------------
 
 
+@pytest.mark.fast  # the module's name says causal_lm; these load no model
 def test_the_report_parses_a_generation_analysis() -> None:
     from hpo.dashboards import data as d
 

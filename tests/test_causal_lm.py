@@ -258,7 +258,10 @@ def test_a_trial_reports_perplexity_generations_and_exact_match(
         tmp_path, **trial_params(tiny_lm, data, num_train_epochs=1, learning_rate=1e-4)
     )
     other.params["generate"] = {"examples": 3}
+    # Every evaluation scores the generations: exact_match can be the objective (pruned on).
+    other.objective, other.direction = "eval_exact_match", "maximize"
     lm.train(other)
+    assert all("eval_exact_match" in h for h in other.history)
     assert [g["prompt"] for g in other.trial.user_attrs["hpo:generations"]] == [
         g["prompt"] for g in generations
     ]

@@ -18,7 +18,7 @@ adapter. :func:`cost_metrics` adds what a trial costs to train and ship
 
 A family that does not classify (the causal-LM trainer) passes a :class:`Family` to
 :func:`fit`: its Trainer and arguments classes (TRL's ``SFTTrainer``, ``SFTConfig``),
-validation scored by its loss alone, and metrics of its own after training.
+validation scored by its loss alone.
 """
 
 from __future__ import annotations
@@ -599,7 +599,7 @@ def fit(
     Returns the final metrics (``eval_*``, ``test_*``, ``epoch`` and the cost metrics);
     a pruned trial returns its last evaluation. ``model`` may be a peft adapter model
     (:func:`with_adapter`); what it trained is stored as ``hpo:adapter``. ``family``: what
-    a trainer family that does not classify changes (its Trainer class, its metrics).
+    a trainer family that does not classify changes (its Trainer and arguments classes).
     """
     from transformers import PrinterCallback
 
@@ -656,8 +656,6 @@ def fit(
     else:  # training went on after the last evaluation (an eval_steps schedule)
         validation = trainer.predict(data.validation, metric_key_prefix="eval")
         metrics = dict(validation.metrics)
-    if family.final_metrics is not None:
-        metrics.update(family.final_metrics(trainer.model))
     # The test score is for the model a user ships: the best trial's. One that does not
     # lead when it finishes never becomes the best, so its test pass is skipped.
     if len(data.test) and (args.score_test == "all" or ctx.leads_study(metrics)):
@@ -725,8 +723,7 @@ class Family:
     class (``SFTConfig``) and ``config_fields`` the fields of it that are not
     ``TrainingArguments``'; ``trainer_kwargs``: more keyword arguments of the trainer
     (``processing_class``); ``classifies`` False: no logits are gathered and no class
-    weights apply, validation is scored by its loss alone; ``final_metrics``: the
-    trained model -> metrics added to the final validation metrics (generations).
+    weights apply, validation is scored by its loss alone.
     """
 
     trainer: type | None = None
@@ -734,7 +731,6 @@ class Family:
     config_fields: dict[str, Any] = field(default_factory=dict)
     trainer_kwargs: dict[str, Any] = field(default_factory=dict)
     classifies: bool = True
-    final_metrics: Callable[[Any], dict[str, float]] | None = None
 
 
 def training_arguments(

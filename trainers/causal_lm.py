@@ -297,18 +297,25 @@ def build_model(args: CausalLMArgs, model_path: str, tokenizer: Any, seed: int) 
 
 @functools.cache
 def _perplexity_trainer() -> type:
-    """TRL's ``SFTTrainer`` whose evaluations also give ``perplexity`` (exp of the loss),
-    before the callbacks see them (hpo reports and prunes on any metric), and whose
-    checkpoints hold no tokenizer."""
+    """TRL's ``SFTTrainer`` whose evaluations also give ``perplexity`` (exp of the loss)
+    and, on validation, the metrics of ``validation_metrics`` (the trained model ->
+    metrics: generations), before the callbacks see them: hpo reports, prunes and stops
+    early on any of them. Its checkpoints hold no tokenizer."""
     from trl import SFTTrainer
 
     class PerplexitySFTTrainer(SFTTrainer):
+        def __init__(self, *args: Any, validation_metrics: Any = None, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.validation_metrics = validation_metrics
+
         def evaluation_loop(self, *args: Any, **kwargs: Any) -> Any:
             output = super().evaluation_loop(*args, **kwargs)
             prefix = kwargs.get("metric_key_prefix") or (args[4] if len(args) > 4 else "eval")
             loss = output.metrics.get(f"{prefix}_loss")
             if loss is not None:
                 output.metrics[f"{prefix}_perplexity"] = perplexity(loss)
+            if prefix == "eval" and self.validation_metrics is not None:
+                output.metrics.update(self.validation_metrics(self.model))
             return output
 
         def _save(self, *args: Any, **kwargs: Any) -> None:
@@ -378,9 +385,15 @@ def _train(args: CausalLMArgs, ctx: TrialContext) -> dict[str, float]:
             # them, and TRL's fused head would run the model twice).
             "prediction_loss_only": True,
         },
-        trainer_kwargs={"processing_class": data.tokenizer},
+        trainer_kwargs={
+            "processing_class": data.tokenizer,
+            "validation_metrics": (
+                (lambda trained: generation_metrics(trained, args, data, ctx))
+                if args.generate
+                else None
+            ),
+        },
         classifies=False,
-        final_metrics=lambda trained: generation_metrics(trained, args, data, ctx),
     )
     return _hf.fit(
         args,
@@ -457,8 +470,9 @@ def fixed_examples(n_validation: int, wanted: int, seed: int) -> list[int]:
 def generation_metrics(
     model: Any, args: CausalLMArgs, data: PreparedData, ctx: TrialContext
 ) -> dict[str, float]:
-    """With ``generate``: greedy generations on the fixed validation prompts, stored as
-    ``hpo:generations``, and ``eval_exact_match`` where completions are given."""
+    """With ``generate``, at each evaluation: greedy generations on the fixed validation
+    prompts, stored as ``hpo:generations`` (the last evaluation's stay), and
+    ``eval_exact_match`` where completions are given."""
     if args.generate is None or not len(data.validation):
         return {}
     chosen = fixed_examples(len(data.validation), args.generate.examples, ctx.seed)

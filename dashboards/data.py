@@ -332,10 +332,23 @@ class ErrorAnalysis:
         }
 
 
-def error_analysis(attr: Any) -> ErrorAnalysis | None:
+@dataclass(frozen=True)
+class GenerationAnalysis:
+    """A generative trial's validation examples of highest loss (trainers/causal_lm.py):
+    each with its prompt, reference, the trial's generation (None without ``generate``)
+    and its loss."""
+
+    examples: list[dict[str, Any]]
+    examples_scored: int
+    mean_loss: float | None
+
+
+def error_analysis(attr: Any) -> ErrorAnalysis | GenerationAnalysis | None:
     """Parse ``hpo:error_analysis``; None when it is missing or not the expected shape."""
     if not isinstance(attr, dict):
         return None
+    if attr.get("kind") == "generation":
+        return _generation_analysis(attr)
     labels = attr.get("labels")
     matrix = attr.get("confusion_matrix")
     if not isinstance(labels, list) or not isinstance(matrix, list) or not labels:
@@ -361,6 +374,33 @@ def error_analysis(attr: Any) -> ErrorAnalysis | None:
         labels=[str(label) for label in labels],
         matrix=[[int(n) for n in row] for row in matrix],
         errors=errors,
+    )
+
+
+def _generation_analysis(attr: dict[str, Any]) -> GenerationAnalysis | None:
+    rows = attr.get("highest_loss")
+    if not isinstance(rows, list):
+        return None
+
+    def text(value: Any) -> str | None:
+        return None if value is None else str(value)
+
+    examples = [
+        {
+            "prompt": str(e.get("prompt", "")),
+            "reference": text(e.get("reference")),
+            "generation": text(e.get("generation")),
+            "loss": float(e.get("loss", math.nan)),
+        }
+        for e in rows
+        if isinstance(e, dict)
+    ]
+    examples.sort(key=lambda e: -e["loss"] if math.isfinite(e["loss"]) else 0.0)
+    mean = attr.get("mean_loss")
+    return GenerationAnalysis(
+        examples=examples,
+        examples_scored=int(attr.get("examples_scored") or len(examples)),
+        mean_loss=float(mean) if isinstance(mean, int | float) else None,
     )
 
 

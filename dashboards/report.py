@@ -125,7 +125,7 @@ def build_report(
         if importances:
             figures["importances"] = f.importance_figure(importances, "fANOVA")
         figures.update(f.optuna_figures({k: s for k, (s, _) in drawn.items()}, list(importances)))
-        if analysis is not None:
+        if isinstance(analysis, d.ErrorAnalysis):
             figures["confusion"] = f.confusion_figure(analysis)
 
     compute = d.compute_totals(records)
@@ -391,7 +391,7 @@ def _best_summary(best: d.TrialRecord | None) -> dict[str, Any] | None:
 def _sections(
     summary: dict[str, Any],
     figures: dict[str, Any],
-    analysis: d.ErrorAnalysis | None,
+    analysis: d.ErrorAnalysis | d.GenerationAnalysis | None,
     records: list[d.TrialRecord],
     notes: dict[str, str],
 ) -> list[Section]:
@@ -529,7 +529,11 @@ def _attention_section(lines: list[dict[str, Any]]) -> Section | None:
     )
 
 
-def _error_section(analysis: d.ErrorAnalysis | None, figures: dict[str, Any]) -> Section:
+def _error_section(
+    analysis: d.ErrorAnalysis | d.GenerationAnalysis | None, figures: dict[str, Any]
+) -> Section:
+    if isinstance(analysis, d.GenerationAnalysis):
+        return _generation_section(analysis)
     if analysis is None:
         return Section(
             "Error analysis",
@@ -564,6 +568,21 @@ def _error_section(analysis: d.ErrorAnalysis | None, figures: dict[str, Any]) ->
             f"{analysis.total} validation examples, accuracy {analysis.accuracy:.1%}; "
             f"recall per true label: {recall}."
         ),
+        anchor="errors",
+    )
+
+
+def _generation_section(analysis: d.GenerationAnalysis) -> Section:
+    """A generative trial's highest-loss validation examples, generation beside reference."""
+    shown = analysis.examples[:MAX_ERRORS_SHOWN]
+    rows = [[e["loss"], e["prompt"], e["reference"] or "", e["generation"] or ""] for e in shown]
+    table = table_html(["loss", "prompt", "reference", "generation"], rows)
+    mean = f", mean loss {analysis.mean_loss:.4f}" if analysis.mean_loss is not None else ""
+    return Section(
+        "Error analysis (best trial, validation split)",
+        f"<div><h3>Highest-loss examples</h3>{table}</div>",
+        note=f"{analysis.examples_scored} validation examples scored{mean}; a generation "
+        "shows where the study sets trainer.args.generate.",
         anchor="errors",
     )
 

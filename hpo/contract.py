@@ -78,6 +78,7 @@ ENTRY_POINT_GROUP = "hpo.trainers"
 # no metadata to read them from (tests/test_contract.py keeps the two equal). hpo init
 # asks the drafting ones in this order.
 SHIPPED_TRAINERS = {
+    "causal_lm": "hpo.trainers.causal_lm:train",
     "image_classification": "hpo.trainers.image_classification:train",
     "replay": "hpo.trainers.replay:train",
     "text_classification": "hpo.trainers.text_classification:train",

@@ -555,6 +555,13 @@ _LOADING = {
         'model = AutoModelForImageClassification.from_pretrained("path/to/this/folder")\n'
         'processor = AutoImageProcessor.from_pretrained("path/to/this/folder")'
     ),
+    "text-generation": (
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        'model = AutoModelForCausalLM.from_pretrained("path/to/this/folder")\n'
+        'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")\n'
+        'ids = tokenizer("your prompt", return_tensors="pt").input_ids\n'
+        "print(tokenizer.decode(model.generate(ids, max_new_tokens=32)[0]))"
+    ),
 }
 
 
@@ -595,6 +602,13 @@ _ADAPTER_LOADING = {
         'base = AutoModelForImageClassification.from_pretrained("BASE", config=config)\n'
         'model = PeftModel.from_pretrained(base, "path/to/this/folder")\n'
         'processor = AutoImageProcessor.from_pretrained("path/to/this/folder")'
+    ),
+    "text-generation": (
+        "from peft import PeftModel\n"
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        'base = AutoModelForCausalLM.from_pretrained("BASE")\n'
+        'model = PeftModel.from_pretrained(base, "path/to/this/folder")\n'
+        'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")'
     ),
 }
 

@@ -50,6 +50,9 @@ ATTR_WARM_START = "hpo:warm_start"  # {"study": source name, "trial": number}
 ATTR_MODEL = "hpo:model"  # facts about the base model: name, size, ...
 ATTR_ERROR_ANALYSIS = "hpo:error_analysis"
 ATTR_ADAPTER = "hpo:adapter"  # what trained: {"type": "none"} or a LoRA adapter's settings
+# A generative trial's greedy generations on the fixed validation prompts:
+# [{"prompt", "reference", "generation"}, ...] (trainers/causal_lm.py, generate).
+ATTR_GENERATIONS = "hpo:generations"
 # Study attribute: numbers of FAIL trials whose worker died (a finished trial's own
 # attributes are read-only, so the mark goes on the study).
 STUDY_ATTR_LOST = "hpo:lost"

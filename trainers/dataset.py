@@ -19,10 +19,11 @@ from typing import ClassVar
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
-class LabelledDatasetArgs(BaseModel):
-    """Where the labelled examples come from and how much of them validates and tests.
+class SplitDatasetArgs(BaseModel):
+    """Where the examples come from and how much of them validates and tests.
 
-    A trainer subclasses it with its own columns and what ``path`` may name.
+    A trainer subclasses it (or :class:`LabelledDatasetArgs`) with its own columns and
+    what ``path`` may name.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -33,18 +34,23 @@ class LabelledDatasetArgs(BaseModel):
     path: str | None = None
     hub: str | None = Field(None, description="a hub data set name (needs internet)")
     hub_config: str | None = None
-    label_column: str = "label"
     validation_fraction: float = Field(0.2, gt=0, lt=1)
     test_fraction: float = Field(0.2, ge=0, lt=1)
     max_train_samples: int | None = Field(None, gt=0)
 
     @model_validator(mode="after")
-    def _one_source(self) -> LabelledDatasetArgs:
+    def _one_source(self) -> SplitDatasetArgs:
         if (self.path is None) == (self.hub is None):
             raise ValueError(f"give exactly one of {self.SOURCES}")
         if self.validation_fraction + self.test_fraction >= 0.9:
             raise ValueError("validation_fraction + test_fraction must leave data to train on")
         return self
+
+
+class LabelledDatasetArgs(SplitDatasetArgs):
+    """Where the labelled examples come from, their label column, and how they split."""
+
+    label_column: str = "label"
 
 
 def missing_path(path: Path, *, folder: bool = False) -> tuple[str, str] | None:
@@ -67,13 +73,14 @@ def split_sizes(n_rows: int, validation_fraction: float, test_fraction: float) -
 
 def split(
     labels: Sequence[int],
-    spec: LabelledDatasetArgs,
+    spec: SplitDatasetArgs,
     seed: int,
     splits: Collection[str] = ("train",),
 ) -> dict[str, list[int]]:
     """Indices into a data set's ``train`` split for each split made from it.
 
-    ``labels`` are the ``train`` split's; ``splits`` names the splits the data set has.
+    ``labels`` are the ``train`` split's (one label for all: a split by rows alone, as a
+    language model's text is); ``splits`` names the splits the data set has.
     A validation or test split of its own is kept (absent from the result): with both,
     only the training sample is drawn; with a test split only, validation comes from
     ``train`` (the test fraction is then 0). Every other data set is split in three.

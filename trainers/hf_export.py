@@ -47,6 +47,7 @@ def save_hf_model(
     *,
     base_id: str | None = None,
     merge: bool = False,
+    auto_class: str | None = None,
 ) -> None:
     """Copy the checkpoint's model files to ``target`` and save the base model's tokenizer.
 
@@ -55,7 +56,8 @@ def save_hf_model(
     ``tokenizer(text, truncation=True)`` tokenizes as training did. An adapter
     checkpoint's export is the adapter, whose ``base_model_name_or_path`` is ``base_id``
     (the hub id, not this machine's folder), or with ``merge`` the merged model; a full
-    model's is the same with or without ``merge``.
+    model's is the same with or without ``merge``. ``auto_class``: the transformers Auto
+    class that loads the base for a merge (by default the preprocessor's family).
 
     Raises:
         ValueError: the checkpoint holds no model weights.
@@ -66,7 +68,8 @@ def save_hf_model(
 
     if (checkpoint / ADAPTER_CONFIG).is_file():
         if merge:
-            save_merged_model(checkpoint, target, base_model, _AUTO_CLASSES[preprocessor])
+            auto_class = auto_class or _AUTO_CLASSES[preprocessor]
+            save_merged_model(checkpoint, target, base_model, auto_class)
         else:
             save_adapter(checkpoint, target, base_id or base_model)
     else:

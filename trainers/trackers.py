@@ -132,11 +132,14 @@ def check_report_to(report_to: str | list[str]) -> str | None:
 
 
 @functools.cache
-def training_argument_fields() -> frozenset[str]:
-    """Field names of the installed ``TrainingArguments`` (imported only when needed)."""
-    from transformers import TrainingArguments
+def training_argument_fields(config: str = "transformers:TrainingArguments") -> frozenset[str]:
+    """Field names of the installed ``TrainingArguments``, or of the subclass ``config``
+    names as ``module:Class`` (TRL's ``SFTConfig``); imported only when needed."""
+    import importlib
 
-    return frozenset(f.name for f in dataclasses.fields(TrainingArguments) if f.init)
+    module, _, name = config.partition(":")
+    arguments = getattr(importlib.import_module(module), name)
+    return frozenset(f.name for f in dataclasses.fields(arguments) if f.init)
 
 
 def check_tracking(
@@ -144,30 +147,36 @@ def check_tracking(
     training_args: dict[str, Any],
     own_fields: Iterable[str],
     searched: Iterable[str],
+    config: str = "transformers:TrainingArguments",
+    owned: dict[str, str] | None = None,
 ) -> tuple[str, str] | None:
     """The first problem with ``report_to`` / ``training_args`` as (field, message), or None.
 
     Args:
         own_fields: the trainer's own argument names (hpo passes them to TrainingArguments).
         searched: the hyperparameters in ``search_space``.
+        config: the arguments class the trainer makes, as ``module:Class``.
+        owned: more fields the trainer sets itself -> why (beside :data:`OWNED`).
     """
     problem = check_report_to(report_to)
     if problem:
         return "report_to", problem
     if not training_args:
         return None
-    known = training_argument_fields()
+    known = training_argument_fields(config)
     searched, own_fields = set(searched), set(own_fields)
+    owned = {**OWNED, **(owned or {})}
+    shown = config.partition(":")[0].split(".")[0] + " " + config.partition(":")[2]
     for name in training_args:
         field = f"training_args.{name}"
         if name not in known:
-            return field, "not a field of the installed transformers TrainingArguments"
+            return field, f"not a field of the installed {shown}"
         if name in searched:
             return field, f"searched in search_space.{name}; hpo sets it for each trial"
         if name in own_fields:
             return field, f"hpo sets it from trainer.args.{name}; set it there"
-        if name in OWNED:
-            return field, f"hpo sets it: {OWNED[name]}"
+        if name in owned:
+            return field, f"hpo sets it: {owned[name]}"
     return None
 
 

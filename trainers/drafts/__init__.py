@@ -11,9 +11,11 @@ kind (an image folder, say) without ``--trainer``.
 
 The sizing rules every task shares live in :mod:`trainers.drafts.sizing`, reading the
 user's table in :mod:`trainers.drafts.table`, and each task's own part in
-:mod:`trainers.drafts.text` and :mod:`trainers.drafts.image`.
+:mod:`trainers.drafts.text`, :mod:`trainers.drafts.image` and
+:mod:`trainers.drafts.generation`.
 """
 
+from hpo.trainers.drafts.generation import draft_causal_lm, recognises_text_data
 from hpo.trainers.drafts.image import draft_image_classification, recognises_images
 from hpo.trainers.drafts.sizing import SEARCH_SAMPLE, Draft
 from hpo.trainers.drafts.table import check_columns, detect_label_column, read_rows
@@ -24,8 +26,10 @@ __all__ = [
     "Draft",
     "check_columns",
     "detect_label_column",
+    "draft_causal_lm",
     "draft_image_classification",
     "draft_text_classification",
     "read_rows",
     "recognises_images",
+    "recognises_text_data",
 ]

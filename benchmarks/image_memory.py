@@ -3,14 +3,15 @@
 Writes ``--images`` small drawn PNGs (``--px`` square, ten classes of bars; once, into
 ``--folder``) and a tiny ResNet whose image processor resizes to ``--size``, then, in a
 fresh process, runs ``trainers.image_classification.train`` for one trial with
-``trainers._hf.fit`` replaced by one pass over every split in batches of 64 (what a
-first epoch and its evaluation read). The figure is the process's peak resident memory
+``trainers._hf.fit`` replaced by ``--epochs`` passes over the training and validation
+splits and one over the test split, in batches of 64 (what a trial's epochs and
+evaluations read; no model runs). The figure is the process's peak resident memory
 (``VmHWM``), and its growth over the peak after the imports; the code measured is the
 checkout ``--code`` names (default: this one), so an older commit's tree (``git archive
 COMMIT | tar -x -C DIR``) measures its loading the same way.
 
     python benchmarks/image_memory.py [--images 20000] [--px 64] [--size 64]
-        [--folder /tmp/hpo-images-20000] [--code DIR]
+        [--epochs 1] [--folder /tmp/hpo-images-20000-64] [--code DIR]
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def peak_mb() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def measure(folder: Path, model: Path, code: Path) -> dict[str, float]:
+def measure(folder: Path, model: Path, code: Path, epochs: int) -> dict[str, float]:
     """Load and read every batch once with the trainer of ``code``; memory and seconds."""
     sys.path.insert(0, str(code))
     import optuna
@@ -77,7 +78,7 @@ def measure(folder: Path, model: Path, code: Path) -> dict[str, float]:
 
     def one_pass(args, ctx, model, data):  # in place of _hf.fit: read what an epoch reads
         nonlocal batches
-        for split in (data.train, data.validation, data.test):
+        for split in [data.train, data.validation] * epochs + [data.test]:
             loader = torch.utils.data.DataLoader(
                 split, batch_size=64, collate_fn=default_data_collator
             )
@@ -114,6 +115,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=20000)
     parser.add_argument("--px", type=int, default=64, help="the images' side, in pixels")
     parser.add_argument("--size", type=int, default=64, help="the processor's side")
+    parser.add_argument("--epochs", type=int, default=1, help="passes over train + validation")
     parser.add_argument("--folder", type=Path, default=None)
     parser.add_argument("--code", type=Path, default=ROOT, help="the hpo checkout measured")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -121,7 +123,7 @@ def main() -> None:
     folder = args.folder or Path(f"/tmp/hpo-images-{args.images}-{args.px}")
     model = folder.parent / f"{folder.name}-resnet-{args.size}"
     if args.child:
-        print(json.dumps(measure(folder, model, args.code.resolve())))
+        print(json.dumps(measure(folder, model, args.code.resolve(), args.epochs)))
         return
     if not folder.exists():
         make_images(folder, args.images, args.px)
@@ -129,12 +131,15 @@ def main() -> None:
         make_model(model, args.size)
     # A fresh process: its peak holds nothing of the drawing above.
     child = [sys.executable, __file__, "--child", "--folder", str(folder)]
-    child += ["--size", str(args.size), "--code", str(args.code)]
+    child += ["--size", str(args.size), "--code", str(args.code), "--epochs", str(args.epochs)]
     result = subprocess.run(child, capture_output=True, text=True, check=False)
     if result.returncode:
         sys.exit(result.stderr[-3000:])
     figures = json.loads(result.stdout.strip().splitlines()[-1])
-    print(f"{args.images} images of {args.px}x{args.px} px, processor {args.size}, {args.code}")
+    print(
+        f"{args.images} images of {args.px}x{args.px} px, processor {args.size}, "
+        f"{args.epochs} epoch(s), {args.code}"
+    )
     print(json.dumps(figures))
     print(f"RESULT image_memory_peak_rss_mb={figures['peak_rss_mb']}")
 

@@ -474,12 +474,101 @@ def test_an_image_that_passes_the_check_but_cannot_be_decoded_is_skipped(
     noise = random.Random(0).randbytes(64)
     png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", noise)
     png += chunk(b"IEND", b"")
-    folder = bars_with(tmp_path, bars, {"vertical/noise.png": png})
+    # A JPEG cut in its pixel data: its headers are whole, and PIL's verify checks no more.
+    from PIL import Image
+
+    noisy = Image.frombytes("RGB", (64, 64), random.Random(1).randbytes(64 * 64 * 3))
+    jpeg = tmp_path / "whole.jpg"
+    noisy.save(jpeg, quality=95)
+    cut = jpeg.read_bytes()[: jpeg.stat().st_size // 2]
+    folder = bars_with(tmp_path, bars, {"vertical/noise.png": png, "vertical/cut.jpg": cut})
     assert ic.check_files(spec(Path("m"), folder), tmp_path) is None
     with caplog.at_level(logging.WARNING, logger="hpo.trainers.image_classification"):
         images = ic.load_images(spec(Path("m"), folder).dataset, context(tmp_path))
     assert sum(len(labels) for _, labels in images.splits.values()) == 40
     assert f"skipped {folder / 'vertical' / 'noise.png'}: it cannot be decoded" in caplog.text
+    assert f"skipped {folder / 'vertical' / 'cut.jpg'}: it cannot be decoded" in caplog.text
+
+
+def test_loaded_images_are_files_decoded_when_their_batch_is_read(
+    tmp_path: Path, resnet: Path, bars: Path
+) -> None:
+    """Loading keeps paths, not pixels: each split stores its files' paths, and a file is
+    decoded (augmented, preprocessed) only when a batch reads it, so a worker's memory
+    does not grow with the folder. A file removed after loading fails its own batch."""
+    folder = bars_with(tmp_path, bars, {})
+    images = ic.load_images(spec(resnet, folder).dataset, context(tmp_path))
+    validation, labels = images.splits["validation"]
+    stored = validation.data.column("image").to_pylist()
+    assert [row["bytes"] for row in stored] == [None] * 8
+    assert [Path(row["path"]).relative_to(folder) for row in stored] == [
+        Path(name) for name in images.names["validation"]
+    ]
+    processor = ic.image_processor(str(resnet))
+    batches = ic.image_split(validation, labels, processor)
+    batch = batches.__getitems__([0, 1, 2])
+    assert [tuple(b["pixel_values"].shape) for b in batch] == [(3, SIZE, SIZE)] * 3
+    assert [b["labels"] for b in batch] == labels[:3]
+    (folder / images.names["validation"][5]).unlink()
+    assert batches[4]["labels"] == labels[4]
+    with pytest.raises(FileNotFoundError):
+        batches.__getitems__([4, 5])
+    # The training split augments each read afresh, from its seeded generator.
+    args = spec(resnet, folder, augment_strength=0.5)
+    train, train_labels = images.splits["train"]
+    first, again = (ic.image_split(train, train_labels, processor, args, seed=1) for _ in "ab")
+    one = first.__getitems__([0, 1])
+    assert all(
+        (a["pixel_values"] == b["pixel_values"]).all()
+        for a, b in zip(one, again.__getitems__([0, 1]), strict=True)
+    )
+    assert not (one[0]["pixel_values"] == first[0]["pixel_values"]).all()
+
+
+def test_patience_counts_evaluations_that_do_not_beat_the_best(tmp_path: Path) -> None:
+    """``early_stopping_patience`` 2: two evaluations in a row that do not beat the best
+    so far (a tie does not) stop training; one that beats it starts the count again."""
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from hpo.trainers import _hf
+
+    reporter = _hf.reporter_class()(context(tmp_path), patience=2)
+    args, control = TrainingArguments(output_dir=str(tmp_path)), TrainerControl()
+    stopped = []
+    for epoch, accuracy in enumerate([0.5, 0.6, 0.6, 0.7, 0.65, 0.7], 1):
+        state = TrainerState(global_step=epoch, max_steps=10, epoch=float(epoch))
+        reporter.on_evaluate(args, state, control, {"eval_accuracy": accuracy})
+        stopped.append(control.should_training_stop)
+    assert stopped == [False] * 5 + [True]
+
+
+def test_early_stopping_keeps_the_last_checkpoint(
+    tmp_path: Path, resnet: Path, bars: Path
+) -> None:
+    """A trial stopped early by ``early_stopping_patience`` ends with its last checkpoint,
+    the model hpo scored, on disk (transformers' EarlyStoppingCallback needs
+    ``metric_for_best_model``, with which the Trainer deletes all checkpoints but the
+    best at the end: the reason the reporter counts patience itself)."""
+    ctx = context(
+        tmp_path,
+        model=str(resnet),
+        dataset={"path": str(bars)},
+        num_train_epochs=6,
+        learning_rate=1e-6,  # learns nothing: the accuracy soon stops improving
+        per_device_train_batch_size=8,
+        early_stopping_patience=1,
+        error_examples=0,
+    )
+    metrics = ic.train(ctx)
+    accuracies = [h["eval_accuracy"] for h in ctx.history]
+    assert 2 <= len(accuracies) < 6  # stopped early, at the first evaluation not the best
+    assert accuracies[-1] <= max(accuracies[:-1])
+    assert all(a < b for a, b in zip(accuracies[:-2], accuracies[1:-1], strict=True))
+    assert metrics["epoch"] == len(accuracies)
+    last = Path(ctx.trial.user_attrs["hpo:checkpoint"])
+    assert (last / "model.safetensors").is_file()
+    assert sorted(p.name for p in (tmp_path / "trial").glob("checkpoint-*")) == [last.name]
+    assert last.name == f"checkpoint-{3 * len(accuracies)}"  # 24 images in batches of 8
 
 
 OPTIM_STUDY = """\

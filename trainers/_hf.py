@@ -1148,8 +1148,22 @@ def reporter_class() -> type:
     class HpoReporter(TrainerCallback):
         """Reports each evaluation to hpo; stops training (never raises) to prune or stop early.
 
-        The shape follows transformers' EarlyStoppingCallback, which itself cannot be used
-        here: it requires load_best_model_at_end, which reloads a checkpoint every trial.
+        Patience (``early_stopping_patience``) is counted here, as transformers'
+        ``EarlyStoppingCallback`` counts it: an evaluation that does not beat the best so
+        far on the objective is stale (a tie is stale); ``patience`` stale ones in a row
+        stop training. The callback itself does not serve, as of transformers 5.25: it no
+        longer needs ``load_best_model_at_end`` (only a warning), but it asserts
+        ``metric_for_best_model`` in ``on_train_begin`` and compares with
+        ``state.best_metric``, which only the Trainer's ``_determine_best_metric`` sets,
+        from that argument. With ``metric_for_best_model`` set the Trainer also records
+        ``state.best_model_checkpoint``: ``rotate_checkpoints`` then keeps two
+        checkpoints (the best and the last) in place of ``save_total_limit=1``, and
+        ``Trainer._finalize_training`` deletes every checkpoint but the best, so the
+        last one, the trained model hpo scores, keeps (``hpo:checkpoint``) and exports,
+        would be gone after any early stop (its last evaluations are stale by
+        definition). It would also raise a KeyError for an objective missing from the
+        evaluation's metrics. tests/test_image_classification.py pins the rule and the
+        checkpoint (test_early_stopping_keeps_the_last_checkpoint).
         """
 
         def __init__(self, ctx: TrialContext, patience: int | None):

@@ -8,9 +8,12 @@ study seed when they have no splits, preprocesses with the model's own image pro
 with this trial's dropout / drop-path and frozen stages, and hands the rest (reporting,
 pruning, checkpoints, test split, error analysis with thumbnails) to :mod:`trainers._hf`.
 
-Decoded images, preprocessed evaluation tensors and the base weights stay in the worker
-process (:data:`trainers._hf.CACHE`). Augmentation uses PIL only (torchvision is not
-needed).
+The image files are read per batch, never held decoded: each split is a ``datasets``
+data set of file paths whose ``Image`` feature decodes a file when a batch reads it, and
+the batch is augmented and preprocessed then (:func:`image_split`), so a worker's memory
+does not grow with the data set. The splits, the image processor and the base weights
+stay in the worker process (:data:`trainers._hf.CACHE`). Augmentation uses PIL only
+(torchvision is not needed).
 
 For ``hpo init``, ``train.recognises_data`` claims image folders and tables of image
 paths, and ``train.draft_study`` proposes a study for them (:mod:`trainers.drafts.image`:
@@ -77,15 +80,19 @@ class ImageClassificationArgs(HFTrainingArgs):
 
 @dataclass
 class Images:
-    """Decoded images and labels per split, and the label names (shared by trials)."""
+    """Images and labels per split, and the label names (shared by trials).
 
-    splits: dict[str, tuple[list[Any], list[int]]]
+    Each split's images are a ``datasets.Dataset`` whose ``image`` column holds file paths
+    (or, from the hub, encoded bytes) and decodes a row to an RGB PIL image when it is read.
+    """
+
+    splits: dict[str, tuple[Any, list[int]]]
     names: dict[str, list[str]]  # per split: where each image came from
     label_names: list[str]
 
 
 def load_images(spec: ImageDatasetArgs, ctx: TrialContext) -> Images:
-    """Decode, label and split the images once per worker process."""
+    """List, check, label and split the images once per worker process (no pixels kept)."""
     key = ("images", spec.model_dump_json(), str(ctx.study_dir), ctx.seed)
     return _hf.cached(key, lambda: _load_images(spec, ctx.study_dir, ctx.seed))
 
@@ -95,14 +102,16 @@ def _load_images(spec: ImageDatasetArgs, study_dir: Path, seed: int) -> Images:
         return _hub_images(spec, seed)  # needs internet: not exercised by the tests
     path = relative_to(spec.path or "", study_dir)
     files, labels = _folder_files(path) if path.is_dir() else _table_files(path, spec)
-    decoded = _decode_all(files)
-    files, labels = [files[i] for i in decoded], [labels[i] for i in decoded]
-    images = list(decoded.values())
+    kept = _decodable(files)
+    files, labels = [files[i] for i in kept], [labels[i] for i in kept]
     label_names = sorted(set(labels))
     index = {name: i for i, name in enumerate(label_names)}
     names = [str(f.relative_to(path) if path.is_dir() else f.name) for f in files]
     parts = split([index[label] for label in labels], spec, seed)
-    splits = {k: ([images[i] for i in v], [index[labels[i]] for i in v]) for k, v in parts.items()}
+    splits = {
+        k: (image_files([files[i] for i in v]), [index[labels[i]] for i in v])
+        for k, v in parts.items()
+    }
     return Images(splits, {k: [names[i] for i in v] for k, v in parts.items()}, label_names)
 
 
@@ -155,41 +164,54 @@ def _hub_images(spec: ImageDatasetArgs, seed: int) -> Images:
         getattr(feature, "names", None) or sorted(set(raw["train"][spec.label_column]))
     )
 
-    def column(split: Any) -> tuple[list[Any], list[int]]:
+    def column(split: Any) -> tuple[Any, list[int]]:
         labels = split[spec.label_column]
         labels = [x if isinstance(x, int) else label_names.index(x) for x in labels]
-        return [im.convert("RGB") for im in split[spec.image_column]], labels
+        images = split.select_columns([spec.image_column])
+        if spec.image_column != "image":
+            images = images.rename_column(spec.image_column, "image")
+        return images.cast_column("image", datasets.Image(mode="RGB")), labels
 
     pool = column(raw["train"])
     parts = split(pool[1], spec, seed, set(raw))
-    splits = {k: ([pool[0][i] for i in v], [pool[1][i] for i in v]) for k, v in parts.items()}
+    splits = {k: (pool[0].select(v), [pool[1][i] for i in v]) for k, v in parts.items()}
     splits.update({k: column(raw[k]) for k in ("validation", "test") if k not in parts})
     names = {k: [f"{k}[{i}]" for i in range(len(v[1]))] for k, v in splits.items()}
     return Images(splits, names, [str(n) for n in label_names])
 
 
-def _decode(file: Path) -> Any:
-    from PIL import Image
+def image_files(files: list[Path]) -> Any:
+    """A ``datasets.Dataset`` of ``files``: its ``image`` column stores their paths, and
+    ``datasets.Image`` decodes a file (an RGB PIL image) when a row is read."""
+    import datasets
 
-    with Image.open(file) as image:
-        return image.convert("RGB")
+    features = datasets.Features({"image": datasets.Image(mode="RGB")})
+    return datasets.Dataset.from_dict({"image": [str(f) for f in files]}, features=features)
 
 
-def _decode_all(files: list[Path]) -> dict[int, Any]:
-    """Each file's index -> its decoded image; one that cannot be decoded is skipped with a
+def _decodable(files: list[Path]) -> list[int]:
+    """The indices of the files whose pixels decode; each other file is skipped with a
     warning naming it.
 
     validate reads every image's header (:func:`unreadable_images`), but the pixels of a
     file with sound headers can still be broken (a truncated JPEG, a corrupt PNG stream):
-    one such file must not fail every trial.
+    one such file must not fail every trial, so each file is decoded here once, one at a
+    time, and its pixels dropped (batches decode it again; memory stays flat). A JPEG
+    decodes at 1/8 scale (``Image.draft``), which still reads its whole stream.
     """
-    decoded = {}
+    from PIL import Image
+
+    kept = []
     for i, file in enumerate(files):
         try:
-            decoded[i] = _decode(file)
+            with Image.open(file) as image:
+                image.draft(None, (1, 1))
+                image.load()
         except (OSError, SyntaxError, ValueError) as e:  # what PIL raises for broken data
             logger.warning("skipped %s: it cannot be decoded (%s); replace or remove it", file, e)
-    return decoded
+        else:
+            kept.append(i)
+    return kept
 
 
 def unreadable_images(files: list[Path]) -> list[tuple[int, str]]:
@@ -256,20 +278,27 @@ def augment(image: Any, args: ImageClassificationArgs, rng: random.Random) -> An
     return image
 
 
-def _training_split(images: list[Any], labels: list[int], processor: Any, args: Any, seed: int):
+def image_split(
+    images: Any, labels: list[int], processor: Any, args: Any = None, seed: int = 0
+) -> Any:
+    """A torch data set of ``images`` (a data set from :func:`image_files`) and ``labels``.
+
+    Reading a batch (the DataLoader calls ``__getitems__``) decodes its files, augments
+    them when ``args`` (the training split's) ask for it, and preprocesses them with the
+    model's ``processor``: no pixels outlive the batch. Each augmentation is fresh, drawn
+    from a generator seeded with ``seed``. A torch data set, not ``images.with_transform``
+    handed to the Trainer: its ``remove_unused_columns`` (on by default) would drop the
+    ``image`` column, which the model's forward does not name, before any transform ran.
+    """
     import torch
 
-    augmenting = (
+    augmenting = args is not None and (
         args.augment_strength > 0
         or args.horizontal_flip
         or any(v for v in (args.crop_scale_min, args.rotation_degrees, args.color_jitter))
     )
-    if not augmenting:  # nothing random: preprocess once, like the evaluation splits
-        return _tensor_split(pixel_values(processor, images), labels)
 
-    class Augmented(torch.utils.data.Dataset):
-        """Each read is a fresh augmentation of the image, then the model's preprocessing."""
-
+    class Split(torch.utils.data.Dataset):
         def __init__(self) -> None:
             self.rng = random.Random(seed)
 
@@ -277,14 +306,19 @@ def _training_split(images: list[Any], labels: list[int], processor: Any, args: 
             return len(labels)
 
         def __getitem__(self, i: int) -> dict[str, Any]:
-            image = augment(images[i], args, self.rng)
-            return {"pixel_values": pixel_values(processor, [image])[0], "labels": labels[i]}
+            return self.__getitems__([i])[0]
 
-    return Augmented()
+        def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+            decoded = images[list(indices)]["image"]
+            if augmenting:
+                decoded = [augment(image, args, self.rng) for image in decoded]
+            pixels = pixel_values(processor, decoded)
+            return [
+                {"pixel_values": p, "labels": labels[i]}
+                for p, i in zip(pixels, indices, strict=True)
+            ]
 
-
-def _tensor_split(pixels: Any, labels: list[int]) -> list[dict[str, Any]]:
-    return [{"pixel_values": p, "labels": label} for p, label in zip(pixels, labels, strict=True)]
+    return Split()
 
 
 # --- model ------------------------------------------------------------------------------
@@ -404,14 +438,11 @@ def _train(args: ImageClassificationArgs, ctx: TrialContext) -> dict[str, float]
     model_path = resolve_model(args.model, ctx.study_dir)
     images = load_images(args.dataset, ctx)
     processor = image_processor(model_path)
+    # One object per worker: the latency cache knows a split by its id.
     evaluation = _hf.cached(
-        ("pixels", model_path, args.dataset.model_dump_json(), str(ctx.study_dir), ctx.seed),
+        ("splits", model_path, args.dataset.model_dump_json(), str(ctx.study_dir), ctx.seed),
         lambda: {
-            name: _tensor_split(pixel_values(processor, images.splits[name][0]), labels)
-            if labels
-            else []
-            for name in ("validation", "test")
-            for labels in [images.splits[name][1]]
+            name: image_split(*images.splits[name], processor) for name in ("validation", "test")
         },
     )
     model = build_model(args, model_path, images.label_names, ctx.seed)
@@ -420,7 +451,7 @@ def _train(args: ImageClassificationArgs, ctx: TrialContext) -> dict[str, float]
     )
     validation_images, _ = images.splits["validation"]
     data = _hf.Datasets(
-        train=_training_split(train_images, train_labels, processor, args, ctx.seed),
+        train=image_split(train_images, train_labels, processor, args, ctx.seed),
         validation=evaluation["validation"],
         test=evaluation["test"],
         label_names=images.label_names,
@@ -430,15 +461,15 @@ def _train(args: ImageClassificationArgs, ctx: TrialContext) -> dict[str, float]
         train_labels=train_labels,
         show_example=lambda i: {
             "text": images.names["validation"][i],
-            "image": thumbnail(validation_images[i]),
+            "image": thumbnail(validation_images[i]["image"]),
         },
     )
     return _hf.fit(args, ctx, model, data)
 
 
 def _without_a_lone_last_image(
-    images: list[Any], labels: list[int], model: Any, batch_size: int
-) -> tuple[list[Any], list[int]]:
+    images: Any, labels: list[int], model: Any, batch_size: int
+) -> tuple[Any, list[int]]:
     """The training split less its last image when that image would make a batch alone.
 
     BatchNorm (ResNet and most CNNs) cannot train on a batch of one: a training split
@@ -455,7 +486,7 @@ def _without_a_lone_last_image(
         len(labels) - 1,
         len(labels),
     )
-    return images[:-1], labels[:-1]
+    return images.select(range(len(labels) - 1)), labels[:-1]
 
 
 def thumbnail(image: Any) -> str:

@@ -211,9 +211,12 @@ def test_killed_worker_is_detected_and_its_trial_resumes(
     lost = next(t for t in trials_of(config) if t.number == lost.number)
     helper = _worker(study_file, tmp_path)
     detected = None
+    # One storage for the whole poll: each open_study holds a connection until collected,
+    # and a poll on a loaded machine opened enough to exhaust a server's max_connections.
+    study = open_study(config)
     while time.monotonic() - killed_at < 60 and detected is None:
         time.sleep(0.2)
-        if lost.number in open_study(config).user_attrs.get("hpo:lost", []):
+        if lost.number in study.user_attrs.get("hpo:lost", []):
             detected = time.monotonic() - killed_at
     assert helper.wait(timeout=120) == 0, helper.stderr.read()
     assert detected is not None and detected < 4 + 1 + 10  # grace period + heartbeat + poll
@@ -321,9 +324,10 @@ def test_postgres_restart_mid_study(tmp_path: Path, postgres_url: str, unique_na
     # machine: the restart came before the worker's first connection).
     deadline = time.monotonic() + 60
     done = 0
+    study = open_study(config)  # one storage for the poll (see above: max_connections)
     while time.monotonic() < deadline and done < 2:
         time.sleep(0.2)
-        done = count_states(open_study(config))["COMPLETE"]
+        done = count_states(study)["COMPLETE"]
     assert done >= 2, worker.stderr.read() if worker.poll() is not None else "no trial"
     if not _restart_postgres():
         worker.kill()
@@ -430,10 +434,12 @@ def _wait_for_trials(config, process: subprocess.Popen, complete: int = 1) -> No
     each) still to go: a signal sent now finds it mid-trial. A trial merely RUNNING may end
     before the signal comes and leave every worker between trials on a loaded machine."""
     deadline = time.monotonic() + 90
+    study = None  # opened once the process has created it, then kept (max_connections)
     while time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.2)
         try:
-            trials = open_study(config).trials
+            study = study or open_study(config)
+            trials = study.trials
         except Exception:
             continue
         complete_now = sum(t.state.name == "COMPLETE" for t in trials)

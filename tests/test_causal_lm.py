@@ -17,6 +17,7 @@ import optuna
 import pytest
 
 from hpo.trainer import TrialContext
+from hpo.trainers import _hf
 from hpo.trainers import causal_lm as lm
 from tests.conftest import STUDIES, run_hpo
 
@@ -271,7 +272,7 @@ def test_an_adapter_trains_while_the_base_and_lm_head_stay_frozen(
     tmp_path: Path, tiny_lm: Path, data: Path
 ) -> None:
     spec = args(tiny_lm, data, adapter={"type": "lora", "r": 4})
-    model = lm.build_model(spec, str(tiny_lm), lm.load_tokenizer(str(tiny_lm)), seed=0)
+    model = lm.build_model(spec, str(tiny_lm), _hf.load_tokenizer(str(tiny_lm)), seed=0)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     ctx = context(

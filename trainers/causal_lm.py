@@ -156,12 +156,6 @@ def resolve_model(name: str, study_dir: Path) -> str:
     return str(local) if local.exists() else name
 
 
-def load_tokenizer(model_path: str) -> Any:
-    """The model's tokenizer, padding with its end-of-text token when it has no padding
-    token (as decoders ship)."""
-    return _hf.load_tokenizer(model_path)
-
-
 def load_examples(spec: CausalLMDatasetArgs, ctx: TrialContext) -> Any:
     """The raw data as a ``DatasetDict``, its columns renamed to TRL's (``text``,
     ``prompt`` and ``completion``, ``messages``)."""
@@ -213,7 +207,7 @@ def prepare_data(args: CausalLMArgs, model_path: str, ctx: TrialContext) -> Prep
     parts = split([0] * len(pool), args.dataset, ctx.seed, set(raw))
     splits = {name: pool.select(indices) for name, indices in parts.items()}
     splits.update({n: raw[n] for n in ("validation", "test") if n not in splits})
-    tokenizer = load_tokenizer(model_path)
+    tokenizer = _hf.load_tokenizer(model_path)
     prepared = {
         name: prepare_split(
             split_data, tokenizer, args, packing=args.packing and name == "train", name=name
@@ -607,7 +601,7 @@ def check_files(args: CausalLMArgs, study_dir: Path) -> tuple[str, str] | None:
         return "model", problem
     tokenizer = None
     if local_model:
-        tokenizer = load_tokenizer(str(model))
+        tokenizer = _hf.load_tokenizer(str(model))
         if args.dataset.format == "messages" and not tokenizer.chat_template:
             return (
                 "dataset.format",

@@ -502,6 +502,76 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_storage_proxy_arguments(parser: argparse.ArgumentParser) -> None:
+    from hpo.storage_proxy import DEFAULT_CONNECTIONS, DEFAULT_PORT, DEFAULT_THREADS
+
+    _add_global_options(parser, "not taken: the proxy serves every study of --storage")
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1; workers on other machines need an address "
+        "they reach, and whoever reaches the port can read and change every study: warns)",
+    )
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0: any)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=DEFAULT_THREADS,
+        metavar="N",
+        help=f"server threads (default {DEFAULT_THREADS}; a worker needs up to 3)",
+    )
+    parser.add_argument(
+        "--connections",
+        type=_positive_int,
+        default=DEFAULT_CONNECTIONS,
+        metavar="N",
+        help=f"database connections for storage calls (default {DEFAULT_CONNECTIONS}; "
+        "a held claim lock takes one more)",
+    )
+
+
+def cmd_storage_proxy(args: argparse.Namespace) -> int:
+    from hpo.dashboards.server import is_loopback
+    from hpo.storage import redact_url
+    from hpo.storage_proxy import serve
+
+    if args.overrides:
+        raise ConfigError("hpo storage-proxy takes no --set: give the database as --storage URL")
+    if not args.storage:
+        raise ConfigError(
+            "hpo storage-proxy needs --storage URL: the database it fronts, such as "
+            "postgresql://user:${PGPASSWORD}@db:5432/hpo"
+        )
+    _require_extra("grpc", "proxy", "hpo storage-proxy")
+    if not is_loopback(args.host):
+        logger.warning(
+            "storage-proxy: --host %r is not a loopback address: anyone who can reach port %d "
+            "can read, change and delete every study in the database (gRPC without TLS or "
+            "authentication here: keep the port inside the cluster's network)",
+            args.host,
+            args.port,
+        )
+
+    def ready(url: str) -> None:
+        print(
+            f"hpo storage proxy for {redact_url(args.storage)} listening on {url} "
+            "(workers: storage: grpc://<this host>:<port>; Ctrl-C stops it)",
+            flush=True,
+        )
+
+    serve(
+        args.storage,
+        args.host,
+        args.port,
+        threads=args.threads,
+        connections=args.connections,
+        on_ready=ready,
+    )
+    return 0
+
+
 def _require_extra(module: str, extra: str, needed_by: str) -> None:
     """Stop (exit 2) in one line naming the extra when ``module`` is not installed."""
     problem = missing_extra(module, extra, needed_by)
@@ -880,6 +950,15 @@ COMMANDS = (
         "browse the study live in optuna-dashboard",
         add_dashboard_arguments,
         cmd_dashboard,
+    ),
+    Command(
+        "storage-proxy",
+        "serve a database to workers through Optuna's gRPC storage proxy",
+        add_storage_proxy_arguments,
+        cmd_storage_proxy,
+        description="Run Optuna's gRPC storage proxy in front of --storage (one database "
+        "connection for every worker), with hpo's claim lock and heartbeats on the same port. "
+        "Workers use storage: grpc://HOST:PORT.",
     ),
     Command(
         "compare",

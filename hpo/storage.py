@@ -215,8 +215,12 @@ def open_storage(
     heartbeat_interval: int | None = None,
     grace_period: int | None = None,
     stale_trial_callback: Any = None,
+    pool_size: int | None = None,
 ) -> Any:
     """An Optuna storage for ``url`` (``${VAR}`` expanded), tuned for concurrent workers.
+
+    ``pool_size``: at most this many database connections (``hpo storage-proxy``'s cap);
+    SQL storages only.
 
     A worker's open creates the database and Optuna's tables when missing; a
     ``read_only`` open creates nothing (call :func:`require_storage` first to say why a
@@ -233,6 +237,8 @@ def open_storage(
         "grace_period": grace_period,
         "stale_trial_callback": stale_trial_callback,
     }
+    if pool_size:
+        heartbeat["pool_size"] = pool_size
     if read_only:
         return _guarded(url, lambda: backend.open(real_url, read_only=True, **heartbeat))
     # Workers starting together on a new database would race to create Optuna's tables.

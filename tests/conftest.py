@@ -193,7 +193,7 @@ def mysql_url() -> str:
     return _server_url("HPO_TEST_MYSQL_URL", "MySQL")
 
 
-STORAGE_SCHEMES = ("sqlite", "postgres", "mysql", "journal")
+STORAGE_SCHEMES = ("sqlite", "postgres", "mysql", "journal", "grpc")
 
 
 @pytest.fixture(params=STORAGE_SCHEMES)
@@ -204,6 +204,55 @@ def storage_url(request, tmp_path: Path) -> str:
     if request.param == "journal":
         return f"journal:///{tmp_path / 'hpo.log'}"
     return request.getfixturevalue(f"{request.param}_url")
+
+
+class StorageProxy:
+    """A real ``hpo storage-proxy`` process in front of a database, on a free port."""
+
+    def __init__(self, database_url: str, port: int = 0, *args: str):
+        self.database_url = database_url
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "hpo", "storage-proxy", "--storage", database_url]
+            + ["--port", str(port), *args],
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()  # "... listening on grpc://127.0.0.1:PORT (..."
+        if "listening on grpc://" not in line:
+            self.process.kill()
+            raise AssertionError(f"the proxy did not start: {line}{self.process.stderr.read()}")
+        self.url = line.split("listening on ")[1].split()[0]
+        self.port = int(self.url.rsplit(":", 1)[1])
+
+    def kill(self) -> None:
+        """SIGKILL, as a lost machine or an OOM kill ends it."""
+        self.process.kill()
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def storage_proxy(postgres_url: str) -> Iterator[StorageProxy]:
+    """``hpo storage-proxy`` in front of the test Postgres (the usual deployment)."""
+    proxy = StorageProxy(postgres_url)
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture
+def grpc_url(storage_proxy: StorageProxy) -> str:
+    """A ``grpc://`` URL: workers reach the test Postgres through a real storage proxy."""
+    return storage_proxy.url
 
 
 @pytest.fixture

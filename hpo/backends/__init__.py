@@ -7,7 +7,7 @@ listing it below.
 
 from __future__ import annotations
 
-from hpo.backends import journal, mysql, postgres, sqlite
+from hpo.backends import grpc_proxy, journal, mysql, postgres, sqlite
 from hpo.backends.base import Backend, FileLock, Lock
 
 BACKENDS: tuple[Backend, ...] = (
@@ -15,6 +15,7 @@ BACKENDS: tuple[Backend, ...] = (
     postgres.BACKEND,
     mysql.BACKEND,
     journal.BACKEND,
+    grpc_proxy.BACKEND,
 )
 SCHEMES: dict[str, Backend] = {scheme: b for b in BACKENDS for scheme in b.schemes}
 

@@ -233,14 +233,14 @@ def budget_counts(
     does not grow with the study. Other storages: counted from the trials.
     Not retried here (this module imports nothing of hpo's); the caller retries.
     """
-    import json
     from collections import Counter
 
     from optuna.storages import RDBStorage
-    from optuna.trial import TrialState
 
     storage = study._storage
     backend = getattr(storage, "_backend", storage)
+    if hasattr(backend, "budget_counts"):  # hpo's gRPC client: counted in the proxy
+        return tuple(backend.budget_counts(study._study_id, failure_key, lost_key))  # type: ignore[return-value]
     if not isinstance(backend, RDBStorage):
         trials = study.get_trials(deepcopy=False)
         failed = [
@@ -248,17 +248,26 @@ def budget_counts(
         ]
         lost = study.user_attrs.get(lost_key, []) if failed else []
         return dict(Counter(t.state.name for t in trials)), failed, list(lost)
+    return rdb_budget_counts(backend, study._study_id, failure_key, lost_key)
+
+
+def rdb_budget_counts(
+    backend: Any, study_id: int, failure_key: str, lost_key: str
+) -> tuple[dict[str, int], list[tuple[int, Any]], list[int]]:
+    """:func:`budget_counts` on an RDBStorage, by study id (the storage proxy runs it)."""
+    import json
 
     import sqlalchemy
     from optuna.storages._rdb import models
     from optuna.storages._rdb.storage import _create_scoped_session
+    from optuna.trial import TrialState
 
     trial, attr = models.TrialModel, models.TrialUserAttributeModel
     with _create_scoped_session(backend.scoped_session) as session:
         counts = {
             state.name: int(n)
             for state, n in session.query(trial.state, sqlalchemy.func.count())
-            .filter(trial.study_id == study._study_id)
+            .filter(trial.study_id == study_id)
             .group_by(trial.state)
             .all()
         }
@@ -269,12 +278,12 @@ def budget_counts(
             .outerjoin(
                 attr, sqlalchemy.and_(attr.trial_id == trial.trial_id, attr.key == failure_key)
             )
-            .filter(trial.study_id == study._study_id, trial.state == TrialState.FAIL)
+            .filter(trial.study_id == study_id, trial.state == TrialState.FAIL)
             .all()
         )
         lost_json = (
             session.query(models.StudyUserAttributeModel.value_json)
-            .filter(models.StudyUserAttributeModel.study_id == study._study_id)
+            .filter(models.StudyUserAttributeModel.study_id == study_id)
             .filter(models.StudyUserAttributeModel.key == lost_key)
             .scalar()
         )
@@ -282,11 +291,22 @@ def budget_counts(
     return counts, failed, list(json.loads(lost_json)) if lost_json else []
 
 
-def stale_trial_ids(storage: Any, study_id: int) -> list[int]:
+def stale_trial_ids(storage: Any, study_id: int, grace_period: int | None = None) -> list[int]:
     """The study's RUNNING trials whose last heartbeat is older than the grace period, as
-    Optuna's own stale-trial check finds them (``RDBStorage._get_stale_trial_ids``)."""
+    Optuna's own stale-trial check finds them (``RDBStorage._get_stale_trial_ids``).
+
+    ``grace_period``: the asking worker's, where it is not the storage's own (the storage
+    proxy answers for workers of several studies).
+    """
+    import types
+
     from optuna.storages import RDBStorage
 
+    if grace_period is not None:
+        # Optuna's check reads the grace period off the storage; lend it the worker's.
+        storage = types.SimpleNamespace(
+            heartbeat_interval=1, grace_period=grace_period, scoped_session=storage.scoped_session
+        )
     return list(RDBStorage._get_stale_trial_ids(storage, study_id))
 
 
@@ -330,6 +350,8 @@ def heartbeat_ages(study: Any) -> dict[int, float]:
 
     storage = getattr(study, "_storage", None)
     backend = getattr(storage, "_backend", storage)
+    if backend is not None and hasattr(backend, "heartbeat_ages"):  # hpo's gRPC client
+        return dict(backend.heartbeat_ages(study._study_id))
     if not isinstance(backend, RDBStorage):
         now = time.time()
         ages = {}
@@ -338,9 +360,15 @@ def heartbeat_ages(study: Any) -> dict[int, float]:
             if beat.get("trial_id") == trial._trial_id:
                 ages[trial.number] = max(0.0, now - beat["time"])
         return ages
+    return rdb_heartbeat_ages(backend, study._study_id)
+
+
+def rdb_heartbeat_ages(backend: Any, study_id: int) -> dict[int, float]:
+    """:func:`heartbeat_ages` on an RDBStorage, by study id (the storage proxy runs it)."""
     import sqlalchemy
     from optuna.storages._rdb import models
     from optuna.storages._rdb.storage import _create_scoped_session
+    from optuna.trial import TrialState
 
     with _create_scoped_session(backend.scoped_session) as session:
         now_db = session.execute(sqlalchemy.func.now()).scalar()
@@ -350,7 +378,7 @@ def heartbeat_ages(study: Any) -> dict[int, float]:
                 models.TrialHeartbeatModel,
                 models.TrialHeartbeatModel.trial_id == models.TrialModel.trial_id,
             )
-            .filter(models.TrialModel.study_id == study._study_id)
+            .filter(models.TrialModel.study_id == study_id)
             .filter(models.TrialModel.state == TrialState.RUNNING)
             .all()
         )
@@ -361,3 +389,27 @@ def heartbeat_ages(study: Any) -> dict[int, float]:
         number: max(0.0, (now_db - beat.replace(tzinfo=None)).total_seconds())
         for number, beat in rows
     }
+
+
+# --- Optuna's gRPC storage proxy ------------------------------------------------------------
+
+
+def grpc_client_parts() -> tuple[type, type, type]:
+    """Optuna's gRPC client cache and generated stub classes, to build a client on a
+    channel of hpo's own (keepalive options) as ``GrpcStorageProxy._setup`` does, and
+    ``BaseHeartbeat``: a storage that is one gets Optuna's heartbeats and stale-trial
+    checks in ``optimize``."""
+    from optuna.storages._grpc.auto_generated import api_pb2_grpc
+    from optuna.storages._grpc.client import GrpcClientCache
+    from optuna.storages._heartbeat import BaseHeartbeat
+
+    return GrpcClientCache, api_pb2_grpc.StorageServiceStub, BaseHeartbeat
+
+
+def add_optuna_storage_service(server: Any, storage: Any) -> None:
+    """Serve Optuna's storage protocol for ``storage`` on ``server`` (what
+    ``optuna.storages.run_grpc_proxy_server`` does, on a server hpo also adds to)."""
+    from optuna.storages._grpc.auto_generated import api_pb2_grpc
+    from optuna.storages._grpc.servicer import OptunaStorageProxyService
+
+    api_pb2_grpc.add_StorageServiceServicer_to_server(OptunaStorageProxyService(storage), server)

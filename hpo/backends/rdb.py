@@ -34,8 +34,16 @@ def open_rdb(
     """An RDBStorage whose calls survive a database restart.
 
     ``read_only`` skips table creation; the caller has checked the tables exist (so
-    Optuna's version row exists too and nothing is written).
+    Optuna's version row exists too and nothing is written). A ``pool_size`` in
+    ``heartbeat`` caps the connections the storage opens (the storage proxy's).
     """
+    pool_size = heartbeat.pop("pool_size", None)
+    if pool_size:
+        engine_kwargs = {**engine_kwargs, "pool_size": pool_size, "max_overflow": 0}
+    # Optuna's schema check holds a session's connection while it opens another, which a
+    # one-connection pool never gives: a capped open comes after an uncapped one that
+    # created and checked the tables (hpo.storage_proxy), so it skips the check.
+    capped = {"skip_compatibility_check": True} if pool_size else {}
     create = retrying(
         lambda cls: cls(
             real_url,
@@ -44,6 +52,7 @@ def open_rdb(
             heartbeat_interval=heartbeat.get("heartbeat_interval"),
             grace_period=heartbeat.get("grace_period"),
             heartbeat_stale_trial_callback=heartbeat.get("stale_trial_callback"),
+            **capped,
         ),
         retries=OPEN_RETRIES,
         retry_timeouts=False,
@@ -189,6 +198,8 @@ def is_connection_error(error: BaseException) -> bool:
     import sqlalchemy.exc
 
     for cause in (error, error.__cause__):
+        if proxy_unavailable(cause):
+            return True
         if isinstance(cause, sqlalchemy.exc.DBAPIError) and cause.connection_invalidated:
             return True
         # A query retried inside the transaction the lost connection broke (Optuna's
@@ -201,6 +212,20 @@ def is_connection_error(error: BaseException) -> bool:
             words = ("locked", "syntax", "no such", "readonly")
             return not any(word in text for word in words)
     return False
+
+
+def proxy_unavailable(error: BaseException | None) -> bool:
+    """True for a gRPC error that means "the storage proxy is not there (now)": a restart or
+    a lost network, retried like a lost database connection. (grpc is imported only when
+    the error is one of its own: it is an extra.)"""
+    if error is None or type(error).__module__.split(".")[0] != "grpc":
+        return False
+    import grpc
+
+    return isinstance(error, grpc.RpcError) and error.code() in (
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.CANCELLED,
+    )
 
 
 def is_timeout(error: BaseException) -> bool:

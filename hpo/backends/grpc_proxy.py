@@ -158,6 +158,19 @@ class ProxyLock(Lock):
             self._channel = None
 
 
+class _NoLock(Lock):
+    """A lock nobody else wants: taking it costs nothing."""
+
+    def _take(self, *, block: bool) -> str | None:
+        return None
+
+    def _give(self) -> None:
+        pass
+
+    def _close(self) -> None:
+        pass
+
+
 class GrpcBackend(Backend):
     schemes = ("grpc",)
     credentials = False  # grpc://host:port: ${VAR} is filled in as text
@@ -198,6 +211,8 @@ class GrpcBackend(Backend):
         return True
 
     def lock(self, real_url: str, kind: str, name: str, *, opening: bool = False) -> Lock:
+        if opening:  # the proxy created Optuna's tables when it started: nothing to guard
+            return _NoLock()
         host, port = host_port(real_url)
         return ProxyLock(host, port, kind, name, opening=opening)
 

@@ -1,0 +1,212 @@
+"""``hpo storage-proxy`` and ``grpc://`` storages, through a real proxy process.
+
+The guarantees every storage keeps (exact budget, grid points and enqueued trials once, a
+killed worker's trial resumed) run through a proxy in ``tests/test_workers.py`` (the
+``grpc`` storage). Here: what is the proxy's own, its claim lock dying with its holder,
+a proxy restart mid-study, the database connections it uses, reading without writing,
+and the one-line errors.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from hpo.storage import study_lock
+from tests.conftest import ROOT, StorageProxy, run_hpo
+from tests.test_workers import make_study, trials_of
+
+
+def _holder(url: str, name: str) -> subprocess.Popen:
+    """A process that takes the study lock through the proxy, says so, and sleeps."""
+    code = (
+        "import sys, time\n"
+        "from hpo.storage import study_lock\n"
+        f"lock = study_lock({url!r}, {name!r})\n"
+        "lock.acquire()\n"
+        "print('held', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None and process.stdout.readline() == "held\n"
+    return process
+
+
+def test_the_claim_lock_is_exclusive_and_dies_with_a_killed_holder(
+    grpc_url: str, unique_name: str
+) -> None:
+    holder = _holder(grpc_url, unique_name)
+    try:
+        other = study_lock(grpc_url, unique_name)
+        busy = other.try_acquire()
+        assert busy is not None and "pid" in busy  # names who holds it
+        holder.send_signal(signal.SIGKILL)  # no release: the stream's end must do it
+        holder.wait()
+        killed_at = time.monotonic()
+        other.acquire()
+        freed_after = time.monotonic() - killed_at
+        assert other.still_held()
+        other.close()
+        assert freed_after < 5, freed_after
+    finally:
+        holder.kill()
+
+
+def test_the_proxy_takes_the_databases_lock_too(
+    grpc_url: str, postgres_url: str, unique_name: str
+) -> None:
+    # A worker on the database itself and a worker through the proxy exclude each other.
+    direct = study_lock(postgres_url, unique_name)
+    direct.acquire()
+    through = study_lock(grpc_url, unique_name)
+    got = threading.Event()
+    waiter = threading.Thread(target=lambda: (through.acquire(), got.set()), daemon=True)
+    waiter.start()
+    assert not got.wait(2)  # waits on the direct worker's Postgres advisory lock
+    direct.close()
+    assert got.wait(10)
+    assert through.still_held()
+    through.close()
+
+
+def _proxy_connections(postgres_url: str) -> int:
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(postgres_url, poolclass=sqlalchemy.pool.NullPool)
+    with engine.connect() as connection:
+        query = "SELECT count(*) FROM pg_stat_activity WHERE application_name = :name"
+        return int(
+            connection.execute(sqlalchemy.text(query), {"name": "hpo-storage-proxy"}).scalar()
+        )
+
+
+def test_eight_workers_through_the_proxy_use_two_database_connections(
+    tmp_path: Path, grpc_url: str, postgres_url: str, unique_name: str
+) -> None:
+    study_file = make_study(tmp_path, grpc_url, unique_name, n_trials=16, epochs=1, epoch_s=0.3)
+    run = subprocess.Popen(
+        [sys.executable, "-m", "hpo", "run", str(study_file), "--workers", "8"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seen = []
+    while run.poll() is None:
+        seen.append(_proxy_connections(postgres_url))
+        time.sleep(0.1)
+    assert run.returncode == 0, run.stderr.read() if run.stderr else ""
+    from hpo.config import load_study
+
+    assert Counter(t.state.name for t in trials_of(load_study(study_file))) == {"COMPLETE": 16}
+    # One for every storage call of 8 workers, one for the claim lock while held.
+    assert 1 <= max(seen) <= 2, Counter(seen)
+
+
+def test_a_proxy_restart_mid_study_costs_no_trial(
+    tmp_path: Path, storage_proxy: StorageProxy, unique_name: str
+) -> None:
+    study_file = make_study(
+        tmp_path, storage_proxy.url, unique_name, n_trials=8, epochs=3, epoch_s=0.4
+    )
+    run = subprocess.Popen(
+        [sys.executable, "-m", "hpo", "run", str(study_file), "--workers", "2"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    from hpo.config import load_study
+
+    config = load_study(study_file)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # restart once trials are under way
+        if sum(t.state.name == "COMPLETE" for t in trials_of(config)) >= 2:
+            break
+        time.sleep(0.2)
+    storage_proxy.kill()
+    time.sleep(2)
+    restarted = StorageProxy(storage_proxy.database_url, storage_proxy.port)
+    try:
+        _, errors = run.communicate(timeout=240)
+        assert run.returncode == 0, errors
+        trials = trials_of(config)
+        states = Counter(t.state.name for t in trials)
+        assert states["COMPLETE"] == 8 and states["RUNNING"] == 0
+        # A trial whose report or claim met the restart fails as `storage` (not counted,
+        # its parameters retried); nothing else may fail.
+        failures = [t.user_attrs.get("hpo:failure") for t in trials if t.state.name == "FAIL"]
+        assert set(failures) <= {"storage"}, failures
+        assert "proxy unavailable" in errors or "retry" in errors  # it did wait for it
+    finally:
+        restarted.stop()
+
+
+def _rows(path: Path) -> list[str]:
+    with sqlite3.connect(path) as connection:
+        return list(connection.iterdump())
+
+
+def test_reading_through_the_proxy_writes_nothing(toy_study, tmp_path: Path) -> None:
+    database = tmp_path / "behind.db"
+    proxy = StorageProxy(f"sqlite:///{database}")
+    try:
+        study_file = toy_study(n_trials=3, storage=proxy.url)
+        assert run_hpo("run", str(study_file), cwd=tmp_path).returncode == 0
+        before = _rows(database)
+        for command in ("status", "best", "report", "compare"):
+            done = run_hpo(command, str(study_file), cwd=tmp_path)
+            assert done.returncode == 0, done.stderr
+        assert _rows(database) == before
+    finally:
+        proxy.stop()
+
+
+@pytest.mark.parametrize(
+    "url, words",
+    [
+        ("grpc://proxy-host", "grpc://proxy-host:13000"),
+        ("grpc://u:secret@proxy-host:13000/db", "hpo storage-proxy --storage"),
+    ],
+)
+def test_a_grpc_url_without_host_and_port_is_exit_2(toy_study, url: str, words: str) -> None:
+    done = run_hpo("validate", str(toy_study(storage=url)))
+    assert done.returncode == 2
+    assert words in done.stderr and "secret" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_no_proxy_at_the_url_is_one_line_and_exit_1(toy_study, tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as free:  # a port nothing listens on
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    done = run_hpo("run", str(toy_study(storage=f"grpc://127.0.0.1:{port}")), cwd=tmp_path)
+    assert done.returncode == 1
+    assert f"cannot reach the storage proxy at grpc://127.0.0.1:{port}" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_the_proxy_refuses_a_journal_and_a_missing_storage(tmp_path: Path) -> None:
+    done = run_hpo("storage-proxy", "--storage", f"journal:///{tmp_path / 'hpo.log'}")
+    assert done.returncode == 2 and "journal" in done.stderr and "optuna#6084" in done.stderr
+    assert not (tmp_path / "hpo.log").exists()
+    done = run_hpo("storage-proxy")
+    assert done.returncode == 2 and "--storage URL" in done.stderr

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -54,6 +55,7 @@ class Locks:
         self._database: dict[tuple[str, str], st.Lock] = {}
         self._holders: dict[tuple[str, str], str] = {}
         self._tokens: dict[str, tuple[str, str]] = {}
+        self._queued: Counter[tuple[str, str]] = Counter()
 
     def hold(self, request: dict[str, Any], context: Any) -> Iterator[dict[str, Any]]:
         """Answer ``{"held": true}`` once the lock is this stream's and keep it until the
@@ -61,11 +63,15 @@ class Locks:
         key = (str(request["kind"]), str(request["name"]))
         with self._guard:
             mutex = self._mutexes.setdefault(key, threading.Lock())
-        if request.get("block", True):
-            while not mutex.acquire(timeout=1.0):
-                if not context.is_active():  # the worker gave up (or died) while queued
-                    return
-        elif not mutex.acquire(blocking=False):
+            self._queued[key] += 1
+        try:
+            got = self._wait(mutex, bool(request.get("block", True)), context)
+        finally:
+            with self._guard:
+                self._queued[key] -= 1
+        if got is None:  # the worker gave up (or died) while queued
+            return
+        if not got:
             yield {"held": False, "holder": self._holders.get(key, "another invocation")}
             return
         token = str(request["token"])
@@ -77,7 +83,8 @@ class Locks:
                 yield {"held": False, "holder": holder}
                 return
             ended = threading.Event()
-            context.add_callback(ended.set)
+            if not context.add_callback(ended.set):
+                return  # the stream ended while the database's lock was awaited
             self._holders[key] = str(request.get("who") or "a worker")
             self._tokens[token] = key
             yield {"held": True}
@@ -85,25 +92,47 @@ class Locks:
         finally:
             self._tokens.pop(token, None)
             self._holders.pop(key, None)
-            if key in self._database:
-                self._database[key].release()
+            self._release_database(key)
             mutex.release()
+
+    @staticmethod
+    def _wait(mutex: threading.Lock, block: bool, context: Any) -> bool | None:
+        """Take ``mutex``: True; busy for a try: False; None when the stream ended first."""
+        if not block:
+            return mutex.acquire(blocking=False)
+        while not mutex.acquire(timeout=1.0):
+            if not context.is_active():
+                return None
+        return True
+
+    def _release_database(self, key: tuple[str, str]) -> None:
+        """Release the database's lock; with no worker queued for it, close its connection
+        too, so a proxy serving many studies over time holds none for idle ones."""
+        lock = self._database.get(key)
+        if lock is None:
+            return
+        with self._guard:
+            idle = self._queued[key] == 0
+            if idle:
+                del self._database[key]
+        lock.close() if idle else lock.release()
 
     def held(self, token: str) -> bool:
         """True while ``token``'s stream holds its lock and the database lock under it is
         alive (a restarted database dropped it without a word)."""
         key = self._tokens.get(token)
-        return key is not None and self._database[key].still_held()
+        lock = self._database.get(key) if key is not None else None
+        return lock is not None and lock.still_held()
 
     def _database_lock(self, key: tuple[str, str]) -> st.Lock:
-        if key not in self._database:  # one per key, kept: its connection is reused
+        if key not in self._database:  # kept while workers queue for it: one connection
             kind, name = key
             backend = st.backend_of(self._real_url)
             self._database[key] = backend.lock(st.expand_url(self._real_url), kind, name)
         return self._database[key]
 
     def close(self) -> None:
-        for lock in self._database.values():
+        for lock in list(self._database.values()):
             lock.close()
 
 

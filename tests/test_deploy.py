@@ -31,6 +31,20 @@ def test_kubernetes_worker_job_runs_hpo_worker_with_secret_password() -> None:
     assert "secretKeyRef" in password["valueFrom"]
 
 
+def test_the_storage_proxy_template_serves_workers_without_the_database_password() -> None:
+    deployment, service, job = _manifests(DEPLOY / "kubernetes" / "storage-proxy.yaml")
+    proxy = _containers(deployment)[0]
+    assert proxy["command"] == ["hpo", "storage-proxy"]
+    assert proxy["args"][proxy["args"].index("--host") + 1] == "0.0.0.0"
+    assert "${HPO_DB_PASSWORD}" in proxy["args"][proxy["args"].index("--storage") + 1]
+    assert service["spec"]["type"] == "ClusterIP"  # never beyond the cluster: no auth
+    port = service["spec"]["ports"][0]["port"]
+    worker = _containers(job)[0]
+    storage = worker["args"][worker["args"].index("--storage") + 1]
+    assert storage == f"grpc://{service['metadata']['name']}:{port}"
+    assert "HPO_DB_PASSWORD" not in str(worker)
+
+
 def test_slurm_array_script_is_valid_bash() -> None:
     result = subprocess.run(["bash", "-n", str(DEPLOY / "slurm" / "hpo-array.sh")])
     assert result.returncode == 0
@@ -68,7 +82,7 @@ def test_templates_run_the_image_built_from_this_source() -> None:
     """No template tells users to `pip install hpo` (another project on PyPI)."""
     dockerfile = (DEPLOY / "Dockerfile").read_text()
     tag = re.search(r"docker build -f deploy/Dockerfile -t (\S+) \.", dockerfile)[1]
-    for name in ("workers-job.yaml", "cronjob.yaml"):
+    for name in ("workers-job.yaml", "cronjob.yaml", "storage-proxy.yaml"):
         text = (DEPLOY / "kubernetes" / name).read_text()
         assert re.search(rf"image: {re.escape(tag)}\b", text), name
     for path in DEPLOY.rglob("*"):
@@ -94,7 +108,7 @@ def test_dockerfile_copies_everything_the_package_needs(tmp_path: Path) -> None:
                 else:
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy(src, dest)
-    install = 'pip install --extra-index-url "${TORCH_INDEX}" ".[minilm,postgres,mysql]"'
+    install = 'pip install --extra-index-url "${TORCH_INDEX}" ".[minilm,postgres,mysql,proxy]"'
     assert install in dockerfile
     build = subprocess.run(
         [
@@ -148,11 +162,22 @@ def test_slurm_script_runs_the_image_through_apptainer(tmp_path: Path) -> None:
 KUBERNETES = sorted((DEPLOY / "kubernetes").glob("*.yaml"))
 
 
+def _manifests(path: Path) -> list[dict]:
+    """Every manifest of a template (a file may hold several, ``---`` between them)."""
+    return [m for m in yaml.safe_load_all(path.read_text()) if m]
+
+
 def _containers(manifest: dict) -> list[dict]:
-    """The containers of a Job's or a CronJob's pod."""
+    """The containers of a Job's, a CronJob's or a Deployment's pod."""
     spec = manifest["spec"]
     job = spec["jobTemplate"]["spec"] if "jobTemplate" in spec else spec
     return job["template"]["spec"]["containers"]
+
+
+def _worker_manifest(path: Path) -> dict:
+    """The manifest that runs hpo on a study (its Job or CronJob)."""
+    [manifest] = [m for m in _manifests(path) if m["kind"] in ("Job", "CronJob")]
+    return manifest
 
 
 def test_kubernetes_templates_match_the_api_schemas() -> None:
@@ -161,11 +186,11 @@ def test_kubernetes_templates_match_the_api_schemas() -> None:
     import kubernetes_validate
 
     version = kubernetes_validate.latest_version()
-    assert len(KUBERNETES) == 2
+    assert len(KUBERNETES) == 3
     for path in KUBERNETES:
-        manifest = yaml.safe_load(path.read_text())
-        kubernetes_validate.validate(manifest, version, strict=True)
-        broken = yaml.safe_load(path.read_text())
+        for manifest in _manifests(path):
+            kubernetes_validate.validate(manifest, version, strict=True)
+        broken = _worker_manifest(path)
         container = _containers(broken)[0]
         container["volumeMount"] = container.pop("volumeMounts")
         with pytest.raises(kubernetes_validate.ValidationError, match="volumeMount"):
@@ -191,7 +216,7 @@ def test_kubernetes_templates_run_a_study_the_image_holds_with_its_data(
     """The file a template runs is in the image with the data it names, not in a volume
     that lacks them (a ConfigMap of studies/ holds no studies/data/): hpo finds every file
     there as it would in the pod."""
-    container = _containers(yaml.safe_load(path.read_text()))[0]
+    container = _containers(_worker_manifest(path))[0]
     command, file = container["command"][1], container["command"][2]
     mounts = [m["mountPath"] for m in container.get("volumeMounts", [])]
     assert not [m for m in mounts if file.startswith(m.rstrip("/") + "/")], "a volume hides it"

@@ -18,6 +18,7 @@ import signal
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,9 @@ class Worker:
     index: int = 0
     device: str = "cpu"
     threads: int | None = None
+    #: The fraction of its GPU's memory this worker may allocate, when workers share the
+    #: GPU (trial packing: ``--workers 8 --devices 0`` gives each 1/8); None: all of it.
+    memory_share: float | None = None
 
     @property
     def name(self) -> str:
@@ -175,7 +179,51 @@ def pin_device(worker: Worker) -> Worker:
         )
         return worker
     os.environ["CUDA_VISIBLE_DEVICES"] = worker.device.removeprefix("cuda:")
-    return Worker(index=worker.index, device="cuda:0", threads=worker.threads)
+    pinned = Worker(
+        index=worker.index,
+        device="cuda:0",
+        threads=worker.threads,
+        memory_share=worker.memory_share,
+    )
+    cap_gpu_memory(pinned)
+    return pinned
+
+
+def cap_gpu_memory(worker: Worker) -> None:
+    """Hold a worker that shares its GPU to its share of the memory.
+
+    Trial packing puts several workers (processes) on one GPU. Without a cap the first
+    trial to grow takes memory the others then miss, and they fail with out-of-memory for
+    its sake; with it, PyTorch's caching allocator refuses this process past its share, so
+    a trial that needs more fails alone, as ``oom`` (retried with half the micro-batch
+    under ``trainer.args.oom_retry``), and the other trials on the GPU never notice. A
+    share larger than what is free now (another process holds memory) is warned about.
+    """
+    if not worker.memory_share or not worker.device.startswith("cuda"):
+        return
+    try:
+        import torch
+    except ImportError:
+        return
+    if not torch.cuda.is_available():
+        return
+    free, total = torch.cuda.mem_get_info(0)
+    torch.cuda.set_per_process_memory_fraction(worker.memory_share, 0)
+    share_gib = worker.memory_share * total / 2**30
+    logger.info(
+        "worker %d: at most %.2f of the GPU's memory (%.1f GiB)",
+        worker.index,
+        worker.memory_share,
+        share_gib,
+    )
+    if worker.memory_share * total > free:
+        logger.warning(
+            "worker %d: its share of the GPU (%.1f GiB) exceeds what is free now (%.1f GiB): "
+            "another process holds GPU memory; use fewer workers per GPU",
+            worker.index,
+            share_gib,
+            free / 2**30,
+        )
 
 
 def plan_workers(workers: int, devices: list[str], cores: int | None = None) -> list[Worker]:
@@ -188,13 +236,19 @@ def plan_workers(workers: int, devices: list[str], cores: int | None = None) -> 
     cores = cores or available_cores()
     count = max(workers, len(devices)) if workers == 1 else workers
     threads = max(1, cores // count)
+    placed = [devices[i % len(devices)] if devices else None for i in range(count)]
+    sharing = Counter(placed)
     return [
         Worker(
             index=i,
-            device=f"cuda:{devices[i % len(devices)]}" if devices else "cpu",
+            device=f"cuda:{device}" if device is not None else "cpu",
             threads=threads,
+            # Packed trials: each worker on a shared GPU gets an equal share of its memory.
+            memory_share=1 / sharing[device]
+            if device is not None and sharing[device] > 1
+            else None,
         )
-        for i in range(count)
+        for i, device in enumerate(placed)
     ]
 
 

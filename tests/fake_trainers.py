@@ -35,6 +35,13 @@ def oom(ctx: TrialContext) -> dict[str, float]:
     raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
 
+def oom_when_dropout_high(ctx: TrialContext) -> dict[str, float]:
+    """One trial of a packed GPU asks for more than its share; the others fit."""
+    if ctx.params.get("dropout", 0.0) > 0.2:
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    return toy.train(ctx)
+
+
 def no_objective(ctx: TrialContext) -> dict[str, float]:
     return {"eval_f1": 0.5}
 

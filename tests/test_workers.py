@@ -100,6 +100,52 @@ def test_plan_splits_cores_and_devices() -> None:
     assert [w.device for w in plan] == ["cuda:5"] * 3 and plan[0].threads == 1
 
 
+def test_packed_workers_each_get_an_equal_share_of_their_gpu(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Trial packing: `--workers 8 --devices 0` puts eight workers on one GPU, each held to
+    # an eighth of its memory; a worker alone on its GPU keeps all of it.
+    import torch
+
+    from hpo.workers import Worker, pin_device
+
+    packed = plan_workers(8, ["0"], cores=16)
+    assert {w.device for w in packed} == {"cuda:0"} and {w.memory_share for w in packed} == {1 / 8}
+    assert [w.memory_share for w in plan_workers(3, ["0", "1"], cores=6)] == [0.5, None, 0.5]
+    assert {w.memory_share for w in plan_workers(2, ["0", "1"], cores=4)} == {None}
+    # A worker process caps its allocator at its share when it takes its GPU (a CPU-only
+    # torch here, so CUDA's functions are stood in for; the real cap needs a GPU).
+    capped = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (70 * 2**30, 80 * 2**30))
+    monkeypatch.setattr(
+        torch.cuda, "set_per_process_memory_fraction", lambda f, d: capped.append((f, d))
+    )
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    assert pin_device(packed[3]).memory_share == 1 / 8
+    assert capped == [(1 / 8, 0)]
+    pin_device(Worker(index=0, device="cuda:0"))  # alone on its GPU: no cap
+    assert capped == [(1 / 8, 0)]
+
+
+def test_one_packed_trials_oom_never_stops_the_others(tmp_path: Path) -> None:
+    # Three workers share the study (on a GPU they would share its memory); trials that
+    # ask for more than their share fail alone, as `oom`, and the rest of the budget runs.
+    study = make_study(tmp_path, f"sqlite:///{tmp_path / 'hpo.db'}", n_trials=8, epochs=1)
+    text = study.read_text().replace(
+        "trainers.toy:train", "tests.fake_trainers:oom_when_dropout_high"
+    )
+    study.write_text(text.replace("max_failures: 3", "max_failures: 100"))
+    config = load_study(study)
+    summary = run_study(config, workers=3)
+    trials = trials_of(config)
+    failed = [t for t in trials if t.state.name == "FAIL"]
+    assert summary.finished == 8 and failed
+    assert {t.user_attrs["hpo:failure"] for t in failed} == {"oom"}
+    assert all(t.params["dropout"] > 0.2 for t in failed)
+
+
 def test_a_worker_given_one_gpu_sees_only_that_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     # `hpo worker --device 3` and a single `--devices 3` run in the calling process, where
     # the HF Trainer would otherwise take cuda:0 (or all GPUs through DataParallel).

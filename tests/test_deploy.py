@@ -31,6 +31,25 @@ def test_kubernetes_worker_job_runs_hpo_worker_with_secret_password() -> None:
     assert "secretKeyRef" in password["valueFrom"]
 
 
+def test_kubernetes_s3_job_needs_no_shared_volume_and_takes_its_keys_from_a_secret() -> None:
+    """The object-storage variant: checkpoints go to s3://, each pod stages in its own
+    emptyDir (no ReadWriteMany claim), and the S3 keys come from a Secret."""
+    job = yaml.safe_load((DEPLOY / "kubernetes" / "workers-job-s3.yaml").read_text())
+    assert job["kind"] == "Job" and job["spec"]["parallelism"] >= 2
+    pod = job["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["command"][:2] == ["hpo", "worker"]
+    args = container["args"]
+    assert args[args.index("--set") + 1].startswith("output_dir=s3://")
+    assert all("persistentVolumeClaim" not in v for v in pod["volumes"])
+    env = {e["name"]: e for e in container["env"]}
+    for key in ("HPO_DB_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert "secretKeyRef" in env[key]["valueFrom"], key
+    cache = env["HPO_CACHE_DIR"]["value"]
+    assert [m["name"] for m in container["volumeMounts"] if m["mountPath"] == cache]
+    assert "s3" in re.findall(r"\.\[([\w,]+)\]", (DEPLOY / "Dockerfile").read_text())[0]
+
+
 def test_slurm_array_script_is_valid_bash() -> None:
     result = subprocess.run(["bash", "-n", str(DEPLOY / "slurm" / "hpo-array.sh")])
     assert result.returncode == 0
@@ -94,7 +113,7 @@ def test_dockerfile_copies_everything_the_package_needs(tmp_path: Path) -> None:
                 else:
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy(src, dest)
-    install = 'pip install --extra-index-url "${TORCH_INDEX}" ".[minilm,postgres,mysql]"'
+    install = 'pip install --extra-index-url "${TORCH_INDEX}" ".[minilm,postgres,mysql,s3]"'
     assert install in dockerfile
     build = subprocess.run(
         [
@@ -161,7 +180,7 @@ def test_kubernetes_templates_match_the_api_schemas() -> None:
     import kubernetes_validate
 
     version = kubernetes_validate.latest_version()
-    assert len(KUBERNETES) == 2
+    assert len(KUBERNETES) == 3
     for path in KUBERNETES:
         manifest = yaml.safe_load(path.read_text())
         kubernetes_validate.validate(manifest, version, strict=True)

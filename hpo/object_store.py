@@ -133,7 +133,27 @@ def publish_checkpoint(config: Any, local: Path) -> str:
         fs.pipe_file(f"{path}/{MARKER}", b"")
 
     _retrying(upload, f"uploading checkpoint {local} to {url}")
+    _follow_rotation(fs, path, local)
     return url
+
+
+def _follow_rotation(fs: Any, path: str, local: Path) -> None:
+    """Delete the trial's earlier remote checkpoints that its staging folder no longer has.
+
+    A trainer that keeps only its last checkpoints (the HF trainers: ``save_total_limit``)
+    deletes the others locally; the bucket follows, or it would hold every epoch's. Only
+    ``checkpoint-*`` siblings in this trial's own folder; best effort: a failure leaves
+    them for retention.
+    """
+    parent = path.rsplit("/", 1)[0]
+    try:
+        fs.invalidate_cache(parent)
+        for sibling in fs.glob(f"{parent}/checkpoint-*"):
+            name = sibling.rstrip("/").rsplit("/", 1)[-1]
+            if sibling.rstrip("/") != path and not (local.parent / name).exists():
+                _remove(fs, sibling.rstrip("/"))
+    except Exception as e:  # noqa: BLE001 - the checkpoint itself is safe in the bucket
+        logger.debug("could not delete earlier checkpoints beside %s: %s", path, e)
 
 
 def _check_uploaded(fs: Any, path: str, local: Path) -> None:

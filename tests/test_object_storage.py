@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -298,6 +299,31 @@ def test_a_checkpoint_without_its_marker_is_never_resumed_from(tmp_path: Path, s
     fs.pipe(f"{outside}/.complete", b"")
     assert object_store.fetch_checkpoint(config, outside, 1) is None
     assert object_store.fetch_checkpoint(config, f"{url}/../../../x/y", 1) is None
+
+
+def test_the_bucket_follows_a_trainer_that_keeps_only_its_last_checkpoint(
+    tmp_path: Path, s3
+) -> None:
+    """The HF trainers keep one checkpoint locally (save_total_limit): the one they deleted
+    goes from the bucket too, and nothing else in the trial folder."""
+    fs, bucket = s3
+    config = load_study(_study(tmp_path, bucket))
+    trial = object_store.staging_folder(config) / "trial-0000"
+    for epoch in (1, 2):
+        (trial / f"checkpoint-{epoch}").mkdir(parents=True)
+        (trial / f"checkpoint-{epoch}" / "state.json").write_text(str(epoch))
+        if epoch == 2:
+            shutil.rmtree(trial / "checkpoint-1")  # the trainer's rotation
+        object_store.publish_checkpoint(config, trial / f"checkpoint-{epoch}")
+    remote = f"{bucket}/runs/obj/trial-0000"
+    fs.pipe(f"{remote}/events.txt", b"kept")
+    object_store.publish_checkpoint(config, trial / "checkpoint-2")
+    fs.invalidate_cache()
+    assert sorted(fs.find(remote)) == [
+        f"{remote}/checkpoint-2/.complete",
+        f"{remote}/checkpoint-2/state.json",
+        f"{remote}/events.txt",
+    ]
 
 
 def test_an_s3_output_dir_without_s3fs_is_one_line_naming_the_extra(

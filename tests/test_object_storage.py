@@ -225,6 +225,10 @@ def test_retention_deletes_in_the_bucket_inside_the_study_only(tmp_path: Path, s
     assert left == {f"trial-{best.number:04d}"}
     assert fs.exists(best.user_attrs["hpo:checkpoint"] + "/.complete")
     assert all(fs.cat(key) == b"not hpo's" for key in foreign)
+    status = run_hpo("status", str(study), "--json")
+    disk = json.loads(status.stdout)["checkpoints"]
+    assert disk["dir"] == f"s3://{bucket}/runs/obj"
+    assert disk["bytes"] == fs.du(f"{bucket}/runs/obj") > 0
 
 
 def test_export_reads_the_best_checkpoint_from_the_bucket(tmp_path: Path, s3) -> None:
@@ -338,3 +342,14 @@ def test_an_s3_output_dir_without_s3fs_is_one_line_naming_the_extra(
         "installed; pip install 'hpo-finetune[s3]'"
     ]
     assert run_cli("validate", str(study), "--set", "output_dir=nope://x").returncode == 2
+
+
+def test_an_upload_that_keeps_failing_fails_the_trial_as_storage() -> None:
+    """Not the trainer's failure: not counted, and its parameters are retried."""
+    from hpo.runner import _classify
+
+    error = object_store.ObjectStorageError("uploading checkpoint x: gave up after 61 s")
+    try:
+        raise RuntimeError("in the trainer's callback") from error
+    except RuntimeError as wrapped:
+        assert _classify(wrapped) == "storage"

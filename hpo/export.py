@@ -22,7 +22,9 @@ trainer's ``resolve_model`` names the base model (so packaged names such as
 ``minilm-l6`` and study-relative paths resolve exactly as they did in training), its
 ``save_model`` writes the loadable folder, and its ``hub_ids`` names packaged models on
 the card. hpo never imports a trainer module by name. Checkpoint paths are relative to
-the folder the study ran in (``output_dir``), so export from there.
+the folder the study ran in (``output_dir``), so export from there. A checkpoint in object
+storage (``output_dir: s3://...``, :mod:`hpo.object_store`) is downloaded into a temporary
+folder first; one without its ``.complete`` marker (an upload that was cut) is refused.
 """
 
 from __future__ import annotations

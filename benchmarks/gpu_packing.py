@@ -2,14 +2,14 @@
 
 For each K, runs the quickstart study (packaged MiniLM-L6, the shipped reviews) in a fresh
 SQLite file with ``hpo run --workers K --devices 0`` (K worker processes on one GPU, each
-held to 1/K of its memory) and ``2 x K`` trials of one fixed configuration (an enqueued
-grid of one point would be repeated: the sampler runs, the trainer's work is the same
-for every K: ``--set`` pins the epochs and the batch, and turns pruning off). Measured per K from the trials'
-own timestamps: trials per minute in the steady window (the last worker's first start to
-the first worker's last finish: process and CUDA start-up excluded), each trial's
-duration, and the GPU's memory in use and utilization sampled every 0.5 s with
-``nvidia-smi`` (peak and mean). ``speedup_K`` = throughput at K / throughput at 1; the
-last line is ``RESULT packing_speedup_8=...``.
+held to 1/K of its memory) and ``2 x K`` trials whose work is the same for every K
+(``--set`` pins the epochs and the batch, and turns pruning off; the learning rate and
+the rest are still sampled). Measured per K from the trials' own timestamps: trials per
+minute in the steady window (the last worker's first start to the first worker's last
+finish: process and CUDA start-up excluded), each trial's duration, and the GPU's memory
+in use and utilization sampled every 0.5 s with ``nvidia-smi`` (peak and mean).
+``speedup_K`` = throughput at K / throughput at 1; the last line is
+``RESULT packing_speedup_8=...``.
 
 On a machine without a GPU (``--dry-run``, or none visible) it runs the same steps on the
 CPU with ``--devices none`` and 40 samples, as proof that the script works, not a figure.

@@ -230,7 +230,7 @@ def front_data(view: StudyView) -> list[dict[str, Any]]:
 
 def status_data(view: StudyView) -> dict[str, Any]:
     """``hpo status --json``: counts, the best trial, trials needing attention, disk."""
-    from hpo.checkpoints import checkpoint_bytes, study_folder
+    from hpo.checkpoints import checkpoint_bytes, study_location
 
     config = view.config
     summary = view.summary()
@@ -245,7 +245,7 @@ def status_data(view: StudyView) -> dict[str, Any]:
         "best": None if config.multi_objective else best_data(view),
         "attention": [line.as_dict() for line in view.attention()],
         "checkpoints": {
-            "dir": str(study_folder(config)),
+            "dir": study_location(config),
             "bytes": checkpoint_bytes(config),
             "keep": kept,
         },

@@ -19,6 +19,11 @@ down), so its checkpoints go; so do pruned and failed trials'. Kept:
 Folders are found through the trial attributes ``hpo:output_dir`` and
 ``hpo:checkpoint``; a path that does not exist here (another machine's worker wrote it)
 is left for that machine's worker to prune.
+
+With ``output_dir`` in object storage (``s3://bucket/prefix``, :mod:`hpo.object_store`)
+those attributes are URLs and the same rules delete in the bucket, from any worker: a
+checkpoint's ``.complete`` marker first, then its objects; only URLs inside
+``<output_dir>/<study name>/``, so nothing else in the bucket is ever touched.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from hpo import object_store
 from hpo import storage as st
 from hpo.config import StudyConfig
 from hpo.ranking import kept_trials
@@ -40,6 +46,8 @@ _ACTIVE = ("RUNNING", "WAITING")
 def prune_checkpoints(study: Any, config: StudyConfig) -> list[str]:
     """Delete checkpoints of trials that can no longer be among the best K; return them."""
     limit = config.checkpoint_limit
+    if limit is not None and object_store.is_remote(config.output_dir):
+        return _prune_remote(study, config, limit)
     if limit is None or not study_folder(config).is_dir():
         return []  # nothing on this machine to delete: spare the storage read
     trials = study.get_trials(deepcopy=False)
@@ -70,6 +78,36 @@ def prune_checkpoints(study: Any, config: StudyConfig) -> list[str]:
                 else f"not among the best {limit}",
             )
     return deleted
+
+
+def _prune_remote(study: Any, config: StudyConfig, limit: int) -> list[str]:
+    """:func:`prune_checkpoints` for a study whose ``output_dir`` is a URL."""
+    trials = study.get_trials(deepcopy=False)
+    keep = {t.number for t in kept_trials(trials, config, limit)}
+    root = object_store.study_url(config)
+    protected = [
+        url for t in trials if t.state.name in _ACTIVE or t.number in keep for url in _folders(t)
+    ]
+    deleted = []
+    for trial in trials:
+        if trial.state.name in _ACTIVE or trial.number in keep:
+            continue
+        for url in _folders(trial):
+            if not object_store.is_inside(url, root) or _overlaps(url, protected):
+                continue
+            if object_store.delete_checkpoints(url):
+                deleted.append(url)
+                logger.debug("trial %d: deleted %s", trial.number, url)
+    return deleted
+
+
+def _overlaps(url: str, protected: list[str]) -> bool:
+    """Whether ``url`` is, holds or lies in a protected URL."""
+    url = url.rstrip("/")
+    return any(
+        p.rstrip("/") == url or p.startswith(url + "/") or url.startswith(p.rstrip("/") + "/")
+        for p in protected
+    )
 
 
 def _delete_checkpoints(path: Path) -> bool:
@@ -123,8 +161,19 @@ def study_folder(config: StudyConfig) -> Path:
     return Path(config.output_dir) / config.name
 
 
+def study_location(config: StudyConfig) -> str:
+    """Where the study's trial folders are: :func:`study_folder`, or its URL in object
+    storage."""
+    if object_store.is_remote(config.output_dir):
+        return object_store.study_url(config)
+    return str(study_folder(config))
+
+
 def checkpoint_bytes(config: StudyConfig) -> int:
-    """Bytes under :func:`study_folder` on this machine: the disk the study's trials use."""
+    """Bytes under :func:`study_folder` on this machine (in object storage, under its URL):
+    the disk the study's trials use."""
+    if object_store.is_remote(config.output_dir):
+        return object_store.remote_bytes(object_store.study_url(config))
     root = study_folder(config)
     if not root.is_dir():
         return 0

@@ -186,6 +186,7 @@ class StudyConfig(_Model):
     trainer: TrainerSpec
     search_space: SearchSpace = Field(min_length=1)
     workers: Workers = Workers()
+    # A folder, or a URL of an object store (s3://bucket/prefix): hpo.object_store.
     output_dir: str = "runs"
     warm_start: WarmStart | None = None
     # Checkpoint retention: the best K trials' folders stay (with several objectives, the
@@ -203,6 +204,14 @@ class StudyConfig(_Model):
     @classmethod
     def _one_folder_name(cls, value: str) -> str:
         return check_folder_name(value)
+
+    @field_validator("output_dir")
+    @classmethod
+    def _output_filesystem(cls, value: str) -> str:
+        from hpo.object_store import check_output_dir
+
+        check_output_dir(value)  # s3:// without s3fs: one line naming the extra
+        return value
 
     @field_validator("storage")
     @classmethod

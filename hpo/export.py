@@ -22,11 +22,14 @@ trainer's ``resolve_model`` names the base model (so packaged names such as
 ``minilm-l6`` and study-relative paths resolve exactly as they did in training), its
 ``save_model`` writes the loadable folder, and its ``hub_ids`` names packaged models on
 the card. hpo never imports a trainer module by name. Checkpoint paths are relative to
-the folder the study ran in (``output_dir``), so export from there.
+the folder the study ran in (``output_dir``), so export from there. A checkpoint in object
+storage (``output_dir: s3://...``, :mod:`hpo.object_store`) is downloaded into a temporary
+folder first; one without its ``.complete`` marker (an upload that was cut) is refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import inspect
@@ -36,11 +39,12 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
-from hpo import DISTRIBUTION
+from hpo import DISTRIBUTION, object_store
 from hpo import storage as st
 from hpo.config import StudyConfig
 from hpo.contract import resolve_trainer
@@ -110,10 +114,11 @@ def export_best(
                 f"trainer {config.trainer.ref} cannot merge adapters (its save_model hook "
                 "takes no merge keyword); export without --merge"
             )
-        try:
-            save_model(checkpoint, staging, args, config.study_dir, **extra)
-        except ValueError as e:  # the trainer's word on a checkpoint it cannot export
-            raise StudyStateError(f"trial {trial.number}: {e}") from None
+        with _local_copy(checkpoint, trial.number) as local:
+            try:
+                save_model(local, staging, args, config.study_dir, **extra)
+            except ValueError as e:  # the trainer's word on a checkpoint it cannot export
+                raise StudyStateError(f"trial {trial.number}: {e}") from None
         (staging / FACTS_FILE).write_text(json.dumps(facts, indent=2) + "\n")
         (staging / "README.md").write_text(model_card(facts), encoding="utf-8")
         if push_to_hub:
@@ -293,13 +298,22 @@ def _pick_trial(view: StudyView, number: int | None) -> Any:
     return match[0]
 
 
-def _checkpoint(trial: Any, view: StudyView) -> Path:
+def _checkpoint(trial: Any, view: StudyView) -> Path | str:
+    """The trial's checkpoint folder, or its URL in object storage (read by
+    :func:`_local_copy`)."""
     recorded = view.attrs(trial).checkpoint
     if not recorded:
         raise StudyStateError(
             f"trial {trial.number} of {view.config.name!r} saved no checkpoint; set "
             "trainer.args.save_checkpoints: true (the default) and run again"
         )
+    if object_store.is_remote(recorded):
+        if not object_store.is_inside(recorded, object_store.study_url(view.config)):
+            raise StudyStateError(
+                f"trial {trial.number}: checkpoint {recorded} is not in this study's "
+                f"output_dir ({object_store.study_url(view.config)}); hpo reads only its own"
+            )
+        return recorded
     path = Path(recorded)
     if not (path / "config.json").is_file():
         raise StudyStateError(
@@ -308,6 +322,24 @@ def _checkpoint(trial: Any, view: StudyView) -> Path:
             "was deleted (keep_checkpoints keeps only the best trials')"
         )
     return path
+
+
+@contextlib.contextmanager
+def _local_copy(checkpoint: Path | str, number: int) -> Iterator[Path]:
+    """``checkpoint`` as a local folder: a checkpoint in object storage is downloaded
+    into a temporary folder for as long as the export needs it."""
+    if isinstance(checkpoint, Path):
+        yield checkpoint
+        return
+    with tempfile.TemporaryDirectory(prefix="hpo-export-") as folder:
+        local = Path(folder) / "checkpoint"
+        local.mkdir()
+        if not object_store.download_complete(checkpoint, local):
+            raise StudyStateError(
+                f"trial {number}: checkpoint {checkpoint} is incomplete (its upload was cut) "
+                "or was deleted (keep_checkpoints keeps only the best trials')"
+            )
+        yield local
 
 
 def _trainer_hook(config: StudyConfig, name: Literal["resolve_model", "save_model"]) -> Any:
@@ -340,7 +372,11 @@ def base_model_path(config: StudyConfig, trial: Any) -> str:
 
 
 def model_facts(
-    config: StudyConfig, trial: Any, attrs: TrialAttrs, checkpoint: Path, args: dict[str, Any]
+    config: StudyConfig,
+    trial: Any,
+    attrs: TrialAttrs,
+    checkpoint: Path | str,
+    args: dict[str, Any],
 ) -> dict[str, Any]:
     """Everything the model card says, as JSON data; ``attrs``: what hpo stored on the
     trial; ``args``: the trainer args the study ran with, as stored (``${VAR}`` templates,

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hpo import object_store
 from hpo import storage as st
 from hpo.backends.optuna_compat import (
     fail_orphan,
@@ -304,6 +305,9 @@ class _Objective:
         except BaseException as e:
             _record_failure(trial, e, {st.ATTR_DURATION: _duration(ctx)})
             raise
+        finally:
+            if ctx.publish is not None:  # its checkpoints are in the bucket
+                object_store.discard_local_checkpoints(self.config, ctx.output_dir)
         if ctx.pruned:
             set_trial_user_attrs(trial, {st.ATTR_DURATION: _duration(ctx)}, defer=True)
             last = ctx.history[-1]["step"] if ctx.history else 0
@@ -326,21 +330,28 @@ class _Objective:
             )
 
     def _context(self, trial: Any, params: dict[str, Any]) -> TrialContext:
-        output_dir = study_folder(self.config) / f"trial-{trial.number:04d}"
+        remote = object_store.is_remote(self.config.output_dir)
+        # In object storage, trainers write to this machine's staging copy of the folder.
+        folder = object_store.staging_folder(self.config) if remote else study_folder(self.config)
+        output_dir = folder / f"trial-{trial.number:04d}"
         resume_from, history = None, []
         attrs: dict[str, Any] = {}
         retried = retry_origin(trial)
         if retried is not None:
             # The retry copied the lost trial's attributes: its checkpoint and evaluations.
             checkpoint = trial.user_attrs.get(st.ATTR_CHECKPOINT)
-            if checkpoint and _resumable(Path(checkpoint), output_dir.parent, trial.number):
+            if checkpoint and remote:
+                resume_from = object_store.fetch_checkpoint(self.config, checkpoint, trial.number)
+            elif checkpoint and _resumable(Path(checkpoint), folder, trial.number):
                 resume_from = Path(checkpoint)
+            if resume_from is not None:
                 history = list(trial.user_attrs.get(st.ATTR_HISTORY, []))
                 output_dir = resume_from.parent
             attrs[st.ATTR_RESUMED_FROM] = retried
         attrs[st.ATTR_WORKER] = self.worker.name
         attrs[st.ATTR_DEVICE] = self.worker.device
-        attrs[st.ATTR_OUTPUT_DIR] = str(output_dir)
+        remote_dir = f"{object_store.study_url(self.config)}/{output_dir.name}"
+        attrs[st.ATTR_OUTPUT_DIR] = remote_dir if remote else str(output_dir)
         # No transaction of their own: they go with the trial's next heartbeat (status shows
         # where a running trial runs within one heartbeat interval), evaluation or tell.
         set_trial_user_attrs(trial, attrs, defer=True)
@@ -360,6 +371,9 @@ class _Objective:
             config=self.config,
             history=history,
             reported_steps=set(frozen_trial(trial).intermediate_values),
+            publish=functools.partial(object_store.publish_checkpoint, self.config)
+            if remote
+            else None,
         )
 
     def _objective_value(
@@ -473,17 +487,21 @@ def _classify(error: BaseException) -> str:
 
 def _is_storage_error(error: BaseException) -> bool:
     """The storage lost its connection under the trial (a report or attribute write whose
-    retries ran out): the database failed, not the trainer.
+    retries ran out), or the object store holding ``output_dir`` failed an upload: the
+    storage failed, not the trainer.
 
-    Only a lost connection (or a claim whose lock died): Optuna raises the same
-    StorageInternalError for data the database refuses (a value too long for its column),
-    which a retry would only repeat, so that one counts as the trial's failure.
+    Only a lost connection (or a claim whose lock died, or an upload that kept failing):
+    Optuna raises the same StorageInternalError for data the database refuses (a value too
+    long for its column), which a retry would only repeat, so that one counts as the
+    trial's failure.
     """
     seen: set[int] = set()
     link: BaseException | None = error
     while link is not None and id(link) not in seen:
         seen.add(id(link))
-        if isinstance(link, ClaimLost) or is_connection_error(link) or _lost_transaction(link):
+        if isinstance(link, ClaimLost | object_store.ObjectStorageError):
+            return True
+        if is_connection_error(link) or _lost_transaction(link):
             return True
         link = link.__cause__ or link.__context__
     return False

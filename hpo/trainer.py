@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -63,6 +64,8 @@ class TrialContext:
             checkpoint) holds these in place of the values, which may be secrets.
         config: the study's config (set by the runner): its objectives and constraints
             say which trial leads (:meth:`leads_study`).
+        publish: with ``output_dir`` in object storage, uploads a checkpoint folder and
+            returns its URL (:func:`hpo.object_store.publish_checkpoint`); None otherwise.
     """
 
     trial: Any
@@ -77,6 +80,7 @@ class TrialContext:
     resume_from: Path | None = None
     templates: dict[str, str] = field(default_factory=dict)
     config: StudyConfig | None = None
+    publish: Callable[[Path], str] | None = None
     # False in a study with several objectives: Optuna prunes (and takes intermediate
     # values) only with one, so evaluations are recorded but not reported to a pruner.
     prunable: bool = True
@@ -185,8 +189,13 @@ class TrialContext:
         return leads(metrics, self.trial.study.get_trials(deepcopy=False), config)
 
     def set_checkpoint(self, path: str | Path) -> None:
-        """Record the newest checkpoint folder, so a retry can resume from it."""
-        self.trial.set_user_attr(storage.ATTR_CHECKPOINT, str(path))
+        """Record the newest checkpoint folder, so a retry can resume from it.
+
+        With ``output_dir`` in object storage the folder is uploaded first and its URL is
+        recorded: a retry on any machine finds it (training waits for the upload).
+        """
+        recorded = self.publish(Path(path)) if self.publish else str(path)
+        self.trial.set_user_attr(storage.ATTR_CHECKPOINT, recorded)
 
     def set_attr(self, key: str, value: Any) -> None:
         """Store a JSON-serializable value on the trial under ``hpo:<key>``."""

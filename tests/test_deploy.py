@@ -45,6 +45,25 @@ def test_the_storage_proxy_template_serves_workers_without_the_database_password
     assert "HPO_DB_PASSWORD" not in str(worker)
 
 
+def test_kubernetes_s3_job_needs_no_shared_volume_and_takes_its_keys_from_a_secret() -> None:
+    """The object-storage variant: checkpoints go to s3://, each pod stages in its own
+    emptyDir (no ReadWriteMany claim), and the S3 keys come from a Secret."""
+    job = yaml.safe_load((DEPLOY / "kubernetes" / "workers-job-s3.yaml").read_text())
+    assert job["kind"] == "Job" and job["spec"]["parallelism"] >= 2
+    pod = job["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["command"][:2] == ["hpo", "worker"]
+    args = container["args"]
+    assert args[args.index("--set") + 1].startswith("output_dir=s3://")
+    assert all("persistentVolumeClaim" not in v for v in pod["volumes"])
+    env = {e["name"]: e for e in container["env"]}
+    for key in ("HPO_DB_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert "secretKeyRef" in env[key]["valueFrom"], key
+    cache = env["HPO_CACHE_DIR"]["value"]
+    assert [m["name"] for m in container["volumeMounts"] if m["mountPath"] == cache]
+    assert "s3" in re.findall(r"\.\[([\w,]+)\]", (DEPLOY / "Dockerfile").read_text())[0]
+
+
 def test_slurm_array_script_is_valid_bash() -> None:
     result = subprocess.run(["bash", "-n", str(DEPLOY / "slurm" / "hpo-array.sh")])
     assert result.returncode == 0
@@ -82,7 +101,7 @@ def test_templates_run_the_image_built_from_this_source() -> None:
     """No template tells users to `pip install hpo` (another project on PyPI)."""
     dockerfile = (DEPLOY / "Dockerfile").read_text()
     tag = re.search(r"docker build -f deploy/Dockerfile -t (\S+) \.", dockerfile)[1]
-    for name in ("workers-job.yaml", "cronjob.yaml", "storage-proxy.yaml"):
+    for name in ("workers-job.yaml", "cronjob.yaml", "storage-proxy.yaml", "workers-job-s3.yaml"):
         text = (DEPLOY / "kubernetes" / name).read_text()
         assert re.search(rf"image: {re.escape(tag)}\b", text), name
     for path in DEPLOY.rglob("*"):
@@ -108,7 +127,7 @@ def test_dockerfile_copies_everything_the_package_needs(tmp_path: Path) -> None:
                 else:
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy(src, dest)
-    install = 'pip install --extra-index-url "${TORCH_INDEX}" ".[minilm,postgres,mysql,proxy]"'
+    install = 'pip install --extra-index-url "${TORCH_INDEX}" ".[minilm,postgres,mysql,proxy,s3]"'
     assert install in dockerfile
     build = subprocess.run(
         [
@@ -186,7 +205,7 @@ def test_kubernetes_templates_match_the_api_schemas() -> None:
     import kubernetes_validate
 
     version = kubernetes_validate.latest_version()
-    assert len(KUBERNETES) == 3
+    assert len(KUBERNETES) == 4
     for path in KUBERNETES:
         for manifest in _manifests(path):
             kubernetes_validate.validate(manifest, version, strict=True)

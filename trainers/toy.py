@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import random
 import time
 
@@ -39,6 +40,9 @@ class ToyArgs(BaseModel):
     # slower (latency_ms), so studies with several objectives have a real trade-off.
     size: float = Field(1.0, gt=0)
     save_checkpoints: bool = False
+    # A stand-in for the weights: bytes of padding in each checkpoint (weights.bin), so
+    # copying, uploading and deleting checkpoints costs what a real model's would.
+    checkpoint_bytes: int = Field(0, ge=0, le=2**31)
 
 
 def ceiling(args: ToyArgs) -> float:
@@ -82,6 +86,8 @@ def train(ctx: TrialContext) -> dict[str, float]:
             folder = ctx.output_dir / f"checkpoint-{epoch}"
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "state.json").write_text(json.dumps({"epoch": epoch}))
+            if args.checkpoint_bytes:
+                (folder / "weights.bin").write_bytes(os.urandom(args.checkpoint_bytes))
             ctx.set_checkpoint(folder)
         # After the last epoch there is nothing left to save by pruning: the trial completes.
         if epoch < args.num_train_epochs and ctx.should_prune():

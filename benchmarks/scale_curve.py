@@ -1,18 +1,20 @@
 """The scale curve: 1, 4, 16 and 64 workers on Postgres directly and through the storage proxy.
 
 Each worker is a process on this machine (``hpo run --workers N``) running
-``trainers.toy`` for one 1-second epoch per trial (the trainer sleeps; everything else is
-hpo, Optuna and the storage). Each configuration runs ``N x --trials-per-worker`` trials
-in a fresh study, against the test Postgres directly, then through ``hpo storage-proxy``
-in front of the same database. Measured from the trials' own timestamps:
+:func:`sleep_trainer`: the toy trainer's one epoch, a 1-second sleep (everything else is
+hpo, Optuna and the storage: claim, ask, one report, attributes, tell). Each
+configuration runs ``N x --trials-per-worker`` trials in a fresh study, against the test
+Postgres directly, then through ``hpo storage-proxy`` in front of the same database.
+Starting 64 Python processes on a small machine takes longer than a worker's trials, so
+each worker's first trial waits at a gate until all N have claimed theirs; the
+measurement starts when the gate opens and leaves those first trials out.
 
-- **throughput**: trials finished per second in the steady window, from the moment the
-  last worker started its first trial to the moment the first worker finished its last
-  (start-up of N Python processes is excluded: it is paid once per worker, not per trial);
+- **throughput**: trials finished per second from the gate's opening to the moment the
+  first worker finished its last trial (all N workers busy throughout);
 - **efficiency**: throughput / (N x the one-worker throughput of the same path): 1.0 is
   ideal, the goal through the proxy at 64 workers is at least 0.8;
 - **added latency per trial**: a worker's start-to-start time between consecutive trials
-  minus the trainer's 1 s (claim, ask, tell, attributes, heartbeat thread), p50 and p95;
+  (after its first) minus the trainer's 1 s (claim, ask, tell, attributes), p50 and p95;
 - **database connections**: the most seen in ``pg_stat_activity`` during the run (direct:
   every connection to the database beyond those open before; proxy: the proxy's own,
   ``application_name = hpo-storage-proxy``), sampled every 0.2 s;
@@ -23,7 +25,7 @@ reported as such, with the first error line. Writes a JSON of every figure and a
 page (``--out``, ``--plot``).
 
     HPO_TEST_POSTGRES_URL=postgresql+psycopg2://postgres@127.0.0.1:5432/test \\
-        python benchmarks/scale_curve.py [--workers 1 4 16 64] [--trials-per-worker 4]
+        python benchmarks/scale_curve.py [--workers 1 4 16 64] [--trials-per-worker 6]
 """
 
 from __future__ import annotations
@@ -55,13 +57,41 @@ budget: {{n_trials: {n_trials}, max_failures: 1000}}
 workers: {{heartbeat_interval: 10, grace_period: 60}}
 output_dir: {output}
 trainer:
-  ref: trainers.toy:train
+  ref: benchmarks.scale_curve:sleep_trainer
   args: {{num_train_epochs: 1, seconds_per_epoch: 1.0}}
 search_space:
   learning_rate: {{type: float, low: 1.0e-5, high: 1.0e-3, log: true}}
   dropout: {{type: float, low: 0.0, high: 0.3}}
 """
 TRAINER_S = 1.0
+GATE_VARIABLE = "HPO_SCALE_GATE"
+_waited = False
+
+
+def sleep_trainer(ctx: Any) -> dict[str, float]:
+    """The toy trainer (one 1-second epoch); a process's first trial first waits until the
+    file named by ``$HPO_SCALE_GATE`` exists."""
+    global _waited
+    from hpo.trainers import toy
+
+    gate = os.environ.get(GATE_VARIABLE)
+    if gate and not _waited:
+        while not os.path.exists(gate):
+            time.sleep(0.02)
+        _waited = True
+    return toy.train(ctx)
+
+
+def running_trials(url: str, name: str) -> int:
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    query = (
+        "SELECT count(*) FROM trials JOIN studies USING (study_id)"
+        " WHERE studies.study_name = :name AND trials.state = 'RUNNING'"
+    )
+    with engine.connect() as connection:
+        return int(connection.execute(sqlalchemy.text(query), {"name": name}).scalar())
 
 
 def connections(url: str, proxy: bool) -> int:
@@ -118,21 +148,43 @@ def run_one(database: str, storage: str, workers: int, per_worker: int, proxy: b
                 pass
             time.sleep(0.2)
 
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
+    gate = folder / "gate"
+    opened: list[float] = []
+
+    def open_gate() -> None:  # once every worker holds its first trial
+        while not done.is_set():
+            try:
+                if running_trials(database, name) >= workers:
+                    opened.append(time.time())
+                    gate.touch()
+                    return
+            except Exception:  # noqa: BLE001 - the study may not exist yet
+                pass
+            time.sleep(0.1)
+
+    threads = [threading.Thread(target=f, daemon=True) for f in (sample, open_gate)]
+    for thread in threads:
+        thread.start()
     started = time.monotonic()
     run = subprocess.run(
         [sys.executable, "-m", "hpo", "run", str(study_file), "--workers", str(workers)]
         + ["--log-format", "plain"],
         cwd=folder,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+        env={
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "OMP_NUM_THREADS": "1",
+            GATE_VARIABLE: str(gate),
+        },
         capture_output=True,
         text=True,
         timeout=1800,
     )
     wall = time.monotonic() - started
     done.set()
-    sampler.join()
+    gate.touch()  # a run that failed before the gate opened must not leave waiters
+    for thread in threads:
+        thread.join()
     result: dict[str, Any] = {
         "path": "proxy" if proxy else "postgres",
         "workers": workers,
@@ -153,13 +205,20 @@ def run_one(database: str, storage: str, workers: int, per_worker: int, proxy: b
     if run.returncode != 0:
         errors = [line for line in run.stderr.splitlines() if "error" in line.lower()]
         result["error"] = (errors or run.stderr.splitlines() or ["?"])[-1][:300]
-    result.update(steady_figures(trials))
+    result.update(steady_figures(trials, opened[0] if opened else None))
     storage_obj.engine.dispose()
     return result
 
 
-def steady_figures(trials: list[Any]) -> dict[str, Any]:
-    """Throughput in the steady window and the added latency per trial (see the module)."""
+def steady_figures(trials: list[Any], gate_opened: float | None = None) -> dict[str, Any]:
+    """Throughput and the added latency per trial (see the module).
+
+    With ``gate_opened`` (epoch seconds): the window runs from then to the first worker's
+    last finish, and each worker's first trial (the one that waited) is left out of the
+    latency. Without: from the last worker's first start (no gate; ``gpu_packing.py``).
+    """
+    import datetime as dt
+
     finished = [t for t in trials if t.state.name == "COMPLETE" and t.datetime_complete]
     by_worker: dict[str, list[Any]] = defaultdict(list)
     for trial in finished:
@@ -168,17 +227,20 @@ def steady_figures(trials: list[Any]) -> dict[str, Any]:
         return {}
     for runs in by_worker.values():
         runs.sort(key=lambda t: t.datetime_start)
-    window_start = max(runs[0].datetime_start for runs in by_worker.values())
+    if gate_opened is not None:
+        window_start = dt.datetime.fromtimestamp(gate_opened)
+    else:
+        window_start = max(runs[0].datetime_start for runs in by_worker.values())
     window_end = min(runs[-1].datetime_complete for runs in by_worker.values())
     span = (window_end - window_start).total_seconds()
     inside = [t for t in finished if window_start <= t.datetime_complete <= window_end]
-    added = [
+    skip = 1 if gate_opened is not None else 0
+    added = sorted(
         (b.datetime_start - a.datetime_start).total_seconds() - TRAINER_S
         for runs in by_worker.values()
-        for a, b in zip(runs, runs[1:], strict=False)
-    ]
-    added.sort()
-    figures: dict[str, Any] = {"workers_seen": len(by_worker)}
+        for a, b in zip(runs[skip:], runs[skip + 1 :], strict=False)
+    )
+    figures: dict[str, Any] = {"workers_seen": len(by_worker), "window_s": round(span, 1)}
     if span > 0 and inside:
         figures["throughput"] = round(len(inside) / span, 3)
     if added:
@@ -242,7 +304,7 @@ def plot(results: list[dict], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 4, 16, 64])
-    parser.add_argument("--trials-per-worker", type=int, default=4)
+    parser.add_argument("--trials-per-worker", type=int, default=6)
     parser.add_argument("--paths", nargs="+", default=["postgres", "proxy"])
     parser.add_argument("--out", type=Path, default=Path("scale_curve.json"))
     parser.add_argument("--plot", type=Path, default=Path("scale_curve.html"))

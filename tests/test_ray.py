@@ -167,6 +167,27 @@ def test_sigterm_stops_every_ray_worker_and_leaves_nothing_running(
     assert len(trials_of(config)) == len(trials)
 
 
+def test_ray_workers_end_when_hpo_run_is_killed(
+    tmp_path: Path, ray_cluster: tuple[str, int]
+) -> None:
+    # kill -9 leaves no handler to cancel anything: Ray ends the tasks of a driver it lost.
+    address, session = ray_cluster
+    study_file = make_study(
+        tmp_path, f"sqlite:///{tmp_path / 'hpo.db'}", n_trials=100, epochs=4, epoch_s=0.5
+    )
+    run = _hpo(study_file, tmp_path, "--ray", address, "--workers", "2")
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and len(_running_ray_workers(session)) < 2:
+        time.sleep(0.3)
+    assert len(_running_ray_workers(session)) == 2
+    run.kill()
+    run.communicate(timeout=30)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _running_ray_workers(session):
+        time.sleep(0.3)
+    assert _running_ray_workers(session) == []
+
+
 def test_budget_is_exact_with_a_ray_run_beside_a_plain_run(
     tmp_path: Path, ray_cluster: tuple[str, int]
 ) -> None:
@@ -201,6 +222,43 @@ def test_an_unreachable_ray_address_is_one_line_in_bounded_time(tmp_path: Path, 
     assert result.returncode == 1
     (line,) = [ln for ln in result.stderr.splitlines() if "error" in ln.lower()]
     assert line.startswith("hpo: error: --ray 127.0.0.1:") and "no Ray cluster answers" in line
+
+
+def test_ray_workers_take_a_gpu_each_or_a_share_of_the_cpus() -> None:
+    from hpo.ray_workers import plan_ray_workers
+
+    plan = plan_ray_workers(1, {"CPU": 16.0, "GPU": 4.0})  # like --devices: one per GPU
+    assert [p.options for p in plan] == [{"num_gpus": 1.0, "num_cpus": 1}] * 4
+    assert plan[0].worker.threads == 4 and [p.worker.index for p in plan] == [0, 1, 2, 3]
+    assert plan_ray_workers(4, {"CPU": 8.0, "GPU": 2.0})[0].options["num_gpus"] == 0.5
+    assert [p.options for p in plan_ray_workers(2, {"CPU": 5.0})] == [{"num_cpus": 2}] * 2
+    assert plan_ray_workers(4, {"CPU": 2.0})[0].options == {"num_cpus": 0.5}
+    assert plan_ray_workers(1, {"CPU": 2.0})[0].worker.threads == 2
+
+
+def test_a_file_storage_on_a_cluster_of_several_nodes_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from types import SimpleNamespace
+
+    from hpo.ray_workers import _warn_if_storage_is_local
+
+    config = load_study(make_study(tmp_path, f"sqlite:///{tmp_path / 'hpo.db'}"))
+    one, two = ([{"Alive": True}] * n + [{"Alive": False}] for n in (1, 2))
+    _warn_if_storage_is_local(config, SimpleNamespace(nodes=lambda: one))
+    assert not caplog.records
+    _warn_if_storage_is_local(config, SimpleNamespace(nodes=lambda: two))
+    assert "use a database server" in caplog.text and "2 nodes" in caplog.text
+
+
+def test_devices_with_ray_is_refused(tmp_path: Path, run_cli) -> None:
+    pytest.importorskip("ray")
+    study_file = make_study(tmp_path, f"sqlite:///{tmp_path / 'hpo.db'}", n_trials=2)
+    result = run_cli("run", str(study_file), "--ray", "--devices", "0")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "hpo: error: --devices picks GPUs of this machine; with --ray, Ray assigns them"
+    )
 
 
 def test_hpo_run_ray_without_ray_names_the_extra(

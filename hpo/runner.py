@@ -3,8 +3,9 @@
 One worker runs :func:`run_worker`: it claims a trial under the study lock (so the
 budget is exact and no enqueued trial or grid point is taken twice), lets Optuna's
 ``optimize`` run it (heartbeats, stale-trial recovery and tell come from Optuna), and
-records hpo's trial attributes. :func:`run_study` runs one worker in this process or
-several worker processes (``hpo.workers``), then summarizes the study. Budget
+records hpo's trial attributes. :func:`run_study` runs one worker in this process,
+several worker processes (``hpo.workers``) or tasks on a Ray cluster (``hpo.ray_workers``),
+then summarizes the study. Budget
 accounting lives in ``hpo.budget``, opening the study in ``hpo.study``.
 """
 

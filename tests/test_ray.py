@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -113,12 +114,16 @@ def _hpo(study_file: Path, cwd: Path, *extra: str) -> subprocess.Popen:
     )
 
 
+@pytest.mark.parametrize("storage", ["sqlite", "postgres"])
 def test_ray_workers_share_the_budget_exactly(
-    tmp_path: Path, ray_cluster: tuple[str, int]
+    tmp_path: Path, ray_cluster: tuple[str, int], storage: str, request: pytest.FixtureRequest
 ) -> None:
     address, _ = ray_cluster
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    if storage == "postgres":
+        url = request.getfixturevalue("postgres_url")
     study_file = make_study(
-        tmp_path, f"sqlite:///{tmp_path / 'hpo.db'}", n_trials=6, epochs=2, epoch_s=0.2
+        tmp_path, url, f"r{uuid.uuid4().hex[:10]}", n_trials=6, epochs=2, epoch_s=0.2
     )
     run = _hpo(study_file, tmp_path, "--ray", address, "--workers", "2")
     out, err = run.communicate(timeout=120)
@@ -130,10 +135,12 @@ def test_ray_workers_share_the_budget_exactly(
     assert "[w1]" in err and "trial" in err  # the workers' events reach `hpo run`
 
 
-def test_sigterm_stops_every_ray_worker_and_leaves_nothing_running(
-    tmp_path: Path, ray_cluster: tuple[str, int]
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_stops_every_ray_worker_and_leaves_nothing_running(
+    tmp_path: Path, ray_cluster: tuple[str, int], signum: int
 ) -> None:
-    # SIGTERM to `hpo run` alone, as Kubernetes stops a pod's PID 1.
+    # To `hpo run` alone: Kubernetes stops a pod's PID 1 so (SIGTERM); Ctrl-C (SIGINT)
+    # reaches only the terminal's process group, of which the cluster's workers are not.
     address, session = ray_cluster
     study_file = make_study(
         tmp_path, f"sqlite:///{tmp_path / 'hpo.db'}", n_trials=100, epochs=4, epoch_s=0.5
@@ -151,12 +158,13 @@ def test_sigterm_stops_every_ray_worker_and_leaves_nothing_running(
         if len(running) == 2 and all(t.user_attrs.get("hpo:epochs", 0) >= 1 for t in running):
             break
     assert len(_running_ray_workers(session)) == 2
-    run.send_signal(signal.SIGTERM)
+    run.send_signal(signum)
     started = time.monotonic()
     _, err = run.communicate(timeout=60)
-    assert run.returncode == 143, err
+    assert run.returncode == (143 if signum == signal.SIGTERM else 130), err
     assert time.monotonic() - started < 20, err
-    assert err.strip().splitlines()[-1] == "hpo: stopped by SIGTERM", err
+    last = "hpo: stopped by SIGTERM" if signum == signal.SIGTERM else "hpo: interrupted"
+    assert err.strip().splitlines()[-1] == last, err
     assert _running_ray_workers(session) == []
     trials = trials_of(config)
     states = Counter(t.state.name for t in trials)

@@ -91,11 +91,7 @@ def connect(address: str) -> Any:
         HpoError: nothing answers at ``address`` (within :data:`CONNECT_TIMEOUT_S`), or
             ``auto`` finds no cluster.
     """
-    problem = missing_extra("ray", "ray", "hpo run --ray")
-    if problem:
-        raise ConfigError(problem)
-    import ray
-
+    ray = _import_ray()
     target = os.environ.get("RAY_ADDRESS", "") if address == DEFAULT_ADDRESS else address
     if target and target != DEFAULT_ADDRESS:
         _check_reachable(target)
@@ -112,6 +108,16 @@ def connect(address: str) -> Any:
     finally:
         if threading.current_thread() is threading.main_thread() and sigterm is not None:
             signal.signal(signal.SIGTERM, sigterm)
+    return ray
+
+
+def _import_ray() -> Any:
+    """The ray module, or the one-line error naming the ``ray`` extra (exit 2)."""
+    problem = missing_extra("ray", "ray", "hpo run --ray")
+    if problem:
+        raise ConfigError(problem)
+    import ray
+
     return ray
 
 
@@ -148,6 +154,8 @@ def run_ray_workers(
     """Run the study's workers as tasks on the Ray cluster at ``address`` and wait for all.
 
     However this returns or raises, no task is left running (see the module's docstring).
+    A process already connected to a cluster (``ray.init`` in a notebook) stays connected
+    to it, and ``address`` is not used.
 
     Raises:
         FailureBudgetExceeded: a worker stopped because the failure budget ran out.
@@ -156,7 +164,11 @@ def run_ray_workers(
     """
     from hpo.workers import _show_progress
 
-    ray = connect(address)
+    ray = _import_ray()
+    # A Python caller (a notebook) may have connected already: its connection is kept.
+    connected = ray.is_initialized()
+    if not connected:
+        connect(address)
     try:
         plan = plan_ray_workers(workers, ray.cluster_resources())
         _warn_if_storage_is_local(config, ray)
@@ -192,7 +204,8 @@ def run_ray_workers(
         interrupts.check()
         _raise_failures(ray, config, refs)
     finally:
-        ray.shutdown()
+        if not connected:
+            ray.shutdown()
 
 
 def stop_tasks(ray: Any, refs: list[Any]) -> None:

@@ -221,6 +221,21 @@ def test_budget_is_exact_with_a_ray_run_beside_a_plain_run(
     assert str(here.pid) in pids and len(pids) == 2, pids  # both ran trials
 
 
+def test_the_failure_budget_on_ray_exits_1_in_one_line(
+    tmp_path: Path, ray_cluster: tuple[str, int]
+) -> None:
+    # The workers' errors come back through Ray as hpo's own, as from worker processes.
+    address, _ = ray_cluster
+    study_file = make_study(tmp_path, f"sqlite:///{tmp_path / 'hpo.db'}", n_trials=20)
+    study_file.write_text(
+        study_file.read_text().replace("trainers.toy:train", "tests.fake_trainers:always_fail")
+    )
+    run = _hpo(study_file, tmp_path, "--ray", address, "--workers", "2")
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 1, err
+    assert "budget.max_failures=3" in err.strip().splitlines()[-1], err
+
+
 def test_an_unreachable_ray_address_is_one_line_in_bounded_time(tmp_path: Path, run_cli) -> None:
     pytest.importorskip("ray")
     study_file = make_study(tmp_path, f"sqlite:///{tmp_path / 'hpo.db'}", n_trials=2)

@@ -278,6 +278,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from hpo.ray_workers import connection
     from hpo.runner import run_study
     from hpo.storage import redact_url
     from hpo.workers import sigterm_as_interrupt
@@ -303,7 +304,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         devices = [] if args.devices == "none" else [d.strip() for d in args.devices.split(",")]
     show_workers(args.workers > 1 or args.ray is not None)
     try:
-        with sigterm_as_interrupt(), _live_view(args, config) as view:
+        # The cluster first: an address where none answers leaves the storage untouched.
+        with sigterm_as_interrupt(), connection(args.ray), _live_view(args, config) as view:
             summary = run_study(
                 config,
                 workers=args.workers,

@@ -31,6 +31,7 @@ import os
 import signal
 import socket
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
@@ -111,6 +112,23 @@ def connect(address: str) -> Any:
     return ray
 
 
+@contextlib.contextmanager
+def connection(address: str | None) -> Iterator[None]:
+    """Connected to the Ray cluster at ``address`` within the block (see :func:`connect`).
+
+    Nothing happens when ``address`` is None, or when this process is connected already
+    (``ray.init`` in a notebook, or an outer block): that connection is kept.
+    """
+    if address is None or _import_ray().is_initialized():
+        yield
+        return
+    ray = connect(address)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
 def _import_ray() -> Any:
     """The ray module, or the one-line error naming the ``ray`` extra (exit 2)."""
     problem = missing_extra("ray", "ray", "hpo run --ray")
@@ -154,8 +172,8 @@ def run_ray_workers(
     """Run the study's workers as tasks on the Ray cluster at ``address`` and wait for all.
 
     However this returns or raises, no task is left running (see the module's docstring).
-    A process already connected to a cluster (``ray.init`` in a notebook) stays connected
-    to it, and ``address`` is not used.
+    A process already connected to a cluster (``ray.init`` in a notebook, ``hpo run``
+    before it opens the storage) stays connected to it, and ``address`` is not used.
 
     Raises:
         FailureBudgetExceeded: a worker stopped because the failure budget ran out.
@@ -165,11 +183,7 @@ def run_ray_workers(
     from hpo.workers import _show_progress
 
     ray = _import_ray()
-    # A Python caller (a notebook) may have connected already: its connection is kept.
-    connected = ray.is_initialized()
-    if not connected:
-        connect(address)
-    try:
+    with connection(address):
         plan = plan_ray_workers(workers, ray.cluster_resources())
         _warn_if_storage_is_local(config, ray)
         logger.info(
@@ -203,9 +217,6 @@ def run_ray_workers(
             _stop_relay(records, relay)
         interrupts.check()
         _raise_failures(ray, config, refs)
-    finally:
-        if not connected:
-            ray.shutdown()
 
 
 def stop_tasks(ray: Any, refs: list[Any]) -> None:

@@ -245,6 +245,7 @@ def test_an_unreachable_ray_address_is_one_line_in_bounded_time(tmp_path: Path, 
     assert result.returncode == 1
     (line,) = [ln for ln in result.stderr.splitlines() if "error" in ln.lower()]
     assert line.startswith("hpo: error: --ray 127.0.0.1:") and "no Ray cluster answers" in line
+    assert not (tmp_path / "hpo.db").exists()  # the cluster is checked first
 
 
 def test_ray_workers_take_a_gpu_each_or_a_share_of_the_cpus() -> None:

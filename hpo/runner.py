@@ -5,8 +5,8 @@ budget is exact and no enqueued trial or grid point is taken twice), lets Optuna
 ``optimize`` run it (heartbeats, stale-trial recovery and tell come from Optuna), and
 records hpo's trial attributes. :func:`run_study` runs one worker in this process,
 several worker processes (``hpo.workers``) or tasks on a Ray cluster (``hpo.ray_workers``),
-then summarizes the study. Budget
-accounting lives in ``hpo.budget``, opening the study in ``hpo.study``.
+then summarizes the study. Budget accounting lives in ``hpo.budget``, opening the study in
+``hpo.study``.
 """
 
 from __future__ import annotations
@@ -605,6 +605,8 @@ def run_and_summarize(
     """:func:`run_study`, returning the ``optuna.Study`` it ran as well as the summary."""
     started = time.monotonic()
     given = as_trainer(trainer) if trainer is not None else None
+    if given is not None and ray is not None:
+        raise ConfigError("a Python trainer cannot run on Ray: name it in trainer.ref")
     if given is not None and workers > 1:
         check_sendable(given)
     study = open_study(config, allow_space_change=allow_space_change)
@@ -618,8 +620,6 @@ def run_and_summarize(
     if ray is not None:
         from hpo.ray_workers import run_ray_workers
 
-        if given is not None:
-            raise ConfigError("a Python trainer cannot run on Ray: name it in trainer.ref")
         run_ray_workers(config, ray, workers, now.failures, study, on_progress)
     elif len(plan) == 1:
         on_trial = (lambda study, trial: on_progress(study)) if on_progress else None

@@ -10,11 +10,13 @@ alone and beside a plain `hpo run`; SIGTERM stops every Ray worker, their trials
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections import Counter
@@ -36,8 +38,19 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
-    """The address of a local Ray head (2 CPUs), and its session id (its processes')."""
+    """The address of a local Ray head (2 CPUs), and its session id (its processes').
+
+    One cluster on the machine at a time: the suite's parallel workers (pytest-xdist) that
+    reach this module each start one, and two on a small machine slow both past the
+    tests' waits, so the next waits for the lock (one file every test run here finds).
+    """
     pytest.importorskip("ray")
+    with open(Path(tempfile.gettempdir()) / "hpo-tests-ray.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # closing the file at the end releases it
+        yield from _start_cluster(tmp_path_factory)
+
+
+def _start_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
     temp = tmp_path_factory.mktemp("ray")
     port = _free_port()
     log = temp / "head.log"

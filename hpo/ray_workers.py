@@ -65,15 +65,17 @@ def plan_ray_workers(workers: int, resources: dict[str, float]) -> list[RayWorke
 
     As :func:`hpo.workers.plan_workers` does on one machine: with GPUs and no explicit
     ``workers`` (1), one worker per GPU, each taking one (a share of one when there are
-    more workers than GPUs); without GPUs, each takes its share of the CPUs (whole CPUs
-    when there are enough) and as many torch threads.
+    more workers than GPUs) and one CPU; without GPUs, each takes its share of the CPUs
+    (whole CPUs when there are enough). A worker's torch threads are the CPUs it takes.
     """
     gpus = int(resources.get("GPU", 0))
     cpus = float(resources.get("CPU", 1)) or 1.0
     count = max(workers, gpus) if workers == 1 else workers
     if gpus:
+        # One CPU reserved, so one thread: the cluster's CPUs may lie on nodes without GPUs,
+        # and more threads than reserved would crowd the node's other tasks.
         options: dict[str, Any] = {"num_gpus": min(1.0, gpus / count), "num_cpus": 1}
-        threads = max(1, int(cpus // count))
+        threads = 1
     else:
         share = cpus / count
         options = {"num_cpus": math.floor(share) if share >= 1 else round(share, 4)}

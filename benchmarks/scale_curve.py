@@ -65,6 +65,7 @@ search_space:
 """
 TRAINER_S = 1.0
 GATE_VARIABLE = "HPO_SCALE_GATE"
+GATE_PATIENCE_S = 45.0
 _waited = False
 
 
@@ -150,16 +151,24 @@ def run_one(database: str, storage: str, workers: int, per_worker: int, proxy: b
 
     gate = folder / "gate"
     opened: list[float] = []
+    at_gate: list[int] = []
 
-    def open_gate() -> None:  # once every worker holds its first trial
+    def open_gate() -> None:
+        # Once every worker holds its first trial; or once their number has not grown for
+        # GATE_PATIENCE_S (a database out of connections refused the rest: measured as is).
+        best, since = -1, time.monotonic()
         while not done.is_set():
             try:
-                if running_trials(database, name) >= workers:
-                    opened.append(time.time())
-                    gate.touch()
-                    return
-            except Exception:  # noqa: BLE001 - the study may not exist yet
-                pass
+                running = running_trials(database, name)
+            except Exception:  # noqa: BLE001 - the study may not exist yet, or no connection
+                running = best
+            if running > best:
+                best, since = running, time.monotonic()
+            if running >= workers or (best > 0 and time.monotonic() - since > GATE_PATIENCE_S):
+                opened.append(time.time())
+                at_gate.append(running)
+                gate.touch()
+                return
             time.sleep(0.1)
 
     threads = [threading.Thread(target=f, daemon=True) for f in (sample, open_gate)]
@@ -178,7 +187,7 @@ def run_one(database: str, storage: str, workers: int, per_worker: int, proxy: b
         },
         capture_output=True,
         text=True,
-        timeout=1800,
+        timeout=900,
     )
     wall = time.monotonic() - started
     done.set()
@@ -192,6 +201,7 @@ def run_one(database: str, storage: str, workers: int, per_worker: int, proxy: b
         "exit": run.returncode,
         "wall_s": round(wall, 1),
         "max_connections": max(seen, default=0),
+        "running_at_gate": at_gate[0] if at_gate else None,
     }
     storage_obj = open_storage(database, read_only=True)
     try:

@@ -10,7 +10,7 @@ storage calls, and serves:
   Optuna's in-process cache, as Optuna recommends;
 - hpo's :data:`~hpo.backends.grpc_proxy.SERVICE`: ``Hold`` (the study and sweep locks, as
   a stream held open), ``Held``, ``RecordHeartbeat``, ``StaleTrialIds``,
-  ``HeartbeatAges``, ``BudgetCounts`` and ``SetTrialUserAttrs``.
+  ``HeartbeatAges``, ``BudgetCounts``, ``WaitingTrialIds`` and ``SetTrialUserAttrs``.
 
 Each lock is held in memory (claims of one study through this proxy queue here) and, for
 as long as a worker holds it, as the database's own study lock on one more connection, so
@@ -211,7 +211,12 @@ def _hpo_service(rdb: Any, locks: Locks) -> Any:
     """hpo's methods, JSON in and out; each runs on the proxy's own storage object."""
     import grpc
 
-    from hpo.backends.optuna_compat import rdb_budget_counts, rdb_heartbeat_ages, stale_trial_ids
+    from hpo.backends.optuna_compat import (
+        rdb_budget_counts,
+        rdb_heartbeat_ages,
+        rdb_waiting_trial_ids,
+        stale_trial_ids,
+    )
     from hpo.backends.rdb import retrying
 
     def unary(function: Callable[..., Any]) -> Any:
@@ -235,7 +240,11 @@ def _hpo_service(rdb: Any, locks: Locks) -> Any:
     def budget(study_id: int, failure_key: str, lost_key: str) -> Any:
         return retrying(rdb_budget_counts)(rdb, study_id, failure_key, lost_key)
 
+    def waiting(study_id: int) -> list[int]:
+        return list(retrying(rdb_waiting_trial_ids)(rdb, study_id))
+
     methods = {
+        "WaitingTrialIds": unary(waiting),
         "Hold": grpc.unary_stream_rpc_method_handler(
             locks.hold, request_deserializer=decode, response_serializer=encode
         ),

@@ -14,8 +14,9 @@ server in front of a database and, on the same port, hpo's own small service
 - **Heartbeats are the database's.** A worker's heartbeat and the stale-trial check run
   in the proxy on Optuna's heartbeat table with the database's clock, as a direct
   worker's do, so the two kinds of worker find each other's lost trials.
-- **Budget counts and attribute batches** run in the proxy as one query or one
-  transaction, instead of shipping every running trial to each worker before each claim.
+- **Budget counts, waiting trials and attribute batches** run in the proxy as one query
+  or one transaction, instead of shipping every running trial to each worker inside each
+  claim (Optuna's client refetches all unfinished trials on every read).
 
 Messages of hpo's service are JSON; Optuna's are its own protobufs. A lost proxy
 (restart, network) is retried like a lost database connection
@@ -277,6 +278,20 @@ class _ProxyMethods:
         stale = self._hpo.call("StaleTrialIds", study_id=study_id, grace_period=self.grace_period)
         self._stale_checked[study_id] = now
         return [int(trial_id) for trial_id in stale]
+
+    def get_all_trials(self, study_id: int, deepcopy: bool = True, states: Any = None) -> Any:
+        """Optuna's, but the waiting trials ``ask()`` looks for under the claim lock come
+        from one filtered query in the proxy: Optuna's client would fetch every running
+        trial for it, a cost that grows with the workers and that every claim waited on."""
+        import copy
+
+        from optuna.trial import TrialState
+
+        if states is not None and list(states) == [TrialState.WAITING]:
+            ids = self._hpo.call("WaitingTrialIds", study_id=study_id)
+            trials = [self.get_trial(int(trial_id)) for trial_id in ids]  # type: ignore[attr-defined]
+            return copy.deepcopy(trials) if deepcopy else trials
+        return super().get_all_trials(study_id, deepcopy=deepcopy, states=states)  # type: ignore[misc]
 
     def get_heartbeat_interval(self) -> int | None:
         return self.heartbeat_interval

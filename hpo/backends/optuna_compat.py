@@ -363,6 +363,24 @@ def heartbeat_ages(study: Any) -> dict[int, float]:
     return rdb_heartbeat_ages(backend, study._study_id)
 
 
+def rdb_waiting_trial_ids(backend: Any, study_id: int) -> list[int]:
+    """Ids of the study's WAITING trials (enqueued, not yet taken), oldest first, in one
+    filtered query on an RDBStorage (the storage proxy answers ``ask()`` with it)."""
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+    from optuna.trial import TrialState
+
+    trial = models.TrialModel
+    with _create_scoped_session(backend.scoped_session) as session:
+        rows = (
+            session.query(trial.trial_id)
+            .filter(trial.study_id == study_id, trial.state == TrialState.WAITING)
+            .order_by(trial.trial_id)
+            .all()
+        )
+    return [int(trial_id) for (trial_id,) in rows]
+
+
 def rdb_heartbeat_ages(backend: Any, study_id: int) -> dict[int, float]:
     """:func:`heartbeat_ages` on an RDBStorage, by study id (the storage proxy runs it)."""
     import sqlalchemy

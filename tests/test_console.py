@@ -27,6 +27,21 @@ TRIAL_ROW = re.compile(
 )
 
 
+def _new_session(session: str, width: int, command: str) -> None:
+    """A detached tmux session running ``command``. Parallel tests that start tmux's server
+    at the same moment can see one of them fail ("server exited unexpectedly"): try again."""
+    for attempt in range(3):
+        started = subprocess.run(
+            ["tmux", "new-session", "-d", "-s", session, "-x", str(width), "-y", "30", command],
+            capture_output=True,
+            text=True,
+        )
+        if started.returncode == 0:
+            return
+        time.sleep(0.5 * (attempt + 1))
+    raise AssertionError(f"tmux new-session failed: {started.stderr}")
+
+
 def capture(session: str) -> list[str]:
     screen = subprocess.run(
         ["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True
@@ -64,10 +79,7 @@ def test_live_area_stays_below_the_log(toy_study, tmp_path: Path, width: int, wo
         f"HPO_TEST_EPOCH_S=0.8 HF_HUB_OFFLINE=1 {shlex.quote(os.sys.executable)} -m hpo run "
         f"{study_file.name} --workers {workers}; echo HPO-EXIT=$?; sleep 60"
     )
-    subprocess.run(
-        ["tmux", "new-session", "-d", "-s", session, "-x", str(width), "-y", "30", command],
-        check=True,
-    )
+    _new_session(session, width, command)
     try:
         seen_progress, final = False, []
         deadline = time.monotonic() + 120
@@ -112,10 +124,7 @@ def test_live_area_of_a_resumed_run_starts_from_the_stored_study(toy_study, tmp_
         f"HPO_TEST_EPOCH_S=1.5 HF_HUB_OFFLINE=1 {shlex.quote(os.sys.executable)} -m hpo run "
         f"{study_file.name}; echo HPO-EXIT=$?; sleep 60"
     )
-    subprocess.run(
-        ["tmux", "new-session", "-d", "-s", session, "-x", "200", "-y", "30", command],
-        check=True,
-    )
+    _new_session(session, 200, command)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:

@@ -308,7 +308,25 @@ def plot(results: list[dict], path: Path) -> None:
     figure.update_layout(
         width=1300, height=430, title="hpo scale curve: Postgres vs storage proxy"
     )
-    figure.write_html(path, include_plotlyjs="cdn")
+    figure.write_html(path, include_plotlyjs=True)  # opens offline
+
+
+def screenshot(page: Path, png: Path) -> None:
+    """The plot as a PNG, through headless Chromium (``apt-get install chromium``)."""
+    import shutil
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        print("no chromium: no PNG", file=sys.stderr)
+        return
+    with tempfile.TemporaryDirectory() as profile:
+        subprocess.run(
+            [browser, "--headless", "--no-sandbox", f"--user-data-dir={profile}"]
+            + [f"--screenshot={png.resolve()}", "--window-size=1320,450", "--hide-scrollbars"]
+            + [page.resolve().as_uri()],
+            capture_output=True,
+            timeout=120,
+        )
 
 
 def main() -> None:
@@ -318,6 +336,7 @@ def main() -> None:
     parser.add_argument("--paths", nargs="+", default=["postgres", "proxy"])
     parser.add_argument("--out", type=Path, default=Path("scale_curve.json"))
     parser.add_argument("--plot", type=Path, default=Path("scale_curve.html"))
+    parser.add_argument("--png", type=Path, help="also a PNG of the plot (headless Chromium)")
     args = parser.parse_args()
     database = os.environ.get("HPO_TEST_POSTGRES_URL")
     if not database:
@@ -344,6 +363,8 @@ def main() -> None:
                 r["efficiency"] = round(r["throughput"] / (r["workers"] * one), 3)
     args.out.write_text(json.dumps(results, indent=2))
     plot(results, args.plot)
+    if args.png:
+        screenshot(args.plot, args.png)
     print(
         f"{'path':9} {'N':>3} {'exit':>4} {'exact':>5} {'trials/s':>8} {'eff':>5} "
         f"{'p50 ms':>7} {'p95 ms':>7} {'conns':>5}"

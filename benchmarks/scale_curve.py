@@ -58,12 +58,12 @@ workers: {{heartbeat_interval: 10, grace_period: 60}}
 output_dir: {output}
 trainer:
   ref: benchmarks.scale_curve:sleep_trainer
-  args: {{num_train_epochs: 1, seconds_per_epoch: 1.0}}
+  args: {{num_train_epochs: 1, seconds_per_epoch: {trainer_s}}}
 search_space:
   learning_rate: {{type: float, low: 1.0e-5, high: 1.0e-3, log: true}}
   dropout: {{type: float, low: 0.0, high: 0.3}}
 """
-TRAINER_S = 1.0
+TRAINER_S = 1.0  # the issue's trainer; --trainer-seconds for longer trials
 GATE_VARIABLE = "HPO_SCALE_GATE"
 GATE_PATIENCE_S = 45.0
 _waited = False
@@ -135,7 +135,13 @@ def run_one(database: str, storage: str, workers: int, per_worker: int, proxy: b
     n_trials = workers * per_worker
     study_file = folder / "study.yaml"
     study_file.write_text(
-        STUDY.format(name=name, storage=storage, n_trials=n_trials, output=folder / "runs")
+        STUDY.format(
+            name=name,
+            storage=storage,
+            n_trials=n_trials,
+            output=folder / "runs",
+            trainer_s=TRAINER_S,
+        )
     )
     baseline = 0 if proxy else connections(database, proxy=False)
     seen: list[int] = []
@@ -330,6 +336,7 @@ def screenshot(page: Path, png: Path) -> None:
 
 
 def main() -> None:
+    global TRAINER_S
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--trials-per-worker", type=int, default=6)
@@ -337,7 +344,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("scale_curve.json"))
     parser.add_argument("--plot", type=Path, default=Path("scale_curve.html"))
     parser.add_argument("--png", type=Path, help="also a PNG of the plot (headless Chromium)")
+    parser.add_argument("--trainer-seconds", type=float, default=1.0)
     args = parser.parse_args()
+    TRAINER_S = args.trainer_seconds
     database = os.environ.get("HPO_TEST_POSTGRES_URL")
     if not database:
         raise SystemExit("set HPO_TEST_POSTGRES_URL to a Postgres URL (see the module doc)")

@@ -31,7 +31,7 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
@@ -170,8 +170,13 @@ def run_ray_workers(
     failures_before: int,
     study: Any,
     on_progress: Any = None,
+    *,
+    loop: Callable[..., int],
 ) -> None:
     """Run the study's workers as tasks on the Ray cluster at ``address`` and wait for all.
+
+    ``loop`` is the trial loop each task runs (``hpo.runner.run_worker``; passed in, as to
+    local worker processes, so this module does not import the runner).
 
     However this returns or raises, no task is left running (see the module's docstring).
     A process already connected to a cluster (``ray.init`` in a notebook, ``hpo run``
@@ -200,7 +205,7 @@ def run_ray_workers(
         level = logging.getLogger("hpo").getEffectiveLevel()
         refs = [
             task.options(name=f"hpo-worker-{p.worker.index}", **p.options).remote(
-                config, p.worker, failures_before, level, records, cwd
+                config, p.worker, failures_before, level, records, cwd, loop
             )
             for p in plan
         ]
@@ -290,6 +295,7 @@ def _ray_worker(
     log_level: int,
     records: Any,
     cwd: str,
+    loop: Callable[..., int],
 ) -> int:
     """A Ray task: one worker's trial loop, its events sent to ``hpo run`` (``records``)."""
     import ray
@@ -309,12 +315,8 @@ def _ray_worker(
         os.environ[variable] = str(worker.threads or 1)
     import optuna
 
-    from hpo.runner import run_worker
-
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    return run_worker(
-        config, worker=worker, allow_space_change=True, failures_before=failures_before
-    )
+    return loop(config, worker=worker, allow_space_change=True, failures_before=failures_before)
 
 
 def _start_relay(ray: Any) -> tuple[Any, threading.Thread]:

@@ -638,7 +638,7 @@ def run_and_summarize(
     if ray is not None:
         from hpo.ray_workers import run_ray_workers
 
-        run_ray_workers(config, ray, workers, now.failures, study, on_progress)
+        run_ray_workers(config, ray, workers, now.failures, study, on_progress, loop=run_worker)
     elif len(plan) == 1:
         on_trial = (lambda study, trial: on_progress(study)) if on_progress else None
         run_worker(config, worker=plan[0], on_trial=on_trial, trainer=given)

@@ -29,6 +29,9 @@ from hpo.config import load_study
 from tests.conftest import ROOT
 from tests.test_workers import make_study, trials_of
 
+# One worker runs them all, on one cluster (pyproject: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("ray")
+
 
 def _free_port() -> int:
     with socket.socket() as s:

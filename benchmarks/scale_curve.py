@@ -9,8 +9,8 @@ Starting 64 Python processes on a small machine takes longer than a worker's tri
 each worker's first trial waits at a gate until all N have claimed theirs; the
 measurement starts when the gate opens and leaves those first trials out.
 
-- **throughput**: trials finished per second from the gate's opening to the moment the
-  first worker finished its last trial (all N workers busy throughout);
+- **throughput**: trials finished per second after the gate opened, over the middle 80 %
+  of those trials (the first and last 10 % are the ramp and the tail);
 - **efficiency**: throughput / (N x the one-worker throughput of the same path): 1.0 is
   ideal, the goal through the proxy at 64 workers is at least 0.8;
 - **added latency per trial**: a worker's start-to-start time between consecutive trials
@@ -229,9 +229,11 @@ def run_one(database: str, storage: str, workers: int, per_worker: int, proxy: b
 def steady_figures(trials: list[Any], gate_opened: float | None = None) -> dict[str, Any]:
     """Throughput and the added latency per trial (see the module).
 
-    With ``gate_opened`` (epoch seconds): the window runs from then to the first worker's
-    last finish, and each worker's first trial (the one that waited) is left out of the
-    latency. Without: from the last worker's first start (no gate; ``gpu_packing.py``).
+    Throughput: the trials completed after the gate opened (``gate_opened``, epoch
+    seconds; without a gate, after the last worker's first start, as ``gpu_packing.py``
+    uses it), counted over their middle 80 %: the first and last 10 % are the ramp and the
+    tail, when not every worker is busy. Latency: each worker's start-to-start intervals,
+    its first trial (the one that waited at the gate) left out.
     """
     import datetime as dt
 
@@ -244,21 +246,21 @@ def steady_figures(trials: list[Any], gate_opened: float | None = None) -> dict[
     for runs in by_worker.values():
         runs.sort(key=lambda t: t.datetime_start)
     if gate_opened is not None:
-        window_start = dt.datetime.fromtimestamp(gate_opened)
+        start = dt.datetime.fromtimestamp(gate_opened)
     else:
-        window_start = max(runs[0].datetime_start for runs in by_worker.values())
-    window_end = min(runs[-1].datetime_complete for runs in by_worker.values())
-    span = (window_end - window_start).total_seconds()
-    inside = [t for t in finished if window_start <= t.datetime_complete <= window_end]
+        start = max(runs[0].datetime_start for runs in by_worker.values())
+    ends = sorted(t.datetime_complete for t in finished if t.datetime_complete > start)
+    figures: dict[str, Any] = {"workers_seen": len(by_worker)}
+    low, high = int(0.1 * len(ends)), int(0.9 * len(ends))
+    if high > low and (span := (ends[high] - ends[low]).total_seconds()) > 0:
+        figures["throughput"] = round((high - low) / span, 3)
+        figures["window_s"] = round(span, 1)
     skip = 1 if gate_opened is not None else 0
     added = sorted(
         (b.datetime_start - a.datetime_start).total_seconds() - TRAINER_S
         for runs in by_worker.values()
         for a, b in zip(runs[skip:], runs[skip + 1 :], strict=False)
     )
-    figures: dict[str, Any] = {"workers_seen": len(by_worker), "window_s": round(span, 1)}
-    if span > 0 and inside:
-        figures["throughput"] = round(len(inside) / span, 3)
     if added:
         figures["added_p50_ms"] = round(1000 * statistics.median(added), 1)
         figures["added_p95_ms"] = round(1000 * added[int(0.95 * (len(added) - 1))], 1)

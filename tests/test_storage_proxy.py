@@ -83,39 +83,48 @@ def test_the_proxy_takes_the_databases_lock_too(
     through.close()
 
 
-def _proxy_connections(postgres_url: str) -> int:
+def _connections_named(postgres_url: str, name: str) -> int:
     import sqlalchemy
 
     engine = sqlalchemy.create_engine(postgres_url, poolclass=sqlalchemy.pool.NullPool)
     with engine.connect() as connection:
         query = "SELECT count(*) FROM pg_stat_activity WHERE application_name = :name"
-        return int(
-            connection.execute(sqlalchemy.text(query), {"name": "hpo-storage-proxy"}).scalar()
-        )
+        return int(connection.execute(sqlalchemy.text(query), {"name": name}).scalar())
 
 
 def test_eight_workers_through_the_proxy_use_two_database_connections(
-    tmp_path: Path, grpc_url: str, postgres_url: str, unique_name: str
+    tmp_path: Path, postgres_url: str, unique_name: str
 ) -> None:
-    study_file = make_study(tmp_path, grpc_url, unique_name, n_trials=16, epochs=1, epoch_s=0.3)
-    run = subprocess.Popen(
-        [sys.executable, "-m", "hpo", "run", str(study_file), "--workers", "8"],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+    # This proxy's connections carry their own name: other tests' proxies run beside it.
+    name = f"hpo-proxy-{unique_name}"
+    proxy = StorageProxy(
+        f"{postgres_url}{'&' if '?' in postgres_url else '?'}application_name={name}"
     )
-    seen = []
-    while run.poll() is None:
-        seen.append(_proxy_connections(postgres_url))
-        time.sleep(0.1)
-    assert run.returncode == 0, run.stderr.read() if run.stderr else ""
-    from hpo.config import load_study
+    try:
+        study_file = make_study(
+            tmp_path, proxy.url, unique_name, n_trials=16, epochs=1, epoch_s=0.3
+        )
+        run = subprocess.Popen(
+            [sys.executable, "-m", "hpo", "run", str(study_file), "--workers", "8"],
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        seen = []
+        while run.poll() is None:
+            seen.append(_connections_named(postgres_url, name))
+            time.sleep(0.1)
+        assert run.returncode == 0, run.stderr.read() if run.stderr else ""
+        from hpo.config import load_study
 
-    assert Counter(t.state.name for t in trials_of(load_study(study_file))) == {"COMPLETE": 16}
-    # One for every storage call of 8 workers, one for the claim lock while held.
-    assert 1 <= max(seen) <= 2, Counter(seen)
+        states = Counter(t.state.name for t in trials_of(load_study(study_file)))
+        assert states == {"COMPLETE": 16}
+        # One for every storage call of 8 workers, one for the claim lock while held.
+        assert 1 <= max(seen) <= 2, Counter(seen)
+    finally:
+        proxy.stop()
 
 
 def test_a_proxy_restart_mid_study_costs_no_trial(

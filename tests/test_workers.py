@@ -268,8 +268,17 @@ def test_killed_worker_is_detected_and_its_trial_resumes(
     assert detected is not None and detected < 4 + 1 + 10  # grace period + heartbeat + poll
     trials = trials_of(config)
     states = Counter(t.state.name for t in trials)
-    assert states["COMPLETE"] == 3 and states["RUNNING"] == 0 and states["FAIL"] == 1
+    assert states["COMPLETE"] == 3 and states["RUNNING"] == 0
     assert next(t for t in trials if t.number == lost.number).state.name == "FAIL"
+    # Any other failure must be one that is not counted and is retried (a worker starved of
+    # CPU past the 4 s grace period on a loaded machine looks lost too): never the trainer's.
+    lost_numbers = set(open_study(config).user_attrs.get("hpo:lost", []))
+    others = {
+        t.number: (t.user_attrs.get("hpo:failure"), t.user_attrs.get("hpo:failure_message"))
+        for t in trials
+        if t.state.name == "FAIL" and t.number != lost.number
+    }
+    assert all(n in lost_numbers or why == "storage" for n, (why, _) in others.items()), others
     retry = next(t for t in trials if t.user_attrs.get("hpo:resumed_from") == lost.number)
     assert retry.params == lost.params and retry.state.name == "COMPLETE"
     checkpoint_epoch = int(Path(lost.user_attrs["hpo:checkpoint"]).name.split("-")[1])

@@ -35,7 +35,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from hpo.backends.base import Backend, Lock, holder_line
-from hpo.backends.rdb import OPEN_RETRIES, STORAGE_RETRIES, retrying
+from hpo.backends.rdb import STORAGE_RETRIES, retrying
 from hpo.errors import StorageError
 
 logger = logging.getLogger(__name__)
@@ -92,11 +92,10 @@ class ProxyLock(Lock):
     """The study (or sweep) lock, held in the proxy for as long as this worker keeps a
     ``Hold`` stream open; the proxy also holds the database's lock meanwhile."""
 
-    def __init__(self, host: str, port: int, kind: str, name: str, *, opening: bool = False):
+    def __init__(self, host: str, port: int, kind: str, name: str):
         super().__init__()
         self._target = (host, port)
         self._request = {"kind": kind, "name": name}
-        self._retries = OPEN_RETRIES if opening else STORAGE_RETRIES
         self._channel: Any = None
         self._stream: Any = None
         self._token = ""
@@ -124,7 +123,7 @@ class ProxyLock(Lock):
                 stream.cancel()
                 raise
 
-        stream, answer = retrying(lambda _: hold(), self._retries)(None)
+        stream, answer = retrying(lambda _: hold(), STORAGE_RETRIES)(None)
         if answer.get("held"):
             self._stream = stream
             return None
@@ -215,7 +214,7 @@ class GrpcBackend(Backend):
         if opening:  # the proxy created Optuna's tables when it started: nothing to guard
             return _NoLock()
         host, port = host_port(real_url)
-        return ProxyLock(host, port, kind, name, opening=opening)
+        return ProxyLock(host, port, kind, name)
 
     def missing(self, shown_url: str) -> str:
         return f"no storage proxy answering at {shown_url}"

@@ -117,6 +117,7 @@ def run_worker(
                 break
             if now.claimed >= budget:
                 # Every remaining slot is taken by a running trial; wait in case one fails.
+                _fail_unbeaten(study, older_than=config.workers.grace_period)
                 lock.release()
                 _wait_for_others(study)
                 continue
@@ -176,17 +177,32 @@ def _recover_orphans(study: Any) -> None:
     Every worker starts its trial's heartbeat before it releases the claim lock, so a
     RUNNING trial older than the wait below with no heartbeat has no worker.
     """
+    time.sleep(_ORPHAN_AGE_S + 0.5)
+    _fail_unbeaten(study, older_than=_ORPHAN_AGE_S, why="created by a lost commit, never run")
+
+
+def _fail_unbeaten(
+    study: Any, older_than: float, why: str = "its worker died before its first heartbeat"
+) -> None:
+    """Fail (and retry) RUNNING trials with no heartbeat started over ``older_than`` seconds
+    ago. Called under the claim lock, so no worker is creating one of them now.
+
+    Optuna's stale-trial check reads only trials that have beaten, so a worker killed
+    between creating its trial and its heartbeat thread's first beat (or a lost commit)
+    leaves a trial RUNNING forever, holding a slot of the budget. The start time stands in
+    for the first beat: it is the creating machine's clock, which is why the wait is a whole
+    grace period.
+    """
     from optuna.trial import TrialState
 
-    time.sleep(_ORPHAN_AGE_S + 0.5)
     ages = heartbeat_ages(study)
     now = time.time()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         started = trial.datetime_start.timestamp() if trial.datetime_start else now
-        if trial.number in ages or now - started < _ORPHAN_AGE_S:
+        if trial.number in ages or now - started < older_than:
             continue
         if fail_orphan(study, trial) is not None:
-            logger.warning("trial %d: created by a lost commit, never run; failed", trial.number)
+            logger.warning("trial %d: %s; failed", trial.number, why)
             mark_lost(study, trial.number)
 
 

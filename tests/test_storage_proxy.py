@@ -3,12 +3,13 @@
 The guarantees every storage keeps (exact budget, grid points and enqueued trials once, a
 killed worker's trial resumed) run through a proxy in ``tests/test_workers.py`` (the
 ``grpc`` storage). Here: what is the proxy's own, its claim lock dying with its holder,
-a proxy restart mid-study, the database connections it uses, reading without writing,
-and the one-line errors.
+a proxy restart mid-study, the database connections it uses, reading without writing (the
+CLI and the dashboard), and the one-line errors.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -23,6 +24,7 @@ import pytest
 
 from hpo.storage import study_lock
 from tests.conftest import ROOT, StorageProxy, run_hpo
+from tests.test_server import ask, serving
 from tests.test_workers import make_study, trials_of
 
 
@@ -182,6 +184,16 @@ def test_reading_through_the_proxy_writes_nothing(toy_study, tmp_path: Path) -> 
         for command in ("status", "best", "report", "compare"):
             done = run_hpo(command, str(study_file), cwd=tmp_path)
             assert done.returncode == 0, done.stderr
+        assert _rows(database) == before
+        # optuna-dashboard on the same grpc:// storage: it reads the study, and refuses writes.
+        with serving(study_file) as server:
+            status, _, text = ask(server.server_port, "GET", "/api/studies")
+            assert status == 200, text
+            (summary,) = json.loads(text)["study_summaries"]
+            study_id = summary["study_id"]
+            status, _, text = ask(server.server_port, "GET", f"/api/studies/{study_id}")
+            assert status == 200 and len(json.loads(text)["trials"]) == 3
+            assert ask(server.server_port, "DELETE", f"/api/studies/{study_id}")[0] == 403
         assert _rows(database) == before
     finally:
         proxy.stop()

@@ -383,6 +383,10 @@ def test_a_server_that_never_answers_fails_in_one_line(
     """Today ``run`` and ``worker`` wait forever, ``status`` until killed. The subprocess
     timeout is the requirement itself (under a minute), not a measurement."""
     url = f"{scheme}://u@127.0.0.1:{silent_server}/db"
+    if command != "run":
+        # `run` keeps the default limits (10 s to connect; PyMySQL's 30 s read timeout bounds
+        # the greeting); the other commands take the URL's own, as a user may set them.
+        url += "?connect_timeout=2" if scheme.startswith("postgresql") else "?read_timeout=3"
     study = toy_study(storage=url)
     extra = ["--device", "none"] if command == "worker" else []
     result = run_hpo(command, str(study), *extra, timeout=60)

@@ -151,7 +151,8 @@ def visible_devices() -> list[str]:
     """Ids of the CUDA devices this process may use (none without torch or CUDA)."""
     listed = os.environ.get("CUDA_VISIBLE_DEVICES")
     if listed is not None:
-        return [d for d in listed.split(",") if d.strip() and d.strip() != "-1"]
+        ids = [d.strip() for d in listed.split(",")]
+        return [d for d in ids if d and d != "-1"]
     try:
         import torch
     except ImportError:

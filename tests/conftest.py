@@ -20,6 +20,11 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The suite trains on the CPU (GPU figures come from benchmarks/gpu_check.sh): a GPU is
+# hidden, which also spares every `hpo run` it starts the torch import of its device probe
+# (workers.visible_devices: about 1.5 s a process, 14 % of tests/test_workers.py's time).
+# Tests of the device plan set the variable themselves.
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 # Under pytest-xdist (the README's `pytest` runs 3 workers) each worker, and every process it
 # starts, trains on one thread: three workers of two torch threads each on a 2-core machine
 # ran the training tests several times slower (hpo honours the variable: available_cores).

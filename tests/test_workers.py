@@ -146,6 +146,21 @@ def test_one_packed_trials_oom_never_stops_the_others(tmp_path: Path) -> None:
     assert all(t.params["dropout"] > 0.2 for t in failed)
 
 
+def test_visible_devices_reads_the_variable_else_asks_torch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import torch
+
+    from hpo.workers import visible_devices
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2, 3")
+    assert visible_devices() == ["2", "3"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
+    assert visible_devices() == []
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")  # the suite hides GPUs (tests/conftest.py)
+    assert visible_devices() == [str(i) for i in range(torch.cuda.device_count())]
+
+
 def test_a_worker_given_one_gpu_sees_only_that_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     # `hpo worker --device 3` and a single `--devices 3` run in the calling process, where
     # the HF Trainer would otherwise take cuda:0 (or all GPUs through DataParallel).

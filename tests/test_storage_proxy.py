@@ -2,8 +2,9 @@
 
 The guarantees every storage keeps (exact budget, grid points and enqueued trials once, a
 killed worker's trial resumed) run through a proxy in ``tests/test_workers.py`` (the
-``grpc`` storage). Here: what is the proxy's own, its claim lock dying with its holder,
-a proxy restart mid-study, the database connections it uses, reading without writing (the
+``grpc`` storage). Here: what is the proxy's own, its claim lock dying with its holder and
+shared with direct workers and other proxies (a study split across two proxies), a proxy
+restart mid-study, the database connections it uses, reading without writing (the
 CLI and the dashboard), and the one-line errors.
 """
 
@@ -68,21 +69,68 @@ def test_the_claim_lock_is_exclusive_and_dies_with_a_killed_holder(
         holder.kill()
 
 
+@pytest.mark.parametrize("first", ["direct", "second proxy"])
 def test_the_proxy_takes_the_databases_lock_too(
-    grpc_url: str, postgres_url: str, unique_name: str
+    grpc_url: str, postgres_url: str, unique_name: str, first: str
 ) -> None:
-    # A worker on the database itself and a worker through the proxy exclude each other.
-    direct = study_lock(postgres_url, unique_name)
-    direct.acquire()
-    through = study_lock(grpc_url, unique_name)
-    got = threading.Event()
-    waiter = threading.Thread(target=lambda: (through.acquire(), got.set()), daemon=True)
-    waiter.start()
-    assert not got.wait(2)  # waits on the direct worker's Postgres advisory lock
-    direct.close()
-    assert got.wait(10)
-    assert through.still_held()
-    through.close()
+    # A worker through the proxy excludes, and is excluded by, a worker on the database
+    # itself and a worker through another proxy of the same database.
+    other = StorageProxy(postgres_url) if first == "second proxy" else None
+    try:
+        holder = study_lock(other.url if other else postgres_url, unique_name)
+        holder.acquire()
+        through = study_lock(grpc_url, unique_name)
+        got = threading.Event()
+        waiter = threading.Thread(target=lambda: (through.acquire(), got.set()), daemon=True)
+        waiter.start()
+        assert not got.wait(2)  # waits on the holder's Postgres advisory lock
+        holder.close()
+        assert got.wait(10)
+        assert through.still_held()
+        through.close()
+    finally:
+        if other:
+            other.stop()
+
+
+def test_workers_split_across_two_proxies_meet_the_budget_exactly(
+    tmp_path: Path, storage_proxy: StorageProxy, postgres_url: str, unique_name: str
+) -> None:
+    # More throughput than one proxy gives (README, "Beyond one database"): two proxies of
+    # one database, two `hpo run` processes on each, zero-length trials so that every
+    # process claims at the budget's edge.
+    second = StorageProxy(postgres_url)
+    runs: list[subprocess.Popen] = []
+    try:
+        files = []
+        for folder, proxy in (("a", storage_proxy), ("b", second)):
+            (tmp_path / folder).mkdir()
+            files.append(
+                make_study(
+                    tmp_path / folder, proxy.url, unique_name, n_trials=12, epochs=1, epoch_s=0
+                )  # fmt: skip
+            )
+        runs += [
+            subprocess.Popen(
+                [sys.executable, "-m", "hpo", "run", str(files[i % 2])],
+                cwd=tmp_path,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for i in range(4)
+        ]
+        errors = [run.communicate(timeout=120)[1] for run in runs]
+        assert [run.returncode for run in runs] == [0] * 4, errors
+        from hpo.config import load_study
+
+        states = Counter(t.state.name for t in trials_of(load_study(files[0])))
+        assert states == {"COMPLETE": 12}
+    finally:
+        for run in runs:
+            run.kill()
+        second.stop()
 
 
 def _connections_named(postgres_url: str, name: str) -> int:

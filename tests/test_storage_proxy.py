@@ -26,7 +26,7 @@ import pytest
 from hpo.storage import study_lock
 from tests.conftest import ROOT, StorageProxy, run_hpo
 from tests.test_server import ask, serving
-from tests.test_workers import make_study, trials_of
+from tests.test_workers import hpo_runs_together, make_study, trials_of
 
 
 def _holder(url: str, name: str) -> subprocess.Popen:
@@ -100,7 +100,6 @@ def test_workers_split_across_two_proxies_meet_the_budget_exactly(
     # one database, two `hpo run` processes on each, zero-length trials so that every
     # process claims at the budget's edge.
     second = StorageProxy(postgres_url)
-    runs: list[subprocess.Popen] = []
     try:
         files = []
         for folder, proxy in (("a", storage_proxy), ("b", second)):
@@ -108,28 +107,14 @@ def test_workers_split_across_two_proxies_meet_the_budget_exactly(
             files.append(
                 make_study(
                     tmp_path / folder, proxy.url, unique_name, n_trials=12, epochs=1, epoch_s=0
-                )  # fmt: skip
+                )
             )
-        runs += [
-            subprocess.Popen(
-                [sys.executable, "-m", "hpo", "run", str(files[i % 2])],
-                cwd=tmp_path,
-                env={**os.environ, "PYTHONPATH": str(ROOT)},
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for i in range(4)
-        ]
-        errors = [run.communicate(timeout=120)[1] for run in runs]
-        assert [run.returncode for run in runs] == [0] * 4, errors
+        hpo_runs_together(files * 2, tmp_path)
         from hpo.config import load_study
 
         states = Counter(t.state.name for t in trials_of(load_study(files[0])))
         assert states == {"COMPLETE": 12}
     finally:
-        for run in runs:
-            run.kill()
         second.stop()
 
 

@@ -185,30 +185,38 @@ def test_budget_is_exact_with_four_workers(
     assert len({t.user_attrs["hpo:worker"] for t in trials}) > 1  # the work was shared
 
 
+def hpo_runs_together(study_files: list[Path], cwd: Path) -> None:
+    """One ``hpo run`` command per file, started together, as a user starts them; each
+    must exit 0 (any left running is killed)."""
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "hpo", "run", str(study_file)],
+            cwd=cwd,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for study_file in study_files
+    ]
+    try:
+        errors = [run.communicate(timeout=300)[1] for run in runs]
+    finally:
+        for run in runs:
+            run.kill()
+    assert [run.returncode for run in runs] == [0] * len(runs), errors
+
+
 def test_budget_is_exact_with_four_hpo_run_processes(
     tmp_path: Path, storage_url: str, unique_name: str
 ) -> None:
-    # Four separate `hpo run` commands on one study, as a user starts them. Zero-length
-    # trials keep every process in its claim loop at the budget's edge, where an unlocked
-    # storage overshoots (journal without the lock: 14 of 12 in one of three runs here).
+    # Four separate `hpo run` commands on one study. Zero-length trials keep every process
+    # in its claim loop at the budget's edge, where an unlocked storage overshoots (journal
+    # without the lock: 14 of 12 in one of three runs here).
     study_file = make_study(tmp_path, storage_url, unique_name, n_trials=12, epochs=1, epoch_s=0)
-    for budget in (12,):
-        runs = [
-            subprocess.Popen(
-                [sys.executable, "-m", "hpo", "run", str(study_file)]
-                + ["--set", f"budget.n_trials={budget}"],
-                cwd=tmp_path,
-                env={**os.environ, "PYTHONPATH": str(ROOT)},
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for _ in range(4)
-        ]
-        errors = [run.communicate(timeout=300)[1] for run in runs]
-        assert [run.returncode for run in runs] == [0] * 4, errors
-        states = Counter(t.state.name for t in trials_of(load_study(study_file)))
-        assert states == {"COMPLETE": budget}
+    hpo_runs_together([study_file] * 4, tmp_path)
+    states = Counter(t.state.name for t in trials_of(load_study(study_file)))
+    assert states == {"COMPLETE": 12}
 
 
 def test_grid_points_run_exactly_once(tmp_path: Path, storage_url: str, unique_name: str) -> None:

@@ -185,20 +185,22 @@ def test_budget_is_exact_with_four_workers(
     assert len({t.user_attrs["hpo:worker"] for t in trials}) > 1  # the work was shared
 
 
+def _hpo(command: str, study_file: Path, cwd: Path) -> subprocess.Popen:
+    """``hpo COMMAND STUDY_FILE`` in a process of its own; stderr piped, stdout dropped."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "hpo", command, str(study_file)],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def hpo_runs_together(study_files: list[Path], cwd: Path) -> None:
     """One ``hpo run`` command per file, started together, as a user starts them; each
     must exit 0 (any left running is killed)."""
-    runs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "hpo", "run", str(study_file)],
-            cwd=cwd,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for study_file in study_files
-    ]
+    runs = [_hpo("run", study_file, cwd) for study_file in study_files]
     try:
         errors = [run.communicate(timeout=300)[1] for run in runs]
     finally:
@@ -247,14 +249,7 @@ def test_enqueued_trials_run_once(tmp_path: Path, storage_url: str, unique_name:
 
 
 def _worker(study: Path, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "hpo", "worker", str(study)],
-        cwd=cwd,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return _hpo("worker", study, cwd)
 
 
 def test_killed_worker_is_detected_and_its_trial_resumes(

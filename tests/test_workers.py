@@ -305,6 +305,24 @@ def test_killed_worker_is_detected_and_its_trial_resumes(
     print(f"kill -> worker_lost {detected:.1f} s; resumed at epoch {checkpoint_epoch + 1}")
 
 
+def test_a_worker_killed_before_its_first_heartbeat_blocks_no_one(
+    tmp_path: Path, storage_url: str, unique_name: str
+) -> None:
+    """A worker SIGKILLed between creating its trial and its heartbeat thread's first beat
+    leaves a RUNNING trial that never beat, which Optuna's stale-trial check never fails (it
+    reads only trials that have beaten). With the rest of the budget claimed, the next run
+    waited for it forever (a killed cron sweep hung its next tick so in CI)."""
+    study_file = make_study(tmp_path, storage_url, unique_name, n_trials=2, epochs=1)
+    run_study(load_study(study_file, overrides=["budget.n_trials=1"]))
+    config = load_study(study_file, overrides=["budget.timeout=60"])  # ends the naive wait
+    open_study(config).ask()  # the killed worker's claim: RUNNING, never beaten
+    run_study(config)
+    trials = trials_of(config)
+    assert Counter(t.state.name for t in trials) == {"COMPLETE": 2, "FAIL": 1}
+    lost = next(t for t in trials if t.state.name == "FAIL")
+    assert lost.number in open_study(config).user_attrs["hpo:lost"]
+
+
 def test_sixteen_workers_on_one_sqlite_file(tmp_path: Path) -> None:
     study = make_study(
         tmp_path, f"sqlite:///{tmp_path / 'hpo.db'}", n_trials=32, epochs=1, epoch_s=0.0

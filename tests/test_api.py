@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -39,6 +40,19 @@ def quadratic(ctx: hpo.TrialContext) -> dict[str, float]:
         if ctx.should_prune():
             break
     return {"score": score, "latency_ms": 1.0 + ctx.params["x"]}
+
+
+def quadratic_in_company(ctx: hpo.TrialContext) -> dict[str, float]:
+    """:func:`quadratic`, once two processes have run a trial: each leaves its process id in
+    ./pids and waits (up to a minute) for a second, so one fast worker cannot finish the
+    budget before the other has started."""
+    pids = Path("pids")
+    pids.mkdir(exist_ok=True)
+    (pids / str(os.getpid())).touch()
+    deadline = time.monotonic() + 60
+    while len(list(pids.iterdir())) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return quadratic(ctx)
 
 
 class BowlArgs(BaseModel):
@@ -244,7 +258,9 @@ def test_workers_refuse_a_trainer_they_cannot_import(monkeypatch) -> None:
 
 
 def test_worker_processes_run_an_importable_python_trainer() -> None:
-    result = hpo.optimize(bowl_study(budget={"n_trials": 4}), trainer=quadratic, workers=2)
+    result = hpo.optimize(
+        bowl_study(budget={"n_trials": 4}), trainer=quadratic_in_company, workers=2
+    )
     assert result.summary.finished == 4
     workers = {t.user_attrs["hpo:worker"] for t in result.study.trials}
     assert len(workers) == 2 and str(os.getpid()) not in {w.split(":")[1] for w in workers}

@@ -7,7 +7,8 @@ describes the protocol). The proxy opens the database once, as hpo's workers ope
 storage calls, and serves:
 
 - Optuna's ``StorageService`` (``optuna.storages.run_grpc_proxy_server``'s servicer), on
-  Optuna's in-process cache, as Optuna recommends;
+  Optuna's in-process cache, as Optuna recommends (one that also takes the parameters of
+  a trial made through another proxy or before a restart: ``optuna_compat.proxy_cache``);
 - hpo's :data:`~hpo.backends.grpc_proxy.SERVICE`: ``Hold`` (the study and sweep locks, as
   a stream held open), ``Held``, ``RecordHeartbeat``, ``StaleTrialIds``,
   ``HeartbeatAges``, ``BudgetCounts``, ``WaitingTrialIds`` and ``SetTrialUserAttrs``.
@@ -185,16 +186,14 @@ def build_server(
     function that closes what it opened. Returns ``(server, close)``; ``server.port`` is
     the bound port."""
     import grpc
-    import optuna
 
-    from hpo.backends.optuna_compat import add_optuna_storage_service
+    from hpo.backends.optuna_compat import add_optuna_storage_service, proxy_cache
 
     url = named_connections(url)
     rdb = open_proxied_storage(url, connections)
     locks = Locks(url)
     server = grpc.server(ThreadPoolExecutor(max_workers=threads), options=KEEPALIVE)
-    # Optuna's in-process cache in front of the database, as run_grpc_proxy_server asks.
-    add_optuna_storage_service(server, optuna.storages.get_storage(rdb))
+    add_optuna_storage_service(server, proxy_cache(rdb))
     server.add_generic_rpc_handlers([_hpo_service(rdb, locks)])
     server.port = server.add_insecure_port(f"{host}:{port}")
     if not server.port:

@@ -241,3 +241,20 @@ def test_budget_counts_on_database_servers(rdb_url: str) -> None:
     study = optuna.create_study(storage=open_storage(rdb_url))
     study.optimize(lambda t: 1.0, n_trials=1)
     assert compat.budget_counts(study, "hpo:failure", "hpo:lost") == ({"COMPLETE": 1}, [], [])
+
+
+@pytest.mark.fast
+def test_the_proxy_cache_takes_parameters_of_trials_it_never_saw(tmp_path: Path) -> None:
+    from hpo.storage import open_storage
+
+    database = open_storage(f"sqlite:///{tmp_path / 'c.db'}")
+    study = optuna.create_study(storage=database)
+    unseen = study.ask()  # made on the database, not through the cache
+    cache = compat.proxy_cache(database)
+    x = optuna.distributions.FloatDistribution(0, 1)
+    cache.set_trial_param(unseen._trial_id, "x", 0.25, x)
+    seen = cache.create_new_trial(compat.study_id_of(study))
+    cache.set_trial_param(seen, "x", 0.75, x)  # the cached path, its distribution remembered
+    with pytest.raises(ValueError, match="different distribution"):  # checked, unseen
+        cache.set_trial_param(unseen._trial_id, "x", 3, optuna.distributions.IntDistribution(0, 5))
+    assert [t.params for t in study.get_trials()] == [{"x": 0.25}, {"x": 0.75}]

@@ -424,6 +424,34 @@ def grpc_client_parts() -> tuple[type, type, type]:
     return GrpcClientCache, api_pb2_grpc.StorageServiceStub, BaseHeartbeat
 
 
+def proxy_cache(backend: Any) -> Any:
+    """Optuna's in-process cache in front of ``backend``, as ``run_grpc_proxy_server`` puts
+    one in front of its database, for a proxy that may share the database.
+
+    Optuna's cache takes a parameter only for a trial made or read through it: a trial made
+    through another proxy of the database, or through this one before it restarted (a
+    failed trial's retry, waiting there), gets ``KeyError`` until something reads the
+    study's trials. Such a trial's parameter goes to the database directly, which checks
+    the distribution against the study's own (one more query).
+    """
+    from optuna.storages._cached_storage import _CachedStorage
+
+    class ProxyCache(_CachedStorage):
+        def set_trial_param(
+            self, trial_id: int, param_name: str, param_value_internal: float, distribution: Any
+        ) -> None:
+            with self._lock:
+                known = trial_id in self._trial_id_to_study_id_and_number
+            if known:
+                super().set_trial_param(trial_id, param_name, param_value_internal, distribution)
+            else:
+                self._backend._set_trial_param(
+                    trial_id, param_name, param_value_internal, distribution, None
+                )
+
+    return ProxyCache(backend)
+
+
 def add_optuna_storage_service(server: Any, storage: Any) -> None:
     """Serve Optuna's storage protocol for ``storage`` on ``server`` (what
     ``optuna.storages.run_grpc_proxy_server`` does, on a server hpo also adds to)."""

@@ -22,6 +22,7 @@ from typing import Any
 
 from hpo import object_store
 from hpo import storage as st
+from hpo.backends.base import heartbeats_can_be_judged
 from hpo.backends.optuna_compat import (
     fail_orphan,
     frozen_trial,
@@ -195,6 +196,8 @@ def _fail_unbeaten(
     """
     from optuna.trial import TrialState
 
+    if not heartbeats_can_be_judged(older_than):  # its first beat may be on the way
+        return
     ages = heartbeat_ages(study)
     now = time.time()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):

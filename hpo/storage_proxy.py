@@ -210,6 +210,7 @@ def _hpo_service(rdb: Any, locks: Locks) -> Any:
     """hpo's methods, JSON in and out; each runs on the proxy's own storage object."""
     import grpc
 
+    from hpo.backends.base import heartbeats_can_be_judged
     from hpo.backends.optuna_compat import (
         rdb_budget_counts,
         rdb_heartbeat_ages,
@@ -230,6 +231,9 @@ def _hpo_service(rdb: Any, locks: Locks) -> Any:
         rdb.set_trial_user_attrs_now(trial_id, attrs)
 
     def stale(study_id: int, grace_period: int) -> list[int]:
+        # The database restarting behind the proxy held up the workers' heartbeats here.
+        if not heartbeats_can_be_judged(grace_period):
+            return []
         return list(retrying(stale_trial_ids)(rdb, study_id, grace_period))
 
     def ages(study_id: int) -> dict[str, float]:

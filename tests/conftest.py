@@ -45,6 +45,17 @@ def _workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture(autouse=True)
+def _storage_in_reach(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts with no storage outage on record: one an earlier test provoked in
+    this process would hold up its stale-trial checks (hpo.backends.base)."""
+    import math
+
+    from hpo.backends import base
+
+    monkeypatch.setattr(base, "_unreachable_at", -math.inf)
+
+
+@pytest.fixture(autouse=True)
 def _restore_logging():
     """Undo the root handler an in-process ``cli.main`` installs.
 

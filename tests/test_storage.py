@@ -343,6 +343,35 @@ def test_retries_are_never_nested(monkeypatch) -> None:
     assert len(attempts) == 3  # nested retries multiplied: 3 x 3 = 9
 
 
+@pytest.mark.fast
+def test_heartbeats_are_judged_only_a_grace_period_after_the_storage_was_last_out_of_reach(
+    monkeypatch,
+) -> None:
+    import sqlalchemy
+
+    from hpo.backends import base, rdb
+
+    clock = [1000.0]
+    monkeypatch.setattr(base.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(rdb.time, "sleep", lambda s: clock.__setitem__(0, clock[0] + s))
+    rdb.retrying(lambda self: "answer")(None)
+    assert base.heartbeats_can_be_judged(60)  # no outage, no wait
+    lost = [sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("connection reset"))] * 3
+
+    def answers_after_an_outage(self):
+        if lost:
+            raise lost.pop()
+        return "answer"
+
+    assert rdb.retrying(answers_after_an_outage)(None) == "answer"  # back after 3.5 s
+    assert not base.heartbeats_can_be_judged(60)  # others' beats may still be on their way
+    clock[0] += 59
+    assert not base.heartbeats_can_be_judged(60)
+    clock[0] += 1
+    assert base.heartbeats_can_be_judged(60)  # a whole grace period in reach
+    assert base.heartbeats_can_be_judged(None)  # no heartbeats, nothing to judge
+
+
 # --- every wait on the network has a limit ----------------------------------------------
 
 

@@ -239,6 +239,38 @@ def test_a_proxy_restart_mid_study_costs_no_trial(
         restarted.stop()
 
 
+def test_heartbeats_a_proxy_restart_held_up_fail_no_trial(
+    postgres_url: str, unique_name: str
+) -> None:
+    # While the proxy is down every worker's heartbeats wait. Once it is back, the first
+    # worker to check must not fail the others' trials as lost before their beats could
+    # arrive; a trial whose worker really is gone is still found, a grace period later.
+    import optuna
+    from optuna.storages import fail_stale_trials
+
+    from hpo.storage import open_storage
+
+    proxy = StorageProxy(postgres_url)
+    storage = open_storage(proxy.url, heartbeat_interval=1, grace_period=2)
+    study = optuna.create_study(storage=storage, study_name=unique_name)
+    trial = study.ask()
+    storage.record_heartbeat(trial._trial_id)
+    proxy.kill()
+    waiting = threading.Thread(target=lambda: study.get_trials())  # retries until it is back
+    waiting.start()
+    time.sleep(3)  # down for longer than the grace period
+    restarted = StorageProxy(postgres_url, proxy.port)
+    try:
+        waiting.join(timeout=60)
+        fail_stale_trials(study)
+        assert study.get_trials()[0].state.name == "RUNNING"
+        time.sleep(2.5)  # a grace period in reach, and no heartbeat came
+        fail_stale_trials(study)
+        assert study.get_trials()[0].state.name == "FAIL"
+    finally:
+        restarted.stop()
+
+
 def _rows(path: Path) -> list[str]:
     with sqlite3.connect(path) as connection:
         return list(connection.iterdump())

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import os
 import re
 import socket
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import SplitResult, unquote_plus, urlsplit
@@ -98,6 +100,29 @@ def _redact_one(url: str) -> str:
 def _redact_pair(pair: str) -> str:
     key, equals, _ = pair.partition("=")
     return f"{key}=***" if equals and is_secret_key(unquote_plus(key)) else pair
+
+
+# When this process last met an unreachable storage (time.monotonic()): a lost connection
+# or an absent proxy, and the first answer after one (hpo.backends.rdb retries them).
+_unreachable_at = -math.inf
+
+
+def note_storage_unreachable() -> None:
+    """Record that a storage call just met a lost connection, or the first answer after one."""
+    global _unreachable_at
+    _unreachable_at = time.monotonic()
+
+
+def heartbeats_can_be_judged(grace_period: float | None) -> bool:
+    """False while this process met an unreachable storage within the last grace period.
+
+    A heartbeat older than the grace period means a dead worker only if beats could arrive
+    meanwhile. After a database or proxy restart, or a network cut, other workers' beats
+    were held up as this process's calls were, and failing their trials as lost would drop
+    live work. So every stale-trial check waits until the storage has been in reach for a
+    whole grace period; a worker that really died is found that much later.
+    """
+    return not grace_period or time.monotonic() - _unreachable_at >= grace_period
 
 
 def holder_line() -> str:

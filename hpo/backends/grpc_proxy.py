@@ -13,7 +13,9 @@ server in front of a database and, on the same port, hpo's own small service
   machine) and the proxy releases.
 - **Heartbeats are the database's.** A worker's heartbeat and the stale-trial check run
   in the proxy on Optuna's heartbeat table with the database's clock, as a direct
-  worker's do, so the two kinds of worker find each other's lost trials.
+  worker's do, so the two kinds of worker find each other's lost trials. Neither side
+  judges heartbeats for a grace period after it lost the other (a restart held them up:
+  ``hpo.backends.base.heartbeats_can_be_judged``).
 - **Budget counts, waiting trials and attribute batches** run in the proxy as one query
   or one transaction, instead of shipping every running trial to each worker inside each
   claim (Optuna's client refetches all unfinished trials on every read).
@@ -34,7 +36,7 @@ import uuid
 from typing import Any
 from urllib.parse import urlsplit
 
-from hpo.backends.base import Backend, Lock, holder_line
+from hpo.backends.base import Backend, Lock, heartbeats_can_be_judged, holder_line
 from hpo.backends.rdb import STORAGE_RETRIES, retrying
 from hpo.errors import StorageError
 
@@ -273,6 +275,8 @@ class _ProxyMethods:
         # At most once per heartbeat interval per study, as hpo's RDB storage asks.
         now = time.monotonic()
         if now - self._stale_checked.get(study_id, -math.inf) < (self.heartbeat_interval or 0):
+            return []
+        if not heartbeats_can_be_judged(self.grace_period):
             return []
         stale = self._hpo.call("StaleTrialIds", study_id=study_id, grace_period=self.grace_period)
         self._stale_checked[study_id] = now

@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from hpo.backends.base import heartbeats_can_be_judged
+
 # A trial's last heartbeat in the journal storage: {"trial_id": id, "time": epoch seconds}.
 # It names its trial because Optuna's retry callback copies system attributes to the retry.
 _HEARTBEAT_KEY = "hpo:heartbeat"
@@ -49,6 +51,8 @@ def heartbeat_journal_storage(
 
         def _get_stale_trial_ids(self, study_id: int) -> list[int]:
             assert self._grace is not None
+            if not heartbeats_can_be_judged(self._grace):
+                return []
             running = optuna.trial.TrialState.RUNNING
             now = time.time()
             stale = []

@@ -10,7 +10,7 @@ import threading
 import time
 from typing import Any
 
-from hpo.backends.base import Lock
+from hpo.backends.base import Lock, heartbeats_can_be_judged, note_storage_unreachable
 from hpo.backends.optuna_compat import stale_trial_ids, write_rdb_trial
 
 logger = logging.getLogger(__name__)
@@ -265,8 +265,10 @@ def _with_retries(
     delay = 0.5
     for attempt in range(retries + 1):
         try:
-            return method(*args, **kwargs)
+            answer = method(*args, **kwargs)
         except Exception as e:
+            if is_connection_error(e):
+                note_storage_unreachable()
             if attempt == retries or not is_connection_error(e):
                 raise
             if not retry_timeouts and is_timeout(e):
@@ -280,6 +282,10 @@ def _with_retries(
             )
             time.sleep(delay)
             delay = min(delay * 2, 10.0)
+        else:
+            if attempt:  # back in reach: other workers' heartbeats may still be on the way
+                note_storage_unreachable()
+            return answer
     raise AssertionError("unreachable")
 
 
@@ -347,12 +353,15 @@ class _TrialWrites:
 
         A query a trial was, for an answer that changes on the heartbeat's time scale: a
         lost worker's trial is now found within ``grace_period + heartbeat_interval`` of
-        its last heartbeat instead of ``grace_period`` (the README says so).
+        its last heartbeat instead of ``grace_period`` (the README says so). None while
+        this process met an outage within the grace period (``heartbeats_can_be_judged``).
         """
         checked = self.__dict__.setdefault("_hpo_stale_checked", {})
         now = time.monotonic()
         interval = getattr(self, "heartbeat_interval", None) or 0
         if now - checked.get(study_id, -math.inf) < interval:
+            return []
+        if not heartbeats_can_be_judged(getattr(self, "grace_period", None) or 2 * interval):
             return []
         stale = retrying(stale_trial_ids)(self, study_id)
         checked[study_id] = now

@@ -525,7 +525,8 @@ def add_storage_proxy_arguments(parser: argparse.ArgumentParser) -> None:
         "--host",
         default="127.0.0.1",
         help="address to bind (default 127.0.0.1; workers on other machines need an address "
-        "they reach, and whoever reaches the port can read and change every study: warns)",
+        "they reach: set HPO_PROXY_TOKEN here and on the workers, or whoever reaches the port "
+        "can read and change every study, and it warns)",
     )
     parser.add_argument(
         "--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0: any)"
@@ -548,9 +549,10 @@ def add_storage_proxy_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_storage_proxy(args: argparse.Namespace) -> int:
+    from hpo.backends.grpc_proxy import TOKEN_VARIABLE, proxy_token
     from hpo.dashboards.server import is_loopback
     from hpo.storage import redact_url
-    from hpo.storage_proxy import serve
+    from hpo.storage_proxy import check_token, serve
 
     if args.overrides:
         raise ConfigError("hpo storage-proxy takes no --set: give the database as --storage URL")
@@ -560,19 +562,25 @@ def cmd_storage_proxy(args: argparse.Namespace) -> int:
             "postgresql://user:${PGPASSWORD}@db:5432/hpo"
         )
     _require_extra("grpc", "proxy", "hpo storage-proxy")
-    if not is_loopback(args.host):
+    token = proxy_token()
+    if token:
+        check_token(token)
+    elif not is_loopback(args.host):
         logger.warning(
-            "storage-proxy: --host %r is not a loopback address: anyone who can reach port %d "
-            "can read, change and delete every study in the database (gRPC without TLS or "
-            "authentication here: keep the port inside the cluster's network)",
+            "storage-proxy: --host %r is not a loopback address and %s is not set: anyone "
+            "who can reach port %d can read, change and delete every study in the database "
+            "(set %s here and on the workers to require it of every call)",
             args.host,
+            TOKEN_VARIABLE,
             args.port,
+            TOKEN_VARIABLE,
         )
 
     def ready(url: str) -> None:
+        required = f"{TOKEN_VARIABLE} required" if token else "no token"
         print(
             f"hpo storage proxy for {redact_url(args.storage)} listening on {url} "
-            "(workers: storage: grpc://<this host>:<port>; Ctrl-C stops it)",
+            f"({required}; workers: storage: grpc://<this host>:<port>; Ctrl-C stops it)",
             flush=True,
         )
 
@@ -582,6 +590,7 @@ def cmd_storage_proxy(args: argparse.Namespace) -> int:
         args.port,
         threads=args.threads,
         connections=args.connections,
+        token=token,
         on_ready=ready,
     )
     return 0

@@ -13,6 +13,9 @@ storage calls, and serves:
   a stream held open), ``Held``, ``RecordHeartbeat``, ``StaleTrialIds``,
   ``HeartbeatAges``, ``BudgetCounts``, ``WaitingTrialIds`` and ``SetTrialUserAttrs``.
 
+With ``HPO_PROXY_TOKEN`` set, the proxy refuses every call that does not carry it
+(:func:`require_token`); workers holding the same variable send it.
+
 Each lock is held in memory (claims of one study through this proxy queue here) and, for
 as long as a worker holds it, as the database's own study lock on one more connection, so
 direct workers and other proxies stay excluded. A server thread waits per held or queued
@@ -22,16 +25,19 @@ its heartbeat): ``--threads``.
 
 from __future__ import annotations
 
+import hmac
 import logging
+import math
 import signal
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from hpo import storage as st
-from hpo.backends.grpc_proxy import KEEPALIVE, SERVICE, decode, encode
+from hpo.backends.grpc_proxy import KEEPALIVE, SERVICE, TOKEN_VARIABLE, decode, encode
 from hpo.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -44,6 +50,10 @@ DEFAULT_THREADS = 512
 DEFAULT_CONNECTIONS = 1
 # Seconds a stopping proxy lets calls in flight finish.
 STOP_GRACE_S = 5.0
+# The shortest proxy token taken: 16 characters of `openssl rand -hex` are 64 bits.
+MIN_TOKEN_CHARS = 16
+# A client without the token is logged at most this often (its retries would flood the log).
+REFUSAL_LOG_INTERVAL_S = 60.0
 
 
 class Locks:
@@ -181,10 +191,11 @@ def build_server(
     *,
     threads: int = DEFAULT_THREADS,
     connections: int = DEFAULT_CONNECTIONS,
+    token: str | None = None,
 ) -> tuple[Any, Callable[[], None]]:
     """The proxy's gRPC server, bound (``port`` 0: a free one) and not started, and the
     function that closes what it opened. Returns ``(server, close)``; ``server.port`` is
-    the bound port."""
+    the bound port. ``token``: required of every call (:func:`require_token`)."""
     import grpc
 
     from hpo.backends.optuna_compat import add_optuna_storage_service, proxy_cache
@@ -192,7 +203,11 @@ def build_server(
     url = named_connections(url)
     rdb = open_proxied_storage(url, connections)
     locks = Locks(url)
-    server = grpc.server(ThreadPoolExecutor(max_workers=threads), options=KEEPALIVE)
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=threads),
+        options=KEEPALIVE,
+        interceptors=[require_token(token)] if token else None,
+    )
     add_optuna_storage_service(server, proxy_cache(rdb))
     server.add_generic_rpc_handlers([_hpo_service(rdb, locks)])
     server.port = server.add_insecure_port(f"{host}:{port}")
@@ -204,6 +219,52 @@ def build_server(
         rdb.engine.dispose()
 
     return server, close
+
+
+def check_token(token: str) -> None:
+    """Refuse a token short enough to guess.
+
+    Raises:
+        ConfigError: fewer than :data:`MIN_TOKEN_CHARS` characters.
+    """
+    if len(token) < MIN_TOKEN_CHARS:
+        raise ConfigError(
+            f"{len(token)} characters can be guessed; use at least "
+            f"{MIN_TOKEN_CHARS}, such as the output of `openssl rand -hex 32`",
+            field=TOKEN_VARIABLE,
+        )
+
+
+def require_token(token: str) -> Any:
+    """A server interceptor that refuses (``UNAUTHENTICATED``) every call, of Optuna's
+    service or hpo's, whose ``authorization`` metadata is not ``Bearer <token>``."""
+    import grpc
+
+    expected = f"Bearer {token}".encode()
+    warned = [-math.inf]
+
+    def refuse(request: Any, context: Any) -> Any:
+        peer = context.peer()
+        if time.monotonic() - warned[0] > REFUSAL_LOG_INTERVAL_S:  # one line a minute at most
+            warned[0] = time.monotonic()
+            logger.warning("refused a call from %s without the proxy token", peer)
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, f"this proxy requires {TOKEN_VARIABLE}")
+
+    def refuse_stream(request: Any, context: Any) -> Iterator[Any]:
+        refuse(request, context)
+        yield  # never reached: abort raises
+
+    class TokenCheck(grpc.ServerInterceptor):  # type: ignore[misc]
+        def intercept_service(self, continuation: Any, details: Any) -> Any:
+            handler = continuation(details)
+            given = dict(details.invocation_metadata or ()).get("authorization", "")
+            if handler is None or hmac.compare_digest(str(given).encode(), expected):
+                return handler
+            if handler.response_streaming:
+                return grpc.unary_stream_rpc_method_handler(refuse_stream)
+            return grpc.unary_unary_rpc_method_handler(refuse)
+
+    return TokenCheck()
 
 
 def _hpo_service(rdb: Any, locks: Locks) -> Any:
@@ -268,10 +329,13 @@ def serve(
     *,
     threads: int = DEFAULT_THREADS,
     connections: int = DEFAULT_CONNECTIONS,
+    token: str | None = None,
     on_ready: Callable[[str], None] | None = None,
 ) -> None:
     """Run the proxy until SIGINT or SIGTERM, then let calls in flight finish."""
-    server, close = build_server(url, host, port, threads=threads, connections=connections)
+    server, close = build_server(
+        url, host, port, threads=threads, connections=connections, token=token
+    )
     stop = threading.Event()
     signals = (signal.SIGINT, signal.SIGTERM)
     previous = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in signals}

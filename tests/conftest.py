@@ -225,12 +225,12 @@ def storage_url(request, tmp_path: Path) -> str:
 class StorageProxy:
     """A real ``hpo storage-proxy`` process in front of a database, on a free port."""
 
-    def __init__(self, database_url: str, port: int = 0, *args: str):
+    def __init__(self, database_url: str, port: int = 0, *args: str, env: dict | None = None):
         self.database_url = database_url
         self.process = subprocess.Popen(
             [sys.executable, "-m", "hpo", "storage-proxy", "--storage", database_url]
             + ["--port", str(port), *args],
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

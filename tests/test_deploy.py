@@ -37,12 +37,18 @@ def test_the_storage_proxy_template_serves_workers_without_the_database_password
     assert proxy["command"] == ["hpo", "storage-proxy"]
     assert proxy["args"][proxy["args"].index("--host") + 1] == "0.0.0.0"
     assert "${HPO_DB_PASSWORD}" in proxy["args"][proxy["args"].index("--storage") + 1]
-    assert service["spec"]["type"] == "ClusterIP"  # never beyond the cluster: no auth
+    assert service["spec"]["type"] == "ClusterIP"  # never beyond the cluster: no TLS
     port = service["spec"]["ports"][0]["port"]
     worker = _containers(job)[0]
     storage = worker["args"][worker["args"].index("--storage") + 1]
     assert storage == f"grpc://{service['metadata']['name']}:{port}"
     assert "HPO_DB_PASSWORD" not in str(worker)
+    # The proxy requires a token, and the workers send it: both from one Secret.
+    tokens = [
+        next(e for e in container["env"] if e["name"] == "HPO_PROXY_TOKEN")
+        for container in (proxy, worker)
+    ]
+    assert tokens[0] == tokens[1] and "secretKeyRef" in tokens[0]["valueFrom"]
 
 
 def test_kubernetes_s3_job_needs_no_shared_volume_and_takes_its_keys_from_a_secret() -> None:

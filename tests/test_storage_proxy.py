@@ -333,3 +333,59 @@ def test_the_proxy_refuses_a_journal_and_a_missing_storage(tmp_path: Path) -> No
     assert not (tmp_path / "hpo.log").exists()
     done = run_hpo("storage-proxy")
     assert done.returncode == 2 and "--storage URL" in done.stderr
+
+
+TOKEN = "0123456789abcdef0123456789abcdef"
+
+
+def test_a_proxy_with_a_token_serves_only_callers_that_send_it(toy_study, tmp_path: Path) -> None:
+    # Whoever reaches a proxy's port could read, change and delete every study of its
+    # database. With HPO_PROXY_TOKEN set, every call needs it, Optuna's and hpo's: an hpo
+    # command without it (or with another) stops in one line, exit 1, having written nothing.
+    import grpc
+    import optuna
+
+    from hpo.backends.grpc_proxy import SERVICE, decode, encode
+
+    database = f"sqlite:///{tmp_path / 'behind.db'}"
+    proxy = StorageProxy(database, env={"HPO_PROXY_TOKEN": TOKEN})
+    try:
+        study_file = toy_study(n_trials=2, storage=proxy.url)
+        for token, words in (("", "requires a token"), ("x" * 32, "refused the token")):
+            refused = run_hpo("run", str(study_file), env={"HPO_PROXY_TOKEN": token})
+            assert refused.returncode == 1, refused.stderr
+            assert f"hpo: error: the storage proxy at {proxy.url} {words}" in refused.stderr
+            assert "Traceback" not in refused.stderr
+        assert optuna.get_all_study_names(database) == []
+        # Optuna's own client, and hpo's lock service, are refused alike.
+        with pytest.raises(grpc.RpcError) as optunas:
+            optuna.storages.GrpcStorageProxy(host="127.0.0.1", port=proxy.port).get_all_studies()
+        assert optunas.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with grpc.insecure_channel(f"127.0.0.1:{proxy.port}") as channel:
+            hold = channel.unary_stream(
+                f"/{SERVICE}/Hold", request_serializer=encode, response_deserializer=decode
+            )
+            with pytest.raises(grpc.RpcError) as hpos:
+                next(hold({"kind": "study", "name": "s", "block": False, "token": "t"}))
+        assert hpos.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert run_hpo("run", str(study_file), env={"HPO_PROXY_TOKEN": TOKEN}).returncode == 0
+        trials = optuna.load_study(study_name="toy", storage=database).trials
+        assert [t.state.name for t in trials] == ["COMPLETE"] * 2
+    finally:
+        proxy.stop()
+    # The proxy logs a refusal, naming the caller, once a minute at most (retries flood).
+    assert proxy.process.stderr.read().count("without the proxy token") == 1
+
+
+def test_a_guessable_proxy_token_stops_the_proxy_before_it_opens_anything(tmp_path: Path) -> None:
+    done = run_hpo(
+        "storage-proxy",
+        "--storage",
+        f"sqlite:///{tmp_path / 'behind.db'}",
+        env={"HPO_PROXY_TOKEN": "secret"},
+    )
+    assert done.returncode == 2 and done.stderr.strip() == (
+        "hpo: error: HPO_PROXY_TOKEN: 6 characters can be guessed; use at least 16, such as "
+        "the output of `openssl rand -hex 32`"
+    )
+    assert not (tmp_path / "behind.db").exists()

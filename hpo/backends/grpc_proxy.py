@@ -22,15 +22,19 @@ server in front of a database and, on the same port, hpo's own small service
 
 Messages of hpo's service are JSON; Optuna's are its own protobufs. A lost proxy
 (restart, network) is retried like a lost database connection
-(:func:`hpo.backends.rdb.is_connection_error`).
+(:func:`hpo.backends.rdb.is_connection_error`). With :data:`TOKEN_VARIABLE` set, every
+call carries it as a bearer token (:func:`open_channel`), which a proxy started with one
+requires of every call, Optuna's and hpo's.
 """
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
 import logging
 import math
+import os
 import time
 import uuid
 from typing import Any
@@ -56,6 +60,69 @@ KEEPALIVE = [
 ]
 # Optuna's own client sends whole studies: no cap on what it receives.
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", -1), *KEEPALIVE]
+#: The shared secret of a proxy and its workers, from the environment on both sides (a
+#: Kubernetes Secret, say): never in a study file, a URL or a log.
+TOKEN_VARIABLE = "HPO_PROXY_TOKEN"
+
+
+def proxy_token() -> str | None:
+    """The proxy token this process holds (:data:`TOKEN_VARIABLE`), or None."""
+    return os.environ.get(TOKEN_VARIABLE) or None
+
+
+def open_channel(host: str, port: int) -> Any:
+    """A channel to the proxy at ``host:port``, with keepalive, that sends this process's
+    proxy token (if it holds one) with every call."""
+    import grpc
+
+    channel = grpc.insecure_channel(f"{host}:{port}", options=CHANNEL_OPTIONS)
+    token = proxy_token()
+    return grpc.intercept_channel(channel, _token_sender_class()(token)) if token else channel
+
+
+@functools.cache
+def _token_sender_class() -> type:
+    """A client interceptor adding ``authorization: Bearer <token>`` to each call's
+    metadata: Optuna's generated stub takes no metadata of its own."""
+    import grpc
+
+    class CallDetails(
+        collections.namedtuple(
+            "CallDetails",
+            ["method", "timeout", "metadata", "credentials", "wait_for_ready", "compression"],
+        ),
+        grpc.ClientCallDetails,
+    ):
+        pass
+
+    class TokenSender(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+        def __init__(self, token: str):
+            self._metadata = (("authorization", f"Bearer {token}"),)
+
+        def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+            metadata = (*(details.metadata or ()), *self._metadata)
+            with_token = CallDetails(
+                details.method,
+                details.timeout,
+                metadata,
+                details.credentials,
+                details.wait_for_ready,
+                details.compression,
+            )
+            return continuation(with_token, request)
+
+        intercept_unary_stream = intercept_unary_unary
+
+    return TokenSender
+
+
+def refused_token(error: BaseException) -> bool:
+    """True for a proxy's refusal of a call whose token was missing or wrong."""
+    if type(error).__module__.split(".")[0] != "grpc":
+        return False
+    import grpc
+
+    return isinstance(error, grpc.RpcError) and error.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 def encode(message: dict[str, Any]) -> bytes:
@@ -103,11 +170,8 @@ class ProxyLock(Lock):
         self._token = ""
 
     def _open(self) -> Any:
-        import grpc
-
         if self._channel is None:
-            host, port = self._target
-            self._channel = grpc.insecure_channel(f"{host}:{port}", options=CHANNEL_OPTIONS)
+            self._channel = open_channel(*self._target)
         return self._channel
 
     def _take(self, *, block: bool) -> str | None:
@@ -205,6 +269,19 @@ class GrpcBackend(Backend):
                 f"cannot reach the storage proxy at {real_url} within {CONNECT_TIMEOUT_S} s; "
                 "is `hpo storage-proxy` running there?"
             ) from None
+        try:  # one cheap call: a refused token is one line now, not a failed trial later
+            storage._hpo.call("Held", token="")
+        except Exception as e:  # noqa: BLE001 - anything else is the storage calls' to retry
+            if refused_token(e):
+                storage.close()
+                refused = (
+                    f"refused the token in {TOKEN_VARIABLE}: set it to"
+                    if proxy_token()
+                    else f"requires a token: set {TOKEN_VARIABLE} to"
+                )
+                raise StorageError(
+                    f"the storage proxy at {real_url} {refused} the one it was started with"
+                ) from None
         return storage
 
     def exists(self, real_url: str) -> bool:
@@ -250,14 +327,12 @@ class _ProxyMethods:
         super().__init__(host=host, port=port)  # type: ignore[call-arg]  # Optuna's client
 
     def _setup(self) -> None:
-        """Optuna's client setup, on a channel with keepalive, plus hpo's stub."""
-        import grpc
-
+        """Optuna's client setup, on a channel with keepalive (and the proxy token), plus
+        hpo's stub."""
         from hpo.backends.optuna_compat import grpc_client_parts
 
         cache_class, stub_class, _ = grpc_client_parts()
-        target = f"{self._host}:{self._port}"
-        self._channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self._channel = open_channel(self._host, self._port)
         self._stub = stub_class(self._channel)
         self._cache = cache_class(self._stub)
         self._hpo = _Stub(self._channel)

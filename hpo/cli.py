@@ -546,13 +546,21 @@ def add_storage_proxy_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"database connections for storage calls (default {DEFAULT_CONNECTIONS}; "
         "a held claim lock takes one more)",
     )
+    parser.add_argument(
+        "--tls-cert",
+        metavar="PEM",
+        help="serve TLS with this certificate chain (with --tls-key; workers then use "
+        "storage: grpcs://HOST:PORT, and HPO_PROXY_CA names the CA file unless the system "
+        "trusts it)",
+    )
+    parser.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
 
 
 def cmd_storage_proxy(args: argparse.Namespace) -> int:
     from hpo.backends.grpc_proxy import TOKEN_VARIABLE, proxy_token
     from hpo.dashboards.server import is_loopback
     from hpo.storage import redact_url
-    from hpo.storage_proxy import check_token, serve
+    from hpo.storage_proxy import check_token, read_tls, serve
 
     if args.overrides:
         raise ConfigError("hpo storage-proxy takes no --set: give the database as --storage URL")
@@ -562,6 +570,11 @@ def cmd_storage_proxy(args: argparse.Namespace) -> int:
             "postgresql://user:${PGPASSWORD}@db:5432/hpo"
         )
     _require_extra("grpc", "proxy", "hpo storage-proxy")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        pair = ["--tls-cert", "--tls-key"]
+        given, missing = pair if args.tls_cert else pair[::-1]
+        raise ConfigError(f"{given} needs {missing} too: TLS takes a certificate and its key")
+    tls = read_tls(args.tls_cert, args.tls_key) if args.tls_cert else None
     token = proxy_token()
     if token:
         check_token(token)
@@ -578,9 +591,10 @@ def cmd_storage_proxy(args: argparse.Namespace) -> int:
 
     def ready(url: str) -> None:
         required = f"{TOKEN_VARIABLE} required" if token else "no token"
+        scheme = "grpcs" if tls else "grpc"
         print(
             f"hpo storage proxy for {redact_url(args.storage)} listening on {url} "
-            f"({required}; workers: storage: grpc://<this host>:<port>; Ctrl-C stops it)",
+            f"({required}; workers: storage: {scheme}://<this host>:<port>; Ctrl-C stops it)",
             flush=True,
         )
 
@@ -591,6 +605,7 @@ def cmd_storage_proxy(args: argparse.Namespace) -> int:
         threads=args.threads,
         connections=args.connections,
         token=token,
+        tls=tls,
         on_ready=ready,
     )
     return 0

@@ -14,7 +14,8 @@ storage calls, and serves:
   ``HeartbeatAges``, ``BudgetCounts``, ``WaitingTrialIds`` and ``SetTrialUserAttrs``.
 
 With ``HPO_PROXY_TOKEN`` set, the proxy refuses every call that does not carry it
-(:func:`require_token`); workers holding the same variable send it.
+(:func:`require_token`); workers holding the same variable send it. With ``--tls-cert``
+and ``--tls-key`` it speaks TLS (workers: ``grpcs://host:port``).
 
 Each lock is held in memory (claims of one study through this proxy queue here) and, for
 as long as a worker holds it, as the database's own study lock on one more connection, so
@@ -37,7 +38,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from hpo import storage as st
-from hpo.backends.grpc_proxy import KEEPALIVE, SERVICE, TOKEN_VARIABLE, decode, encode
+from hpo.backends.grpc_proxy import (
+    KEEPALIVE,
+    SERVICE,
+    TOKEN_VARIABLE,
+    decode,
+    encode,
+    read_pem,
+)
 from hpo.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -192,10 +200,12 @@ def build_server(
     threads: int = DEFAULT_THREADS,
     connections: int = DEFAULT_CONNECTIONS,
     token: str | None = None,
+    tls: tuple[bytes, bytes] | None = None,
 ) -> tuple[Any, Callable[[], None]]:
     """The proxy's gRPC server, bound (``port`` 0: a free one) and not started, and the
     function that closes what it opened. Returns ``(server, close)``; ``server.port`` is
-    the bound port. ``token``: required of every call (:func:`require_token`)."""
+    the bound port. ``token``: required of every call (:func:`require_token`). ``tls``:
+    the PEM certificate chain and private key it serves TLS with (:func:`read_tls`)."""
     import grpc
 
     from hpo.backends.optuna_compat import add_optuna_storage_service, proxy_cache
@@ -210,7 +220,12 @@ def build_server(
     )
     add_optuna_storage_service(server, proxy_cache(rdb))
     server.add_generic_rpc_handlers([_hpo_service(rdb, locks)])
-    server.port = server.add_insecure_port(f"{host}:{port}")
+    if tls:
+        chain, key = tls
+        credentials = grpc.ssl_server_credentials([(key, chain)])
+        server.port = server.add_secure_port(f"{host}:{port}", credentials)
+    else:
+        server.port = server.add_insecure_port(f"{host}:{port}")
     if not server.port:
         raise ConfigError(f"--port: cannot listen on {host}:{port} (in use?)", field="port")
 
@@ -233,6 +248,29 @@ def check_token(token: str) -> None:
             f"{MIN_TOKEN_CHARS}, such as the output of `openssl rand -hex 32`",
             field=TOKEN_VARIABLE,
         )
+
+
+def read_tls(cert: str, key: str) -> tuple[bytes, bytes]:
+    """The certificate chain and private key PEM files of ``--tls-cert`` and ``--tls-key``,
+    checked as Python's ssl module loads them (a key that does not match its certificate
+    is refused here, not at each worker's handshake).
+
+    Raises:
+        ConfigError: a file unreadable, not PEM, or a key that does not match.
+    """
+    import ssl
+
+    chain = read_pem(cert, "--tls-cert", "CERTIFICATE")
+    private = read_pem(key, "--tls-key", "PRIVATE KEY")
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key, password=lambda: b"")
+    except ssl.SSLError as e:
+        raise ConfigError(
+            f"--tls-cert {cert} and --tls-key {key} do not load as a certificate and its "
+            f"unencrypted key ({e.reason or e})",
+            field="--tls-key",
+        ) from None
+    return chain, private
 
 
 def require_token(token: str) -> Any:
@@ -330,11 +368,12 @@ def serve(
     threads: int = DEFAULT_THREADS,
     connections: int = DEFAULT_CONNECTIONS,
     token: str | None = None,
+    tls: tuple[bytes, bytes] | None = None,
     on_ready: Callable[[str], None] | None = None,
 ) -> None:
     """Run the proxy until SIGINT or SIGTERM, then let calls in flight finish."""
     server, close = build_server(
-        url, host, port, threads=threads, connections=connections, token=token
+        url, host, port, threads=threads, connections=connections, token=token, tls=tls
     )
     stop = threading.Event()
     signals = (signal.SIGINT, signal.SIGTERM)
@@ -342,7 +381,7 @@ def serve(
     try:
         server.start()
         if on_ready:
-            on_ready(f"grpc://{host}:{server.port}")
+            on_ready(f"{'grpcs' if tls else 'grpc'}://{host}:{server.port}")
         stop.wait()
     finally:
         server.stop(STOP_GRACE_S).wait()

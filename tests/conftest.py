@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -237,7 +238,7 @@ class StorageProxy:
         )
         assert self.process.stdout is not None
         line = self.process.stdout.readline()  # "... listening on grpc://127.0.0.1:PORT (..."
-        if "listening on grpc://" not in line:
+        if not re.search(r"listening on grpcs?://", line):
             self.process.kill()
             raise AssertionError(f"the proxy did not start: {line}{self.process.stderr.read()}")
         self.url = line.split("listening on ")[1].split()[0]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -389,3 +390,83 @@ def test_a_guessable_proxy_token_stops_the_proxy_before_it_opens_anything(tmp_pa
         "the output of `openssl rand -hex 32`"
     )
     assert not (tmp_path / "behind.db").exists()
+
+
+def _openssl(*args: str) -> None:
+    if not shutil.which("openssl"):
+        pytest.skip("needs the openssl command to make a certificate")
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost and 127.0.0.1, and its key."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    _openssl(
+        *("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"),
+        *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost"),
+        *("-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"),
+    )
+    return cert, key
+
+
+def test_a_tls_proxy_serves_workers_that_trust_its_certificate(
+    toy_study, tmp_path: Path, certificate: tuple[Path, Path]
+) -> None:
+    # With a token alone, the token and the studies cross the network in clear; with
+    # --tls-cert/--tls-key they do not. A worker that does not trust the certificate, or
+    # speaks plain gRPC to it, stops in one line saying which.
+    import optuna
+
+    cert, key = certificate
+    database = f"sqlite:///{tmp_path / 'behind.db'}"
+    tls = ("--tls-cert", str(cert), "--tls-key", str(key))
+    proxy = StorageProxy(database, 0, *tls, env={"HPO_PROXY_TOKEN": TOKEN})
+    try:
+        assert proxy.url.startswith("grpcs://")
+        study_file = toy_study(n_trials=4, storage=f"grpcs://localhost:{proxy.port}")
+        trusting = {"HPO_PROXY_TOKEN": TOKEN, "HPO_PROXY_CA": str(cert)}
+        untrusting = run_hpo("run", str(study_file), env={**trusting, "HPO_PROXY_CA": ""})
+        assert untrusting.returncode == 1 and untrusting.stderr.strip().endswith(
+            "the TLS handshake failed: the proxy's certificate must be signed by what "
+            "HPO_PROXY_CA names (or by a root this system trusts), and a proxy started "
+            "without --tls-cert takes grpc://"
+        ), untrusting.stderr
+        plain_url = f"grpc://localhost:{proxy.port}"
+        plain = run_hpo("run", str(study_file), "--storage", plain_url, env=trusting)
+        assert plain.returncode == 1 and plain.stderr.strip().endswith(
+            "the proxy closed the connection: one started with --tls-cert takes grpcs://"
+        ), plain.stderr
+        # Two worker processes: claim locks, heartbeats and storage calls, all over TLS.
+        assert run_hpo("run", str(study_file), "--workers", "2", env=trusting).returncode == 0
+        trials = optuna.load_study(study_name="toy", storage=database).trials
+        assert [t.state.name for t in trials] == ["COMPLETE"] * 4
+    finally:
+        proxy.stop()
+
+
+def test_the_proxy_refuses_tls_files_it_cannot_serve_before_it_opens_anything(
+    tmp_path: Path, certificate: tuple[Path, Path]
+) -> None:
+    cert, key = certificate
+    other_key = tmp_path / "other.pem"
+    _openssl("genpkey", "-algorithm", "RSA", "-out", str(other_key))
+    missing = tmp_path / "missing.pem"
+    cases = {
+        ("--tls-cert", cert): (
+            "--tls-cert needs --tls-key too: TLS takes a certificate and its key"
+        ),
+        ("--tls-cert", key, "--tls-key", key): f"--tls-cert: {key} holds no PEM certificate",
+        ("--tls-cert", cert, "--tls-key", missing): (
+            f"--tls-key: cannot read {missing}: No such file or directory"
+        ),
+        ("--tls-cert", cert, "--tls-key", other_key): (
+            f"--tls-key: --tls-cert {cert} and --tls-key {other_key} do not load as a "
+            "certificate and its unencrypted key (KEY_VALUES_MISMATCH)"
+        ),
+    }
+    for args, message in cases.items():
+        database = tmp_path / "behind.db"
+        done = run_hpo("storage-proxy", "--storage", f"sqlite:///{database}", *map(str, args))
+        assert done.returncode == 2 and done.stderr.strip() == f"hpo: error: {message}", args
+        assert not database.exists()

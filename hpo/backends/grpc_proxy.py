@@ -24,7 +24,8 @@ Messages of hpo's service are JSON; Optuna's are its own protobufs. A lost proxy
 (restart, network) is retried like a lost database connection
 (:func:`hpo.backends.rdb.is_connection_error`). With :data:`TOKEN_VARIABLE` set, every
 call carries it as a bearer token (:func:`open_channel`), which a proxy started with one
-requires of every call, Optuna's and hpo's.
+requires of every call, Optuna's and hpo's. ``grpcs://host:port`` is the same over TLS, the
+proxy's certificate checked against :data:`CA_VARIABLE`'s file or the system's roots.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from urllib.parse import urlsplit
 
 from hpo.backends.base import Backend, Lock, heartbeats_can_be_judged, holder_line
 from hpo.backends.rdb import STORAGE_RETRIES, retrying
-from hpo.errors import StorageError
+from hpo.errors import ConfigError, StorageError
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,11 @@ CHANNEL_OPTIONS = [("grpc.max_receive_message_length", -1), *KEEPALIVE]
 #: The shared secret of a proxy and its workers, from the environment on both sides (a
 #: Kubernetes Secret, say): never in a study file, a URL or a log.
 TOKEN_VARIABLE = "HPO_PROXY_TOKEN"
+#: A PEM file of the certificates that sign a ``grpcs://`` proxy's (a private CA, or the
+#: proxy's self-signed certificate); unset, the system's roots.
+CA_VARIABLE = "HPO_PROXY_CA"
+# Bytes read at most from a PEM file: a certificate chain is a few kilobytes.
+MAX_PEM_BYTES = 1 << 20
 
 
 def proxy_token() -> str | None:
@@ -70,14 +76,54 @@ def proxy_token() -> str | None:
     return os.environ.get(TOKEN_VARIABLE) or None
 
 
-def open_channel(host: str, port: int) -> Any:
-    """A channel to the proxy at ``host:port``, with keepalive, that sends this process's
-    proxy token (if it holds one) with every call."""
+def open_channel(host: str, port: int, tls: bool = False) -> Any:
+    """A channel to the proxy at ``host:port`` (over TLS: ``tls``), with keepalive, that
+    sends this process's proxy token (if it holds one) with every call."""
     import grpc
 
-    channel = grpc.insecure_channel(f"{host}:{port}", options=CHANNEL_OPTIONS)
+    if tls:
+        trusted = grpc.ssl_channel_credentials(root_certificates=trusted_certificates())
+        channel = grpc.secure_channel(f"{host}:{port}", trusted, options=CHANNEL_OPTIONS)
+    else:
+        channel = grpc.insecure_channel(f"{host}:{port}", options=CHANNEL_OPTIONS)
     token = proxy_token()
     return grpc.intercept_channel(channel, _token_sender_class()(token)) if token else channel
+
+
+def trusted_certificates() -> bytes | None:
+    """The PEM certificates :data:`CA_VARIABLE` names, or None (the system's roots).
+
+    Raises:
+        ConfigError: the file cannot be read, or holds no PEM certificate.
+    """
+    path = os.environ.get(CA_VARIABLE)
+    if not path:
+        return None
+    return read_pem(path, CA_VARIABLE, "CERTIFICATE")
+
+
+def read_pem(path: str, field: str, kind: str) -> bytes:
+    """The PEM file at ``path`` (bounded), which must hold a ``kind`` block.
+
+    Raises:
+        ConfigError: naming ``field``: unreadable, too big, or no such block.
+    """
+    try:
+        with open(path, "rb") as file:
+            data = file.read(MAX_PEM_BYTES + 1)
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}", field=field) from None
+    if len(data) > MAX_PEM_BYTES:
+        raise ConfigError(f"{path} is over {MAX_PEM_BYTES >> 20} MiB: not a PEM file", field=field)
+    # "-----BEGIN CERTIFICATE-----"; a key's line may name its kind ("BEGIN RSA PRIVATE KEY").
+    if b"-----BEGIN " not in data or f"{kind}-----".encode() not in data:
+        raise ConfigError(f"{path} holds no PEM {kind.lower()}", field=field)
+    return data
+
+
+def uses_tls(url: str) -> bool:
+    """True for a ``grpcs://`` URL: the proxy speaks TLS."""
+    return urlsplit(url).scheme == "grpcs"
 
 
 @functools.cache
@@ -148,22 +194,22 @@ class _Stub:
         self._channel = channel
         self._calls: dict[str, Any] = {}
 
-    def call(self, method: str, **request: Any) -> Any:
+    def call(self, method: str, timeout: float | None = None, **request: Any) -> Any:
         """One call, not retried: the storage's methods retry as a whole (``retrying``)."""
         if method not in self._calls:
             self._calls[method] = self._channel.unary_unary(
                 f"/{SERVICE}/{method}", request_serializer=encode, response_deserializer=decode
             )
-        return self._calls[method](request)["result"]
+        return self._calls[method](request, timeout=timeout)["result"]
 
 
 class ProxyLock(Lock):
     """The study (or sweep) lock, held in the proxy for as long as this worker keeps a
     ``Hold`` stream open; the proxy also holds the database's lock meanwhile."""
 
-    def __init__(self, host: str, port: int, kind: str, name: str):
+    def __init__(self, host: str, port: int, kind: str, name: str, tls: bool = False):
         super().__init__()
-        self._target = (host, port)
+        self._target = (host, port, tls)
         self._request = {"kind": kind, "name": name}
         self._channel: Any = None
         self._stream: Any = None
@@ -238,7 +284,7 @@ class _NoLock(Lock):
 
 
 class GrpcBackend(Backend):
-    schemes = ("grpc",)
+    schemes = ("grpc", "grpcs")
     credentials = False  # grpc://host:port: ${VAR} is filled in as text
     driver = ("grpc", "proxy")
 
@@ -252,36 +298,33 @@ class GrpcBackend(Backend):
             return "a storage proxy URL names host and port: grpc://proxy-host:13000"
         if parts.path.strip("/") or parts.query or parts.username:
             return (
-                "a storage proxy URL is grpc://host:port and nothing else: the database, "
-                "user and password belong to `hpo storage-proxy --storage`"
+                "a storage proxy URL is grpc://host:port (grpcs:// over TLS) and nothing "
+                "else: the database, user and password belong to `hpo storage-proxy --storage`"
             )
         return super().refusal(real_url)
 
     def open(self, real_url: str, *, read_only: bool = False, **heartbeat: Any) -> Any:
         host, port = host_port(real_url)
         heartbeat.pop("pool_size", None)  # the proxy's own connections are its business
-        storage = proxy_storage_class()(host=host, port=port, **heartbeat)
+        storage = proxy_storage_class()(host=host, port=port, tls=uses_tls(real_url), **heartbeat)
         try:
-            storage.wait_server_ready(timeout=CONNECT_TIMEOUT_S)
-        except ConnectionError:
+            # One cheap call first: a refused token or a failed TLS handshake is one line
+            # now (not a failed trial later, nor a 10 s wait for a readiness that never comes).
+            refusal = _refusal(storage, real_url, timeout=2)
+            if refusal is None:  # nothing answers yet: a proxy starting beside its workers
+                try:
+                    storage.wait_server_ready(timeout=CONNECT_TIMEOUT_S)
+                except ConnectionError:
+                    raise StorageError(
+                        f"cannot reach the storage proxy at {real_url}: no answer within "
+                        f"{CONNECT_TIMEOUT_S} s; is `hpo storage-proxy` running there?"
+                    ) from None
+                refusal = _refusal(storage, real_url, timeout=CONNECT_TIMEOUT_S)
+            if refusal:
+                raise StorageError(refusal)
+        except BaseException:
             storage.close()
-            raise StorageError(
-                f"cannot reach the storage proxy at {real_url} within {CONNECT_TIMEOUT_S} s; "
-                "is `hpo storage-proxy` running there?"
-            ) from None
-        try:  # one cheap call: a refused token is one line now, not a failed trial later
-            storage._hpo.call("Held", token="")
-        except Exception as e:  # noqa: BLE001 - anything else is the storage calls' to retry
-            if refused_token(e):
-                storage.close()
-                refused = (
-                    f"refused the token in {TOKEN_VARIABLE}: set it to"
-                    if proxy_token()
-                    else f"requires a token: set {TOKEN_VARIABLE} to"
-                )
-                raise StorageError(
-                    f"the storage proxy at {real_url} {refused} the one it was started with"
-                ) from None
+            raise
         return storage
 
     def exists(self, real_url: str) -> bool:
@@ -293,13 +336,48 @@ class GrpcBackend(Backend):
         if opening:  # the proxy created Optuna's tables when it started: nothing to guard
             return _NoLock()
         host, port = host_port(real_url)
-        return ProxyLock(host, port, kind, name)
+        return ProxyLock(host, port, kind, name, tls=uses_tls(real_url))
 
     def missing(self, shown_url: str) -> str:
         return f"no storage proxy answering at {shown_url}"
 
 
 BACKEND = GrpcBackend()
+
+# A TLS proxy reached without TLS, or whose certificate this process does not trust: gRPC
+# says so only in a failed call's details.
+_HANDSHAKE = (
+    "the TLS handshake failed: the proxy's certificate must be signed by what "
+    f"{CA_VARIABLE} names (or by a root this system trusts), and a proxy started without "
+    "--tls-cert takes grpc://"
+)
+_TLS_HINTS = {
+    "ssl": _HANDSHAKE,
+    "handshake": _HANDSHAKE,
+    "certificate": _HANDSHAKE,
+    "socket closed": "the proxy closed the connection: one started with --tls-cert takes grpcs://",
+}
+
+
+def _refusal(storage: Any, url: str, timeout: float) -> str | None:
+    """Why the proxy at ``url`` will not serve this process, after one call: "" when it
+    answered, None when nothing answered (within ``timeout`` seconds), else the reason."""
+    try:
+        storage._hpo.call("Held", token="", timeout=timeout)
+    except Exception as e:  # noqa: BLE001 - whatever is not a refusal, the caller waits out
+        if refused_token(e):
+            refused = (
+                f"refused the token in {TOKEN_VARIABLE}: set it to"
+                if proxy_token()
+                else f"requires a token: set {TOKEN_VARIABLE} to"
+            )
+            return f"the storage proxy at {url} {refused} the one it was started with"
+        details = str(getattr(e, "details", lambda: "")() or "").lower()
+        for word, hint in _TLS_HINTS.items():
+            if word in details:
+                return f"cannot reach the storage proxy at {url}: {hint}"
+        return None
+    return ""
 
 
 class _ProxyMethods:
@@ -318,7 +396,9 @@ class _ProxyMethods:
         heartbeat_interval: int | None = None,
         grace_period: int | None = None,
         stale_trial_callback: Any = None,
+        tls: bool = False,
     ) -> None:
+        self._tls = tls
         self.heartbeat_interval = heartbeat_interval
         default_grace = 2 * heartbeat_interval if heartbeat_interval else None
         self.grace_period = grace_period or default_grace
@@ -332,7 +412,7 @@ class _ProxyMethods:
         from hpo.backends.optuna_compat import grpc_client_parts
 
         cache_class, stub_class, _ = grpc_client_parts()
-        self._channel = open_channel(self._host, self._port)
+        self._channel = open_channel(self._host, self._port, self._tls)
         self._stub = stub_class(self._channel)
         self._cache = cache_class(self._stub)
         self._hpo = _Stub(self._channel)
@@ -342,6 +422,16 @@ class _ProxyMethods:
         for name in ("_channel", "_stub", "_cache", "_hpo"):
             state.pop(name, None)
         return state
+
+    def wait_server_ready(self, timeout: float | None = None) -> None:
+        """Optuna's, on this storage's own channel (Optuna's opens a plain one, which a TLS
+        proxy never answers)."""
+        import grpc
+
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError as e:
+            raise ConnectionError("gRPC connection timeout") from e
 
     def record_heartbeat(self, trial_id: int) -> None:
         self._hpo.call("RecordHeartbeat", trial_id=trial_id)

@@ -176,14 +176,27 @@ def _recover_orphans(study: Any) -> None:
     ``create_new_trial`` commit. Called under the claim lock.
 
     Every worker starts its trial's heartbeat before it releases the claim lock, so a
-    RUNNING trial older than the wait below with no heartbeat has no worker.
+    RUNNING trial older than the wait below with no heartbeat has no worker, unless the
+    outage that lost this commit also held up that first beat. A lost commit's trial was
+    never sampled (its worker never learned its id), while every claimed trial has its
+    parameters before its worker lets go of the lock: only unsampled ones are failed here.
+    A sampled trial whose worker died is the grace period's to fail (:func:`_fail_unbeaten`).
     """
     time.sleep(_ORPHAN_AGE_S + 0.5)
-    _fail_unbeaten(study, older_than=_ORPHAN_AGE_S, why="created by a lost commit, never run")
+    _fail_unbeaten(
+        study,
+        older_than=_ORPHAN_AGE_S,
+        why="created by a lost commit, never run",
+        unsampled_only=True,
+    )
 
 
 def _fail_unbeaten(
-    study: Any, older_than: float, why: str = "its worker died before its first heartbeat"
+    study: Any,
+    older_than: float,
+    why: str = "its worker died before its first heartbeat",
+    *,
+    unsampled_only: bool = False,
 ) -> None:
     """Fail (and retry) RUNNING trials with no heartbeat started over ``older_than`` seconds
     ago. Called under the claim lock, so no worker is creating one of them now.
@@ -203,6 +216,8 @@ def _fail_unbeaten(
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         started = trial.datetime_start.timestamp() if trial.datetime_start else now
         if trial.number in ages or now - started < older_than:
+            continue
+        if unsampled_only and trial.params:
             continue
         if fail_orphan(study, trial) is not None:
             logger.warning("trial %d: %s; failed", trial.number, why)

@@ -314,6 +314,22 @@ def test_a_lost_commit_of_a_new_trial_leaves_no_orphan(toy_study, monkeypatch) -
     assert orphan.number in study.user_attrs["hpo:lost"]
 
 
+def test_recovering_a_lost_commit_leaves_a_sampled_trial_to_its_worker(tmp_path: Path) -> None:
+    """After a lost ``create_new_trial`` the worker fails the trial nobody runs, which was
+    never sampled. Another worker's trial with its parameters and no heartbeat yet (its
+    first beat held up by the same outage) is that worker's: it stays running."""
+    from hpo.runner import _recover_orphans
+    from hpo.storage import open_storage
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'h.db'}", heartbeat_interval=1)
+    study = optuna.create_study(storage=storage)
+    study.ask().suggest_float("x", 0, 1)  # claimed and sampled; its beat not yet stored
+    storage.create_new_trial(study._study_id)  # the lost commit's
+    _recover_orphans(study)  # waits until both are older than the orphan age
+    assert [t.state.name for t in study.get_trials()] == ["RUNNING", "FAIL"]
+    assert study.user_attrs["hpo:lost"] == [1]
+
+
 def test_a_retry_writes_only_inside_its_study_folder(toy_study, tmp_path: Path) -> None:
     """A retry resumes from the lost trial's checkpoint, a path read from storage: one
     outside ``<output_dir>/<name>/`` is neither resumed from nor written into."""

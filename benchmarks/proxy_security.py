@@ -32,24 +32,6 @@ if str(ROOT) not in sys.path:
 TOKEN = "benchmark-token-0123456789abcdef"
 
 
-def start_proxy(database: str, env: dict[str, str], *args: str) -> tuple[subprocess.Popen, str]:
-    """An ``hpo storage-proxy`` process on a free port and the URL it listens on."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "hpo", "storage-proxy", "--storage", database, "--port", "0"]
-        + list(args),
-        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    if " listening on " not in line:
-        process.kill()
-        raise SystemExit(f"the proxy did not start: {line}")
-    return process, line.split(" listening on ")[1].split()[0]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=2000)
@@ -58,6 +40,7 @@ def main() -> None:
 
     import optuna
 
+    from benchmarks.scale_curve import start_proxy
     from hpo.storage import open_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

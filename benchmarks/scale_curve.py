@@ -109,10 +109,15 @@ def connections(url: str, proxy: bool) -> int:
         return int(found.scalar())
 
 
-def start_proxy(database: str) -> tuple[subprocess.Popen, str]:
+def start_proxy(
+    database: str, env: dict[str, str] | None = None, *args: str
+) -> tuple[subprocess.Popen, str]:
+    """An ``hpo storage-proxy`` process on a free port (``env`` added to this process's,
+    ``args`` added to its command line) and the URL it listens on."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "hpo", "storage-proxy", "--storage", database, "--port", "0"],
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        [sys.executable, "-m", "hpo", "storage-proxy", "--storage", database, "--port", "0"]
+        + list(args),
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
